@@ -1,0 +1,112 @@
+//! The command line: `tokenwatch agent` and its flags. Every flag has an
+//! environment variable, and the YAML file (`--config`) uses the flag names.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{ConfigLayer, Endpoint, StdoutFormat};
+
+/// tokenwatch: who is using your Kubernetes ServiceAccount tokens.
+#[derive(Debug, Parser)]
+#[command(name = "tokenwatch", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node agent: watch token reads and API-server connections.
+    Agent(AgentArgs),
+}
+
+/// Flags of `tokenwatch agent`.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// YAML file with defaults for these flags (keys are the flag names).
+    #[arg(long, env = "TOKENWATCH_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Run without Kubernetes: watch the default token paths and the
+    /// addresses given here. Also what happens when no cluster is found.
+    #[arg(long, env = "TOKENWATCH_STANDALONE")]
+    pub standalone: bool,
+
+    /// Another token file to watch, resolved in every mount namespace
+    /// (repeatable; the default ServiceAccount paths are always watched).
+    #[arg(long = "token-path", env = "TOKENWATCH_TOKEN_PATHS", value_name = "PATH", value_delimiter = ',')]
+    pub token_paths: Vec<PathBuf>,
+
+    /// An API-server address to watch: ADDR, ADDR:PORT or [V6]:PORT; port
+    /// 443 when none is given (repeatable).
+    #[arg(long = "api-server", env = "TOKENWATCH_API_SERVERS", value_name = "ADDR[:PORT]", value_delimiter = ',')]
+    pub api_servers: Vec<Endpoint>,
+
+    /// How alerts are printed on stdout [default: json].
+    #[arg(long, env = "TOKENWATCH_STDOUT", value_enum)]
+    pub stdout: Option<StdoutFormat>,
+
+    /// Seconds between scans of the node's mount namespaces for token files
+    /// [default: 2].
+    #[arg(long, env = "TOKENWATCH_RESCAN_INTERVAL_SECONDS", value_name = "SECONDS")]
+    pub rescan_interval_seconds: Option<u64>,
+
+    /// Node name for alerts [default: the host name].
+    #[arg(long, env = "TOKENWATCH_NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// Log filter for stderr, e.g. `info` or `info,tokenwatch_ebpf=debug`
+    /// (the latter turns on the eBPF programs' own diagnostics).
+    #[arg(long, env = "TOKENWATCH_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl AgentArgs {
+    /// The settings these flags (and their variables) name; unset ones are
+    /// left to the file and the defaults.
+    pub fn layer(&self) -> ConfigLayer {
+        ConfigLayer {
+            standalone: self.standalone.then_some(true),
+            token_paths: (!self.token_paths.is_empty()).then(|| self.token_paths.clone()),
+            api_servers: (!self.api_servers.is_empty()).then(|| self.api_servers.clone()),
+            stdout: self.stdout,
+            rescan_interval_seconds: self.rescan_interval_seconds,
+            node_name: self.node_name.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<AgentArgs, clap::Error> {
+        let cli = Cli::try_parse_from([&["tokenwatch", "agent"], args].concat())?;
+        let Command::Agent(agent) = cli.command;
+        Ok(agent)
+    }
+
+    #[test]
+    fn flags_become_a_layer() {
+        let args =
+            parse(&["--standalone", "--api-server", "[::1]:6443", "--api-server", "10.0.0.1", "--stdout", "text"])
+                .expect("valid");
+        let layer = args.layer();
+        assert_eq!(layer.standalone, Some(true));
+        let servers: Vec<String> = layer.api_servers.expect("given").iter().map(ToString::to_string).collect();
+        assert_eq!(servers, ["[::1]:6443", "10.0.0.1:443"]);
+        assert_eq!(layer.stdout, Some(StdoutFormat::Text));
+        assert_eq!(layer.token_paths, None);
+    }
+
+    #[test]
+    fn a_bad_address_names_the_flag_and_the_value() {
+        let error = parse(&["--api-server", "kubernetes:443"]).expect_err("not an IP");
+        let text = error.to_string();
+        assert!(text.contains("--api-server"), "{text}");
+        assert!(text.contains("`kubernetes` is not an IP address"), "{text}");
+    }
+}

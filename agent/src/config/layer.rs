@@ -1,0 +1,62 @@
+//! One layer of configuration: what the flags, the environment or the YAML
+//! file said. Every field is optional so layers can be stacked; the first
+//! layer that names a setting wins.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::endpoint::Endpoint;
+
+/// How alerts are printed on stdout.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum StdoutFormat {
+    /// One JSON object per alert per line (the proto3 JSON mapping).
+    #[default]
+    Json,
+    /// One human-readable line per alert.
+    Text,
+    /// Nothing on stdout (alerts go to the other sinks only).
+    None,
+}
+
+/// Settings as one source gave them. Field names in YAML are the flag names.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ConfigLayer {
+    /// Run without Kubernetes.
+    pub standalone: Option<bool>,
+    /// Token files to watch besides the default ServiceAccount paths.
+    pub token_paths: Option<Vec<PathBuf>>,
+    /// API-server endpoints to watch.
+    pub api_servers: Option<Vec<Endpoint>>,
+    /// Alert format on stdout.
+    pub stdout: Option<StdoutFormat>,
+    /// Seconds between scans of the node's mount namespaces for token files.
+    pub rescan_interval_seconds: Option<u64>,
+    /// Node name put in every alert.
+    pub node_name: Option<String>,
+}
+
+impl ConfigLayer {
+    /// Settings of `self`, with those it leaves unset taken from `lower`.
+    #[must_use]
+    pub fn over(self, lower: ConfigLayer) -> ConfigLayer {
+        ConfigLayer {
+            standalone: self.standalone.or(lower.standalone),
+            token_paths: self.token_paths.or(lower.token_paths),
+            api_servers: self.api_servers.or(lower.api_servers),
+            stdout: self.stdout.or(lower.stdout),
+            rescan_interval_seconds: self.rescan_interval_seconds.or(lower.rescan_interval_seconds),
+            node_name: self.node_name.or(lower.node_name),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Endpoint {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,168 @@
+//! The agent's settings: flags, each with an environment variable, layered
+//! over an optional YAML file, over defaults. Everything is checked here, so
+//! the rest of the agent gets a `Config` it can trust.
+
+pub mod endpoint;
+pub mod layer;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+pub use endpoint::{Endpoint, EndpointError, DEFAULT_API_SERVER_PORT};
+pub use layer::{ConfigLayer, StdoutFormat};
+
+/// Where kubelet mounts a pod's ServiceAccount token.
+pub const DEFAULT_TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+/// The same path through `/run`, which `/var/run` usually links to.
+pub const DEFAULT_TOKEN_PATH_RUN: &str = "/run/secrets/kubernetes.io/serviceaccount/token";
+/// Default seconds between scans for token files.
+pub const DEFAULT_RESCAN_INTERVAL_SECONDS: u64 = 2;
+
+/// The settings the agent runs with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Run without Kubernetes (the only mode built so far).
+    pub standalone: bool,
+    /// Token paths to resolve in every mount namespace: the defaults, then
+    /// the user's.
+    pub token_paths: Vec<PathBuf>,
+    /// API-server endpoints: the user's, then `KUBERNETES_SERVICE_HOST`.
+    pub api_servers: Vec<Endpoint>,
+    /// Alert format on stdout.
+    pub stdout: StdoutFormat,
+    /// Time between scans of the node for token files.
+    pub rescan_interval: Duration,
+    /// Node name put in every alert.
+    pub node_name: String,
+}
+
+/// Why the settings were refused. Each names the source and the value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The YAML file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The YAML file is not valid for this schema.
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the problem (0 if unknown).
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A token path is not absolute.
+    #[error("token path `{0}` is not absolute")]
+    RelativeTokenPath(PathBuf),
+    /// `KUBERNETES_SERVICE_HOST`/`_PORT` do not make an endpoint.
+    #[error("KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT ({host}:{port}): {source}")]
+    ServiceEnv {
+        /// The host variable.
+        host: String,
+        /// The port variable.
+        port: String,
+        /// Why.
+        source: EndpointError,
+    },
+    /// The rescan interval is zero.
+    #[error("rescan interval must be at least 1 second")]
+    ZeroRescanInterval,
+}
+
+/// Reads a YAML config file into a layer; errors carry file:line:column.
+pub fn read_file(path: &Path) -> Result<ConfigLayer, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    parse_yaml(path, &text)
+}
+
+/// Parses YAML text as a layer; `path` only names the source in errors.
+pub fn parse_yaml(path: &Path, text: &str) -> Result<ConfigLayer, ConfigError> {
+    if text.trim().is_empty() {
+        return Ok(ConfigLayer::default());
+    }
+    serde_yaml::from_str(text).map_err(|error| {
+        let (line, column) = error.location().map_or((0, 0), |l| (l.line(), l.column()));
+        ConfigError::Parse { path: path.to_owned(), line, column, message: strip_location(&error.to_string()) }
+    })
+}
+
+/// serde_yaml appends " at line L column C"; the error says it up front.
+fn strip_location(message: &str) -> String {
+    message.find(" at line ").map_or(message, |i| &message[..i]).to_owned()
+}
+
+/// The environment a pod gives a process: where the API server is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceEnv {
+    /// `KUBERNETES_SERVICE_HOST`.
+    pub host: Option<String>,
+    /// `KUBERNETES_SERVICE_PORT`.
+    pub port: Option<String>,
+}
+
+impl ServiceEnv {
+    /// Reads the two variables from the process environment.
+    pub fn from_process() -> Self {
+        let read = |name| std::env::var(name).ok().filter(|v: &String| !v.trim().is_empty());
+        ServiceEnv { host: read("KUBERNETES_SERVICE_HOST"), port: read("KUBERNETES_SERVICE_PORT") }
+    }
+
+    fn endpoint(&self) -> Result<Option<Endpoint>, ConfigError> {
+        let Some(host) = &self.host else { return Ok(None) };
+        let port_text = self.port.clone().unwrap_or_else(|| DEFAULT_API_SERVER_PORT.to_string());
+        let error = |source| ConfigError::ServiceEnv { host: host.clone(), port: port_text.clone(), source };
+        let ip: IpAddr = host.trim().parse().map_err(|_| error(EndpointError::NotAnAddress(host.clone())))?;
+        let port = match port_text.trim().parse::<u16>() {
+            Ok(port) if port != 0 => port,
+            _ => return Err(error(EndpointError::BadPort(port_text.clone()))),
+        };
+        Ok(Some(Endpoint(SocketAddr::new(ip, port))))
+    }
+}
+
+impl Config {
+    /// Builds the settings from the merged layers and the pod environment.
+    pub fn resolve(layer: ConfigLayer, service_env: &ServiceEnv, hostname: &str) -> Result<Config, ConfigError> {
+        let mut token_paths = vec![PathBuf::from(DEFAULT_TOKEN_PATH), PathBuf::from(DEFAULT_TOKEN_PATH_RUN)];
+        for path in layer.token_paths.unwrap_or_default() {
+            if !path.is_absolute() {
+                return Err(ConfigError::RelativeTokenPath(path));
+            }
+            if !token_paths.contains(&path) {
+                token_paths.push(path);
+            }
+        }
+        let mut api_servers = Vec::new();
+        for endpoint in layer.api_servers.unwrap_or_default().into_iter().chain(service_env.endpoint()?) {
+            if !api_servers.contains(&endpoint) {
+                api_servers.push(endpoint);
+            }
+        }
+        let rescan = layer.rescan_interval_seconds.unwrap_or(DEFAULT_RESCAN_INTERVAL_SECONDS);
+        if rescan == 0 {
+            return Err(ConfigError::ZeroRescanInterval);
+        }
+        Ok(Config {
+            standalone: layer.standalone.unwrap_or(false),
+            token_paths,
+            api_servers,
+            stdout: layer.stdout.unwrap_or_default(),
+            rescan_interval: Duration::from_secs(rescan),
+            node_name: layer.node_name.filter(|n| !n.is_empty()).unwrap_or_else(|| hostname.to_owned()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,81 @@
+use std::path::Path;
+
+use super::*;
+
+fn yaml(text: &str) -> Result<ConfigLayer, ConfigError> {
+    parse_yaml(Path::new("/etc/tokenwatch.yaml"), text)
+}
+
+#[test]
+fn defaults_watch_both_token_paths_and_print_json() {
+    let config = Config::resolve(ConfigLayer::default(), &ServiceEnv::default(), "node-a").expect("defaults");
+    assert_eq!(config.token_paths, [PathBuf::from(DEFAULT_TOKEN_PATH), PathBuf::from(DEFAULT_TOKEN_PATH_RUN)]);
+    assert!(config.api_servers.is_empty());
+    assert_eq!(config.stdout, StdoutFormat::Json);
+    assert_eq!(config.node_name, "node-a");
+    assert_eq!(config.rescan_interval, Duration::from_secs(DEFAULT_RESCAN_INTERVAL_SECONDS));
+}
+
+#[test]
+fn flags_win_over_the_file_and_env_endpoint_is_added() {
+    let file = yaml("stdout: text\nnode-name: from-file\napi-servers: ['10.0.0.1']\nrescan-interval-seconds: 9\n")
+        .expect("valid yaml");
+    let flags = ConfigLayer { stdout: Some(StdoutFormat::None), ..ConfigLayer::default() };
+    let env = ServiceEnv { host: Some("fd00::1".into()), port: Some("6443".into()) };
+    let config = Config::resolve(flags.over(file), &env, "host").expect("valid");
+    assert_eq!(config.stdout, StdoutFormat::None);
+    assert_eq!(config.node_name, "from-file");
+    assert_eq!(config.rescan_interval, Duration::from_secs(9));
+    let servers: Vec<String> = config.api_servers.iter().map(ToString::to_string).collect();
+    assert_eq!(servers, ["10.0.0.1:443", "[fd00::1]:6443"]);
+}
+
+#[test]
+fn file_errors_name_file_line_and_column() {
+    let error = yaml("stdout: json\napi-servers:\n  - 10.0.0.1\n  - not-an-ip\n").expect_err("bad endpoint");
+    let text = error.to_string();
+    assert!(text.starts_with("/etc/tokenwatch.yaml:4:"), "{text}");
+    assert!(text.contains("`not-an-ip` is not an IP address"), "{text}");
+
+    let error = yaml("stdout: json\ncolour: blue\n").expect_err("unknown key");
+    let text = error.to_string();
+    assert!(text.starts_with("/etc/tokenwatch.yaml:2:"), "{text}");
+    assert!(text.contains("unknown field `colour`"), "{text}");
+
+    let error = yaml("stdout: loud\n").expect_err("bad enum");
+    assert!(error.to_string().starts_with("/etc/tokenwatch.yaml:1:"), "{error}");
+}
+
+#[test]
+fn bad_values_are_refused_with_the_value() {
+    let relative = ConfigLayer { token_paths: Some(vec!["secrets/token".into()]), ..ConfigLayer::default() };
+    let error = Config::resolve(relative, &ServiceEnv::default(), "h").expect_err("relative");
+    assert_eq!(error.to_string(), "token path `secrets/token` is not absolute");
+
+    let env = ServiceEnv { host: Some("kubernetes".into()), port: None };
+    let error = Config::resolve(ConfigLayer::default(), &env, "h").expect_err("hostname");
+    assert!(error.to_string().contains("`kubernetes` is not an IP address"), "{error}");
+
+    let env = ServiceEnv { host: Some("10.96.0.1".into()), port: Some("https".into()) };
+    let error = Config::resolve(ConfigLayer::default(), &env, "h").expect_err("port");
+    assert!(error.to_string().contains("`https` is not a port"), "{error}");
+
+    let zero = ConfigLayer { rescan_interval_seconds: Some(0), ..ConfigLayer::default() };
+    assert!(matches!(Config::resolve(zero, &ServiceEnv::default(), "h"), Err(ConfigError::ZeroRescanInterval)));
+}
+
+#[test]
+fn user_token_paths_are_added_once() {
+    let layer = ConfigLayer {
+        token_paths: Some(vec!["/custom/token".into(), DEFAULT_TOKEN_PATH.into(), "/custom/token".into()]),
+        ..ConfigLayer::default()
+    };
+    let config = Config::resolve(layer, &ServiceEnv::default(), "h").expect("valid");
+    assert_eq!(config.token_paths.len(), 3);
+    assert_eq!(config.token_paths[2], PathBuf::from("/custom/token"));
+}
+
+#[test]
+fn empty_file_is_an_empty_layer() {
+    assert_eq!(yaml("\n").expect("empty"), ConfigLayer::default());
+}

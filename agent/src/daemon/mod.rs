@@ -1,0 +1,124 @@
+//! The running agent: loads the hooks, starts one task per stage, and stops
+//! them all through one cancellation token (SIGTERM and SIGINT cancel it; a
+//! failing task cancels it too, and its error is returned).
+
+mod tasks;
+
+use std::{path::Path, sync::Arc, time::SystemTime};
+
+use tokio::{sync::mpsc, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::Config,
+    deliver::stdout::StdoutError,
+    detect::Judge,
+    kernel::{
+        clock::BootClock,
+        loader::HookMaps,
+        offsets::{resolve_running_kernel, OffsetsError},
+        reader::{self, ReaderError},
+        watchlist::{self, WatchlistError},
+        Hooks, LoadError,
+    },
+    metadata::token_files,
+};
+
+/// Events queued between the reader and the pipeline. When full, the reader
+/// waits and the kernel ring buffer absorbs (and counts) the excess.
+const EVENT_QUEUE: usize = 4096;
+
+/// Why the agent stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Offsets could not be resolved from this kernel's BTF.
+    #[error(transparent)]
+    Offsets(#[from] OffsetsError),
+    /// The hooks could not be loaded or attached.
+    #[error("{0} (the agent needs root, or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN)")]
+    Load(#[from] LoadError),
+    /// A watch map update was refused.
+    #[error(transparent)]
+    Watchlist(#[from] WatchlistError),
+    /// The ring buffer could not be read.
+    #[error(transparent)]
+    Reader(#[from] ReaderError),
+    /// Alerts could not be written.
+    #[error(transparent)]
+    Stdout(#[from] StdoutError),
+    /// A task panicked.
+    #[error("task {0} panicked")]
+    Panic(String),
+}
+
+/// Runs until `cancel` fires or a task fails. Hooks are detached on return.
+pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), DaemonError> {
+    let offsets = resolve_running_kernel()?;
+    let debug_logs = tracing::enabled!(target: "tokenwatch_ebpf", tracing::Level::DEBUG);
+    let mut hooks = Hooks::load(&offsets, debug_logs)?;
+    let HookMaps { events, files, mut endpoints, logger } = hooks.take_maps()?;
+
+    watchlist::set_endpoints(&mut endpoints, &config.api_servers)?;
+    for endpoint in &config.api_servers {
+        tracing::info!(%endpoint, "watching API-server endpoint");
+    }
+    // The first scan fills the map before the hooks go live, so everything
+    // present at start-up is watched from the first event.
+    let mut scanner = tasks::Scanner::new(config.token_paths.clone(), Path::new("/proc").to_owned(), files);
+    let initial = scanner.scan_once().await?;
+    let (snapshot_tx, snapshot_rx) = tokio::sync::watch::channel(Arc::new(initial));
+
+    let attached = hooks.attach()?.join(",");
+    tracing::info!(hooks = %attached, "hooks attached");
+
+    let (event_tx, event_rx) = mpsc::channel(EVENT_QUEUE);
+    let judge = Judge::new(config.node_name.clone(), run_id(), BootClock::measure());
+    let mut set: JoinSet<(&'static str, Result<(), DaemonError>)> = JoinSet::new();
+    let token = cancel.clone();
+    set.spawn(async move {
+        let result = reader::read_events(events, event_tx, token).await;
+        if let Ok(stats) = &result {
+            tracing::info!(delivered = stats.delivered, undecodable = stats.undecodable, "event reader stopped");
+        }
+        ("reader", result.map(drop).map_err(DaemonError::from))
+    });
+    let token = cancel.clone();
+    set.spawn(async move { ("scanner", scanner.run(config.rescan_interval, snapshot_tx, token).await) });
+    set.spawn(async move { ("pipeline", tasks::pipeline(event_rx, snapshot_rx, judge, config.stdout).await) });
+    if let Some(logger) = logger {
+        let token = cancel.clone();
+        set.spawn(async move { ("ebpf-log", reader::forward_logs(logger, token).await.map_err(DaemonError::from)) });
+    }
+
+    let mut first_error = None;
+    while let Some(joined) = set.join_next().await {
+        let (name, result) = match joined {
+            Ok(done) => done,
+            Err(error) => ("?", Err(DaemonError::Panic(error.to_string()))),
+        };
+        if let Err(error) = result {
+            tracing::error!(task = name, %error, "task failed; shutting down");
+            cancel.cancel();
+            first_error.get_or_insert(error);
+        }
+    }
+    match hooks.counters() {
+        Ok(counters) => {
+            let summary: Vec<String> = counters.iter().map(|(c, v)| format!("{}={v}", c.name())).collect();
+            tracing::info!(counters = %summary.join(" "), "kernel counters");
+        }
+        Err(error) => tracing::warn!(%error, "reading kernel counters"),
+    }
+    drop(hooks);
+    tracing::info!("hooks detached");
+    first_error.map_or(Ok(()), Err)
+}
+
+/// A prefix that makes alert ids unique across agent restarts.
+fn run_id() -> String {
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{:x}-{:x}", nanos, std::process::id())
+}
+
+/// Re-exported for the scanner's callers.
+pub use token_files::TokenFiles;

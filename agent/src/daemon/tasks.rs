@@ -1,0 +1,107 @@
+//! The agent's long-running tasks besides the reader: the token-file scanner
+//! and the alert pipeline.
+
+use std::{collections::HashSet, path::PathBuf, sync::Arc, time::Duration};
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use tokenwatch_common::FileKey;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::DaemonError;
+use crate::{
+    config::StdoutFormat,
+    deliver::stdout::StdoutSink,
+    detect::{Enrichment, Judge},
+    kernel::{watchlist, KernelEvent},
+    metadata::{
+        process,
+        token_files::{self, TokenFiles},
+    },
+};
+
+/// Rescans the node for token files and keeps the kernel map in step.
+pub struct Scanner {
+    paths: Vec<PathBuf>,
+    proc: PathBuf,
+    map: BpfHashMap<MapData, FileKey, u32>,
+    current: TokenFiles,
+}
+
+impl Scanner {
+    /// A scanner of `paths` in every mount namespace listed under `proc`.
+    pub fn new(paths: Vec<PathBuf>, proc: PathBuf, map: BpfHashMap<MapData, FileKey, u32>) -> Self {
+        Scanner { paths, proc, map, current: TokenFiles::new() }
+    }
+
+    /// One scan: find the files, update the map, log what changed.
+    pub async fn scan_once(&mut self) -> Result<TokenFiles, DaemonError> {
+        let (proc, paths) = (self.proc.clone(), self.paths.clone());
+        let found = tokio::task::spawn_blocking(move || token_files::scan(&proc, &paths))
+            .await
+            .map_err(|error| DaemonError::Panic(format!("scanner: {error}")))?;
+        let wanted: HashSet<FileKey> = found.keys().copied().collect();
+        let (added, removed) = watchlist::sync_files(&mut self.map, &wanted)?;
+        for (key, file) in &found {
+            if !self.current.contains_key(key) {
+                tracing::info!(
+                    path = %file.path.display(), mount_ns = file.mount_ns, pid = file.pid,
+                    device = format!("{}:{}", key.dev >> 20, key.dev & 0xf_ffff), inode = key.ino,
+                    "watching token file"
+                );
+            }
+        }
+        if added + removed > 0 {
+            tracing::debug!(added, removed, watched = found.len(), "token files rescanned");
+        }
+        self.current.clone_from(&found);
+        Ok(found)
+    }
+
+    /// Rescans every `interval` until cancelled, publishing each result.
+    pub async fn run(
+        mut self,
+        interval: Duration,
+        snapshots: watch::Sender<Arc<TokenFiles>>,
+        cancel: CancellationToken,
+    ) -> Result<(), DaemonError> {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                _ = ticker.tick() => {
+                    let found = self.scan_once().await?;
+                    snapshots.send_replace(Arc::new(found));
+                }
+            }
+        }
+    }
+}
+
+/// Enriches, judges and delivers each event until the reader is done.
+pub async fn pipeline(
+    mut events: mpsc::Receiver<KernelEvent>,
+    snapshots: watch::Receiver<Arc<TokenFiles>>,
+    mut judge: Judge,
+    format: StdoutFormat,
+) -> Result<(), DaemonError> {
+    let mut sink = StdoutSink::new(format, tokio::io::stdout());
+    while let Some(event) = events.recv().await {
+        let watched = match &event {
+            KernelEvent::Open(open) => {
+                let key = FileKey { dev: open.dev, _pad: 0, ino: open.ino };
+                snapshots.borrow().get(&key).cloned()
+            }
+            KernelEvent::Connect(_) => None,
+        };
+        let pid = event.identity().pid;
+        let info = tokio::task::spawn_blocking(move || process::inspect(std::path::Path::new("/proc"), pid))
+            .await
+            .unwrap_or_default();
+        let alert = judge.judge(&event, &Enrichment { process: info, watched });
+        sink.write(&alert).await?;
+    }
+    Ok(())
+}

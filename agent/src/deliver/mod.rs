@@ -1,0 +1,4 @@
+//! The deliver stage: where alerts go. So far, stdout; the gRPC stream and
+//! the collector push come next.
+
+pub mod stdout;

@@ -1,0 +1,204 @@
+//! Ring-buffer records to plain Rust values, with every length and enum
+//! checked: a record the agent does not understand is an error, never a guess.
+
+use std::{
+    mem::size_of,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use tokenwatch_common::{
+    CgroupNames, ConnectEvent, EventHeader, EventKind, OpenEvent, OpenSyscall, ResolvedPath, UnknownValue, AF_INET,
+    AF_INET6,
+};
+
+/// Why a record was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Shorter than the struct its kind announces.
+    #[error("{kind} record is {got} bytes, expected {want}")]
+    Short {
+        /// Which struct.
+        kind: &'static str,
+        /// Bytes received.
+        got: usize,
+        /// Bytes needed.
+        want: usize,
+    },
+    /// Unknown event kind.
+    #[error("unknown event kind {}", .0 .0)]
+    Kind(UnknownValue),
+    /// Unknown open syscall.
+    #[error("unknown open syscall {}", .0 .0)]
+    Syscall(UnknownValue),
+    /// Unknown address family.
+    #[error("unknown address family {0}")]
+    Family(u16),
+}
+
+/// Who made the syscall, from the event header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// `bpf_ktime_get_boot_ns()` at the syscall's return.
+    pub boot_time_ns: u64,
+    /// Process id.
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Real uid.
+    pub uid: u32,
+    /// Real gid.
+    pub gid: u32,
+    /// Unified-hierarchy cgroup id.
+    pub cgroup_id: u64,
+    /// Kernel short name of the task.
+    pub comm: String,
+    /// Cgroup directory names: unified leaf, its parent, v1 leaf, its parent.
+    pub cgroup_names: [String; 4],
+}
+
+/// A watched token file was opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenRecord {
+    /// Who.
+    pub identity: Identity,
+    /// Which syscall.
+    pub syscall: OpenSyscall,
+    /// `dirfd` argument.
+    pub dirfd: i32,
+    /// Open flags.
+    pub flags: u64,
+    /// Returned fd.
+    pub fd: i64,
+    /// Kernel-encoded device.
+    pub dev: u32,
+    /// Inode.
+    pub ino: u64,
+    /// The string the process passed.
+    pub requested_path: String,
+    /// The file's path, rebuilt in the kernel (relative to the task's root).
+    pub resolved_path: String,
+    /// The rebuilt path stopped short of the root.
+    pub resolved_path_truncated: bool,
+}
+
+/// A watched API-server endpoint was dialled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectRecord {
+    /// Who.
+    pub identity: Identity,
+    /// Destination as dialled.
+    pub destination: SocketAddr,
+    /// Socket fd.
+    pub fd: i32,
+    /// `connect(2)` result: 0 or `-errno`.
+    pub result: i64,
+}
+
+/// One decoded event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KernelEvent {
+    /// Token file opened.
+    Open(OpenRecord),
+    /// API server dialled.
+    Connect(ConnectRecord),
+}
+
+impl KernelEvent {
+    /// Who did it.
+    pub fn identity(&self) -> &Identity {
+        match self {
+            KernelEvent::Open(r) => &r.identity,
+            KernelEvent::Connect(r) => &r.identity,
+        }
+    }
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
+    let kind_bytes: [u8; 4] = bytes.get(..4).and_then(|b| b.try_into().ok()).ok_or(DecodeError::Short {
+        kind: "event",
+        got: bytes.len(),
+        want: size_of::<EventHeader>(),
+    })?;
+    match EventKind::try_from(u32::from_ne_bytes(kind_bytes)).map_err(DecodeError::Kind)? {
+        EventKind::Open => decode_open(&read::<OpenEvent>(bytes, "open")?).map(KernelEvent::Open),
+        EventKind::Connect => decode_connect(&read::<ConnectEvent>(bytes, "connect")?).map(KernelEvent::Connect),
+    }
+}
+
+/// Copies a plain-old-data struct out of the record after checking its length.
+fn read<T: aya::Pod>(bytes: &[u8], kind: &'static str) -> Result<T, DecodeError> {
+    if bytes.len() < size_of::<T>() {
+        return Err(DecodeError::Short { kind, got: bytes.len(), want: size_of::<T>() });
+    }
+    // SAFETY: length checked; T is Pod (integers and arrays only, every bit
+    // pattern valid); read_unaligned makes no alignment assumption.
+    Ok(unsafe { bytes.as_ptr().cast::<T>().read_unaligned() })
+}
+
+fn decode_open(event: &OpenEvent) -> Result<OpenRecord, DecodeError> {
+    Ok(OpenRecord {
+        identity: identity(&event.header),
+        syscall: OpenSyscall::try_from(event.syscall).map_err(DecodeError::Syscall)?,
+        dirfd: event.dirfd,
+        flags: event.flags,
+        fd: event.result,
+        dev: event.dev,
+        ino: event.ino,
+        requested_path: c_string(&event.requested_path),
+        resolved_path: join_path(&event.path),
+        resolved_path_truncated: event.path.truncated != 0,
+    })
+}
+
+fn decode_connect(event: &ConnectEvent) -> Result<ConnectRecord, DecodeError> {
+    let ip = match event.family {
+        AF_INET => IpAddr::V4(Ipv4Addr::new(event.addr[0], event.addr[1], event.addr[2], event.addr[3])),
+        AF_INET6 => IpAddr::V6(Ipv6Addr::from(event.addr)),
+        other => return Err(DecodeError::Family(other)),
+    };
+    Ok(ConnectRecord {
+        identity: identity(&event.header),
+        destination: SocketAddr::new(ip, event.port),
+        fd: event.fd,
+        result: event.result,
+    })
+}
+
+fn identity(header: &EventHeader) -> Identity {
+    let CgroupNames { v2_leaf, v2_parent, v1_leaf, v1_parent } = &header.cgroups;
+    Identity {
+        boot_time_ns: header.boot_time_ns,
+        pid: header.tgid,
+        tid: header.tid,
+        uid: header.uid,
+        gid: header.gid,
+        cgroup_id: header.cgroup_id,
+        comm: c_string(&header.comm),
+        cgroup_names: [c_string(v2_leaf), c_string(v2_parent), c_string(v1_leaf), c_string(v1_parent)],
+    }
+}
+
+/// Joins the leaf-first components into an absolute path, skipping the
+/// empty slots that mark mount crossings.
+fn join_path(path: &ResolvedPath) -> String {
+    let depth = usize::try_from(path.depth).unwrap_or(usize::MAX).min(path.components.len());
+    let mut out = String::new();
+    for component in path.components[..depth].iter().rev().filter(|c| c[0] != 0) {
+        out.push('/');
+        out.push_str(&c_string(component));
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+/// The bytes up to the first NUL, lossily as UTF-8.
+fn c_string(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,102 @@
+use std::mem::{size_of, zeroed};
+
+use tokenwatch_common::{ConnectEvent, EventKind, OpenEvent, OpenSyscall, AF_INET, AF_INET6};
+
+use super::*;
+
+fn bytes_of<T: aya::Pod>(value: &T) -> Vec<u8> {
+    // SAFETY: T is Pod; reading its bytes is always valid.
+    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+}
+
+fn put(dest: &mut [u8], text: &str) {
+    dest[..text.len()].copy_from_slice(text.as_bytes());
+    dest[text.len()] = 0;
+}
+
+fn open_event() -> OpenEvent {
+    // SAFETY: integers and arrays only; all-zero is valid.
+    let mut event: OpenEvent = unsafe { zeroed() };
+    event.header.kind = EventKind::Open as u32;
+    event.header.tgid = 42;
+    event.header.tid = 43;
+    event.header.uid = 1000;
+    put(&mut event.header.comm, "cat");
+    put(&mut event.header.cgroups.v2_leaf, "cri-containerd-abc.scope");
+    event.syscall = OpenSyscall::Openat2 as u32;
+    event.dirfd = -100;
+    event.result = 3;
+    event.dev = (0 << 20) | 57;
+    event.ino = 99;
+    put(&mut event.requested_path, "token");
+    for (slot, name) in ["token", "..data", "serviceaccount"].iter().enumerate() {
+        put(&mut event.path.components[slot], name);
+    }
+    event.path.depth = 3;
+    event
+}
+
+#[test]
+fn open_record_decodes_every_field() {
+    let KernelEvent::Open(record) = decode(&bytes_of(&open_event())).expect("valid") else {
+        panic!("not an open");
+    };
+    assert_eq!(record.identity.pid, 42);
+    assert_eq!(record.identity.tid, 43);
+    assert_eq!(record.identity.comm, "cat");
+    assert_eq!(record.identity.cgroup_names[0], "cri-containerd-abc.scope");
+    assert_eq!(record.identity.cgroup_names[1], "");
+    assert_eq!(record.syscall, OpenSyscall::Openat2);
+    assert_eq!(record.fd, 3);
+    assert_eq!(record.requested_path, "token");
+    assert_eq!(record.resolved_path, "/serviceaccount/..data/token");
+    assert!(!record.resolved_path_truncated);
+}
+
+#[test]
+fn depth_beyond_the_array_is_clamped_and_zero_depth_is_root() {
+    let mut event = open_event();
+    event.path.depth = u32::MAX;
+    event.path.truncated = 1;
+    let KernelEvent::Open(record) = decode(&bytes_of(&event)).expect("valid") else { panic!("not an open") };
+    assert!(record.resolved_path.ends_with("/serviceaccount/..data/token"));
+    assert!(record.resolved_path_truncated);
+    event.path.depth = 0;
+    let KernelEvent::Open(record) = decode(&bytes_of(&event)).expect("valid") else { panic!("not an open") };
+    assert_eq!(record.resolved_path, "/");
+}
+
+#[test]
+fn connect_records_decode_v4_and_v6() {
+    // SAFETY: as above.
+    let mut event: ConnectEvent = unsafe { zeroed() };
+    event.header.kind = EventKind::Connect as u32;
+    event.family = AF_INET;
+    event.port = 443;
+    event.addr[..4].copy_from_slice(&[10, 96, 0, 1]);
+    event.result = -115;
+    let KernelEvent::Connect(record) = decode(&bytes_of(&event)).expect("v4") else { panic!("not a connect") };
+    assert_eq!(record.destination.to_string(), "10.96.0.1:443");
+    assert_eq!(record.result, -115);
+
+    event.family = AF_INET6;
+    event.addr = std::net::Ipv6Addr::LOCALHOST.octets();
+    let KernelEvent::Connect(record) = decode(&bytes_of(&event)).expect("v6") else { panic!("not a connect") };
+    assert_eq!(record.destination.to_string(), "[::1]:443");
+
+    event.family = 1;
+    assert_eq!(decode(&bytes_of(&event)), Err(DecodeError::Family(1)));
+}
+
+#[test]
+fn bad_records_are_refused_with_the_reason() {
+    assert!(matches!(decode(&[1, 0]), Err(DecodeError::Short { kind: "event", .. })));
+    let mut bytes = bytes_of(&open_event());
+    bytes[0] = 7;
+    assert_eq!(decode(&bytes), Err(DecodeError::Kind(UnknownValue(7))));
+    let bytes = bytes_of(&open_event());
+    assert!(matches!(decode(&bytes[..100]), Err(DecodeError::Short { kind: "open", got: 100, .. })));
+    let mut event = open_event();
+    event.syscall = 9;
+    assert_eq!(decode(&bytes_of(&event)), Err(DecodeError::Syscall(UnknownValue(9))));
+}

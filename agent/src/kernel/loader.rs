@@ -1,0 +1,179 @@
+//! Loading and attaching the eBPF programs. Dropping [`Hooks`] detaches them.
+
+use std::path::Path;
+
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{ProgramError, TracePoint},
+    Ebpf, EbpfError, EbpfLoader,
+};
+use aya_log::EbpfLogger;
+use tokenwatch_common::{
+    Counter, EndpointKey, FileKey, KernelOffsets, AGENT_TGID_GLOBAL, COUNTERS_MAP, EVENTS_MAP, OFFSETS_GLOBAL,
+    WATCHED_ENDPOINTS_MAP, WATCHED_FILES_MAP,
+};
+
+/// The eBPF object built by `build.rs`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tokenwatch-ebpf"));
+
+/// Every tracepoint, exits first so no exit misses an entry made after it.
+/// `open` is missing on architectures without `open(2)` (arm64): optional.
+const TRACEPOINTS: &[(&str, bool)] = &[
+    ("sys_exit_openat", true),
+    ("sys_exit_openat2", true),
+    ("sys_exit_open", false),
+    ("sys_exit_connect", true),
+    ("sys_enter_openat", true),
+    ("sys_enter_openat2", true),
+    ("sys_enter_open", false),
+    ("sys_enter_connect", true),
+];
+
+/// Where the kernel's trace events are listed, mounted or not.
+const TRACEFS: &str = "/sys/kernel/tracing";
+const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
+
+/// Why the programs could not be loaded or attached.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// tracefs is not mounted and mounting it failed.
+    #[error("tracefs is not mounted and mounting it at {TRACEFS} failed: {0}")]
+    Tracefs(nix::Error),
+    /// The kernel refused the object (maps, BTF, globals).
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] EbpfError),
+    /// A program is missing from the object.
+    #[error("the eBPF object has no program `{0}`")]
+    MissingProgram(&'static str),
+    /// A program failed to load or attach.
+    #[error("tracepoint syscalls/{name}: {source}")]
+    Program {
+        /// The tracepoint.
+        name: &'static str,
+        /// Why.
+        source: ProgramError,
+    },
+    /// A required tracepoint does not exist on this kernel.
+    #[error("tracepoint syscalls/{0} does not exist on this kernel")]
+    MissingTracepoint(&'static str),
+    /// A map is missing or of the wrong type.
+    #[error("map {name}: {source}")]
+    Map {
+        /// The map.
+        name: &'static str,
+        /// Why.
+        source: MapError,
+    },
+    /// A map is missing from the object.
+    #[error("the eBPF object has no map `{0}`")]
+    MissingMap(&'static str),
+}
+
+/// The loaded programs and the maps the agent drives them through.
+pub struct Hooks {
+    ebpf: Ebpf,
+    attached: Vec<&'static str>,
+}
+
+/// Maps handed to the tasks that own them.
+pub struct HookMaps {
+    /// Matched events.
+    pub events: RingBuf<MapData>,
+    /// Watched token files.
+    pub files: BpfHashMap<MapData, FileKey, u32>,
+    /// Watched API-server endpoints.
+    pub endpoints: BpfHashMap<MapData, EndpointKey, u32>,
+    /// The programs' own log records; `None` when the object has no log map.
+    pub logger: Option<EbpfLogger<&'static dyn log::Log>>,
+}
+
+impl Hooks {
+    /// Loads the object with the resolved offsets, the agent's tgid and the
+    /// programs' log level (`debug_logs`: emit aya-log debug records at all).
+    /// Nothing is attached yet: fill the watch maps first.
+    pub fn load(offsets: &KernelOffsets, debug_logs: bool) -> Result<Self, LoadError> {
+        let tgid = std::process::id();
+        // aya-log levels: 0 disables every record, 4 is Debug. The verifier
+        // removes disabled log calls, so they cost nothing when off.
+        let log_level: u8 = if debug_logs { aya_log::Level::Debug as u8 } else { 0 };
+        let ebpf = EbpfLoader::new()
+            .override_global(OFFSETS_GLOBAL, offsets, true)
+            .override_global(AGENT_TGID_GLOBAL, &tgid, true)
+            .override_global(aya_log::LEVEL, &log_level, false)
+            .load(EBPF_OBJECT)?;
+        Ok(Hooks { ebpf, attached: Vec::new() })
+    }
+
+    /// Takes the maps the agent's tasks own. Call once, before `attach`.
+    pub fn take_maps(&mut self) -> Result<HookMaps, LoadError> {
+        let logger = EbpfLogger::init(&mut self.ebpf).ok();
+        Ok(HookMaps {
+            events: take(&mut self.ebpf, EVENTS_MAP)?,
+            files: take(&mut self.ebpf, WATCHED_FILES_MAP)?,
+            endpoints: take(&mut self.ebpf, WATCHED_ENDPOINTS_MAP)?,
+            logger,
+        })
+    }
+
+    /// Loads and attaches every program; returns the tracepoints attached.
+    pub fn attach(&mut self) -> Result<&[&'static str], LoadError> {
+        ensure_tracefs()?;
+        for &(name, required) in TRACEPOINTS {
+            if !tracepoint_exists(name) {
+                if required {
+                    return Err(LoadError::MissingTracepoint(name));
+                }
+                tracing::info!(tracepoint = name, "tracepoint absent on this kernel; skipped");
+                continue;
+            }
+            let program: &mut TracePoint = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(LoadError::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| LoadError::Program { name, source })?;
+            program.load().map_err(|source| LoadError::Program { name, source })?;
+            program.attach("syscalls", name).map_err(|source| LoadError::Program { name, source })?;
+            self.attached.push(name);
+        }
+        Ok(&self.attached)
+    }
+
+    /// Sums each per-CPU counter.
+    pub fn counters(&self) -> Result<Vec<(Counter, u64)>, LoadError> {
+        let map = self.ebpf.map(COUNTERS_MAP).ok_or(LoadError::MissingMap(COUNTERS_MAP))?;
+        let array =
+            PerCpuArray::<_, u64>::try_from(map).map_err(|source| LoadError::Map { name: COUNTERS_MAP, source })?;
+        Counter::ALL
+            .iter()
+            .map(|&counter| {
+                let values =
+                    array.get(&(counter as u32), 0).map_err(|source| LoadError::Map { name: COUNTERS_MAP, source })?;
+                Ok((counter, values.iter().sum()))
+            })
+            .collect()
+    }
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(LoadError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| LoadError::Map { name, source })
+}
+
+fn tracepoint_exists(name: &str) -> bool {
+    [TRACEFS, DEBUGFS_TRACING].iter().any(|root| Path::new(root).join("events/syscalls").join(name).exists())
+}
+
+/// Tracepoints are attached by id, read from tracefs; mount it if no one has.
+fn ensure_tracefs() -> Result<(), LoadError> {
+    if [TRACEFS, DEBUGFS_TRACING].iter().any(|root| Path::new(root).join("events").exists()) {
+        return Ok(());
+    }
+    nix::mount::mount(Some("tracefs"), TRACEFS, Some("tracefs"), nix::mount::MsFlags::empty(), None::<&str>)
+        .map_err(LoadError::Tracefs)?;
+    tracing::info!(path = TRACEFS, "mounted tracefs (tracepoints are attached through it)");
+    Ok(())
+}

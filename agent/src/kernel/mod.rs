@@ -1,0 +1,14 @@
+//! The kernel stage: resolve struct offsets from BTF, load and attach the
+//! eBPF programs, keep their watch maps in step, and read and decode the
+//! events they send.
+
+pub mod btf;
+pub mod clock;
+pub mod decode;
+pub mod loader;
+pub mod offsets;
+pub mod reader;
+pub mod watchlist;
+
+pub use decode::{decode, ConnectRecord, DecodeError, Identity, KernelEvent, OpenRecord};
+pub use loader::{Hooks, LoadError};

@@ -1,0 +1,14 @@
+//! tokenwatch's node agent as a library; `main.rs` is a thin CLI over it.
+//!
+//! The event's path reads top to bottom: [`kernel`] (load, attach, read,
+//! decode) -> [`metadata`] (process, cgroup, token files) -> [`detect`]
+//! (alerts) -> [`deliver`] (sinks). [`daemon`] wires the stages into tasks
+//! with one shutdown path.
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod deliver;
+pub mod detect;
+pub mod kernel;
+pub mod metadata;

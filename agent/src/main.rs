@@ -1,0 +1,82 @@
+//! `tokenwatch`: the CLI. Parses flags, sets up logging and the runtime, and
+//! hands over to the library.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use tokenwatch_agent::{
+    cli::{AgentArgs, Cli, Command},
+    config::{self, Config, ConfigLayer, ServiceEnv},
+    daemon,
+};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::{util::SubscriberInitExt, EnvFilter};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Agent(args) => run_agent(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            #[expect(clippy::print_stderr, reason = "the CLI's last word when logging may not be set up")]
+            {
+                eprintln!("tokenwatch: {error:#}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_agent(args: &AgentArgs) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(&args.log).with_context(|| format!("--log `{}`", args.log))?;
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).finish().try_init()?;
+
+    let file = match &args.config {
+        Some(path) => config::read_file(path)?,
+        None => ConfigLayer::default(),
+    };
+    let hostname = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    let service_env = ServiceEnv::from_process();
+    let config = Config::resolve(args.layer().over(file), &service_env, &hostname)?;
+    if !config.standalone {
+        let reason = if service_env.host.is_some() { "a cluster was found, but " } else { "no cluster found; " };
+        tracing::info!("{reason}Kubernetes integration is not built yet: running standalone");
+    }
+    tracing::info!(
+        node = %config.node_name,
+        token_paths = ?config.token_paths,
+        api_servers = config.api_servers.len(),
+        "tokenwatch agent starting"
+    );
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let cancel = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(cancel.clone()));
+        daemon::run(config, cancel).await
+    })?;
+    Ok(())
+}
+
+/// SIGTERM and SIGINT cancel the one token every task obeys.
+async fn cancel_on_signal(cancel: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+        () = cancel.cancelled() => return Ok(()),
+    };
+    tracing::info!(signal = name, "shutting down");
+    cancel.cancel();
+    Ok(())
+}

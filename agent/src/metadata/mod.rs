@@ -1,0 +1,6 @@
+//! The metadata stage: what the node knows about a process and its container,
+//! and where the token files are.
+
+pub mod cgroup;
+pub mod process;
+pub mod token_files;

@@ -1,0 +1,52 @@
+//! The plain-old-data types that tokenwatch's eBPF programs and its userspace
+//! agent exchange through maps, globals and the ring buffer.
+//!
+//! Every type here is `#[repr(C)]`, holds only integers and arrays, and spells
+//! out its padding, so the kernel side (built for `bpfel-unknown-none`) and the
+//! user side agree on every byte without a shared compiler. Enumerations travel
+//! as integers and are decoded with `TryFrom`, never transmuted.
+#![no_std]
+
+pub mod counters;
+pub mod event;
+pub mod keys;
+pub mod offsets;
+
+pub use counters::Counter;
+pub use event::{
+    CgroupNames, ConnectEvent, EventHeader, EventKind, OpenEvent, OpenSyscall, ResolvedPath, UnknownValue,
+};
+pub use keys::{EndpointKey, FileKey};
+pub use offsets::KernelOffsets;
+
+/// Length of a task's `comm`, as the kernel defines `TASK_COMM_LEN`.
+pub const COMM_LEN: usize = 16;
+/// Bytes kept of the path string a process passed to `open*`.
+pub const REQUESTED_PATH_LEN: usize = 256;
+/// Bytes kept of one path component (a dentry name) of the opened file.
+pub const PATH_COMPONENT_LEN: usize = 64;
+/// Steps of the in-kernel path walk for an opened file: one per component and
+/// one per mount crossed; deeper paths are marked truncated. A token path is
+/// six components and a few mounts deep.
+pub const MAX_PATH_COMPONENTS: usize = 20;
+/// Bytes kept of a cgroup directory name (a container id is 64 hex digits).
+pub const CGROUP_NAME_LEN: usize = 72;
+
+/// `AF_INET`, as every Linux ABI defines it.
+pub const AF_INET: u16 = 2;
+/// `AF_INET6`, as every Linux ABI defines it.
+pub const AF_INET6: u16 = 10;
+
+/// Name of the ring buffer map the programs send matched events through.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// Name of the map of watched token files, keyed by [`FileKey`].
+pub const WATCHED_FILES_MAP: &str = "WATCHED_FILES";
+/// Name of the map of watched API-server endpoints, keyed by [`EndpointKey`].
+pub const WATCHED_ENDPOINTS_MAP: &str = "WATCHED_ENDPOINTS";
+/// Name of the per-CPU array of [`Counter`]s.
+pub const COUNTERS_MAP: &str = "COUNTERS";
+/// Name of the global holding the [`KernelOffsets`] resolved from BTF.
+pub const OFFSETS_GLOBAL: &str = "KERNEL_OFFSETS";
+/// Name of the global holding the agent's own tgid, whose opens are not events
+/// (it opens token files `O_PATH` to learn their inodes).
+pub const AGENT_TGID_GLOBAL: &str = "AGENT_TGID";

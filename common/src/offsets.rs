@@ -1,0 +1,79 @@
+//! Byte offsets of the kernel struct fields the programs walk.
+//!
+//! Rust eBPF gets no CO-RE relocations, and field offsets change from one
+//! kernel build to the next, so the agent reads them from the running kernel's
+//! BTF at start-up and writes them into the programs' read-only global before
+//! loading. The verifier then sees them as constants.
+
+/// Offsets of every field the programs dereference, in bytes from the start of
+/// the named struct. `ready` is zero until the agent has filled them in; the
+/// programs send nothing while it is zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// Non-zero once resolved.
+    pub ready: u32,
+    /// `task_struct.files`.
+    pub task_files: u32,
+    /// `task_struct.fs`.
+    pub task_fs: u32,
+    /// `task_struct.cgroups`.
+    pub task_cgroups: u32,
+    /// `files_struct.fdt`.
+    pub files_fdt: u32,
+    /// `fdtable.max_fds`.
+    pub fdtable_max_fds: u32,
+    /// `fdtable.fd`.
+    pub fdtable_fd: u32,
+    /// `file.f_path`.
+    pub file_f_path: u32,
+    /// `file.f_inode`.
+    pub file_f_inode: u32,
+    /// `path.mnt`.
+    pub path_mnt: u32,
+    /// `path.dentry`.
+    pub path_dentry: u32,
+    /// `inode.i_sb`.
+    pub inode_i_sb: u32,
+    /// `inode.i_ino`.
+    pub inode_i_ino: u32,
+    /// `super_block.s_dev`.
+    pub sb_s_dev: u32,
+    /// `dentry.d_parent`.
+    pub dentry_d_parent: u32,
+    /// `dentry.d_name`.
+    pub dentry_d_name: u32,
+    /// `qstr.name`.
+    pub qstr_name: u32,
+    /// `mount.mnt` (the embedded `vfsmount`).
+    pub mount_mnt: u32,
+    /// `mount.mnt_parent`.
+    pub mount_mnt_parent: u32,
+    /// `mount.mnt_mountpoint`.
+    pub mount_mnt_mountpoint: u32,
+    /// `vfsmount.mnt_root`.
+    pub vfsmount_mnt_root: u32,
+    /// `fs_struct.root`.
+    pub fs_root: u32,
+    /// `css_set.dfl_cgrp`.
+    pub css_set_dfl_cgrp: u32,
+    /// `css_set.subsys`.
+    pub css_set_subsys: u32,
+    /// `cgroup_subsys_state.cgroup`.
+    pub css_cgroup: u32,
+    /// `cgroup.kn`.
+    pub cgroup_kn: u32,
+    /// `kernfs_node.name`.
+    pub kernfs_node_name: u32,
+    /// `kernfs_node.parent` (`__parent` on newer kernels).
+    pub kernfs_node_parent: u32,
+    /// Index into `css_set.subsys` of the v1 controller whose cgroup names
+    /// are reported (`memory_cgrp_id`, else the first controller).
+    pub v1_subsys_index: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), u32 fields only.
+unsafe impl aya::Pod for KernelOffsets {}

@@ -1,0 +1,114 @@
+//! `connect`: match the destination against the watched API-server endpoints
+//! on entry, report the attempt with its result on exit.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use aya_log_ebpf::debug;
+use tokenwatch_common::{ConnectEvent, Counter, EndpointKey, EventKind, AF_INET, AF_INET6};
+
+use crate::{
+    identity::fill_header,
+    maps::{count, is_agent, PendingConnect, EVENTS, KERNEL_OFFSETS, PENDING_CONNECTS, WATCHED_ENDPOINTS},
+};
+
+/// `struct sockaddr_in6` as userspace passes it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SockaddrIn6 {
+    family: u16,
+    port_be: u16,
+    flowinfo: u32,
+    addr: [u8; 16],
+}
+
+#[tracepoint]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if is_agent((pid_tgid >> 32) as u32) {
+        return 0;
+    }
+    count(Counter::ConnectsSeen);
+    // SAFETY: offsets from the tracepoint's format.
+    let (fd, sockaddr) = unsafe { (ctx.read_at::<u64>(16), ctx.read_at::<u64>(24)) };
+    let sockaddr = sockaddr.unwrap_or(0);
+    if sockaddr == 0 {
+        return 0;
+    }
+    // SAFETY: user pointer; a bad one is an Err.
+    let Ok(family) = (unsafe { bpf_probe_read_user(sockaddr as *const u16) }) else { return 0 };
+    let mut pending = PendingConnect { family, port: 0, fd: fd.unwrap_or(0) as i32, addr: [0; 16] };
+    let mut key = EndpointKey { family, port: 0, _pad: 0, addr: [0; 16] };
+    if family == AF_INET {
+        // sockaddr_in: family, port, 4-byte address.
+        // SAFETY: user pointer; a bad one is an Err.
+        let Ok(raw) = (unsafe { bpf_probe_read_user(sockaddr as *const [u8; 8]) }) else { return 0 };
+        pending.port = u16::from_be_bytes([raw[2], raw[3]]);
+        pending.addr[..4].copy_from_slice(&raw[4..8]);
+        key.port = pending.port;
+        key.addr = pending.addr;
+    } else if family == AF_INET6 {
+        // SAFETY: as above.
+        let Ok(raw) = (unsafe { bpf_probe_read_user(sockaddr as *const SockaddrIn6) }) else { return 0 };
+        pending.port = u16::from_be(raw.port_be);
+        pending.addr = raw.addr;
+        key.port = pending.port;
+        if is_v4_mapped(&raw.addr) {
+            key.family = AF_INET;
+            key.addr[..4].copy_from_slice(&raw.addr[12..16]);
+        } else {
+            key.addr = raw.addr;
+        }
+    } else {
+        return 0;
+    }
+    // SAFETY: value not used beyond presence.
+    if unsafe { WATCHED_ENDPOINTS.get(&key) }.is_none() {
+        return 0;
+    }
+    count(Counter::ConnectsMatched);
+    if PENDING_CONNECTS.insert(&(pid_tgid as u32), &pending, 0).is_err() {
+        debug!(&ctx, "pending-connect map update refused for tid {}", pid_tgid as u32);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    // SAFETY: copied out before removal.
+    let Some(pending) = (unsafe { PENDING_CONNECTS.get(&tid) }).copied() else { return 0 };
+    let _ = PENDING_CONNECTS.remove(&tid);
+    let offsets = KERNEL_OFFSETS.load();
+    if offsets.ready == 0 {
+        return 0;
+    }
+    let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
+        count(Counter::EventsDropped);
+        debug!(&ctx, "ring buffer full: API-server connect by tgid {} dropped", (pid_tgid >> 32) as u32);
+        return 0;
+    };
+    // SAFETY: reserved memory of the right size; every field is written.
+    let event = unsafe { &mut *entry.as_mut_ptr() };
+    // SAFETY: current task pointer, read only via probes.
+    let task = unsafe { bpf_get_current_task() };
+    fill_header(&mut event.header, EventKind::Connect, task, &offsets);
+    event.family = pending.family;
+    event.port = pending.port;
+    event.fd = pending.fd;
+    // SAFETY: `ret` offset from the tracepoint format.
+    event.result = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0);
+    event.addr = pending.addr;
+    entry.submit(0);
+    count(Counter::EventsSent);
+    0
+}
+
+/// `::ffff:a.b.c.d`: an IPv4 destination dialled through an IPv6 socket.
+#[inline(always)]
+fn is_v4_mapped(addr: &[u8; 16]) -> bool {
+    addr[..10].iter().all(|b| *b == 0) && addr[10] == 0xff && addr[11] == 0xff
+}

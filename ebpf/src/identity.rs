@@ -1,0 +1,47 @@
+//! The event header: who did it, and which cgroups (so which container) it
+//! ran in, read in the kernel so a process that exits at once is still placed.
+
+use aya_ebpf::helpers::{
+    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+    bpf_ktime_get_boot_ns,
+};
+use tokenwatch_common::{EventHeader, EventKind, KernelOffsets};
+
+use crate::kernel::{read_ptr, read_str};
+
+/// Fills `header` for the current task.
+#[inline(always)]
+pub fn fill_header(header: &mut EventHeader, kind: EventKind, task: u64, offsets: &KernelOffsets) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    header.kind = kind as u32;
+    header._pad = 0;
+    // SAFETY: helpers without preconditions in tracepoint context.
+    header.boot_time_ns = unsafe { bpf_ktime_get_boot_ns() };
+    header.tgid = (pid_tgid >> 32) as u32;
+    header.tid = pid_tgid as u32;
+    header.uid = uid_gid as u32;
+    header.gid = (uid_gid >> 32) as u32;
+    // SAFETY: as above.
+    header.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    header.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+
+    let css_set = read_ptr(task, offsets.task_cgroups).unwrap_or(0);
+    let v2 = read_ptr(css_set, offsets.css_set_dfl_cgrp).unwrap_or(0);
+    let v2_kn = read_ptr(v2, offsets.cgroup_kn).unwrap_or(0);
+    kernfs_names(v2_kn, offsets, &mut header.cgroups.v2_leaf, &mut header.cgroups.v2_parent);
+
+    let subsys = offsets.css_set_subsys + offsets.v1_subsys_index * 8;
+    let css = read_ptr(css_set, subsys).unwrap_or(0);
+    let v1 = read_ptr(css, offsets.css_cgroup).unwrap_or(0);
+    let v1_kn = read_ptr(v1, offsets.cgroup_kn).unwrap_or(0);
+    kernfs_names(v1_kn, offsets, &mut header.cgroups.v1_leaf, &mut header.cgroups.v1_parent);
+}
+
+/// Names of a kernfs node and of its parent.
+#[inline(always)]
+fn kernfs_names(kn: u64, offsets: &KernelOffsets, leaf: &mut [u8], parent: &mut [u8]) {
+    read_str(read_ptr(kn, offsets.kernfs_node_name).unwrap_or(0), leaf);
+    let parent_kn = read_ptr(kn, offsets.kernfs_node_parent).unwrap_or(0);
+    read_str(read_ptr(parent_kn, offsets.kernfs_node_name).unwrap_or(0), parent);
+}

@@ -1,0 +1,89 @@
+//! Maps and globals shared with userspace, and the counter helper.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    Global,
+};
+use tokenwatch_common::{Counter, EndpointKey, FileKey, KernelOffsets};
+
+/// Matched events for userspace. 1 MiB holds about 450 open events.
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Token files to watch, filled by userspace. The value is unused (1).
+#[map(name = "WATCHED_FILES")]
+pub static WATCHED_FILES: HashMap<FileKey, u32> = HashMap::with_max_entries(16384, 0);
+
+/// API-server endpoints to watch, filled by userspace. The value is unused.
+#[map(name = "WATCHED_ENDPOINTS")]
+pub static WATCHED_ENDPOINTS: HashMap<EndpointKey, u32> = HashMap::with_max_entries(1024, 0);
+
+/// Per-CPU counters, indexed by `Counter`.
+#[map(name = "COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+/// Arguments of an open in flight, by thread id. LRU so a thread killed
+/// inside the syscall cannot leak its entry.
+#[map(name = "PENDING_OPENS")]
+pub static PENDING_OPENS: LruHashMap<u32, PendingOpen> = LruHashMap::with_max_entries(16384, 0);
+
+/// Watched connects in flight, by thread id.
+#[map(name = "PENDING_CONNECTS")]
+pub static PENDING_CONNECTS: LruHashMap<u32, PendingConnect> = LruHashMap::with_max_entries(4096, 0);
+
+/// Kernel struct offsets, written by the agent from BTF before load.
+#[unsafe(no_mangle)]
+pub static KERNEL_OFFSETS: Global<KernelOffsets> =
+    // SAFETY: KernelOffsets is integers only; all-zero means "not ready".
+    Global::new(unsafe { core::mem::zeroed() });
+
+/// The agent's own tgid: its opens and connects are not events.
+#[unsafe(no_mangle)]
+pub static AGENT_TGID: Global<u32> = Global::new(0);
+
+/// What the entry of an open saw; kernel-only, so defined here.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingOpen {
+    /// User pointer to the path string.
+    pub filename: u64,
+    /// User pointer to `struct open_how` (openat2 only).
+    pub how: u64,
+    /// Flags (open/openat).
+    pub flags: u64,
+    /// `dirfd` argument.
+    pub dirfd: i32,
+    /// `OpenSyscall` discriminant.
+    pub syscall: u32,
+}
+
+/// A watched connect in flight; kernel-only.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingConnect {
+    /// The destination as the process passed it (family kept as passed).
+    pub family: u16,
+    /// Destination port, host order.
+    pub port: u16,
+    /// Socket fd.
+    pub fd: i32,
+    /// Destination address as passed.
+    pub addr: [u8; 16],
+}
+
+/// Adds one to a per-CPU counter.
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// True when the current task belongs to the agent itself.
+#[inline(always)]
+pub fn is_agent(tgid: u32) -> bool {
+    let agent = AGENT_TGID.load();
+    agent != 0 && agent == tgid
+}

@@ -1,0 +1,214 @@
+//! `open`, `openat` and `openat2`: judge the file actually opened, not the
+//! string passed, by resolving the returned fd to its (device, inode).
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user, bpf_probe_read_user_str_bytes},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use aya_log_ebpf::debug;
+use tokenwatch_common::{Counter, EventKind, FileKey, KernelOffsets, OpenEvent, OpenSyscall, ResolvedPath};
+
+use crate::{
+    identity::fill_header,
+    kernel::{read_ptr, read_str, read_u32},
+    maps::{count, is_agent, PendingOpen, EVENTS, KERNEL_OFFSETS, PENDING_OPENS, WATCHED_FILES},
+};
+
+/// `AT_FDCWD`, reported as the dirfd of `open(2)`.
+const AT_FDCWD: i32 = -100;
+/// Offsets of syscall arguments in the `sys_enter_*` tracepoint record.
+const ARG0: usize = 16;
+const ARG1: usize = 24;
+const ARG2: usize = 32;
+/// Offset of `ret` in the `sys_exit_*` tracepoint record.
+const RET: usize = 16;
+
+#[tracepoint]
+pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
+    // SAFETY: offsets from the tracepoint's format, stable syscall ABI.
+    let (filename, flags) = unsafe { (ctx.read_at::<u64>(ARG0), ctx.read_at::<u64>(ARG1)) };
+    remember(&ctx, OpenSyscall::Open, AT_FDCWD, filename.unwrap_or(0), flags.unwrap_or(0), 0);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
+    // SAFETY: as above.
+    let (dirfd, filename, flags) =
+        unsafe { (ctx.read_at::<u64>(ARG0), ctx.read_at::<u64>(ARG1), ctx.read_at::<u64>(ARG2)) };
+    let dirfd = dirfd.unwrap_or(0) as i32;
+    remember(&ctx, OpenSyscall::Openat, dirfd, filename.unwrap_or(0), flags.unwrap_or(0), 0);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
+    // SAFETY: as above.
+    let (dirfd, filename, how) =
+        unsafe { (ctx.read_at::<u64>(ARG0), ctx.read_at::<u64>(ARG1), ctx.read_at::<u64>(ARG2)) };
+    let dirfd = dirfd.unwrap_or(0) as i32;
+    remember(&ctx, OpenSyscall::Openat2, dirfd, filename.unwrap_or(0), 0, how.unwrap_or(0));
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
+    judge(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
+    judge(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
+    judge(&ctx);
+    0
+}
+
+/// Records the arguments for the exit; pointers only, nothing read yet, so
+/// the entry of every open on the node stays a single map update.
+#[inline(always)]
+fn remember(ctx: &TracePointContext, syscall: OpenSyscall, dirfd: i32, filename: u64, flags: u64, how: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if is_agent((pid_tgid >> 32) as u32) {
+        return;
+    }
+    let pending = PendingOpen { filename, how, flags, dirfd, syscall: syscall as u32 };
+    if PENDING_OPENS.insert(&(pid_tgid as u32), &pending, 0).is_err() {
+        debug!(ctx, "pending-open map update refused for tid {}", pid_tgid as u32);
+    }
+}
+
+/// On exit: resolve the fd, look the file up, and send an event on a hit.
+#[inline(always)]
+fn judge(ctx: &TracePointContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    if is_agent((pid_tgid >> 32) as u32) {
+        return;
+    }
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(pending) = (unsafe { PENDING_OPENS.get(&tid) }).copied() else {
+        count(Counter::EntriesMissing);
+        return;
+    };
+    let _ = PENDING_OPENS.remove(&tid);
+    count(Counter::OpensSeen);
+    // SAFETY: `ret` offset from the tracepoint format.
+    let ret = unsafe { ctx.read_at::<i64>(RET) }.unwrap_or(-1);
+    if ret < 0 {
+        return;
+    }
+    let offsets = KERNEL_OFFSETS.load();
+    if offsets.ready == 0 {
+        return;
+    }
+    // SAFETY: returns the current task_struct pointer, read only via probes.
+    let task = unsafe { bpf_get_current_task() };
+    let Some(file) = fd_to_file(task, ret as u64, &offsets) else { return };
+    let Ok(inode) = read_ptr(file, offsets.file_f_inode) else { return };
+    let sb = read_ptr(inode, offsets.inode_i_sb).unwrap_or(0);
+    let key = FileKey {
+        dev: read_u32(sb, offsets.sb_s_dev).unwrap_or(0),
+        _pad: 0,
+        ino: read_ptr(inode, offsets.inode_i_ino).unwrap_or(0),
+    };
+    // SAFETY: value not used beyond presence.
+    if unsafe { WATCHED_FILES.get(&key) }.is_none() {
+        return;
+    }
+    count(Counter::OpensMatched);
+    let Some(mut entry) = EVENTS.reserve::<OpenEvent>(0) else {
+        count(Counter::EventsDropped);
+        debug!(ctx, "ring buffer full: token open by tgid {} dropped", (pid_tgid >> 32) as u32);
+        return;
+    };
+    // SAFETY: reserved memory of the right size; every field is written below
+    // or is a NUL-terminated buffer whose tail userspace ignores.
+    let event = unsafe { &mut *entry.as_mut_ptr() };
+    fill_header(&mut event.header, EventKind::Open, task, &offsets);
+    event.syscall = pending.syscall;
+    event.dirfd = pending.dirfd;
+    event.flags = pending.flags;
+    if pending.how != 0 {
+        // SAFETY: user pointer; a bad one is an Err. open_how.flags is first.
+        event.flags = unsafe { bpf_probe_read_user(pending.how as *const u64) }.unwrap_or(0);
+    }
+    event.result = ret;
+    event.dev = key.dev;
+    event._pad = 0;
+    event.ino = key.ino;
+    // SAFETY: user pointer read with a bounded copy.
+    if unsafe { bpf_probe_read_user_str_bytes(pending.filename as *const u8, &mut event.requested_path) }.is_err() {
+        event.requested_path[0] = 0;
+    }
+    rebuild_path(task, file, &offsets, &mut event.path);
+    entry.submit(0);
+    count(Counter::EventsSent);
+}
+
+/// `task->files->fdt->fd[fd]`.
+#[inline(always)]
+fn fd_to_file(task: u64, fd: u64, offsets: &KernelOffsets) -> Option<u64> {
+    let files = read_ptr(task, offsets.task_files).ok()?;
+    let fdt = read_ptr(files, offsets.files_fdt).ok()?;
+    let max_fds = read_u32(fdt, offsets.fdtable_max_fds).ok()?;
+    if fd >= u64::from(max_fds) {
+        return None;
+    }
+    let fds = read_ptr(fdt, offsets.fdtable_fd).ok()?;
+    if fds == 0 {
+        return None;
+    }
+    read_ptr(fds + fd * 8, 0).ok().filter(|f| *f != 0)
+}
+
+/// Walks dentries up to the task's root, crossing mounts as `d_path` does,
+/// storing names leaf first. Each step fills the slot of its own index (a
+/// mount crossing leaves it empty), so the verifier tracks one counter, not
+/// one per combination of names and crossings.
+#[inline(always)]
+fn rebuild_path(task: u64, file: u64, offsets: &KernelOffsets, out: &mut ResolvedPath) {
+    let fs = read_ptr(task, offsets.task_fs).unwrap_or(0);
+    let root_mnt = read_ptr(fs, offsets.fs_root + offsets.path_mnt).unwrap_or(0);
+    let root_dentry = read_ptr(fs, offsets.fs_root + offsets.path_dentry).unwrap_or(0);
+    let mut vfsmnt = read_ptr(file, offsets.file_f_path + offsets.path_mnt).unwrap_or(0);
+    let mut dentry = read_ptr(file, offsets.file_f_path + offsets.path_dentry).unwrap_or(0);
+    let mut mount = vfsmnt.wrapping_sub(u64::from(offsets.mount_mnt));
+    let mut depth: u32 = 0;
+    let mut reached_root = false;
+    for slot in out.components.iter_mut() {
+        if dentry == 0 || vfsmnt == 0 {
+            break;
+        }
+        if dentry == root_dentry && vfsmnt == root_mnt {
+            reached_root = true;
+            break;
+        }
+        let mnt_root = read_ptr(vfsmnt, offsets.vfsmount_mnt_root).unwrap_or(0);
+        let parent = read_ptr(dentry, offsets.dentry_d_parent).unwrap_or(0);
+        if dentry == mnt_root || dentry == parent {
+            let mount_parent = read_ptr(mount, offsets.mount_mnt_parent).unwrap_or(0);
+            if mount_parent == mount || mount_parent == 0 {
+                reached_root = true;
+                break;
+            }
+            dentry = read_ptr(mount, offsets.mount_mnt_mountpoint).unwrap_or(0);
+            mount = mount_parent;
+            vfsmnt = mount + u64::from(offsets.mount_mnt);
+            slot[0] = 0;
+        } else {
+            let name = read_ptr(dentry, offsets.dentry_d_name + offsets.qstr_name).unwrap_or(0);
+            read_str(name, slot);
+            dentry = parent;
+        }
+        depth += 1;
+    }
+    out.depth = depth;
+    out.truncated = u32::from(!reached_root);
+}

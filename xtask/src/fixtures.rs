@@ -1,0 +1,260 @@
+//! Test fixtures that come from outside the repository.
+//!
+//! The agent resolves kernel struct offsets from BTF, and that has to be
+//! tested against more than the one kernel the build machine runs. Debian's
+//! 6.1 cloud kernel package is reachable through apt, so its BTF is pulled
+//! out of the package's compressed kernel image here, once, into
+//! `target/fixtures/btf/` (nothing large is committed).
+#![allow(clippy::print_stderr)] // xtask reports progress to the developer on stderr.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use object::{Object, ObjectSection};
+
+/// Name of the 6.1 fixture inside `target/fixtures/btf/`.
+const FIXTURE_NAME: &str = "vmlinux-6.1.btf";
+/// The kernel's legacy LZ4 frame magic (`lz4 -l`), little-endian.
+const LZ4_LEGACY_MAGIC: u32 = 0x184c_2102;
+/// Each legacy LZ4 block decompresses to at most this much.
+const LZ4_LEGACY_BLOCK: usize = 8 << 20;
+/// BTF magic as it appears in the first two bytes of little-endian BTF.
+const BTF_MAGIC: [u8; 2] = [0x9f, 0xeb];
+
+/// Ensure target/fixtures/btf/vmlinux-6.1.btf exists; build it if not. Idempotent; prints (eprintln! is fine in xtask) what it does and why.
+pub fn second_kernel_btf(workspace_root: &Path) -> Result<PathBuf> {
+    let dir = workspace_root.join("target/fixtures/btf");
+    let out = dir.join(FIXTURE_NAME);
+    if let Ok(bytes) = fs::read(&out) {
+        if bytes.starts_with(&BTF_MAGIC) {
+            eprintln!("fixtures: {} is already there", out.display());
+            return Ok(out);
+        }
+        eprintln!("fixtures: {} is not BTF; rebuilding it", out.display());
+    }
+    eprintln!(
+        "fixtures: building {} (the BTF of Debian's 6.1 cloud kernel, to test offset \
+         resolution against a second kernel)",
+        out.display()
+    );
+    let started = Instant::now();
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let work = TempDir::new(&workspace_root.join("target/fixtures"))?;
+
+    let vmlinuz = download_kernel_image(&work.0)?;
+    let image = fs::read(&vmlinuz).with_context(|| format!("reading {}", vmlinuz.display()))?;
+    let payload = bzimage_payload(&image)
+        .with_context(|| format!("reading the bzImage header of {}", vmlinuz.display()))?;
+    let vmlinux = lz4_legacy_decompress(payload).context("decompressing the kernel image")?;
+    let btf = elf_btf_section(&vmlinux)?;
+
+    let partial = dir.join(format!("{FIXTURE_NAME}.partial"));
+    fs::write(&partial, btf).with_context(|| format!("writing {}", partial.display()))?;
+    fs::rename(&partial, &out).with_context(|| format!("renaming to {}", out.display()))?;
+    eprintln!(
+        "fixtures: wrote {} ({} bytes of BTF from a {} byte vmlinux) in {:.1?}",
+        out.display(),
+        btf.len(),
+        vmlinux.len(),
+        started.elapsed()
+    );
+    Ok(out)
+}
+
+/// A scratch directory removed when dropped, also on error paths.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(parent: &Path) -> Result<Self> {
+        let path = parent.join(format!("tmp-kernel-{}", std::process::id()));
+        if path.exists() {
+            fs::remove_dir_all(&path).with_context(|| format!("clearing {}", path.display()))?;
+        }
+        fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(TempDir(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Err(err) = fs::remove_dir_all(&self.0) {
+            eprintln!("fixtures: could not remove {}: {err}", self.0.display());
+        }
+    }
+}
+
+/// Run `cmd` to completion, failing with its stderr if it fails.
+fn run(cmd: &mut Command) -> Result<String> {
+    let output = cmd
+        .output()
+        .with_context(|| format!("running {cmd:?} (is it installed?)"))?;
+    ensure!(
+        output.status.success(),
+        "{cmd:?} failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The newest `linux-image-6.1.0-N-cloud-amd64` apt knows of, if any.
+fn newest_cloud_kernel() -> Result<Option<String>> {
+    let listing = run(Command::new("apt-cache").args([
+        "search",
+        "--names-only",
+        r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64$",
+    ]))?;
+    let abi = |name: &str| {
+        name.strip_prefix("linux-image-6.1.0-")?
+            .strip_suffix("-cloud-amd64")?
+            .parse::<u32>()
+            .ok()
+    };
+    Ok(listing
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter_map(|name| Some((abi(name)?, name.to_owned())))
+        .max()
+        .map(|(_, name)| name))
+}
+
+/// Download and unpack the newest 6.1 cloud kernel package into `work`;
+/// returns the path of its `boot/vmlinuz-*`. Refreshes apt's lists once if
+/// the package is unknown or its download fails (a stale list names files
+/// the mirror no longer has).
+fn download_kernel_image(work: &Path) -> Result<PathBuf> {
+    let mut refreshed = false;
+    let deb = loop {
+        let package = match newest_cloud_kernel()? {
+            Some(package) => package,
+            None if !refreshed => {
+                eprintln!("fixtures: apt knows no 6.1 cloud kernel; running apt-get update");
+                run(Command::new("apt-get").arg("update"))?;
+                refreshed = true;
+                continue;
+            }
+            None => bail!("apt has no package matching linux-image-6.1.0-*-cloud-amd64"),
+        };
+        eprintln!("fixtures: apt-get download {package}");
+        match run(Command::new("apt-get")
+            .arg("download")
+            .arg(&package)
+            .current_dir(work))
+        {
+            Ok(_) => break find_file(work, "", ".deb")?,
+            Err(err) if !refreshed => {
+                eprintln!("fixtures: download failed ({err:#}); running apt-get update");
+                run(Command::new("apt-get").arg("update"))?;
+                refreshed = true;
+            }
+            Err(err) => return Err(err),
+        }
+    };
+    let root = work.join("root");
+    eprintln!("fixtures: dpkg-deb -x {}", deb.display());
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+    find_file(&root.join("boot"), "vmlinuz-", "")
+}
+
+/// The one file in `dir` whose name starts with `prefix` and ends with `suffix`.
+fn find_file(dir: &Path, prefix: &str, suffix: &str) -> Result<PathBuf> {
+    for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(prefix) && name.ends_with(suffix) {
+            return Ok(entry.path());
+        }
+    }
+    bail!("no {prefix}*{suffix} in {}", dir.display())
+}
+
+/// Little-endian `u32` at `at`.
+fn le32(data: &[u8], at: usize) -> Option<u32> {
+    let bytes = data.get(at..at.checked_add(4)?)?;
+    Some(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+}
+
+/// The compressed kernel inside a bzImage (x86 boot protocol >= 2.08):
+/// `payload_offset` and `payload_length` at 0x248/0x24c, counted from the end
+/// of the real-mode setup code, `(setup_sects + 1) * 512` bytes in.
+fn bzimage_payload(image: &[u8]) -> Result<&[u8]> {
+    ensure!(
+        image.get(0x202..0x206) == Some(b"HdrS"),
+        "no HdrS boot header"
+    );
+    let setup_sects = match image[0x1f1] {
+        0 => 4, // the boot protocol's "0 means 4"
+        n => usize::from(n),
+    };
+    let offset = le32(image, 0x248).context("no payload_offset")? as usize;
+    let length = le32(image, 0x24c).context("no payload_length")? as usize;
+    let start = (setup_sects + 1) * 512 + offset;
+    image.get(start..start + length).with_context(|| {
+        format!(
+            "payload {start}+{length} is past the image's {} bytes",
+            image.len()
+        )
+    })
+}
+
+/// Decompress the kernel's legacy LZ4 format: the magic, then blocks each
+/// preceded by its compressed size (LE u32), each decompressing on its own to
+/// at most 8 MiB. Like the kernel's `unlz4`, a repeated magic starts a new
+/// stream; the size the kernel build appends at the end is checked, not
+/// decompressed.
+fn lz4_legacy_decompress(data: &[u8]) -> Result<Vec<u8>> {
+    ensure!(
+        le32(data, 0) == Some(LZ4_LEGACY_MAGIC),
+        "the payload is not legacy LZ4 (magic {:#x?})",
+        le32(data, 0)
+    );
+    let mut out = Vec::with_capacity(data.len() * 4);
+    let mut block = vec![0u8; LZ4_LEGACY_BLOCK];
+    let mut pos = 4;
+    while let Some(size) = le32(data, pos) {
+        if size == LZ4_LEGACY_MAGIC {
+            pos += 4;
+            continue;
+        }
+        let start = pos + 4;
+        let Some(compressed) = data.get(start..start + size as usize) else {
+            // Not a block that fits: the appended uncompressed size.
+            ensure!(
+                data.len() - pos == 4,
+                "LZ4 block at {pos} of size {size} runs past the {} byte payload",
+                data.len()
+            );
+            ensure!(
+                size as usize == out.len(),
+                "the kernel image says it holds {size} bytes, but {} decompressed",
+                out.len()
+            );
+            break;
+        };
+        let n = lz4_flex::block::decompress_into(compressed, &mut block)
+            .with_context(|| format!("LZ4 block at {pos} is corrupt"))?;
+        out.extend_from_slice(&block[..n]);
+        pos = start + size as usize;
+    }
+    ensure!(!out.is_empty(), "the LZ4 payload held no blocks");
+    Ok(out)
+}
+
+/// The `.BTF` section of a vmlinux ELF image, checked to be little-endian BTF.
+fn elf_btf_section(vmlinux: &[u8]) -> Result<&[u8]> {
+    let elf = object::File::parse(vmlinux).context("the decompressed kernel is not ELF")?;
+    let btf = elf
+        .section_by_name(".BTF")
+        .context("the kernel has no .BTF section")?
+        .data()
+        .context("reading the .BTF section")?;
+    ensure!(
+        btf.starts_with(&BTF_MAGIC),
+        "the .BTF section lacks the BTF magic 0xeB9F"
+    );
+    Ok(btf)
+}
