@@ -1,0 +1,231 @@
+//! Live tests: the real agent, its eBPF programs in this kernel, and real
+//! processes in their own mount namespaces and cgroups. Root only; run by
+//! `cargo xtask test`.
+
+mod support;
+
+use std::{fs, net::TcpListener, time::Duration};
+
+use nix::sys::signal::Signal;
+use support::{
+    actor::{Actor, SA_DIR, STOLEN_LINK},
+    agent::AgentProcess,
+    cgroup::TestCgroup,
+};
+use tokenwatch_proto::v1::{alert::Evidence, Alert, ApiServerConnect, Severity, TokenRead};
+
+const ALERT_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn token_read(alert: &Alert) -> Option<&TokenRead> {
+    match &alert.evidence {
+        Some(Evidence::TokenRead(read)) => Some(read),
+        _ => None,
+    }
+}
+
+fn connect(alert: &Alert) -> Option<&ApiServerConnect> {
+    match &alert.evidence {
+        Some(Evidence::ApiServerConnect(connect)) => Some(connect),
+        _ => None,
+    }
+}
+
+fn pid_of(alert: &Alert) -> u32 {
+    alert.process.as_ref().map_or(0, |p| p.pid)
+}
+
+fn describe(alerts: &[Alert]) -> String {
+    alerts.iter().map(|a| serde_json::to_string(a).unwrap_or_default()).collect::<Vec<_>>().join("\n")
+}
+
+/// Checks what every alert must carry about the actor.
+fn assert_identity(alert: &Alert, actor: &Actor, cgroup: &TestCgroup) {
+    let process = alert.process.as_ref().expect("process context");
+    assert_eq!(process.pid, actor.pid);
+    assert_eq!(process.tid, actor.pid, "the actor is single-threaded");
+    assert_eq!(process.uid, 0);
+    assert!(!process.comm.is_empty());
+    assert!(!alert.node.is_empty());
+    assert!(!alert.id.is_empty());
+    assert!(alert.time.is_some());
+    let names = &alert.container.as_ref().expect("container context").cgroup_names;
+    if cgroup.has_v2 {
+        assert_eq!(names[0], cgroup.name, "unified cgroup leaf read in the kernel: {names:?}");
+    }
+    if cgroup.has_v1_memory {
+        assert_eq!(names[2], cgroup.name, "v1 memory cgroup leaf read in the kernel: {names:?}");
+    }
+}
+
+#[test]
+#[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test"]
+fn token_reads_by_every_path_alert_once_each() {
+    let cgroup = TestCgroup::create("reads");
+    let mut actor = Actor::spawn(&cgroup.procs_files());
+    let agent = AgentProcess::start(&args(&["--standalone", "--rescan-interval-seconds", "1"]));
+    assert!(
+        agent.wait_for_log(&["watching token file", &format!("pid={}", actor.pid)], ALERT_TIMEOUT),
+        "the agent never found the actor's token:\n{}",
+        agent.stderr()
+    );
+
+    let run_sa = format!("{}/secrets/kubernetes.io/serviceaccount", actor.run_dir.display());
+    // (command, requested path the alert must carry, syscall)
+    let reads = [
+        (format!("open {SA_DIR}/token"), format!("{SA_DIR}/token"), "openat"),
+        (format!("open {run_sa}/token"), format!("{run_sa}/token"), "openat"),
+        (format!("open-in {SA_DIR} token"), "token".to_owned(), "openat"),
+        (format!("open {SA_DIR}/..data/token"), format!("{SA_DIR}/..data/token"), "openat"),
+        (format!("open {STOLEN_LINK}"), STOLEN_LINK.to_owned(), "openat"),
+        (format!("openat2 {SA_DIR}/token"), format!("{SA_DIR}/token"), "openat2"),
+    ];
+    let harmless = [
+        format!("open {SA_DIR}/ca.crt"),
+        format!("open {SA_DIR}/namespace"),
+        format!("open {SA_DIR}/..data/ca.crt"),
+        "open /etc/hostname".to_owned(),
+    ];
+    for command in harmless.iter().chain(reads.iter().map(|r| &r.0)) {
+        actor.must(command);
+    }
+    // A node-level process reading the pod's token through /proc/<pid>/root.
+    let via_proc = format!("/proc/{}/root{run_sa}/token", actor.pid);
+    fs::read(&via_proc).expect("read the token through /proc/<pid>/root");
+    let me = std::process::id();
+
+    let want = reads.len();
+    let arrived = agent.wait_for_alerts(ALERT_TIMEOUT, |alerts| {
+        alerts.iter().filter(|a| pid_of(a) == actor.pid).count() >= want
+            && alerts.iter().any(|a| pid_of(a) == me && token_read(a).is_some_and(|r| r.requested_path == via_proc))
+    });
+    let stopped = agent.stop(Signal::SIGTERM);
+    assert!(arrived, "alerts missing:\n{}\nlog:\n{}", describe(&stopped.alerts), stopped.stderr);
+    assert!(stopped.status.success(), "agent exit {:?}:\n{}", stopped.status, stopped.stderr);
+    assert!(stopped.stderr.contains("hooks detached"), "{}", stopped.stderr);
+
+    let from_actor: Vec<&Alert> = stopped.alerts.iter().filter(|a| pid_of(a) == actor.pid).collect();
+    assert_eq!(
+        from_actor.len(),
+        want,
+        "one alert per token read, none for other files:\n{}",
+        describe(&stopped.alerts)
+    );
+    for (command, requested, syscall) in &reads {
+        let matching: Vec<&&Alert> = from_actor
+            .iter()
+            .filter(|a| token_read(a).is_some_and(|r| &r.requested_path == requested && r.syscall == *syscall))
+            .collect();
+        assert_eq!(matching.len(), 1, "`{command}` must alert exactly once:\n{}", describe(&stopped.alerts));
+        let alert = matching[0];
+        assert_identity(alert, &actor, &cgroup);
+        assert_eq!(alert.rule, "token-read");
+        assert_eq!(alert.severity, i32::from(Severity::High));
+        let read = token_read(alert).expect("token read");
+        assert_eq!(read.resolved_path, actor.resolved_token_path(), "`{command}`");
+        assert!(!read.resolved_path_truncated);
+        assert_eq!(read.flags, "O_RDONLY|O_CLOEXEC", "`{command}`");
+        assert!(read.fd >= 0);
+        assert!(read.watched_path.ends_with("/secrets/kubernetes.io/serviceaccount/token"), "{}", read.watched_path);
+    }
+
+    let from_host: Vec<&Alert> = stopped
+        .alerts
+        .iter()
+        .filter(|a| pid_of(a) == me && token_read(a).is_some_and(|r| r.requested_path == via_proc))
+        .collect();
+    assert_eq!(from_host.len(), 1, "{}", describe(&stopped.alerts));
+    let read = token_read(from_host[0]).expect("token read");
+    assert_eq!(read.resolved_path, actor.resolved_token_path(), "the path inside the pod's mount namespace");
+    let process = from_host[0].process.as_ref().expect("process");
+    assert_eq!(process.exe, std::env::current_exe().expect("exe").display().to_string(), "a live process is inspected");
+    assert!(!process.parents.is_empty(), "the parent chain is reported");
+    drop(actor);
+}
+
+#[test]
+#[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test"]
+fn api_server_connects_over_v4_and_v6_alert_once_each() {
+    let v4 = TcpListener::bind("127.0.0.1:0").expect("bind v4");
+    let v6 = TcpListener::bind("[::1]:0").expect("bind v6 (loopback IPv6 is needed)");
+    let elsewhere = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let closed_port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let (p4, p6, p_else) = (
+        v4.local_addr().expect("addr").port(),
+        v6.local_addr().expect("addr").port(),
+        elsewhere.local_addr().expect("addr").port(),
+    );
+    let cgroup = TestCgroup::create("connects");
+    let mut actor = Actor::spawn(&cgroup.procs_files());
+    let agent = AgentProcess::start(&args(&[
+        "--standalone",
+        "--api-server",
+        &format!("127.0.0.1:{p4}"),
+        "--api-server",
+        &format!("[::1]:{p6}"),
+        "--api-server",
+        &format!("127.0.0.1:{closed_port}"),
+    ]));
+
+    actor.must(&format!("connect 127.0.0.1:{p_else}"));
+    actor.must(&format!("connect 127.0.0.1:{p4}"));
+    actor.must(&format!("connect [::1]:{p6}"));
+    actor.must(&format!("connect [::ffff:127.0.0.1]:{p4}"));
+    let refused = actor.act(&format!("connect 127.0.0.1:{closed_port}"));
+    assert!(refused.is_err(), "nothing listens on {closed_port}");
+    let nonblocking: i64 = actor
+        .act(&format!("connect-nonblocking 127.0.0.1:{p4}"))
+        .expect("non-blocking connect")
+        .parse()
+        .expect("a result");
+    assert!(nonblocking == 0 || nonblocking == -i64::from(libc::EINPROGRESS), "result {nonblocking}");
+
+    // (address, port, family, result, outcome), in the order dialled.
+    let expected = [
+        ("127.0.0.1".to_owned(), p4, "ipv4", 0, "connected".to_owned()),
+        ("::1".to_owned(), p6, "ipv6", 0, "connected".to_owned()),
+        ("::ffff:127.0.0.1".to_owned(), p4, "ipv6", 0, "connected".to_owned()),
+        (
+            "127.0.0.1".to_owned(),
+            closed_port,
+            "ipv4",
+            -i64::from(libc::ECONNREFUSED),
+            "failed: ECONNREFUSED".to_owned(),
+        ),
+        (
+            "127.0.0.1".to_owned(),
+            p4,
+            "ipv4",
+            nonblocking,
+            if nonblocking == 0 { "connected" } else { "in_progress" }.to_owned(),
+        ),
+    ];
+    let arrived = agent.wait_for_alerts(ALERT_TIMEOUT, |alerts| {
+        alerts.iter().filter(|a| pid_of(a) == actor.pid).count() >= expected.len()
+    });
+    let stopped = agent.stop(Signal::SIGINT);
+    assert!(arrived, "alerts missing:\n{}\nlog:\n{}", describe(&stopped.alerts), stopped.stderr);
+    assert!(stopped.status.success(), "agent exit {:?}:\n{}", stopped.status, stopped.stderr);
+    assert!(stopped.stderr.contains("hooks detached"), "{}", stopped.stderr);
+
+    let from_actor: Vec<&Alert> = stopped.alerts.iter().filter(|a| pid_of(a) == actor.pid).collect();
+    let seen: Vec<(String, u32, String, i64, String)> = from_actor
+        .iter()
+        .map(|a| {
+            let c = connect(a).expect("a connect alert");
+            (c.address.clone(), c.port, c.family.clone(), c.result, c.outcome.clone())
+        })
+        .collect();
+    let want: Vec<(String, u32, String, i64, String)> =
+        expected.iter().map(|(a, p, f, r, o)| (a.clone(), u32::from(*p), (*f).to_owned(), *r, o.clone())).collect();
+    assert_eq!(seen, want, "one alert per watched dial, in order, none for {p_else}");
+    for alert in &from_actor {
+        assert_identity(alert, &actor, &cgroup);
+        assert_eq!(alert.rule, "apiserver-connect");
+        assert_eq!(alert.severity, i32::from(Severity::Medium));
+    }
+    drop(actor);
+}

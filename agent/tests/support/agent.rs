@@ -1,0 +1,137 @@
+//! The real `tokenwatch agent` binary as a child process: its stdout parsed
+//! as alerts (the proto3 JSON mapping), its stderr kept for waiting on log
+//! lines and for failure messages.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::Duration,
+};
+
+use nix::{sys::signal::Signal, unistd::Pid};
+use tokenwatch_proto::v1::Alert;
+
+use super::wait_for;
+
+/// How long the agent may take to load and attach its programs.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running agent.
+pub struct AgentProcess {
+    child: Child,
+    stdout_lines: Arc<Mutex<Vec<String>>>,
+    stderr_lines: Arc<Mutex<Vec<String>>>,
+    readers: Vec<thread::JoinHandle<()>>,
+}
+
+/// What an agent left behind once stopped.
+pub struct StoppedAgent {
+    /// Its exit status.
+    pub status: ExitStatus,
+    /// Every alert it printed.
+    pub alerts: Vec<Alert>,
+    /// Everything it logged.
+    pub stderr: String,
+}
+
+impl AgentProcess {
+    /// Starts `tokenwatch agent` with `args` and waits for `hooks attached`.
+    pub fn start(args: &[String]) -> AgentProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tokenwatch"))
+            .arg("agent")
+            .args(args)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tokenwatch");
+        let stdout_lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr_lines = Arc::new(Mutex::new(Vec::new()));
+        let readers = vec![
+            collect(child.stdout.take().expect("stdout"), Arc::clone(&stdout_lines)),
+            collect(child.stderr.take().expect("stderr"), Arc::clone(&stderr_lines)),
+        ];
+        let agent = AgentProcess { child, stdout_lines, stderr_lines, readers };
+        if !agent.wait_for_log(&["hooks attached"], START_TIMEOUT) {
+            panic!("agent did not attach its hooks within {START_TIMEOUT:?}:\n{}", agent.stderr());
+        }
+        agent
+    }
+
+    /// Waits for a log line containing every needle.
+    pub fn wait_for_log(&self, needles: &[&str], timeout: Duration) -> bool {
+        wait_for(timeout, || {
+            let lines = self.stderr_lines.lock().expect("lock");
+            lines.iter().any(|line| needles.iter().all(|n| line.contains(n))).then_some(())
+        })
+        .is_some()
+    }
+
+    /// Alerts printed so far; panics on a stdout line that is not an alert.
+    pub fn alerts(&self) -> Vec<Alert> {
+        self.stdout_lines.lock().expect("lock").iter().map(|line| parse(line)).collect()
+    }
+
+    /// Waits until `done` holds for the alerts printed so far.
+    pub fn wait_for_alerts(&self, timeout: Duration, done: impl Fn(&[Alert]) -> bool) -> bool {
+        wait_for(timeout, || done(&self.alerts()).then_some(())).is_some()
+    }
+
+    /// Everything logged so far, colour codes removed.
+    pub fn stderr(&self) -> String {
+        self.stderr_lines.lock().expect("lock").join("\n")
+    }
+
+    /// Sends `signal` and waits for the agent to exit.
+    pub fn stop(mut self, signal: Signal) -> StoppedAgent {
+        let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("pid fits"));
+        nix::sys::signal::kill(pid, signal).expect("signal agent");
+        let status = wait_for(Duration::from_secs(30), || self.child.try_wait().ok().flatten())
+            .unwrap_or_else(|| panic!("agent did not exit after {signal}:\n{}", self.stderr()));
+        for reader in self.readers.drain(..) {
+            reader.join().expect("reader thread");
+        }
+        StoppedAgent { status, alerts: self.alerts(), stderr: self.stderr() }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn parse(line: &str) -> Alert {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("stdout line is not an alert ({e}): {line}"))
+}
+
+fn collect(stream: impl std::io::Read + Send + 'static, into: Arc<Mutex<Vec<String>>>) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            into.lock().expect("lock").push(strip_ansi(&line));
+        }
+    })
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
