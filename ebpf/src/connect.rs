@@ -65,11 +65,11 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
         return 0;
     }
     // SAFETY: value not used beyond presence.
-    if unsafe { WATCHED_ENDPOINTS.get(&key) }.is_none() {
+    if unsafe { WATCHED_ENDPOINTS.get(key) }.is_none() {
         return 0;
     }
     count(Counter::ConnectsMatched);
-    if PENDING_CONNECTS.insert(&(pid_tgid as u32), &pending, 0).is_err() {
+    if PENDING_CONNECTS.insert(pid_tgid as u32, pending, 0).is_err() {
         debug!(&ctx, "pending-connect map update refused for tid {}", pid_tgid as u32);
     }
     0
@@ -80,8 +80,8 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     // SAFETY: copied out before removal.
-    let Some(pending) = (unsafe { PENDING_CONNECTS.get(&tid) }).copied() else { return 0 };
-    let _ = PENDING_CONNECTS.remove(&tid);
+    let Some(pending) = (unsafe { PENDING_CONNECTS.get(tid) }).copied() else { return 0 };
+    let _ = PENDING_CONNECTS.remove(tid);
     let offsets = KERNEL_OFFSETS.load();
     if offsets.ready == 0 {
         return 0;

@@ -79,7 +79,7 @@ fn remember(ctx: &TracePointContext, syscall: OpenSyscall, dirfd: i32, filename:
         return;
     }
     let pending = PendingOpen { filename, how, flags, dirfd, syscall: syscall as u32 };
-    if PENDING_OPENS.insert(&(pid_tgid as u32), &pending, 0).is_err() {
+    if PENDING_OPENS.insert(pid_tgid as u32, pending, 0).is_err() {
         debug!(ctx, "pending-open map update refused for tid {}", pid_tgid as u32);
     }
 }
@@ -93,11 +93,11 @@ fn judge(ctx: &TracePointContext) {
         return;
     }
     // SAFETY: the value is copied out before the entry is removed.
-    let Some(pending) = (unsafe { PENDING_OPENS.get(&tid) }).copied() else {
+    let Some(pending) = (unsafe { PENDING_OPENS.get(tid) }).copied() else {
         count(Counter::EntriesMissing);
         return;
     };
-    let _ = PENDING_OPENS.remove(&tid);
+    let _ = PENDING_OPENS.remove(tid);
     count(Counter::OpensSeen);
     // SAFETY: `ret` offset from the tracepoint format.
     let ret = unsafe { ctx.read_at::<i64>(RET) }.unwrap_or(-1);
@@ -119,7 +119,7 @@ fn judge(ctx: &TracePointContext) {
         ino: read_ptr(inode, offsets.inode_i_ino).unwrap_or(0),
     };
     // SAFETY: value not used beyond presence.
-    if unsafe { WATCHED_FILES.get(&key) }.is_none() {
+    if unsafe { WATCHED_FILES.get(key) }.is_none() {
         return;
     }
     count(Counter::OpensMatched);

@@ -26,7 +26,7 @@ fn open_event() -> OpenEvent {
     event.syscall = OpenSyscall::Openat2 as u32;
     event.dirfd = -100;
     event.result = 3;
-    event.dev = (0 << 20) | 57;
+    event.dev = 57;
     event.ino = 99;
     put(&mut event.requested_path, "token");
     for (slot, name) in ["token", "..data", "serviceaccount"].iter().enumerate() {
