@@ -16,6 +16,23 @@ use tokenwatch_proto::v1::{alert::Evidence, Alert, ApiServerConnect, Severity, T
 
 const ALERT_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// The live tests run one at a time: each agent watches every mount
+/// namespace on the node, so concurrent tests would move each other's
+/// kernel counters.
+static LIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serialise() -> std::sync::MutexGuard<'static, ()> {
+    LIVE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A counter's value from the agent's `kernel counters` log line.
+fn counter(stderr: &str, name: &str) -> u64 {
+    let line = stderr.lines().rfind(|l| l.contains("kernel counters")).expect("a kernel counters line");
+    let needle = format!("{name}=");
+    let start = line.find(&needle).unwrap_or_else(|| panic!("no {name} in `{line}`")) + needle.len();
+    line[start..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().expect("a number")
+}
+
 fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| (*s).to_owned()).collect()
 }
@@ -64,6 +81,7 @@ fn assert_identity(alert: &Alert, actor: &Actor, cgroup: &TestCgroup) {
 #[test]
 #[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test"]
 fn token_reads_by_every_path_alert_once_each() {
+    let _serial = serialise();
     let cgroup = TestCgroup::create("reads");
     let mut actor = Actor::spawn(&cgroup.procs_files());
     let agent = AgentProcess::start(&args(&["--standalone", "--rescan-interval-seconds", "1"]));
@@ -96,11 +114,15 @@ fn token_reads_by_every_path_alert_once_each() {
     let via_proc = format!("/proc/{}/root{run_sa}/token", actor.pid);
     fs::read(&via_proc).expect("read the token through /proc/<pid>/root");
     let me = std::process::id();
+    // A child that reads the token and exits before the agent looks at /proc:
+    // the kernel-side identity still places it in the actor's cgroups.
+    let cat_pid: u32 = actor.act(&format!("spawn-cat {SA_DIR}/token")).expect("cat the token").parse().expect("pid");
 
     let want = reads.len();
     let arrived = agent.wait_for_alerts(ALERT_TIMEOUT, |alerts| {
         alerts.iter().filter(|a| pid_of(a) == actor.pid).count() >= want
             && alerts.iter().any(|a| pid_of(a) == me && token_read(a).is_some_and(|r| r.requested_path == via_proc))
+            && alerts.iter().any(|a| pid_of(a) == cat_pid)
     });
     let stopped = agent.stop(Signal::SIGTERM);
     assert!(arrived, "alerts missing:\n{}\nlog:\n{}", describe(&stopped.alerts), stopped.stderr);
@@ -143,12 +165,55 @@ fn token_reads_by_every_path_alert_once_each() {
     let process = from_host[0].process.as_ref().expect("process");
     assert_eq!(process.exe, std::env::current_exe().expect("exe").display().to_string(), "a live process is inspected");
     assert!(!process.parents.is_empty(), "the parent chain is reported");
+
+    let from_cat: Vec<&Alert> = stopped.alerts.iter().filter(|a| pid_of(a) == cat_pid).collect();
+    assert_eq!(from_cat.len(), 1, "{}", describe(&stopped.alerts));
+    let process = from_cat[0].process.as_ref().expect("process");
+    assert_eq!(process.comm, "cat");
+    let names = &from_cat[0].container.as_ref().expect("container").cgroup_names;
+    assert!(names.contains(&cgroup.name), "a process that exited at once is still placed: {names:?}");
+    assert_eq!(token_read(from_cat[0]).expect("read").resolved_path, actor.resolved_token_path());
+    drop(actor);
+}
+
+#[test]
+#[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test"]
+fn a_full_ring_buffer_drops_are_counted_and_logged_never_silent() {
+    let _serial = serialise();
+    let cgroup = TestCgroup::create("flood");
+    let mut actor = Actor::spawn(&cgroup.procs_files());
+    // 4 KiB holds two open events, so a burst must overflow it.
+    let agent =
+        AgentProcess::start(&args(&["--standalone", "--ring-buffer-kib", "4", "--log", "info,tokenwatch_ebpf=debug"]));
+    const READS: u64 = 2000;
+    actor.must(&format!("open-many {SA_DIR}/token {READS}"));
+    // Let the pipeline finish what the ring buffer delivered.
+    let mut last = usize::MAX;
+    support::wait_for(ALERT_TIMEOUT, || {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = agent.alerts().len();
+        std::mem::replace(&mut last, now).eq(&now).then_some(())
+    });
+    let stopped = agent.stop(Signal::SIGTERM);
+    assert!(stopped.status.success(), "agent exit {:?}:\n{}", stopped.status, stopped.stderr);
+
+    let delivered = stopped.alerts.iter().filter(|a| pid_of(a) == actor.pid).count() as u64;
+    let matched = counter(&stopped.stderr, "opens_matched");
+    let sent = counter(&stopped.stderr, "events_sent");
+    let dropped = counter(&stopped.stderr, "events_dropped");
+    assert!(dropped > 0, "a 4 KiB ring cannot take {READS} reads at once; log:\n{}", stopped.stderr);
+    assert_eq!(matched, READS, "every read matched in the kernel");
+    assert_eq!(sent + dropped, matched, "each match is sent or counted as dropped");
+    assert_eq!(delivered, sent, "everything sent reached stdout, including what was queued at shutdown");
+    let diagnostic = format!("ring buffer full: token open by tgid {} dropped", actor.pid);
+    assert!(stopped.stderr.contains(&diagnostic), "the programs' own debug log reaches the agent's log");
     drop(actor);
 }
 
 #[test]
 #[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test"]
 fn api_server_connects_over_v4_and_v6_alert_once_each() {
+    let _serial = serialise();
     let v4 = TcpListener::bind("127.0.0.1:0").expect("bind v4");
     let v6 = TcpListener::bind("[::1]:0").expect("bind v6 (loopback IPv6 is needed)");
     let elsewhere = TcpListener::bind("127.0.0.1:0").expect("bind");

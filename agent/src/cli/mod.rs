@@ -58,6 +58,11 @@ pub struct AgentArgs {
     #[arg(long, env = "TOKENWATCH_NODE_NAME")]
     pub node_name: Option<String>,
 
+    /// Size of the kernel-to-agent ring buffer in KiB (a power of two);
+    /// matched events beyond it are dropped and counted [default: 1024].
+    #[arg(long, env = "TOKENWATCH_RING_BUFFER_KIB", value_name = "KIB")]
+    pub ring_buffer_kib: Option<u32>,
+
     /// Log filter for stderr, e.g. `info` or `info,tokenwatch_ebpf=debug`
     /// (the latter turns on the eBPF programs' own diagnostics).
     #[arg(long, env = "TOKENWATCH_LOG", default_value = "info")]
@@ -75,6 +80,7 @@ impl AgentArgs {
             stdout: self.stdout,
             rescan_interval_seconds: self.rescan_interval_seconds,
             node_name: self.node_name.clone(),
+            ring_buffer_kib: self.ring_buffer_kib,
         }
     }
 }

@@ -37,6 +37,8 @@ pub struct ConfigLayer {
     pub rescan_interval_seconds: Option<u64>,
     /// Node name put in every alert.
     pub node_name: Option<String>,
+    /// Size of the kernel-to-agent ring buffer in KiB.
+    pub ring_buffer_kib: Option<u32>,
 }
 
 impl ConfigLayer {
@@ -50,6 +52,7 @@ impl ConfigLayer {
             stdout: self.stdout.or(lower.stdout),
             rescan_interval_seconds: self.rescan_interval_seconds.or(lower.rescan_interval_seconds),
             node_name: self.node_name.or(lower.node_name),
+            ring_buffer_kib: self.ring_buffer_kib.or(lower.ring_buffer_kib),
         }
     }
 }

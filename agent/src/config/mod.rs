@@ -20,6 +20,8 @@ pub const DEFAULT_TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceacco
 pub const DEFAULT_TOKEN_PATH_RUN: &str = "/run/secrets/kubernetes.io/serviceaccount/token";
 /// Default seconds between scans for token files.
 pub const DEFAULT_RESCAN_INTERVAL_SECONDS: u64 = 2;
+/// Default ring buffer size: about 500 open events of headroom.
+pub const DEFAULT_RING_BUFFER_KIB: u32 = 1024;
 
 /// The settings the agent runs with.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,6 +39,8 @@ pub struct Config {
     pub rescan_interval: Duration,
     /// Node name put in every alert.
     pub node_name: String,
+    /// Ring buffer size in bytes (a power of two, at least one page).
+    pub ring_buffer_bytes: u32,
 }
 
 /// Why the settings were refused. Each names the source and the value.
@@ -78,6 +82,9 @@ pub enum ConfigError {
     /// The rescan interval is zero.
     #[error("rescan interval must be at least 1 second")]
     ZeroRescanInterval,
+    /// The ring buffer size is not a power of two from 4 KiB to 1 GiB.
+    #[error("ring buffer size {0} KiB must be a power of two from 4 to 1048576")]
+    RingBufferSize(u32),
 }
 
 /// Reads a YAML config file into a layer; errors carry file:line:column.
@@ -153,6 +160,10 @@ impl Config {
         if rescan == 0 {
             return Err(ConfigError::ZeroRescanInterval);
         }
+        let ring_kib = layer.ring_buffer_kib.unwrap_or(DEFAULT_RING_BUFFER_KIB);
+        if !(4..=1 << 20).contains(&ring_kib) || !ring_kib.is_power_of_two() {
+            return Err(ConfigError::RingBufferSize(ring_kib));
+        }
         Ok(Config {
             standalone: layer.standalone.unwrap_or(false),
             token_paths,
@@ -160,6 +171,7 @@ impl Config {
             stdout: layer.stdout.unwrap_or_default(),
             rescan_interval: Duration::from_secs(rescan),
             node_name: layer.node_name.filter(|n| !n.is_empty()).unwrap_or_else(|| hostname.to_owned()),
+            ring_buffer_bytes: ring_kib * 1024,
         })
     }
 }

@@ -60,6 +60,14 @@ fn bad_values_are_refused_with_the_value() {
     let error = Config::resolve(ConfigLayer::default(), &env, "h").expect_err("port");
     assert!(error.to_string().contains("`https` is not a port"), "{error}");
 
+    for bad in [0, 2, 12, 1 << 21] {
+        let layer = ConfigLayer { ring_buffer_kib: Some(bad), ..ConfigLayer::default() };
+        let error = Config::resolve(layer, &ServiceEnv::default(), "h").expect_err("bad ring size");
+        assert!(matches!(error, ConfigError::RingBufferSize(kib) if kib == bad), "{error}");
+    }
+    let layer = ConfigLayer { ring_buffer_kib: Some(4), ..ConfigLayer::default() };
+    assert_eq!(Config::resolve(layer, &ServiceEnv::default(), "h").expect("4 KiB").ring_buffer_bytes, 4096);
+
     let zero = ConfigLayer { rescan_interval_seconds: Some(0), ..ConfigLayer::default() };
     assert!(matches!(Config::resolve(zero, &ServiceEnv::default(), "h"), Err(ConfigError::ZeroRescanInterval)));
 }

@@ -55,7 +55,7 @@ pub enum DaemonError {
 pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), DaemonError> {
     let offsets = resolve_running_kernel()?;
     let debug_logs = tracing::enabled!(target: "tokenwatch_ebpf", tracing::Level::DEBUG);
-    let mut hooks = Hooks::load(&offsets, debug_logs)?;
+    let mut hooks = Hooks::load(&offsets, config.ring_buffer_bytes, debug_logs)?;
     let HookMaps { events, files, mut endpoints, logger } = hooks.take_maps()?;
 
     watchlist::set_endpoints(&mut endpoints, &config.api_servers)?;

@@ -88,10 +88,11 @@ pub struct HookMaps {
 }
 
 impl Hooks {
-    /// Loads the object with the resolved offsets, the agent's tgid and the
-    /// programs' log level (`debug_logs`: emit aya-log debug records at all).
-    /// Nothing is attached yet: fill the watch maps first.
-    pub fn load(offsets: &KernelOffsets, debug_logs: bool) -> Result<Self, LoadError> {
+    /// Loads the object with the resolved offsets, the agent's tgid, the
+    /// ring buffer size and the programs' log level (`debug_logs`: emit
+    /// aya-log debug records at all). Nothing is attached yet: fill the watch
+    /// maps first.
+    pub fn load(offsets: &KernelOffsets, ring_buffer_bytes: u32, debug_logs: bool) -> Result<Self, LoadError> {
         let tgid = std::process::id();
         // aya-log levels: 0 disables every record, 4 is Debug. The verifier
         // removes disabled log calls, so they cost nothing when off.
@@ -100,6 +101,7 @@ impl Hooks {
             .override_global(OFFSETS_GLOBAL, offsets, true)
             .override_global(AGENT_TGID_GLOBAL, &tgid, true)
             .override_global(aya_log::LEVEL, &log_level, false)
+            .map_max_entries(EVENTS_MAP, ring_buffer_bytes)
             .load(EBPF_OBJECT)?;
         Ok(Hooks { ebpf, attached: Vec::new() })
     }

@@ -105,6 +105,25 @@ fn perform(line: &str) -> Result<String, String> {
             read(relative)
         }
         (Some("openat2"), Some(path), None) => openat2(path),
+        (Some("open-many"), Some(path), Some(count)) => {
+            let count: usize = count.parse().map_err(|e| format!("{count}: {e}"))?;
+            (0..count).try_for_each(|_| read(path).map(drop))?;
+            Ok(count.to_string())
+        }
+        (Some("spawn-cat"), Some(path), None) => {
+            // A child that reads the token and exits at once; the detail is
+            // its pid.
+            let mut child = std::process::Command::new("cat")
+                .arg(path)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .map_err(|e| format!("cat {path}: {e}"))?;
+            let status = child.wait().map_err(|e| e.to_string())?;
+            if !status.success() {
+                return Err(format!("cat {path}: {status}"));
+            }
+            Ok(child.id().to_string())
+        }
         (Some("connect"), Some(addr), None) => {
             let addr: SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
             TcpStream::connect(addr).map(|_| "connected".to_owned()).map_err(|e| e.to_string())
