@@ -8,7 +8,7 @@ use std::{fs, net::TcpListener, time::Duration};
 
 use nix::sys::signal::Signal;
 use support::{
-    actor::{Actor, SA_DIR, STOLEN_LINK},
+    actor::{Actor, PROJECTED_TOKEN, SA_DIR, STOLEN_LINK},
     agent::AgentProcess,
     cgroup::TestCgroup,
 };
@@ -84,7 +84,13 @@ fn token_reads_by_every_path_alert_once_each() {
     let _serial = serialise();
     let cgroup = TestCgroup::create("reads");
     let mut actor = Actor::spawn(&cgroup.procs_files());
-    let agent = AgentProcess::start(&args(&["--standalone", "--rescan-interval-seconds", "1"]));
+    let agent = AgentProcess::start(&args(&[
+        "--standalone",
+        "--rescan-interval-seconds",
+        "1",
+        "--token-path",
+        PROJECTED_TOKEN,
+    ]));
     assert!(
         agent.wait_for_log(&["watching token file", &format!("pid={}", actor.pid)], ALERT_TIMEOUT),
         "the agent never found the actor's token:\n{}",
@@ -114,28 +120,36 @@ fn token_reads_by_every_path_alert_once_each() {
     let via_proc = format!("/proc/{}/root{run_sa}/token", actor.pid);
     fs::read(&via_proc).expect("read the token through /proc/<pid>/root");
     let me = std::process::id();
+    actor.must(&format!("open {PROJECTED_TOKEN}"));
     // A child that reads the token and exits before the agent looks at /proc:
     // the kernel-side identity still places it in the actor's cgroups.
     let cat_pid: u32 = actor.act(&format!("spawn-cat {SA_DIR}/token")).expect("cat the token").parse().expect("pid");
 
     let want = reads.len();
     let arrived = agent.wait_for_alerts(ALERT_TIMEOUT, |alerts| {
-        alerts.iter().filter(|a| pid_of(a) == actor.pid).count() >= want
+        alerts.iter().filter(|a| pid_of(a) == actor.pid).count() >= want + 1
             && alerts.iter().any(|a| pid_of(a) == me && token_read(a).is_some_and(|r| r.requested_path == via_proc))
             && alerts.iter().any(|a| pid_of(a) == cat_pid)
     });
+    let projected = |a: &&Alert| token_read(a).is_some_and(|r| r.requested_path == PROJECTED_TOKEN);
     let stopped = agent.stop(Signal::SIGTERM);
     assert!(arrived, "alerts missing:\n{}\nlog:\n{}", describe(&stopped.alerts), stopped.stderr);
     assert!(stopped.status.success(), "agent exit {:?}:\n{}", stopped.status, stopped.stderr);
     assert!(stopped.stderr.contains("hooks detached"), "{}", stopped.stderr);
 
-    let from_actor: Vec<&Alert> = stopped.alerts.iter().filter(|a| pid_of(a) == actor.pid).collect();
+    let from_actor: Vec<&Alert> =
+        stopped.alerts.iter().filter(|a| pid_of(a) == actor.pid).filter(|a| !projected(a)).collect();
     assert_eq!(
         from_actor.len(),
         want,
         "one alert per token read, none for other files:\n{}",
         describe(&stopped.alerts)
     );
+    let from_projected: Vec<&Alert> = stopped.alerts.iter().filter(projected).collect();
+    assert_eq!(from_projected.len(), 1, "--token-path is watched:\n{}", describe(&stopped.alerts));
+    let read = token_read(from_projected[0]).expect("token read");
+    assert_eq!(read.watched_path, PROJECTED_TOKEN);
+    assert_eq!(read.resolved_path, format!("{}/secrets/tokens/vault-token", actor.run_dir.display()));
     for (command, requested, syscall) in &reads {
         let matching: Vec<&&Alert> = from_actor
             .iter()

@@ -28,6 +28,8 @@ const ACTOR_ENV: &str = "TOKENWATCH_TEST_ACTOR";
 pub const TIMESTAMP_DIR: &str = "..2026_11_29_07_19_34.123456789";
 /// The token's directory as a pod sees it.
 pub const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// A projected `serviceAccountToken` volume at a mountPath of the pod's own.
+pub const PROJECTED_TOKEN: &str = "/var/run/secrets/tokens/vault-token";
 /// A symlink to the token from elsewhere.
 pub const STOLEN_LINK: &str = "/tmp/stolen-token";
 /// What the fake token holds (not a credential).
@@ -70,6 +72,9 @@ fn actor_main(procs: &str, out: &mut impl Write) -> Result<(), String> {
         symlink(format!("..data/{name}"), sa.join(name)).map_err(|e| format!("symlink {name}: {e}"))?;
     }
     symlink(TIMESTAMP_DIR, sa.join("..data")).map_err(|e| format!("symlink ..data: {e}"))?;
+    let projected = run_dir.join("secrets/tokens");
+    fs::create_dir_all(&projected).map_err(|e| format!("mkdir {}: {e}", projected.display()))?;
+    fs::write(projected.join("vault-token"), FAKE_TOKEN).map_err(|e| format!("write vault-token: {e}"))?;
     tmpfs(Path::new("/tmp"))?;
     symlink(format!("{SA_DIR}/token"), STOLEN_LINK).map_err(|e| format!("symlink {STOLEN_LINK}: {e}"))?;
 
