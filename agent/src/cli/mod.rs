@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{ConfigLayer, Endpoint, StdoutFormat};
+use crate::config::{ConfigLayer, Endpoint, RescanSeconds, RingBufferKib, StdoutFormat, TokenPath};
 
 /// tokenwatch: who is using your Kubernetes ServiceAccount tokens.
 #[derive(Debug, Parser)]
@@ -38,7 +38,7 @@ pub struct AgentArgs {
     /// Another token file to watch, resolved in every mount namespace
     /// (repeatable; the default ServiceAccount paths are always watched).
     #[arg(long = "token-path", env = "TOKENWATCH_TOKEN_PATHS", value_name = "PATH", value_delimiter = ',')]
-    pub token_paths: Vec<PathBuf>,
+    pub token_paths: Vec<TokenPath>,
 
     /// An API-server address to watch: ADDR, ADDR:PORT or [V6]:PORT; port
     /// 443 when none is given (repeatable).
@@ -52,7 +52,7 @@ pub struct AgentArgs {
     /// Seconds between scans of the node's mount namespaces for token files
     /// [default: 2].
     #[arg(long, env = "TOKENWATCH_RESCAN_INTERVAL_SECONDS", value_name = "SECONDS")]
-    pub rescan_interval_seconds: Option<u64>,
+    pub rescan_interval_seconds: Option<RescanSeconds>,
 
     /// Node name for alerts [default: the host name].
     #[arg(long, env = "TOKENWATCH_NODE_NAME")]
@@ -61,7 +61,7 @@ pub struct AgentArgs {
     /// Size of the kernel-to-agent ring buffer in KiB (a power of two);
     /// matched events beyond it are dropped and counted [default: 1024].
     #[arg(long, env = "TOKENWATCH_RING_BUFFER_KIB", value_name = "KIB")]
-    pub ring_buffer_kib: Option<u32>,
+    pub ring_buffer_kib: Option<RingBufferKib>,
 
     /// Log filter for stderr, e.g. `info` or `info,tokenwatch_ebpf=debug`
     /// (the latter turns on the eBPF programs' own diagnostics).

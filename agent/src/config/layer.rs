@@ -2,11 +2,12 @@
 //! file said. Every field is optional so layers can be stacked; the first
 //! layer that names a setting wins.
 
-use std::path::PathBuf;
-
 use serde::Deserialize;
 
-use super::endpoint::Endpoint;
+use super::{
+    endpoint::Endpoint,
+    values::{RescanSeconds, RingBufferKib, TokenPath},
+};
 
 /// How alerts are printed on stdout.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -28,17 +29,17 @@ pub struct ConfigLayer {
     /// Run without Kubernetes.
     pub standalone: Option<bool>,
     /// Token files to watch besides the default ServiceAccount paths.
-    pub token_paths: Option<Vec<PathBuf>>,
+    pub token_paths: Option<Vec<TokenPath>>,
     /// API-server endpoints to watch.
     pub api_servers: Option<Vec<Endpoint>>,
     /// Alert format on stdout.
     pub stdout: Option<StdoutFormat>,
     /// Seconds between scans of the node's mount namespaces for token files.
-    pub rescan_interval_seconds: Option<u64>,
+    pub rescan_interval_seconds: Option<RescanSeconds>,
     /// Node name put in every alert.
     pub node_name: Option<String>,
     /// Size of the kernel-to-agent ring buffer in KiB.
-    pub ring_buffer_kib: Option<u32>,
+    pub ring_buffer_kib: Option<RingBufferKib>,
 }
 
 impl ConfigLayer {
@@ -54,12 +55,5 @@ impl ConfigLayer {
             node_name: self.node_name.or(lower.node_name),
             ring_buffer_kib: self.ring_buffer_kib.or(lower.ring_buffer_kib),
         }
-    }
-}
-
-impl<'de> Deserialize<'de> for Endpoint {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
     }
 }

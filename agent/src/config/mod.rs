@@ -4,6 +4,7 @@
 
 pub mod endpoint;
 pub mod layer;
+pub mod values;
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -13,6 +14,7 @@ use std::{
 
 pub use endpoint::{Endpoint, EndpointError, DEFAULT_API_SERVER_PORT};
 pub use layer::{ConfigLayer, StdoutFormat};
+pub use values::{RescanSeconds, RingBufferKib, TokenPath, ValueError};
 
 /// Where kubelet mounts a pod's ServiceAccount token.
 pub const DEFAULT_TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
@@ -20,8 +22,6 @@ pub const DEFAULT_TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceacco
 pub const DEFAULT_TOKEN_PATH_RUN: &str = "/run/secrets/kubernetes.io/serviceaccount/token";
 /// Default seconds between scans for token files.
 pub const DEFAULT_RESCAN_INTERVAL_SECONDS: u64 = 2;
-/// Default ring buffer size: about 500 open events of headroom.
-pub const DEFAULT_RING_BUFFER_KIB: u32 = 1024;
 
 /// The settings the agent runs with.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,9 +66,6 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
-    /// A token path is not absolute.
-    #[error("token path `{0}` is not absolute")]
-    RelativeTokenPath(PathBuf),
     /// `KUBERNETES_SERVICE_HOST`/`_PORT` do not make an endpoint.
     #[error("KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT ({host}:{port}): {source}")]
     ServiceEnv {
@@ -79,12 +76,6 @@ pub enum ConfigError {
         /// Why.
         source: EndpointError,
     },
-    /// The rescan interval is zero.
-    #[error("rescan interval must be at least 1 second")]
-    ZeroRescanInterval,
-    /// The ring buffer size is not a power of two from 4 KiB to 1 GiB.
-    #[error("ring buffer size {0} KiB must be a power of two from 4 to 1048576")]
-    RingBufferSize(u32),
 }
 
 /// Reads a YAML config file into a layer; errors carry file:line:column.
@@ -99,9 +90,22 @@ pub fn parse_yaml(path: &Path, text: &str) -> Result<ConfigLayer, ConfigError> {
         return Ok(ConfigLayer::default());
     }
     serde_yaml::from_str(text).map_err(|error| {
+        let message = strip_location(&error.to_string());
         let (line, column) = error.location().map_or((0, 0), |l| (l.line(), l.column()));
-        ConfigError::Parse { path: path.to_owned(), line, column, message: strip_location(&error.to_string()) }
+        let (line, column) = locate_value(text, &message, line).unwrap_or((line, column));
+        ConfigError::Parse { path: path.to_owned(), line, column, message }
     })
+}
+
+/// serde_yaml places an error raised while checking one element of a list at
+/// the list's start. The agent's own checks quote the bad value in backticks,
+/// so point at the first line from there on that holds it.
+fn locate_value(text: &str, message: &str, from_line: usize) -> Option<(usize, usize)> {
+    let value = message.split('`').nth(1).filter(|v| !v.is_empty())?;
+    text.lines()
+        .enumerate()
+        .skip(from_line.saturating_sub(1))
+        .find_map(|(index, line)| line.find(value).map(|column| (index + 1, column + 1)))
 }
 
 /// serde_yaml appends " at line L column C"; the error says it up front.
@@ -142,10 +146,7 @@ impl Config {
     /// Builds the settings from the merged layers and the pod environment.
     pub fn resolve(layer: ConfigLayer, service_env: &ServiceEnv, hostname: &str) -> Result<Config, ConfigError> {
         let mut token_paths = vec![PathBuf::from(DEFAULT_TOKEN_PATH), PathBuf::from(DEFAULT_TOKEN_PATH_RUN)];
-        for path in layer.token_paths.unwrap_or_default() {
-            if !path.is_absolute() {
-                return Err(ConfigError::RelativeTokenPath(path));
-            }
+        for TokenPath(path) in layer.token_paths.unwrap_or_default() {
             if !token_paths.contains(&path) {
                 token_paths.push(path);
             }
@@ -156,14 +157,7 @@ impl Config {
                 api_servers.push(endpoint);
             }
         }
-        let rescan = layer.rescan_interval_seconds.unwrap_or(DEFAULT_RESCAN_INTERVAL_SECONDS);
-        if rescan == 0 {
-            return Err(ConfigError::ZeroRescanInterval);
-        }
-        let ring_kib = layer.ring_buffer_kib.unwrap_or(DEFAULT_RING_BUFFER_KIB);
-        if !(4..=1 << 20).contains(&ring_kib) || !ring_kib.is_power_of_two() {
-            return Err(ConfigError::RingBufferSize(ring_kib));
-        }
+        let rescan = layer.rescan_interval_seconds.map_or(DEFAULT_RESCAN_INTERVAL_SECONDS, RescanSeconds::get);
         Ok(Config {
             standalone: layer.standalone.unwrap_or(false),
             token_paths,
@@ -171,7 +165,7 @@ impl Config {
             stdout: layer.stdout.unwrap_or_default(),
             rescan_interval: Duration::from_secs(rescan),
             node_name: layer.node_name.filter(|n| !n.is_empty()).unwrap_or_else(|| hostname.to_owned()),
-            ring_buffer_bytes: ring_kib * 1024,
+            ring_buffer_bytes: layer.ring_buffer_kib.unwrap_or(RingBufferKib::DEFAULT).bytes(),
         })
     }
 }

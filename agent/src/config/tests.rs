@@ -34,7 +34,7 @@ fn flags_win_over_the_file_and_env_endpoint_is_added() {
 fn file_errors_name_file_line_and_column() {
     let error = yaml("stdout: json\napi-servers:\n  - 10.0.0.1\n  - not-an-ip\n").expect_err("bad endpoint");
     let text = error.to_string();
-    assert!(text.starts_with("/etc/tokenwatch.yaml:4:"), "{text}");
+    assert!(text.starts_with("/etc/tokenwatch.yaml:4:5: "), "{text}");
     assert!(text.contains("`not-an-ip` is not an IP address"), "{text}");
 
     let error = yaml("stdout: json\ncolour: blue\n").expect_err("unknown key");
@@ -47,35 +47,47 @@ fn file_errors_name_file_line_and_column() {
 }
 
 #[test]
-fn bad_values_are_refused_with_the_value() {
-    let relative = ConfigLayer { token_paths: Some(vec!["secrets/token".into()]), ..ConfigLayer::default() };
-    let error = Config::resolve(relative, &ServiceEnv::default(), "h").expect_err("relative");
-    assert_eq!(error.to_string(), "token path `secrets/token` is not absolute");
+fn values_in_the_file_are_checked_where_they_stand() {
+    let cases = [
+        (
+            "stdout: json\ntoken-paths:\n  - /ok/token\n  - secrets/token\n",
+            "4:5",
+            "token path `secrets/token` is not absolute",
+        ),
+        ("ring-buffer-kib: 12\n", "1:18", "ring buffer size `12` KiB must be a power of two"),
+        ("\nrescan-interval-seconds: 0\n", "2:", "expected a nonzero"),
+    ];
+    for (text, place, message) in cases {
+        let error = yaml(text).expect_err(text).to_string();
+        assert!(error.starts_with(&format!("/etc/tokenwatch.yaml:{place}")), "{error}");
+        assert!(error.contains(message), "{error}");
+    }
+    let layer = yaml("ring-buffer-kib: 4\nrescan-interval-seconds: 3\n").expect("valid");
+    let config = Config::resolve(layer, &ServiceEnv::default(), "h").expect("valid");
+    assert_eq!((config.ring_buffer_bytes, config.rescan_interval), (4096, Duration::from_secs(3)));
+}
 
+#[test]
+fn a_bad_service_environment_names_the_variables() {
     let env = ServiceEnv { host: Some("kubernetes".into()), port: None };
     let error = Config::resolve(ConfigLayer::default(), &env, "h").expect_err("hostname");
+    assert!(
+        error.to_string().starts_with("KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT (kubernetes:443)"),
+        "{error}"
+    );
     assert!(error.to_string().contains("`kubernetes` is not an IP address"), "{error}");
 
     let env = ServiceEnv { host: Some("10.96.0.1".into()), port: Some("https".into()) };
     let error = Config::resolve(ConfigLayer::default(), &env, "h").expect_err("port");
     assert!(error.to_string().contains("`https` is not a port"), "{error}");
-
-    for bad in [0, 2, 12, 1 << 21] {
-        let layer = ConfigLayer { ring_buffer_kib: Some(bad), ..ConfigLayer::default() };
-        let error = Config::resolve(layer, &ServiceEnv::default(), "h").expect_err("bad ring size");
-        assert!(matches!(error, ConfigError::RingBufferSize(kib) if kib == bad), "{error}");
-    }
-    let layer = ConfigLayer { ring_buffer_kib: Some(4), ..ConfigLayer::default() };
-    assert_eq!(Config::resolve(layer, &ServiceEnv::default(), "h").expect("4 KiB").ring_buffer_bytes, 4096);
-
-    let zero = ConfigLayer { rescan_interval_seconds: Some(0), ..ConfigLayer::default() };
-    assert!(matches!(Config::resolve(zero, &ServiceEnv::default(), "h"), Err(ConfigError::ZeroRescanInterval)));
 }
 
 #[test]
 fn user_token_paths_are_added_once() {
     let layer = ConfigLayer {
-        token_paths: Some(vec!["/custom/token".into(), DEFAULT_TOKEN_PATH.into(), "/custom/token".into()]),
+        token_paths: Some(
+            ["/custom/token", DEFAULT_TOKEN_PATH, "/custom/token"].map(|p| p.parse().expect("absolute")).to_vec(),
+        ),
         ..ConfigLayer::default()
     };
     let config = Config::resolve(layer, &ServiceEnv::default(), "h").expect("valid");

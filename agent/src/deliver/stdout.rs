@@ -42,12 +42,14 @@ fn text(alert: &Alert) -> Result<String, StdoutError> {
         None => String::new(),
     };
     Ok(format!(
-        "{time} {severity} {rule} node={node} pid={pid} uid={uid} exe={exe:?} container={container} {evidence} -- {summary}",
+        "{time} {severity} {rule} node={node} pid={pid} uid={uid} comm={comm:?}{exe} container={container} {evidence} \
+         -- {summary}",
         rule = alert.rule,
         node = alert.node,
         pid = process.pid,
         uid = process.uid,
-        exe = process.exe,
+        comm = process.comm,
+        exe = if process.exe.is_empty() { String::new() } else { format!(" exe={:?}", process.exe) },
         summary = alert.summary,
     ))
 }
@@ -106,7 +108,7 @@ mod tests {
         assert!(!line.contains('\n'));
         let value: serde_json::Value = serde_json::from_str(&line).expect("valid json");
         assert_eq!(value["severity"], "SEVERITY_HIGH");
-        assert_eq!(value["time"], "2023-11-14T22:13:20.000000005Z");
+        assert_eq!(value["time"], "2023-11-14T22:13:20.000000005+00:00");
         assert_eq!(value["process"]["pid"], 7);
         assert_eq!(value["tokenRead"]["requestedPath"], "token");
         assert_eq!(value["tokenRead"]["inode"], "12", "uint64 is a string in proto3 JSON");
@@ -117,7 +119,8 @@ mod tests {
     #[test]
     fn text_is_one_readable_line_and_none_is_silent() {
         let line = render(StdoutFormat::Text, &alert()).expect("renders").expect("a line");
-        assert!(line.starts_with("2023-11-14T22:13:20.000000005Z HIGH token-read node=node-a pid=7"), "{line}");
+        assert!(line.starts_with("2023-11-14T22:13:20.000000005+00:00 HIGH token-read node=node-a pid=7"), "{line}");
+        assert!(line.contains(r#"exe="/bin/cat""#), "{line}");
         assert!(line.contains("requested=\"token\""), "{line}");
         assert_eq!(render(StdoutFormat::None, &alert()).expect("renders"), None);
     }
