@@ -5,7 +5,6 @@
 //! 6.1 cloud kernel package is reachable through apt, so its BTF is pulled
 //! out of the package's compressed kernel image here, once, into
 //! `target/fixtures/btf/` (nothing large is committed).
-#![allow(clippy::print_stderr)] // xtask reports progress to the developer on stderr.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -30,13 +29,13 @@ pub fn second_kernel_btf(workspace_root: &Path) -> Result<PathBuf> {
     let out = dir.join(FIXTURE_NAME);
     if let Ok(bytes) = fs::read(&out) {
         if bytes.starts_with(&BTF_MAGIC) {
-            eprintln!("fixtures: {} is already there", out.display());
+            eprintln!("xtask: fixtures: {} is already there", out.display());
             return Ok(out);
         }
-        eprintln!("fixtures: {} is not BTF; rebuilding it", out.display());
+        eprintln!("xtask: fixtures: {} is not BTF; rebuilding it", out.display());
     }
     eprintln!(
-        "fixtures: building {} (the BTF of Debian's 6.1 cloud kernel, to test offset \
+        "xtask: fixtures: building {} (the BTF of Debian's 6.1 cloud kernel, to test offset \
          resolution against a second kernel)",
         out.display()
     );
@@ -46,8 +45,8 @@ pub fn second_kernel_btf(workspace_root: &Path) -> Result<PathBuf> {
 
     let vmlinuz = download_kernel_image(&work.0)?;
     let image = fs::read(&vmlinuz).with_context(|| format!("reading {}", vmlinuz.display()))?;
-    let payload = bzimage_payload(&image)
-        .with_context(|| format!("reading the bzImage header of {}", vmlinuz.display()))?;
+    let payload =
+        bzimage_payload(&image).with_context(|| format!("reading the bzImage header of {}", vmlinuz.display()))?;
     let vmlinux = lz4_legacy_decompress(payload).context("decompressing the kernel image")?;
     let btf = elf_btf_section(&vmlinux)?;
 
@@ -55,7 +54,7 @@ pub fn second_kernel_btf(workspace_root: &Path) -> Result<PathBuf> {
     fs::write(&partial, btf).with_context(|| format!("writing {}", partial.display()))?;
     fs::rename(&partial, &out).with_context(|| format!("renaming to {}", out.display()))?;
     eprintln!(
-        "fixtures: wrote {} ({} bytes of BTF from a {} byte vmlinux) in {:.1?}",
+        "xtask: fixtures: wrote {} ({} bytes of BTF from a {} byte vmlinux) in {:.1?}",
         out.display(),
         btf.len(),
         vmlinux.len(),
@@ -81,16 +80,14 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         if let Err(err) = fs::remove_dir_all(&self.0) {
-            eprintln!("fixtures: could not remove {}: {err}", self.0.display());
+            eprintln!("xtask: fixtures: could not remove {}: {err}", self.0.display());
         }
     }
 }
 
 /// Run `cmd` to completion, failing with its stderr if it fails.
 fn run(cmd: &mut Command) -> Result<String> {
-    let output = cmd
-        .output()
-        .with_context(|| format!("running {cmd:?} (is it installed?)"))?;
+    let output = cmd.output().with_context(|| format!("running {cmd:?} (is it installed?)"))?;
     ensure!(
         output.status.success(),
         "{cmd:?} failed ({}): {}",
@@ -102,17 +99,9 @@ fn run(cmd: &mut Command) -> Result<String> {
 
 /// The newest `linux-image-6.1.0-N-cloud-amd64` apt knows of, if any.
 fn newest_cloud_kernel() -> Result<Option<String>> {
-    let listing = run(Command::new("apt-cache").args([
-        "search",
-        "--names-only",
-        r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64$",
-    ]))?;
-    let abi = |name: &str| {
-        name.strip_prefix("linux-image-6.1.0-")?
-            .strip_suffix("-cloud-amd64")?
-            .parse::<u32>()
-            .ok()
-    };
+    let listing =
+        run(Command::new("apt-cache").args(["search", "--names-only", r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64$"]))?;
+    let abi = |name: &str| name.strip_prefix("linux-image-6.1.0-")?.strip_suffix("-cloud-amd64")?.parse::<u32>().ok();
     Ok(listing
         .lines()
         .filter_map(|line| line.split_whitespace().next())
@@ -131,22 +120,18 @@ fn download_kernel_image(work: &Path) -> Result<PathBuf> {
         let package = match newest_cloud_kernel()? {
             Some(package) => package,
             None if !refreshed => {
-                eprintln!("fixtures: apt knows no 6.1 cloud kernel; running apt-get update");
+                eprintln!("xtask: fixtures: apt knows no 6.1 cloud kernel; running apt-get update");
                 run(Command::new("apt-get").arg("update"))?;
                 refreshed = true;
                 continue;
             }
             None => bail!("apt has no package matching linux-image-6.1.0-*-cloud-amd64"),
         };
-        eprintln!("fixtures: apt-get download {package}");
-        match run(Command::new("apt-get")
-            .arg("download")
-            .arg(&package)
-            .current_dir(work))
-        {
+        eprintln!("xtask: fixtures: apt-get download {package}");
+        match run(Command::new("apt-get").arg("download").arg(&package).current_dir(work)) {
             Ok(_) => break find_file(work, "", ".deb")?,
             Err(err) if !refreshed => {
-                eprintln!("fixtures: download failed ({err:#}); running apt-get update");
+                eprintln!("xtask: fixtures: download failed ({err:#}); running apt-get update");
                 run(Command::new("apt-get").arg("update"))?;
                 refreshed = true;
             }
@@ -154,7 +139,7 @@ fn download_kernel_image(work: &Path) -> Result<PathBuf> {
         }
     };
     let root = work.join("root");
-    eprintln!("fixtures: dpkg-deb -x {}", deb.display());
+    eprintln!("xtask: fixtures: dpkg-deb -x {}", deb.display());
     run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
     find_file(&root.join("boot"), "vmlinuz-", "")
 }
@@ -182,10 +167,7 @@ fn le32(data: &[u8], at: usize) -> Option<u32> {
 /// `payload_offset` and `payload_length` at 0x248/0x24c, counted from the end
 /// of the real-mode setup code, `(setup_sects + 1) * 512` bytes in.
 fn bzimage_payload(image: &[u8]) -> Result<&[u8]> {
-    ensure!(
-        image.get(0x202..0x206) == Some(b"HdrS"),
-        "no HdrS boot header"
-    );
+    ensure!(image.get(0x202..0x206) == Some(b"HdrS"), "no HdrS boot header");
     let setup_sects = match image[0x1f1] {
         0 => 4, // the boot protocol's "0 means 4"
         n => usize::from(n),
@@ -193,12 +175,9 @@ fn bzimage_payload(image: &[u8]) -> Result<&[u8]> {
     let offset = le32(image, 0x248).context("no payload_offset")? as usize;
     let length = le32(image, 0x24c).context("no payload_length")? as usize;
     let start = (setup_sects + 1) * 512 + offset;
-    image.get(start..start + length).with_context(|| {
-        format!(
-            "payload {start}+{length} is past the image's {} bytes",
-            image.len()
-        )
-    })
+    image
+        .get(start..start + length)
+        .with_context(|| format!("payload {start}+{length} is past the image's {} bytes", image.len()))
 }
 
 /// Decompress the kernel's legacy LZ4 format: the magic, then blocks each
@@ -207,11 +186,7 @@ fn bzimage_payload(image: &[u8]) -> Result<&[u8]> {
 /// stream; the size the kernel build appends at the end is checked, not
 /// decompressed.
 fn lz4_legacy_decompress(data: &[u8]) -> Result<Vec<u8>> {
-    ensure!(
-        le32(data, 0) == Some(LZ4_LEGACY_MAGIC),
-        "the payload is not legacy LZ4 (magic {:#x?})",
-        le32(data, 0)
-    );
+    ensure!(le32(data, 0) == Some(LZ4_LEGACY_MAGIC), "the payload is not legacy LZ4 (magic {:#x?})", le32(data, 0));
     let mut out = Vec::with_capacity(data.len() * 4);
     let mut block = vec![0u8; LZ4_LEGACY_BLOCK];
     let mut pos = 4;
@@ -252,9 +227,6 @@ fn elf_btf_section(vmlinux: &[u8]) -> Result<&[u8]> {
         .context("the kernel has no .BTF section")?
         .data()
         .context("reading the .BTF section")?;
-    ensure!(
-        btf.starts_with(&BTF_MAGIC),
-        "the .BTF section lacks the BTF magic 0xeB9F"
-    );
+    ensure!(btf.starts_with(&BTF_MAGIC), "the .BTF section lacks the BTF magic 0xeB9F");
     Ok(btf)
 }

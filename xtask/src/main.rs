@@ -1,1 +1,91 @@
-fn main() {}
+//! `cargo xtask`: tokenwatch's developer tasks (the alias is in
+//! `.cargo/config.toml`).
+//!
+//! * `setup`: install what is missing (BPF compiler, bpf-linker, tracefs).
+//! * `build [--release]`: setup, then build everything.
+//! * `run [--release] [-- AGENT_ARGS]`: setup, build, run the agent as root.
+//! * `fixtures`: fetch the second kernel's BTF the tests use.
+//! * `test [--no-lint] [-- CARGO_TEST_ARGS]`: every test, as CI runs it.
+//!
+//! Every step says on stderr what it does and why.
+#![expect(clippy::print_stderr, reason = "xtask's output is its progress report")]
+
+mod compile;
+mod fixtures;
+mod run;
+mod setup;
+mod test;
+mod util;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// tokenwatch's developer tasks.
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "tokenwatch's developer tasks")]
+struct Cli {
+    /// The task to run.
+    #[command(subcommand)]
+    task: Task,
+}
+
+/// The tasks.
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need, only what is missing.
+    Setup,
+    /// Setup, then build the workspace (the agent embeds the eBPF object).
+    Build {
+        /// Build the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Setup, build, then run `tokenwatch agent` as root in the foreground.
+    Run {
+        /// Build and run the release profile.
+        #[arg(long)]
+        release: bool,
+        /// Arguments for `tokenwatch agent`, after `--` (default: --standalone).
+        #[arg(last = true)]
+        agent_args: Vec<String>,
+    },
+    /// Build the test fixtures (the BTF of a second kernel, Debian's 6.1).
+    Fixtures,
+    /// Run every test, as CI does (needs root).
+    Test(test::TestArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli.task) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Run one task; its exit code is the agent's for `run`.
+fn dispatch(task: Task) -> Result<ExitCode> {
+    util::ensure_cargo_bin_on_path()?;
+    match task {
+        Task::Setup => setup::setup()?,
+        Task::Build { release } => {
+            setup::setup()?;
+            compile::build(release)?;
+        }
+        Task::Run { release, agent_args } => {
+            setup::setup()?;
+            let binary = compile::build(release)?;
+            return run::agent(&binary, &agent_args);
+        }
+        Task::Fixtures => {
+            fixtures::second_kernel_btf(&util::workspace_root())?;
+        }
+        Task::Test(args) => test::test(&args)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

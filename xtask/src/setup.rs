@@ -1,0 +1,228 @@
+//! `cargo xtask setup`: install what building and testing need, and only what
+//! is missing (DESIGN.md, "Toolchain facts"). Safe to run any number of times.
+//!
+//! * A compiler for `bpfel-unknown-none`: rustup nightly with `rust-src` (the
+//!   usual aya way) if present, else Debian's `rustc-web` with its prebuilt
+//!   `core` for the BPF target (`libstd-rust-web-dev-bpf`), plus `llvm-22-dev`
+//!   for bpf-linker.
+//! * bpf-linker 0.13.
+//! * tracefs, where the agent's tracepoints are listed.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use crate::util::{self, say};
+
+/// Debian's compiler for the BPF target and the LLVM bpf-linker links against.
+const DEBIAN_PACKAGES: [&str; 3] = ["rustc-web", "libstd-rust-web-dev-bpf", "llvm-22-dev"];
+/// Where the LLVM of `llvm-22-dev` lives.
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+/// The bpf-linker release line that links aya-ebpf 0.2 objects.
+const BPF_LINKER_LINE: &str = "0.13";
+/// tracefs, as mounted by modern kernels and under debugfs by older setups.
+const TRACEFS_EVENTS: [&str; 2] = ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"];
+/// Where setup mounts tracefs when it is nowhere.
+const TRACEFS_MOUNT: &str = "/sys/kernel/tracing";
+
+/// How the eBPF crate will be compiled (agent/build.rs makes the same choice).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// rustup nightly with rust-src: `-Z build-std=core`.
+    Nightly,
+    /// Debian's `/usr/bin/rustc` with a prebuilt `core` for the BPF target.
+    Debian,
+}
+
+/// What setup found and what it had to install.
+#[derive(Default)]
+struct Report {
+    /// Things that were already there.
+    present: Vec<String>,
+    /// Things setup installed or mounted.
+    installed: Vec<String>,
+}
+
+/// Check everything and install what is missing.
+pub fn setup() -> Result<()> {
+    let started = Instant::now();
+    let mut report = Report::default();
+    let route = ebpf_route();
+
+    let mut missing: Vec<&str> = Vec::new();
+    let mut reasons: Vec<&str> = Vec::new();
+    if route == Route::Debian {
+        for package in DEBIAN_PACKAGES {
+            if package_installed(package)? {
+                report.present.push(package.to_owned());
+            } else {
+                missing.push(package);
+            }
+        }
+        if !missing.is_empty() {
+            reasons.push("Debian's rustc ships core for bpfel-unknown-none; rustup cannot fetch rust-src here");
+        }
+    }
+    if util::which("cc").is_none() {
+        missing.extend(["gcc", "libc6-dev"]);
+        reasons.push("rustc links host binaries, and llvm-sys its wrappers, through cc, which is not on PATH");
+    }
+    install_packages(&missing, &reasons.join("; "), &mut report)?;
+    bpf_linker(route, &mut report)?;
+    tracefs(&mut report)?;
+
+    let list = |items: &[String]| if items.is_empty() { "nothing".to_owned() } else { items.join(", ") };
+    say(format!(
+        "setup done in {}: already present: {}; installed: {}",
+        util::human(started.elapsed()),
+        list(&report.present),
+        list(&report.installed)
+    ));
+    Ok(())
+}
+
+/// Nightly if rustup's nightly has rust-src, else Debian; says which and why.
+fn ebpf_route() -> Route {
+    let sysroot = util::probe_stdout(
+        Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]).env_remove("RUSTUP_TOOLCHAIN"),
+    );
+    let why = match sysroot {
+        None if util::which("rustup").is_none() => "rustup is not on PATH".to_owned(),
+        None => "rustup has no nightly toolchain".to_owned(),
+        Some(sysroot) => {
+            let core = Path::new(&sysroot).join("lib/rustlib/src/rust/library/core");
+            if core.exists() {
+                say(format!(
+                    "setup: rustup nightly has rust-src ({}): the eBPF crate builds with -Z build-std, \
+                     Debian's rustc is not needed",
+                    core.display()
+                ));
+                return Route::Nightly;
+            }
+            format!("rustup nightly has no rust-src ({} is missing)", core.display())
+        }
+    };
+    say(format!(
+        "setup: {why}: the eBPF crate needs Debian's rustc with its prebuilt core for bpfel-unknown-none \
+         ({})",
+        DEBIAN_PACKAGES.join(" ")
+    ));
+    Route::Debian
+}
+
+/// Whether dpkg says `package` is installed.
+fn package_installed(package: &str) -> Result<bool> {
+    let output = util::probe(Command::new("dpkg-query").args(["-W", "-f=${Status}", package])).with_context(|| {
+        format!(
+            "dpkg-query is not available: setup knows Debian only. Install {} by hand, or rustup nightly \
+             with rust-src",
+            DEBIAN_PACKAGES.join(" ")
+        )
+    })?;
+    Ok(output.status.success() && String::from_utf8_lossy(&output.stdout).trim() == "install ok installed")
+}
+
+/// `apt-get update` once, then install `packages`, if there are any.
+fn install_packages(packages: &[&str], why: &str, report: &mut Report) -> Result<()> {
+    if packages.is_empty() {
+        return Ok(());
+    }
+    say(format!("installing {} ({why})", packages.join(" ")));
+    let what = "installing Debian packages";
+    util::run(
+        util::privileged("apt-get", &[], what)?.arg("update"),
+        "refreshing apt's package lists once before installing",
+    )?;
+    util::run(
+        util::privileged("apt-get", &[("DEBIAN_FRONTEND", "noninteractive")], what)?
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(packages),
+        why,
+    )?;
+    for package in packages {
+        if !package_installed(package)? {
+            bail!("apt-get install finished, but dpkg does not list {package} as installed");
+        }
+        report.installed.push((*package).to_owned());
+    }
+    Ok(())
+}
+
+/// What `bpf-linker --version` says, if it runs.
+fn bpf_linker_version() -> Option<String> {
+    util::probe_stdout(Command::new("bpf-linker").arg("--version"))
+}
+
+/// Whether a `bpf-linker --version` line is of the 0.13 line.
+fn is_wanted_line(version: &str) -> bool {
+    version.split_whitespace().nth(1).is_some_and(|v| v.starts_with(&format!("{BPF_LINKER_LINE}.")))
+}
+
+/// Install bpf-linker 0.13 unless PATH already has it.
+fn bpf_linker(route: Route, report: &mut Report) -> Result<()> {
+    let why = match bpf_linker_version() {
+        Some(version) if is_wanted_line(&version) => {
+            report.present.push(version);
+            return Ok(());
+        }
+        Some(version) => format!("PATH has {version}, but aya-ebpf 0.2 objects need bpf-linker {BPF_LINKER_LINE}"),
+        None => "bpf-linker is not on PATH; agent/build.rs links the eBPF object with it".to_owned(),
+    };
+    let version = format!("^{BPF_LINKER_LINE}");
+    let mut command = util::cargo();
+    command.args(["install", "bpf-linker", "--version", &version]);
+    let why = match route {
+        Route::Debian => {
+            command.env("LLVM_PREFIX", LLVM_PREFIX).args(["--no-default-features", "--features", "llvm-22"]);
+            format!("{why}; built against Debian's LLVM 22, the LLVM of /usr/bin/rustc (about a minute)")
+        }
+        Route::Nightly => why,
+    };
+    command.arg("--locked");
+    util::run(&mut command, &why)?;
+    match bpf_linker_version() {
+        Some(version) if is_wanted_line(&version) => {
+            report.installed.push(version);
+            Ok(())
+        }
+        found => bail!(
+            "cargo install finished, but `bpf-linker --version` on PATH reports {}; the one found first is {}",
+            found.as_deref().unwrap_or("nothing"),
+            util::which("bpf-linker").map_or_else(|| "none".to_owned(), |path| path.display().to_string())
+        ),
+    }
+}
+
+/// Where tracefs is mounted: its `events` directory, or failing that (a user
+/// other than root cannot look inside the mode 700 tracefs) a `tracefs` line
+/// in /proc/self/mounts.
+fn tracefs_mount() -> Option<String> {
+    if let Some(events) = TRACEFS_EVENTS.iter().map(Path::new).find(|events| events.exists()) {
+        return Some(events.parent().unwrap_or(events).display().to_string());
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let mount_point = fields.nth(1)?;
+        (fields.next()? == "tracefs").then(|| mount_point.to_owned())
+    })
+}
+
+/// Mount tracefs unless it is mounted somewhere already.
+fn tracefs(report: &mut Report) -> Result<()> {
+    if let Some(dir) = tracefs_mount() {
+        report.present.push(format!("tracefs ({dir})"));
+        return Ok(());
+    }
+    util::run(
+        util::privileged("mount", &[], "mounting tracefs")?.args(["-t", "tracefs", "tracefs", TRACEFS_MOUNT]),
+        "tracefs is not mounted; the agent's tracepoints are listed there",
+    )?;
+    if !Path::new(TRACEFS_EVENTS[0]).exists() {
+        bail!("mounted tracefs at {TRACEFS_MOUNT}, but {} is still missing", TRACEFS_EVENTS[0]);
+    }
+    report.installed.push(format!("tracefs ({TRACEFS_MOUNT})"));
+    Ok(())
+}

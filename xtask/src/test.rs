@@ -1,0 +1,116 @@
+//! `cargo xtask test`: the one command that runs every test, as CI does.
+//!
+//! Steps, each announced, stopping at the first failure: setup, the second
+//! kernel's BTF fixture, `cargo fmt --check`, clippy with warnings denied, and
+//! `cargo test --workspace -- --include-ignored` (the ignored tests are the
+//! ones that need root and the live kernel). The eBPF crate is left out of
+//! `--workspace` (see [`util::HOST_WORKSPACE`]) and linted on its own.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use crate::util::{self, say};
+use crate::{fixtures, setup};
+
+/// The environment variable that hands the tests the second kernel's BTF.
+const SECOND_KERNEL_BTF_ENV: &str = "TOKENWATCH_SECOND_KERNEL_BTF";
+
+/// Options of `cargo xtask test`.
+#[derive(clap::Args)]
+pub struct TestArgs {
+    /// Skip `cargo fmt --check` and `cargo clippy`.
+    #[arg(long)]
+    pub no_lint: bool,
+    /// Arguments for `cargo test`, after `--`: e.g. a test name filter. A
+    /// second `--` among them passes what follows to the test binaries.
+    #[arg(last = true)]
+    pub cargo_test_args: Vec<String>,
+}
+
+/// Numbers and announces the steps.
+struct Steps {
+    /// The step running now, from 1.
+    current: usize,
+    /// How many steps there are.
+    total: usize,
+}
+
+impl Steps {
+    /// Announce the next step and return its `[n/total] name` label.
+    fn next(&mut self, name: &str, why: &str) -> String {
+        self.current += 1;
+        let label = format!("[{}/{}] {name}", self.current, self.total);
+        say(format!("{label}: {why}"));
+        label
+    }
+}
+
+/// Run every test; refuses to run unless root, rather than skip root tests.
+pub fn test(args: &TestArgs) -> Result<()> {
+    if !util::is_root() {
+        bail!("cargo xtask test needs root: the tests load eBPF programs and create mount namespaces and cgroups");
+    }
+    let started = Instant::now();
+    let result = steps(args);
+    let elapsed = util::human(started.elapsed());
+    match &result {
+        Ok(()) => say(format!("all tests passed; total wall time {elapsed}")),
+        Err(_) => say(format!("cargo xtask test failed; total wall time {elapsed}")),
+    }
+    result
+}
+
+/// The steps, in order.
+fn steps(args: &TestArgs) -> Result<()> {
+    let root = util::workspace_root();
+    let mut steps = Steps { current: 0, total: if args.no_lint { 3 } else { 5 } };
+
+    let label = steps.next("setup", "the build needs a BPF compiler and bpf-linker, the tests need tracefs");
+    setup::setup().with_context(|| format!("{label} failed"))?;
+
+    let label = steps.next("fixtures", "BTF offsets are tested against a second kernel (Debian's 6.1)");
+    let btf = fixtures::second_kernel_btf(&root).with_context(|| format!("{label} failed"))?;
+
+    if args.no_lint {
+        say("--no-lint: skipping cargo fmt --check and cargo clippy");
+    } else {
+        let label = steps.next("format", "every file must be as `cargo fmt` leaves it");
+        util::run(util::cargo().args(["fmt", "--all", "--", "--check"]), "checking formatting")
+            .with_context(|| format!("{label} failed: run `cargo fmt --all` and look at the diff"))?;
+
+        let label = steps.next("clippy", "lints of every crate and target, warnings denied");
+        util::run(
+            util::cargo().arg("clippy").args(util::HOST_WORKSPACE).args(["--all-targets", "--", "-D", "warnings"]),
+            "linting every crate but the eBPF one",
+        )
+        .with_context(|| format!("{label} failed: fix the warnings above"))?;
+        util::run(
+            util::cargo().args(["clippy", "--package", util::EBPF_PACKAGE, "--all-targets", "--", "-D", "warnings"]),
+            "linting the eBPF crate on its own, checked for the host: clippy cannot use the BPF target's core, \
+             which comes from Debian's rustc",
+        )
+        .with_context(|| format!("{label} failed: fix the warnings above"))?;
+    }
+
+    let label = steps.next("tests", "unit, integration and the ignored root/live-kernel tests");
+    cargo_test(&btf, &args.cargo_test_args).with_context(|| format!("{label} failed: see the test output above"))
+}
+
+/// `cargo test --workspace --exclude tokenwatch-ebpf [ARGS] -- --include-ignored [TEST BINARY ARGS]`.
+fn cargo_test(btf: &Path, extra: &[String]) -> Result<()> {
+    let (for_cargo, for_binaries) = match extra.iter().position(|arg| arg == "--") {
+        Some(at) => (&extra[..at], &extra[at + 1..]),
+        None => (extra, &[][..]),
+    };
+    let mut command = util::cargo();
+    command
+        .env(SECOND_KERNEL_BTF_ENV, btf)
+        .arg("test")
+        .args(util::HOST_WORKSPACE)
+        .args(for_cargo)
+        .args(["--", "--include-ignored"])
+        .args(for_binaries);
+    util::run(&mut command, "every test, including the ones that need root and the live kernel")
+}
