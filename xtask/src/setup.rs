@@ -6,6 +6,7 @@
 //!   `core` for the BPF target (`libstd-rust-web-dev-bpf`), plus `llvm-22-dev`
 //!   for bpf-linker.
 //! * bpf-linker 0.13.
+//! * `protoc` (Debian's `protobuf-compiler`), which k8s-cri's build runs.
 //! * tracefs, where the agent's tracepoints are listed.
 
 use std::path::Path;
@@ -18,6 +19,9 @@ use crate::util::{self, say};
 
 /// Debian's compiler for the BPF target and the LLVM bpf-linker links against.
 const DEBIAN_PACKAGES: [&str; 3] = ["rustc-web", "libstd-rust-web-dev-bpf", "llvm-22-dev"];
+/// Packages every build needs whatever the eBPF route: `protoc`, which the
+/// CRI client crate (k8s-cri) runs in its build script.
+const COMMON_PACKAGES: [&str; 1] = ["protobuf-compiler"];
 /// Where the LLVM of `llvm-22-dev` lives.
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// The bpf-linker release line that links aya-ebpf 0.2 objects.
@@ -64,6 +68,18 @@ pub fn setup() -> Result<()> {
         if !missing.is_empty() {
             reasons.push("Debian's rustc ships core for bpfel-unknown-none; rustup cannot fetch rust-src here");
         }
+    }
+    let mut common_missing = false;
+    for package in COMMON_PACKAGES {
+        if package_installed(package)? {
+            report.present.push(package.to_owned());
+        } else {
+            missing.push(package);
+            common_missing = true;
+        }
+    }
+    if common_missing {
+        reasons.push("the CRI client crate compiles the CRI protos with protoc at build time");
     }
     if util::which("cc").is_none() {
         missing.extend(["gcc", "libc6-dev"]);

@@ -2,5 +2,7 @@
 //! and where the token files are.
 
 pub mod cgroup;
+pub mod cri;
+pub mod kube;
 pub mod process;
 pub mod token_files;
