@@ -42,10 +42,6 @@ fn run_agent(args: &AgentArgs) -> anyhow::Result<()> {
     let hostname = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
     let service_env = ServiceEnv::from_process();
     let config = Config::resolve(args.layer().over(file), &service_env, &hostname)?;
-    if !config.standalone {
-        let reason = if service_env.host.is_some() { "a cluster was found, but " } else { "no cluster found; " };
-        tracing::info!("{reason}Kubernetes integration is not built yet: running standalone");
-    }
     tracing::info!(
         node = %config.node_name,
         token_paths = ?config.token_paths,

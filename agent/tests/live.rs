@@ -12,7 +12,7 @@ use support::{
     agent::AgentProcess,
     cgroup::TestCgroup,
 };
-use tokenwatch_proto::v1::{alert::Evidence, Alert, ApiServerConnect, Severity, TokenRead};
+use tokenwatch_proto::v1::{alert::Evidence, Alert, ApiServerConnect, ProcessOrigin, Severity, TokenRead};
 
 const ALERT_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -69,6 +69,11 @@ fn assert_identity(alert: &Alert, actor: &Actor, cgroup: &TestCgroup) {
     assert!(!alert.node.is_empty());
     assert!(!alert.id.is_empty());
     assert!(alert.time.is_some());
+    assert_eq!(process.origin, i32::from(ProcessOrigin::Host), "the actor shares the host's pid namespace");
+    assert_eq!(process.ns_pid, actor.pid);
+    let parent = process.parents.first().expect("the kernel records the parent");
+    assert_eq!(parent.pid, std::process::id(), "the test process started the actor");
+    assert!(alert.missing.is_empty(), "nothing is missing for a host process: {:?}", alert.missing);
     let names = &alert.container.as_ref().expect("container context").cgroup_names;
     if cgroup.has_v2 {
         assert_eq!(names[0], cgroup.name, "unified cgroup leaf read in the kernel: {names:?}");
@@ -184,6 +189,9 @@ fn token_reads_by_every_path_alert_once_each() {
     assert_eq!(from_cat.len(), 1, "{}", describe(&stopped.alerts));
     let process = from_cat[0].process.as_ref().expect("process");
     assert_eq!(process.comm, "cat");
+    let parent = process.parents.first().expect("recorded in the kernel although cat has exited");
+    assert_eq!(parent.pid, actor.pid, "cat's parent is the actor");
+    assert!(process.parents.iter().any(|p| p.pid == std::process::id()), "and its parent the test process");
     let names = &from_cat[0].container.as_ref().expect("container").cgroup_names;
     assert!(names.contains(&cgroup.name), "a process that exited at once is still placed: {names:?}");
     assert_eq!(token_read(from_cat[0]).expect("read").resolved_path, actor.resolved_token_path());

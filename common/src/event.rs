@@ -1,7 +1,7 @@
 //! Events the programs write to the ring buffer. Every event starts with an
 //! [`EventHeader`] whose `kind` says which struct follows.
 
-use crate::{CGROUP_NAME_LEN, COMM_LEN, MAX_PATH_COMPONENTS, PATH_COMPONENT_LEN, REQUESTED_PATH_LEN};
+use crate::{CGROUP_NAME_LEN, COMM_LEN, MAX_ANCESTORS, MAX_PATH_COMPONENTS, PATH_COMPONENT_LEN, REQUESTED_PATH_LEN};
 
 /// An integer that names no variant of the enum it was decoded into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +69,22 @@ pub struct CgroupNames {
     pub v1_parent: [u8; CGROUP_NAME_LEN],
 }
 
+/// One process of the ancestry, as the kernel knew it at the event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TaskRef {
+    /// Process id on the host.
+    pub tgid: u32,
+    /// Process id inside its own pid namespace (1 for a container's init).
+    pub ns_pid: u32,
+    /// Depth of its pid namespace: 0 is the host's.
+    pub ns_level: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// Its `comm`, NUL-padded.
+    pub comm: [u8; COMM_LEN],
+}
+
 /// Who did it; common to every event.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -91,6 +107,18 @@ pub struct EventHeader {
     pub cgroup_id: u64,
     /// The task's `comm`, NUL-padded.
     pub comm: [u8; COMM_LEN],
+    /// The process id inside its own pid namespace.
+    pub ns_pid: u32,
+    /// Depth of its pid namespace (0 = the host's). A parent at a lower
+    /// level than the process means it was put into the namespace from
+    /// outside: `kubectl exec`, `nsenter`.
+    pub ns_level: u32,
+    /// How many entries of `ancestors` are filled.
+    pub ancestor_count: u32,
+    /// Explicit padding.
+    pub _pad2: u32,
+    /// Parent first.
+    pub ancestors: [TaskRef; MAX_ANCESTORS],
     /// The cgroup directories that identify its container.
     pub cgroups: CgroupNames,
 }
@@ -168,7 +196,11 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<CgroupNames>(), 4 * CGROUP_NAME_LEN);
-        assert_eq!(size_of::<EventHeader>(), 4 + 4 + 8 + 4 * 4 + 8 + COMM_LEN + size_of::<CgroupNames>());
+        assert_eq!(size_of::<TaskRef>(), 16 + COMM_LEN);
+        assert_eq!(
+            size_of::<EventHeader>(),
+            4 + 4 + 8 + 4 * 4 + 8 + COMM_LEN + 16 + MAX_ANCESTORS * size_of::<TaskRef>() + size_of::<CgroupNames>()
+        );
         assert_eq!(size_of::<ResolvedPath>(), 8 + MAX_PATH_COMPONENTS * PATH_COMPONENT_LEN);
         assert_eq!(
             size_of::<OpenEvent>(),

@@ -14,7 +14,7 @@ pub mod offsets;
 
 pub use counters::Counter;
 pub use event::{
-    CgroupNames, ConnectEvent, EventHeader, EventKind, OpenEvent, OpenSyscall, ResolvedPath, UnknownValue,
+    CgroupNames, ConnectEvent, EventHeader, EventKind, OpenEvent, OpenSyscall, ResolvedPath, TaskRef, UnknownValue,
 };
 pub use keys::{EndpointKey, FileKey};
 pub use offsets::KernelOffsets;
@@ -29,6 +29,9 @@ pub const PATH_COMPONENT_LEN: usize = 64;
 /// one per mount crossed; deeper paths are marked truncated. A token path is
 /// six components and a few mounts deep.
 pub const MAX_PATH_COMPONENTS: usize = 20;
+/// Ancestors (parent, grandparent, ...) recorded in the kernel with each
+/// event, so the chain survives processes that exit at once.
+pub const MAX_ANCESTORS: usize = 8;
 /// Bytes kept of a cgroup directory name (a container id is 64 hex digits).
 pub const CGROUP_NAME_LEN: usize = 72;
 

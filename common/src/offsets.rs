@@ -70,8 +70,22 @@ pub struct KernelOffsets {
     /// Index into `css_set.subsys` of the v1 controller whose cgroup names
     /// are reported (`memory_cgrp_id`, else the first controller).
     pub v1_subsys_index: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// `task_struct.real_parent`.
+    pub task_real_parent: u32,
+    /// `task_struct.tgid`.
+    pub task_tgid: u32,
+    /// `task_struct.comm`.
+    pub task_comm: u32,
+    /// `task_struct.thread_pid`.
+    pub task_thread_pid: u32,
+    /// `pid.level`: depth of the task's pid namespace (0 = the host's).
+    pub pid_level: u32,
+    /// `pid.numbers`: one `upid` per namespace level.
+    pub pid_numbers: u32,
+    /// `upid.nr`.
+    pub upid_nr: u32,
+    /// `sizeof(struct upid)`.
+    pub upid_size: u32,
 }
 
 #[cfg(feature = "user")]

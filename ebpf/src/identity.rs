@@ -1,13 +1,14 @@
 //! The event header: who did it, and which cgroups (so which container) it
 //! ran in, read in the kernel so a process that exits at once is still placed.
 
+use aya_ebpf::helpers::bpf_probe_read_kernel;
 use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
     bpf_ktime_get_boot_ns,
 };
-use tokenwatch_common::{EventHeader, EventKind, KernelOffsets};
+use tokenwatch_common::{EventHeader, EventKind, KernelOffsets, TaskRef};
 
-use crate::kernel::{read_ptr, read_str};
+use crate::kernel::{read_ptr, read_str, read_u32};
 
 /// Fills `header` for the current task.
 #[inline(always)]
@@ -25,6 +26,11 @@ pub fn fill_header(header: &mut EventHeader, kind: EventKind, task: u64, offsets
     // SAFETY: as above.
     header.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     header.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    let (ns_pid, ns_level) = pid_in_namespace(task, offsets);
+    header.ns_pid = ns_pid;
+    header.ns_level = ns_level;
+    header._pad2 = 0;
+    header.ancestor_count = ancestors(task, offsets, &mut header.ancestors);
 
     let css_set = read_ptr(task, offsets.task_cgroups).unwrap_or(0);
     let v2 = read_ptr(css_set, offsets.css_set_dfl_cgrp).unwrap_or(0);
@@ -36,6 +42,44 @@ pub fn fill_header(header: &mut EventHeader, kind: EventKind, task: u64, offsets
     let v1 = read_ptr(css, offsets.css_cgroup).unwrap_or(0);
     let v1_kn = read_ptr(v1, offsets.cgroup_kn).unwrap_or(0);
     kernfs_names(v1_kn, offsets, &mut header.cgroups.v1_leaf, &mut header.cgroups.v1_parent);
+}
+
+/// The task's pid in its own pid namespace, and that namespace's depth:
+/// `thread_pid->numbers[thread_pid->level].nr`.
+#[inline(always)]
+fn pid_in_namespace(task: u64, offsets: &KernelOffsets) -> (u32, u32) {
+    let pid = read_ptr(task, offsets.task_thread_pid).unwrap_or(0);
+    let level = read_u32(pid, offsets.pid_level).unwrap_or(0);
+    let at = offsets.pid_numbers + level.wrapping_mul(offsets.upid_size) + offsets.upid_nr;
+    (read_u32(pid, at).unwrap_or(0), level)
+}
+
+/// Fills `out` with the parent chain (parent first) and returns how many
+/// entries were filled; stops at the host's init.
+#[inline(always)]
+fn ancestors(task: u64, offsets: &KernelOffsets, out: &mut [TaskRef]) -> u32 {
+    let mut count = 0;
+    let mut current = task;
+    for slot in out.iter_mut() {
+        let parent = read_ptr(current, offsets.task_real_parent).unwrap_or(0);
+        if parent == 0 || parent == current {
+            break;
+        }
+        let (ns_pid, ns_level) = pid_in_namespace(parent, offsets);
+        slot.tgid = read_u32(parent, offsets.task_tgid).unwrap_or(0);
+        slot.ns_pid = ns_pid;
+        slot.ns_level = ns_level;
+        slot._pad = 0;
+        // SAFETY: kernel pointer read through the checked helper.
+        slot.comm = unsafe { bpf_probe_read_kernel((parent + u64::from(offsets.task_comm)) as *const [u8; 16]) }
+            .unwrap_or([0; 16]);
+        count += 1;
+        if slot.tgid <= 1 {
+            break;
+        }
+        current = parent;
+    }
+    count
 }
 
 /// Names of a kernfs node and of its parent.

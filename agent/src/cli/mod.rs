@@ -30,7 +30,7 @@ pub struct AgentArgs {
     #[arg(long, env = "TOKENWATCH_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Run without Kubernetes: watch the default token paths and the
+    /// Run without the Kubernetes API: watch the default token paths and the
     /// addresses given here. Also what happens when no cluster is found.
     #[arg(long, env = "TOKENWATCH_STANDALONE")]
     pub standalone: bool,
@@ -63,6 +63,16 @@ pub struct AgentArgs {
     #[arg(long, env = "TOKENWATCH_RING_BUFFER_KIB", value_name = "KIB")]
     pub ring_buffer_kib: Option<RingBufferKib>,
 
+    /// The container runtime's CRI socket [default: the first of
+    /// /run/containerd/containerd.sock, /run/crio/crio.sock, ... that exists].
+    #[arg(long, env = "TOKENWATCH_CRI_SOCKET", value_name = "PATH")]
+    pub cri_socket: Option<PathBuf>,
+
+    /// A kubeconfig for the Kubernetes API [default: in-cluster config, then
+    /// $KUBECONFIG or ~/.kube/config; none found means standalone].
+    #[arg(long, env = "TOKENWATCH_KUBECONFIG", value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+
     /// Log filter for stderr, e.g. `info` or `info,tokenwatch_ebpf=debug`
     /// (the latter turns on the eBPF programs' own diagnostics).
     #[arg(long, env = "TOKENWATCH_LOG", default_value = "info")]
@@ -81,6 +91,8 @@ impl AgentArgs {
             rescan_interval_seconds: self.rescan_interval_seconds,
             node_name: self.node_name.clone(),
             ring_buffer_kib: self.ring_buffer_kib,
+            cri_socket: self.cri_socket.clone(),
+            kubeconfig: self.kubeconfig.clone(),
         }
     }
 }

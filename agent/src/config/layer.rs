@@ -2,6 +2,8 @@
 //! file said. Every field is optional so layers can be stacked; the first
 //! layer that names a setting wins.
 
+use std::path::PathBuf;
+
 use serde::Deserialize;
 
 use super::{
@@ -40,6 +42,10 @@ pub struct ConfigLayer {
     pub node_name: Option<String>,
     /// Size of the kernel-to-agent ring buffer in KiB.
     pub ring_buffer_kib: Option<RingBufferKib>,
+    /// The container runtime's CRI socket.
+    pub cri_socket: Option<PathBuf>,
+    /// A kubeconfig file for the Kubernetes API.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 impl ConfigLayer {
@@ -54,6 +60,8 @@ impl ConfigLayer {
             rescan_interval_seconds: self.rescan_interval_seconds.or(lower.rescan_interval_seconds),
             node_name: self.node_name.or(lower.node_name),
             ring_buffer_kib: self.ring_buffer_kib.or(lower.ring_buffer_kib),
+            cri_socket: self.cri_socket.or(lower.cri_socket),
+            kubeconfig: self.kubeconfig.or(lower.kubeconfig),
         }
     }
 }

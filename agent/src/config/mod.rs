@@ -26,7 +26,8 @@ pub const DEFAULT_RESCAN_INTERVAL_SECONDS: u64 = 2;
 /// The settings the agent runs with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// Run without Kubernetes (the only mode built so far).
+    /// Run without the Kubernetes API (also what happens when no cluster
+    /// configuration is found).
     pub standalone: bool,
     /// Token paths to resolve in every mount namespace: the defaults, then
     /// the user's.
@@ -41,6 +42,10 @@ pub struct Config {
     pub node_name: String,
     /// Ring buffer size in bytes (a power of two, at least one page).
     pub ring_buffer_bytes: u32,
+    /// The CRI socket; `None` detects the usual ones.
+    pub cri_socket: Option<PathBuf>,
+    /// A kubeconfig; `None` tries in-cluster config, then `$KUBECONFIG`.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// Why the settings were refused. Each names the source and the value.
@@ -166,6 +171,8 @@ impl Config {
             rescan_interval: Duration::from_secs(rescan),
             node_name: layer.node_name.filter(|n| !n.is_empty()).unwrap_or_else(|| hostname.to_owned()),
             ring_buffer_bytes: layer.ring_buffer_kib.unwrap_or(RingBufferKib::DEFAULT).bytes(),
+            cri_socket: layer.cri_socket,
+            kubeconfig: layer.kubeconfig,
         })
     }
 }

@@ -21,8 +21,16 @@ use crate::{
         watchlist::{self, WatchlistError},
         Hooks, LoadError,
     },
-    metadata::token_files,
+    metadata::{
+        cri::CriCache,
+        enrich::{Enricher, PodSource},
+        kube::{self, KubeError, PodStore},
+        token_files,
+    },
 };
+
+/// How long a deleted pod stays resolvable, for events that arrive late.
+const DELETED_POD_GRACE: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Events queued between the reader and the pipeline. When full, the reader
 /// waits and the kernel ring buffer absorbs (and counts) the excess.
@@ -46,10 +54,16 @@ pub enum DaemonError {
     /// Alerts could not be written.
     #[error(transparent)]
     Stdout(#[from] StdoutError),
+    /// The Kubernetes API configuration given cannot work.
+    #[error(transparent)]
+    Kube(#[from] KubeError),
     /// A task panicked.
     #[error("task {0} panicked")]
     Panic(String),
 }
+
+/// The agent's tasks; each reports its name with its result.
+type Tasks = JoinSet<(&'static str, Result<(), DaemonError>)>;
 
 /// Runs until `cancel` fires or a task fails. Hooks are detached on return.
 pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), DaemonError> {
@@ -57,6 +71,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     let debug_logs = tracing::enabled!(target: "tokenwatch_ebpf", tracing::Level::DEBUG);
     let mut hooks = Hooks::load(&offsets, config.ring_buffer_bytes, debug_logs)?;
     let HookMaps { events, files, mut endpoints, logger } = hooks.take_maps()?;
+    let mut set = Tasks::new();
 
     watchlist::set_endpoints(&mut endpoints, &config.api_servers)?;
     for endpoint in &config.api_servers {
@@ -67,13 +82,18 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     let mut scanner = tasks::Scanner::new(config.token_paths.clone(), Path::new("/proc").to_owned(), files);
     let initial = scanner.scan_once().await?;
     let (snapshot_tx, snapshot_rx) = tokio::sync::watch::channel(Arc::new(initial));
+    let cri = CriCache::new(config.cri_socket.clone());
+    match cri.socket() {
+        Ok(socket) => tracing::info!(socket = %socket.display(), "container metadata from the runtime over CRI"),
+        Err(reason) => tracing::warn!(%reason, "no container runtime: alerts will lack container metadata"),
+    }
+    let enricher = Enricher::new(cri, pod_source(&config, &mut set, &cancel).await?, snapshot_rx);
+    let judge = Judge::new(config.node_name.clone(), run_id(), BootClock::measure());
 
     let attached = hooks.attach()?.join(",");
     tracing::info!(hooks = %attached, "hooks attached");
 
     let (event_tx, event_rx) = mpsc::channel(EVENT_QUEUE);
-    let judge = Judge::new(config.node_name.clone(), run_id(), BootClock::measure());
-    let mut set: JoinSet<(&'static str, Result<(), DaemonError>)> = JoinSet::new();
     let token = cancel.clone();
     set.spawn(async move {
         let result = reader::read_events(events, event_tx, token).await;
@@ -84,12 +104,27 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     });
     let token = cancel.clone();
     set.spawn(async move { ("scanner", scanner.run(config.rescan_interval, snapshot_tx, token).await) });
-    set.spawn(async move { ("pipeline", tasks::pipeline(event_rx, snapshot_rx, judge, config.stdout).await) });
+    set.spawn(async move { ("pipeline", tasks::pipeline(event_rx, enricher, judge, config.stdout).await) });
     if let Some(logger) = logger {
         let token = cancel.clone();
         set.spawn(async move { ("ebpf-log", reader::forward_logs(logger, token).await.map_err(DaemonError::from)) });
     }
 
+    let first_error = supervise(set, &cancel).await;
+    match hooks.counters() {
+        Ok(counters) => {
+            let summary: Vec<String> = counters.iter().map(|(c, v)| format!("{}={v}", c.name())).collect();
+            tracing::info!(counters = %summary.join(" "), "kernel counters");
+        }
+        Err(error) => tracing::warn!(%error, "reading kernel counters"),
+    }
+    drop(hooks);
+    tracing::info!("hooks detached");
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Waits for every task; the first failure cancels the rest and is returned.
+async fn supervise(mut set: Tasks, cancel: &CancellationToken) -> Option<DaemonError> {
     let mut first_error = None;
     while let Some(joined) = set.join_next().await {
         let (name, result) = match joined {
@@ -102,16 +137,29 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
             first_error.get_or_insert(error);
         }
     }
-    match hooks.counters() {
-        Ok(counters) => {
-            let summary: Vec<String> = counters.iter().map(|(c, v)| format!("{}={v}", c.name())).collect();
-            tracing::info!(counters = %summary.join(" "), "kernel counters");
-        }
-        Err(error) => tracing::warn!(%error, "reading kernel counters"),
+    first_error
+}
+
+/// Pods from the Kubernetes API unless standalone. No configuration found
+/// means standalone; an explicit `--kubeconfig` that fails is an error.
+async fn pod_source(config: &Config, set: &mut Tasks, cancel: &CancellationToken) -> Result<PodSource, DaemonError> {
+    if config.standalone {
+        tracing::info!("standalone: the Kubernetes API is not watched");
+        return Ok(PodSource::Standalone);
     }
-    drop(hooks);
-    tracing::info!("hooks detached");
-    first_error.map_or(Ok(()), Err)
+    let client = match kube::client(config.kubeconfig.as_deref()).await {
+        Ok(client) => client,
+        Err(error) if config.kubeconfig.is_none() => {
+            tracing::info!(%error, "no cluster found: running standalone");
+            return Ok(PodSource::Standalone);
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let store = PodStore::new(DELETED_POD_GRACE);
+    let (node, watched, token) = (config.node_name.clone(), store.clone(), cancel.clone());
+    tracing::info!(node = %node, "watching this node's pods on the Kubernetes API");
+    set.spawn(async move { ("pod-watch", kube::watch_pods(client, node, watched, token).await.map_err(Into::into)) });
+    Ok(PodSource::Api(store))
 }
 
 /// A prefix that makes alert ids unique across agent restarts.

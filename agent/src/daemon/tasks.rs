@@ -12,10 +12,10 @@ use super::DaemonError;
 use crate::{
     config::StdoutFormat,
     deliver::stdout::StdoutSink,
-    detect::{Enrichment, Judge},
+    detect::Judge,
     kernel::{watchlist, KernelEvent},
     metadata::{
-        process,
+        enrich::Enricher,
         token_files::{self, TokenFiles},
     },
 };
@@ -83,24 +83,14 @@ impl Scanner {
 /// Enriches, judges and delivers each event until the reader is done.
 pub async fn pipeline(
     mut events: mpsc::Receiver<KernelEvent>,
-    snapshots: watch::Receiver<Arc<TokenFiles>>,
+    enricher: Enricher,
     mut judge: Judge,
     format: StdoutFormat,
 ) -> Result<(), DaemonError> {
     let mut sink = StdoutSink::new(format, tokio::io::stdout());
     while let Some(event) = events.recv().await {
-        let watched = match &event {
-            KernelEvent::Open(open) => {
-                let key = FileKey { dev: open.dev, _pad: 0, ino: open.ino };
-                snapshots.borrow().get(&key).cloned()
-            }
-            KernelEvent::Connect(_) => None,
-        };
-        let pid = event.identity().pid;
-        let info = tokio::task::spawn_blocking(move || process::inspect(std::path::Path::new("/proc"), pid))
-            .await
-            .unwrap_or_default();
-        let alert = judge.judge(&event, &Enrichment { process: info, watched });
+        let enrichment = enricher.enrich(&event).await;
+        let alert = judge.judge(&event, &enrichment);
         sink.write(&alert).await?;
     }
     Ok(())

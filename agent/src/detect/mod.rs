@@ -1,17 +1,16 @@
 //! The detect stage: turns a kernel event and what is known about its
 //! process into an alert. Correlation and policy build on this later.
 
+pub mod context;
 pub mod describe;
+pub mod origin;
 
 use tokenwatch_common::OpenSyscall;
-use tokenwatch_proto::v1::{
-    alert::Evidence, Alert, ApiServerConnect, ContainerContext, KubernetesContext, ProcessContext, ProcessRef,
-    Severity, TokenRead,
-};
+use tokenwatch_proto::v1::{alert::Evidence, Alert, ApiServerConnect, Severity, TokenRead};
 
 use crate::{
-    kernel::{clock::BootClock, ConnectRecord, Identity, KernelEvent, OpenRecord},
-    metadata::{cgroup::container_id_of, process::ProcessInfo, token_files::WatchedFile},
+    kernel::{clock::BootClock, ConnectRecord, KernelEvent, OpenRecord},
+    metadata::enrich::Enrichment,
 };
 
 /// Rule name of a token-file read.
@@ -28,15 +27,6 @@ pub struct Judge {
     sequence: u64,
 }
 
-/// What the metadata stage learnt about an event.
-#[derive(Clone, Debug, Default)]
-pub struct Enrichment {
-    /// The process, from /proc.
-    pub process: ProcessInfo,
-    /// The watched file an open matched, when known.
-    pub watched: Option<WatchedFile>,
-}
-
 impl Judge {
     /// A judge for alerts from `node`; `run_id` makes alert ids unique.
     pub fn new(node: String, run_id: String, clock: BootClock) -> Self {
@@ -50,7 +40,7 @@ impl Judge {
         let (seconds, nanos) = self.clock.wall(identity.boot_time_ns);
         let (rule, severity, summary, evidence) = match event {
             KernelEvent::Open(open) => token_read(open, enrichment),
-            KernelEvent::Connect(connect) => api_server_connect(connect),
+            KernelEvent::Connect(connect) => api_server_connect(connect, enrichment),
         };
         Alert {
             id: format!("{}-{}", self.run_id, self.sequence),
@@ -59,18 +49,42 @@ impl Judge {
             severity: severity.into(),
             rule: rule.to_owned(),
             summary,
-            kubernetes: Some(KubernetesContext::default()),
-            container: Some(container(identity)),
-            process: Some(process(identity, &enrichment.process)),
+            kubernetes: Some(context::kubernetes(
+                &enrichment.cgroup,
+                enrichment.container.as_ref(),
+                enrichment.pod.as_ref(),
+            )),
+            container: Some(context::container(identity, &enrichment.cgroup)),
+            process: Some(context::process(identity, &enrichment.process, enrichment.container.as_ref())),
             evidence: Some(evidence),
+            missing: enrichment.missing.clone(),
         }
+    }
+}
+
+/// " in pod shop/checkout-7f9c (container api)", or "" off Kubernetes.
+fn place(enrichment: &Enrichment) -> String {
+    let (namespace, pod, container) = match (&enrichment.pod, &enrichment.container) {
+        (Some(pod), container) => {
+            (pod.namespace.as_str(), pod.name.as_str(), container.as_ref().map_or("", |c| c.name.as_str()))
+        }
+        (None, Some(c)) => (c.pod_namespace.as_str(), c.pod_name.as_str(), c.name.as_str()),
+        (None, None) => return String::new(),
+    };
+    match (pod.is_empty(), container.is_empty()) {
+        (true, _) => String::new(),
+        (false, true) => format!(" in pod {namespace}/{pod}"),
+        (false, false) => format!(" in pod {namespace}/{pod} (container {container})"),
     }
 }
 
 fn token_read(open: &OpenRecord, enrichment: &Enrichment) -> (&'static str, Severity, String, Evidence) {
     let summary = format!(
-        "{} (pid {}) opened ServiceAccount token {}",
-        open.identity.comm, open.identity.pid, open.resolved_path
+        "{} (pid {}){} opened ServiceAccount token {}",
+        open.identity.comm,
+        open.identity.pid,
+        place(enrichment),
+        open.resolved_path
     );
     let evidence = TokenRead {
         requested_path: open.requested_path.clone(),
@@ -92,11 +106,14 @@ fn token_read(open: &OpenRecord, enrichment: &Enrichment) -> (&'static str, Seve
     (RULE_TOKEN_READ, Severity::High, summary, Evidence::TokenRead(evidence))
 }
 
-fn api_server_connect(connect: &ConnectRecord) -> (&'static str, Severity, String, Evidence) {
+fn api_server_connect(connect: &ConnectRecord, enrichment: &Enrichment) -> (&'static str, Severity, String, Evidence) {
     let outcome = describe::connect_outcome(connect.result);
     let summary = format!(
-        "{} (pid {}) dialled the API server at {} ({outcome})",
-        connect.identity.comm, connect.identity.pid, connect.destination
+        "{} (pid {}){} dialled the API server at {} ({outcome})",
+        connect.identity.comm,
+        connect.identity.pid,
+        place(enrichment),
+        connect.destination
     );
     let evidence = ApiServerConnect {
         address: connect.destination.ip().to_string(),
@@ -107,29 +124,4 @@ fn api_server_connect(connect: &ConnectRecord) -> (&'static str, Severity, Strin
         fd: connect.fd,
     };
     (RULE_API_SERVER_CONNECT, Severity::Medium, summary, Evidence::ApiServerConnect(evidence))
-}
-
-fn container(identity: &Identity) -> ContainerContext {
-    ContainerContext {
-        id: container_id_of(identity.cgroup_names.iter().map(String::as_str)).unwrap_or_default().to_owned(),
-        cgroup_id: identity.cgroup_id,
-        cgroup_names: identity.cgroup_names.to_vec(),
-    }
-}
-
-fn process(identity: &Identity, info: &ProcessInfo) -> ProcessContext {
-    ProcessContext {
-        pid: identity.pid,
-        tid: identity.tid,
-        uid: identity.uid,
-        gid: identity.gid,
-        comm: identity.comm.clone(),
-        exe: info.exe.clone(),
-        args: info.args.clone(),
-        parents: info
-            .ancestors
-            .iter()
-            .map(|a| ProcessRef { pid: a.pid, comm: a.comm.clone(), exe: a.exe.clone() })
-            .collect(),
-    }
 }

@@ -54,6 +54,25 @@ pub struct Identity {
     pub comm: String,
     /// Cgroup directory names: unified leaf, its parent, v1 leaf, its parent.
     pub cgroup_names: [String; 4],
+    /// Pid inside the process's own pid namespace.
+    pub ns_pid: u32,
+    /// Depth of that pid namespace (0 = the host's).
+    pub ns_level: u32,
+    /// Parent first, as the kernel saw them at the event.
+    pub ancestors: Vec<KernelAncestor>,
+}
+
+/// An ancestor as the kernel saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelAncestor {
+    /// Host pid.
+    pub pid: u32,
+    /// Pid in its own pid namespace.
+    pub ns_pid: u32,
+    /// Depth of its pid namespace.
+    pub ns_level: u32,
+    /// Its short name.
+    pub comm: String,
 }
 
 /// A watched token file was opened.
@@ -167,6 +186,7 @@ fn decode_connect(event: &ConnectEvent) -> Result<ConnectRecord, DecodeError> {
 
 fn identity(header: &EventHeader) -> Identity {
     let CgroupNames { v2_leaf, v2_parent, v1_leaf, v1_parent } = &header.cgroups;
+    let count = usize::try_from(header.ancestor_count).unwrap_or(usize::MAX).min(header.ancestors.len());
     Identity {
         boot_time_ns: header.boot_time_ns,
         pid: header.tgid,
@@ -176,6 +196,12 @@ fn identity(header: &EventHeader) -> Identity {
         cgroup_id: header.cgroup_id,
         comm: c_string(&header.comm),
         cgroup_names: [c_string(v2_leaf), c_string(v2_parent), c_string(v1_leaf), c_string(v1_parent)],
+        ns_pid: header.ns_pid,
+        ns_level: header.ns_level,
+        ancestors: header.ancestors[..count]
+            .iter()
+            .map(|a| KernelAncestor { pid: a.tgid, ns_pid: a.ns_pid, ns_level: a.ns_level, comm: c_string(&a.comm) })
+            .collect(),
     }
 }
 

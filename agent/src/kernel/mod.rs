@@ -10,5 +10,5 @@ pub mod offsets;
 pub mod reader;
 pub mod watchlist;
 
-pub use decode::{decode, ConnectRecord, DecodeError, Identity, KernelEvent, OpenRecord};
+pub use decode::{decode, ConnectRecord, DecodeError, Identity, KernelAncestor, KernelEvent, OpenRecord};
 pub use loader::{Hooks, LoadError};

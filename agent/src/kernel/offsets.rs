@@ -95,7 +95,18 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
         // Renamed to `__parent` (RCU-protected) in 6.15.
         kernfs_node_parent: field(btf, "kernfs_node", &["parent", "__parent"])?,
         v1_subsys_index: v1_subsys_index(btf),
-        _pad: 0,
+        task_real_parent: field(btf, "task_struct", &["real_parent"])?,
+        task_tgid: field(btf, "task_struct", &["tgid"])?,
+        task_comm: field(btf, "task_struct", &["comm"])?,
+        task_thread_pid: field(btf, "task_struct", &["thread_pid"])?,
+        pid_level: field(btf, "pid", &["level"])?,
+        pid_numbers: field(btf, "pid", &["numbers"])?,
+        upid_nr: field(btf, "upid", &["nr"])?,
+        upid_size: btf.struct_size("upid").map_err(|source| OffsetsError::Field {
+            structure: "upid",
+            member: "(size)".to_owned(),
+            source,
+        })?,
     })
 }
 
@@ -120,11 +131,15 @@ mod tests {
     /// fields of one struct at different places.
     fn assert_plausible(o: &KernelOffsets) {
         assert_eq!(o.ready, 1, "ready must be set");
-        assert_eq!(o._pad, 0, "padding must be zero");
+        assert_eq!((o.upid_nr, o.upid_size), (0, 16), "struct upid is {{int nr; struct pid_namespace *ns}}");
         assert_eq!((o.path_mnt, o.path_dentry), (0, 8), "struct path is {{mnt, dentry}}");
         assert_eq!(o.qstr_name, 8, "qstr.name follows the 8-byte hash_len");
         assert!(o.task_files > 0 && o.task_fs > 0 && o.task_cgroups > 0, "{o:?}");
-        assert_distinct("task_struct", &[o.task_files, o.task_fs, o.task_cgroups]);
+        assert_distinct(
+            "task_struct",
+            &[o.task_files, o.task_fs, o.task_cgroups, o.task_real_parent, o.task_tgid, o.task_comm, o.task_thread_pid],
+        );
+        assert_distinct("pid", &[o.pid_level, o.pid_numbers]);
         assert_distinct("fdtable", &[o.fdtable_max_fds, o.fdtable_fd]);
         assert_distinct("file", &[o.file_f_path, o.file_f_inode]);
         assert_distinct("inode", &[o.inode_i_sb, o.inode_i_ino]);

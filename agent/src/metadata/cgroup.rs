@@ -1,17 +1,104 @@
-//! Container ids from cgroup directory names, for the names runtimes use:
-//! cgroupfs (`/kubepods/<qos>/pod<uid>/<id>`) and systemd
-//! (`cri-containerd-<id>.scope`, `crio-<id>.scope`, `docker-<id>.scope`).
+//! Container and pod identity from cgroup names, for every shape real nodes
+//! use:
+//!
+//! | driver | pod directory | container directory |
+//! |---|---|---|
+//! | cgroupfs | `/kubepods/<qos>/pod<uid>` (`/kubepods/pod<uid>` for Guaranteed) | `<id>` |
+//! | systemd | `kubepods-<qos>-pod<uid_with_underscores>.slice` | `cri-containerd-<id>.scope`, `crio-<id>.scope`, `docker-<id>.scope` |
+//!
+//! The kernel sends the leaf directory and its parent (on the unified
+//! hierarchy and on a v1 controller's), which is all these shapes need: it
+//! is read at the syscall, so a process that exits at once is still placed.
+
+/// Which runtime named the container's cgroup, when the name says so.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Runtime {
+    /// `cri-containerd-<id>.scope`.
+    Containerd,
+    /// `crio-<id>.scope`.
+    CriO,
+    /// `docker-<id>.scope`.
+    Docker,
+}
+
+impl Runtime {
+    /// Lower-case name for alerts.
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::Containerd => "containerd",
+            Runtime::CriO => "cri-o",
+            Runtime::Docker => "docker",
+        }
+    }
+}
+
+/// What the cgroup names say about a process.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CgroupIdentity {
+    /// The 64-hex-digit container id.
+    pub container_id: Option<String>,
+    /// The pod uid, with dashes.
+    pub pod_uid: Option<String>,
+    /// The runtime, when the systemd scope name tells.
+    pub runtime: Option<Runtime>,
+}
 
 /// Prefixes of systemd scope units that wrap a container id.
-const SCOPE_PREFIXES: &[&str] = &["cri-containerd-", "crio-", "docker-", "containerd-"];
+const SCOPES: &[(&str, Runtime)] =
+    &[("cri-containerd-", Runtime::Containerd), ("crio-", Runtime::CriO), ("docker-", Runtime::Docker)];
+
+/// The container id (and runtime, if named) that a cgroup leaf carries.
+pub fn container_of(leaf: &str) -> Option<(&str, Option<Runtime>)> {
+    let (id, runtime) = match leaf.strip_suffix(".scope") {
+        Some(unit) => SCOPES.iter().find_map(|(prefix, rt)| unit.strip_prefix(prefix).map(|id| (id, Some(*rt))))?,
+        None => (leaf, None),
+    };
+    is_container_id(id).then_some((id, runtime))
+}
 
 /// The container id a cgroup leaf name carries, if any.
 pub fn container_id(leaf: &str) -> Option<&str> {
-    let id = match leaf.strip_suffix(".scope") {
-        Some(unit) => SCOPE_PREFIXES.iter().find_map(|prefix| unit.strip_prefix(prefix))?,
-        None => leaf,
+    container_of(leaf).map(|(id, _)| id)
+}
+
+fn is_container_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The pod uid a pod-level cgroup directory name carries, dashed.
+pub fn pod_uid(dir: &str) -> Option<String> {
+    let raw = match dir.strip_suffix(".slice") {
+        // kubepods-besteffort-pod<uid>.slice, kubepods-pod<uid>.slice
+        Some(slice) => slice.rsplit_once("-pod").map(|(_, uid)| uid)?.replace('_', "-"),
+        None => dir.strip_prefix("pod")?.to_owned(),
     };
-    (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+    is_uid(&raw).then_some(raw)
+}
+
+fn is_uid(uid: &str) -> bool {
+    let groups: Vec<&str> = uid.split('-').collect();
+    groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+        && groups.iter().all(|g| g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Identity from leaf/parent pairs (unified first); the first pair naming a
+/// container wins.
+pub fn identify<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> CgroupIdentity {
+    pairs
+        .into_iter()
+        .find_map(|(leaf, parent)| {
+            let (id, runtime) = container_of(leaf)?;
+            Some(CgroupIdentity { container_id: Some(id.to_owned()), pod_uid: pod_uid(parent), runtime })
+        })
+        .unwrap_or_default()
+}
+
+/// Identity from a full cgroup path such as a line of `/proc/<pid>/cgroup`.
+pub fn identify_path(path: &str) -> CgroupIdentity {
+    let mut parts = path.trim_end_matches('/').rsplit('/');
+    let leaf = parts.next().unwrap_or_default();
+    let parent = parts.next().unwrap_or_default();
+    identify([(leaf, parent)])
 }
 
 /// The first container id among cgroup names (unified leaf first).
@@ -20,24 +107,4 @@ pub fn container_id_of<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<&
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const ID: &str = "4f1d2a8b9c0e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a";
-
-    #[test]
-    fn recognises_every_runtime_naming() {
-        assert_eq!(container_id(ID), Some(ID));
-        for leaf in [format!("cri-containerd-{ID}.scope"), format!("crio-{ID}.scope"), format!("docker-{ID}.scope")] {
-            assert_eq!(container_id(&leaf), Some(ID), "{leaf}");
-        }
-    }
-
-    #[test]
-    fn other_names_are_not_containers() {
-        for leaf in ["", "/", "kubepods", "pod1234", "session-3.scope", "crio-conmon-abc.scope", &ID[..63]] {
-            assert_eq!(container_id(leaf), None, "{leaf}");
-        }
-        assert_eq!(container_id_of(["user.slice", ID]), Some(ID));
-    }
-}
+mod tests;

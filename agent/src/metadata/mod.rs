@@ -3,6 +3,7 @@
 
 pub mod cgroup;
 pub mod cri;
+pub mod enrich;
 pub mod kube;
 pub mod process;
 pub mod token_files;

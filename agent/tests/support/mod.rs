@@ -6,6 +6,7 @@
 pub mod actor;
 pub mod agent;
 pub mod cgroup;
+pub mod fake_apiserver;
 
 use std::time::{Duration, Instant};
 

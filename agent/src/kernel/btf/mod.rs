@@ -218,6 +218,13 @@ impl Btf {
         })
     }
 
+    /// Size in bytes of struct (or union) `struct_name`, for walking arrays of
+    /// it (such as `pid.numbers[]`) whose element size differs by build.
+    pub fn struct_size(&self, struct_name: &str) -> Result<u32, BtfError> {
+        let id = self.find_composite(struct_name)?;
+        Ok(self.records[id as usize].size_or_type)
+    }
+
     /// Value of enumerator `name` in enum `enum_name` (ENUM or ENUM64), for
     /// kernel constants such as cgroup subsystem ids that vary by build
     /// configuration. Unsigned 64-bit values above `i64::MAX` wrap.

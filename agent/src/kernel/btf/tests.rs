@@ -165,6 +165,14 @@ fn bitfield_members() {
 #[test]
 fn duplicate_names_prefer_first_non_empty_struct() {
     assert_eq!(parsed().member_offset("dup", "m").expect("dup.m"), 8);
+    assert_eq!(parsed().struct_size("dup").expect("dup"), 16);
+}
+
+#[test]
+fn struct_sizes() {
+    let btf = parsed();
+    assert_eq!(btf.struct_size("task").expect("task"), 40);
+    assert!(matches!(btf.struct_size("nosuch"), Err(BtfError::StructNotFound(_))));
 }
 
 #[test]

@@ -23,6 +23,15 @@ fn open_event() -> OpenEvent {
     event.header.uid = 1000;
     put(&mut event.header.comm, "cat");
     put(&mut event.header.cgroups.v2_leaf, "cri-containerd-abc.scope");
+    event.header.ns_pid = 7;
+    event.header.ns_level = 1;
+    event.header.ancestor_count = 2;
+    event.header.ancestors[0].tgid = 41;
+    event.header.ancestors[0].ns_pid = 1;
+    event.header.ancestors[0].ns_level = 1;
+    put(&mut event.header.ancestors[0].comm, "sh");
+    event.header.ancestors[1].tgid = 40;
+    put(&mut event.header.ancestors[1].comm, "containerd-shim");
     event.syscall = OpenSyscall::Openat2 as u32;
     event.dirfd = -100;
     event.result = 3;
@@ -46,6 +55,10 @@ fn open_record_decodes_every_field() {
     assert_eq!(record.identity.comm, "cat");
     assert_eq!(record.identity.cgroup_names[0], "cri-containerd-abc.scope");
     assert_eq!(record.identity.cgroup_names[1], "");
+    assert_eq!((record.identity.ns_pid, record.identity.ns_level), (7, 1));
+    let ancestors: Vec<(u32, u32, u32, &str)> =
+        record.identity.ancestors.iter().map(|a| (a.pid, a.ns_pid, a.ns_level, a.comm.as_str())).collect();
+    assert_eq!(ancestors, [(41, 1, 1, "sh"), (40, 0, 0, "containerd-shim")]);
     assert_eq!(record.syscall, OpenSyscall::Openat2);
     assert_eq!(record.fd, 3);
     assert_eq!(record.requested_path, "token");

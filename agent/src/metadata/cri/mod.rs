@@ -1,6 +1,10 @@
 //! The container runtime over CRI: which pod and container a container id
-//! belongs to, its image and its mounts.
+//! belongs to, its image, its first process and its mounts.
 
+pub mod cache;
 pub mod connect;
+pub mod container;
 
+pub use cache::CriCache;
 pub use connect::{connect, detect_socket, CriError, DEFAULT_SOCKETS};
+pub use container::{ContainerMeta, ContainerMount};

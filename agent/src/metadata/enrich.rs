@@ -1,0 +1,108 @@
+//! Everything the node knows about one event, gathered for the detect
+//! stage: the process (/proc), the container (cgroup names, CRI), the pod
+//! (Kubernetes API) and the watched file. Degrades, never stops: what cannot
+//! be learnt is named in `missing`, and the alert goes out with the rest.
+
+use std::{path::PathBuf, sync::Arc};
+
+use tokenwatch_common::FileKey;
+use tokio::sync::watch;
+
+use super::{
+    cgroup::{self, CgroupIdentity},
+    cri::{ContainerMeta, CriCache},
+    kube::{PodInfo, PodStore},
+    process::{self, ProcessInfo},
+    token_files::{TokenFiles, WatchedFile},
+};
+use crate::kernel::{Identity, KernelEvent};
+
+/// What the metadata stage learnt about an event.
+#[derive(Clone, Debug, Default)]
+pub struct Enrichment {
+    /// The process, from /proc.
+    pub process: ProcessInfo,
+    /// The watched file an open matched, when known.
+    pub watched: Option<WatchedFile>,
+    /// Container id, pod uid and runtime from the kernel's cgroup names.
+    pub cgroup: CgroupIdentity,
+    /// The container as the runtime describes it.
+    pub container: Option<Arc<ContainerMeta>>,
+    /// The pod as the Kubernetes API describes it.
+    pub pod: Option<Arc<PodInfo>>,
+    /// What could not be learnt, and why.
+    pub missing: Vec<String>,
+}
+
+/// Where pod metadata comes from, if anywhere.
+#[derive(Clone)]
+pub enum PodSource {
+    /// The agent runs without the Kubernetes API.
+    Standalone,
+    /// Pods of this node, watched from the API.
+    Api(PodStore),
+}
+
+/// Gathers an [`Enrichment`] per event.
+pub struct Enricher {
+    proc: PathBuf,
+    cri: CriCache,
+    pods: PodSource,
+    token_files: watch::Receiver<Arc<TokenFiles>>,
+}
+
+impl Enricher {
+    /// An enricher reading `/proc`, the runtime through `cri`, pods from
+    /// `pods`, and the scanner's latest token files.
+    pub fn new(cri: CriCache, pods: PodSource, token_files: watch::Receiver<Arc<TokenFiles>>) -> Self {
+        Enricher { proc: PathBuf::from("/proc"), cri, pods, token_files }
+    }
+
+    /// Everything known about `event`.
+    pub async fn enrich(&self, event: &KernelEvent) -> Enrichment {
+        let identity = event.identity();
+        let watched = match event {
+            KernelEvent::Open(open) => {
+                self.token_files.borrow().get(&FileKey { dev: open.dev, _pad: 0, ino: open.ino }).cloned()
+            }
+            KernelEvent::Connect(_) => None,
+        };
+        let (proc, pid) = (self.proc.clone(), identity.pid);
+        let process = tokio::task::spawn_blocking(move || process::inspect(&proc, pid)).await.unwrap_or_default();
+        let mut enrichment = Enrichment { process, watched, cgroup: identify(identity), ..Enrichment::default() };
+
+        if let Some(id) = enrichment.cgroup.container_id.clone() {
+            match self.cri.lookup(&id).await {
+                Ok(meta) => enrichment.container = Some(meta),
+                Err(reason) => enrichment.missing.push(reason),
+            }
+        }
+        let pod_uid = enrichment
+            .container
+            .as_ref()
+            .map(|c| c.pod_uid.clone())
+            .filter(|uid| !uid.is_empty())
+            .or_else(|| enrichment.cgroup.pod_uid.clone());
+        if let Some(uid) = pod_uid {
+            match &self.pods {
+                PodSource::Standalone => {
+                    enrichment.missing.push("kubernetes: standalone mode, the API is not watched".to_owned());
+                }
+                PodSource::Api(store) => match store.get(&uid) {
+                    Some(pod) => enrichment.pod = Some(pod),
+                    None => enrichment.missing.push(format!("kubernetes: pod {uid} is not known (yet)")),
+                },
+            }
+        }
+        enrichment
+    }
+}
+
+/// The container and pod the kernel's cgroup names point to.
+fn identify(identity: &Identity) -> CgroupIdentity {
+    let [v2_leaf, v2_parent, v1_leaf, v1_parent] = &identity.cgroup_names;
+    cgroup::identify([(v2_leaf.as_str(), v2_parent.as_str()), (v1_leaf.as_str(), v1_parent.as_str())])
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,117 @@
+//! The shared pod store the watcher writes and the event pipeline reads.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use super::pod::PodInfo;
+
+/// Pods of this node by UID, shared and cheaply clonable.
+///
+/// Readers take a read lock only long enough to clone an `Arc`; the watcher
+/// takes the write lock only to swap entries (conversion and API lookups
+/// happen outside it), so a reader never waits on the network.
+///
+/// A deleted pod stays resolvable for `deleted_grace` after its deletion was
+/// seen: a process's last token read can reach the pipeline after the pod's
+/// DELETED event. Expired entries are invisible at once ([`PodStore::get`]
+/// checks the time) and are dropped by the watcher loop.
+#[derive(Clone, Debug)]
+pub struct PodStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    pods: RwLock<HashMap<String, Arc<PodInfo>>>,
+    deleted_grace: Duration,
+}
+
+impl PodStore {
+    /// An empty store whose deleted pods stay resolvable for `deleted_grace`.
+    pub fn new(deleted_grace: Duration) -> Self {
+        PodStore { inner: Arc::new(Inner { pods: RwLock::new(HashMap::new()), deleted_grace }) }
+    }
+
+    /// The pod with this UID, if it is on the node or was deleted less than
+    /// the grace period ago.
+    pub fn get(&self, uid: &str) -> Option<Arc<PodInfo>> {
+        let now = Instant::now();
+        self.read().get(uid).filter(|pod| self.visible(pod, now)).cloned()
+    }
+
+    /// How many pods [`PodStore::get`] would resolve now.
+    pub fn len(&self) -> usize {
+        let now = Instant::now();
+        self.read().values().filter(|pod| self.visible(pod, now)).count()
+    }
+
+    /// Whether no pod is resolvable.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every resolvable pod, for callers that derive something from all of
+    /// them (which token paths exist on the node); order is unspecified.
+    pub fn snapshot(&self) -> Vec<Arc<PodInfo>> {
+        let now = Instant::now();
+        self.read().values().filter(|pod| self.visible(pod, now)).cloned().collect()
+    }
+
+    /// How long deleted pods stay resolvable.
+    pub fn deleted_grace(&self) -> Duration {
+        self.inner.deleted_grace
+    }
+
+    /// Adds or replaces a pod (a pod listed again after being marked deleted
+    /// is alive after all: its `deleted_at` is whatever `pod` says).
+    pub(crate) fn upsert(&self, pod: PodInfo) {
+        self.write().insert(pod.uid.clone(), Arc::new(pod));
+    }
+
+    /// Marks a pod deleted at `at`, storing `last` (its final state) if the
+    /// store did not know it. An earlier deletion time is kept.
+    pub(crate) fn mark_deleted(&self, last: PodInfo, at: Instant) {
+        let mut pods = self.write();
+        let entry = match pods.get(&last.uid) {
+            Some(known) if known.deleted_at.is_some() => return,
+            Some(known) => PodInfo { deleted_at: Some(at), ..PodInfo::clone(known) },
+            None => PodInfo { deleted_at: Some(at), ..last },
+        };
+        pods.insert(entry.uid.clone(), Arc::new(entry));
+    }
+
+    /// After a relist: every live pod whose UID the new list did not contain
+    /// was deleted while the watch was down. Returns how many were marked.
+    pub(crate) fn mark_missing(&self, listed: &HashSet<String>, at: Instant) -> usize {
+        let mut pods = self.write();
+        let mut marked = 0;
+        for (uid, pod) in pods.iter_mut() {
+            if pod.deleted_at.is_none() && !listed.contains(uid) {
+                *pod = Arc::new(PodInfo { deleted_at: Some(at), ..PodInfo::clone(pod) });
+                marked += 1;
+            }
+        }
+        marked
+    }
+
+    /// Drops deleted pods whose grace period is over.
+    pub(crate) fn prune(&self, now: Instant) {
+        let grace = self.inner.deleted_grace;
+        self.write().retain(|_, pod| pod.deleted_at.is_none_or(|at| now.saturating_duration_since(at) < grace));
+    }
+
+    fn visible(&self, pod: &PodInfo, now: Instant) -> bool {
+        pod.deleted_at.is_none_or(|at| now.saturating_duration_since(at) < self.inner.deleted_grace)
+    }
+
+    // A panic while holding the lock leaves the map consistent (every write
+    // is one insert or retain), so a poisoned lock is still usable.
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<String, Arc<PodInfo>>> {
+        self.inner.pods.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, HashMap<String, Arc<PodInfo>>> {
+        self.inner.pods.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
