@@ -73,6 +73,9 @@ fn assert_identity(alert: &Alert, actor: &Actor, cgroup: &TestCgroup) {
     assert_eq!(process.ns_pid, actor.pid);
     let parent = process.parents.first().expect("the kernel records the parent");
     assert_eq!(parent.pid, std::process::id(), "the test process started the actor");
+    // A test thread forked the actor: the process, not the thread, is named.
+    assert_eq!(parent.ns_pid, parent.pid, "a host process's pid is the same in its namespace");
+    assert_eq!(parent.comm, process.comm, "the test binary's main thread, not the forking test thread");
     assert!(alert.missing.is_empty(), "nothing is missing for a host process: {:?}", alert.missing);
     let names = &alert.container.as_ref().expect("container context").cgroup_names;
     if cgroup.has_v2 {

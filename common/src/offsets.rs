@@ -78,6 +78,11 @@ pub struct KernelOffsets {
     pub task_comm: u32,
     /// `task_struct.thread_pid`.
     pub task_thread_pid: u32,
+    /// `task_struct.group_leader`: the process's main thread, whose pid is
+    /// the process's (a parent pointer may name any thread of it).
+    pub task_group_leader: u32,
+    /// Explicit padding.
+    pub _pad: u32,
     /// `pid.level`: depth of the task's pid namespace (0 = the host's).
     pub pid_level: u32,
     /// `pid.numbers`: one `upid` per namespace level.

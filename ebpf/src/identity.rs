@@ -44,11 +44,13 @@ pub fn fill_header(header: &mut EventHeader, kind: EventKind, task: u64, offsets
     kernfs_names(v1_kn, offsets, &mut header.cgroups.v1_leaf, &mut header.cgroups.v1_parent);
 }
 
-/// The task's pid in its own pid namespace, and that namespace's depth:
-/// `thread_pid->numbers[thread_pid->level].nr`.
+/// The process's pid in its own pid namespace, and that namespace's depth:
+/// `group_leader->thread_pid->numbers[level].nr` (the leader's, so a
+/// multi-threaded process is named by its pid, not by one thread's).
 #[inline(always)]
 fn pid_in_namespace(task: u64, offsets: &KernelOffsets) -> (u32, u32) {
-    let pid = read_ptr(task, offsets.task_thread_pid).unwrap_or(0);
+    let leader = read_ptr(task, offsets.task_group_leader).unwrap_or(task);
+    let pid = read_ptr(leader, offsets.task_thread_pid).unwrap_or(0);
     let level = read_u32(pid, offsets.pid_level).unwrap_or(0);
     let at = offsets.pid_numbers + level.wrapping_mul(offsets.upid_size) + offsets.upid_nr;
     (read_u32(pid, at).unwrap_or(0), level)
@@ -70,8 +72,11 @@ fn ancestors(task: u64, offsets: &KernelOffsets, out: &mut [TaskRef]) -> u32 {
         slot.ns_pid = ns_pid;
         slot.ns_level = ns_level;
         slot._pad = 0;
+        // The parent pointer names the thread that forked; its comm can be a
+        // thread's name, so read the process's (the group leader's).
+        let leader = read_ptr(parent, offsets.task_group_leader).unwrap_or(parent);
         // SAFETY: kernel pointer read through the checked helper.
-        slot.comm = unsafe { bpf_probe_read_kernel((parent + u64::from(offsets.task_comm)) as *const [u8; 16]) }
+        slot.comm = unsafe { bpf_probe_read_kernel((leader + u64::from(offsets.task_comm)) as *const [u8; 16]) }
             .unwrap_or([0; 16]);
         count += 1;
         if slot.tgid <= 1 {

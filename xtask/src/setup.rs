@@ -7,6 +7,10 @@
 //!   for bpf-linker.
 //! * bpf-linker 0.13.
 //! * `protoc` (Debian's `protobuf-compiler`), which k8s-cri's build runs.
+//! * For the CRI tests' real pods: `containerd` and `runc`, and `umoci` and
+//!   `busybox-static` to build their image without a registry. The tests start
+//!   their own containerd (own socket, root and state); a system one is never
+//!   used.
 //! * tracefs, where the agent's tracepoints are listed.
 
 use std::path::Path;
@@ -22,6 +26,9 @@ const DEBIAN_PACKAGES: [&str; 3] = ["rustc-web", "libstd-rust-web-dev-bpf", "llv
 /// Packages every build needs whatever the eBPF route: `protoc`, which the
 /// CRI client crate (k8s-cri) runs in its build script.
 const COMMON_PACKAGES: [&str; 1] = ["protobuf-compiler"];
+/// What the CRI tests need to run real pods without a cluster or a registry
+/// (DESIGN.md, "Real pods here, without a cluster").
+const CRI_TEST_PACKAGES: [&str; 4] = ["containerd", "runc", "umoci", "busybox-static"];
 /// Where the LLVM of `llvm-22-dev` lives.
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// The bpf-linker release line that links aya-ebpf 0.2 objects.
@@ -80,6 +87,21 @@ pub fn setup() -> Result<()> {
     }
     if common_missing {
         reasons.push("the CRI client crate compiles the CRI protos with protoc at build time");
+    }
+    let mut cri_test_missing = false;
+    for package in CRI_TEST_PACKAGES {
+        if package_installed(package)? {
+            report.present.push(package.to_owned());
+        } else {
+            missing.push(package);
+            cri_test_missing = true;
+        }
+    }
+    if cri_test_missing {
+        reasons.push(
+            "the CRI tests run real pods in a containerd of their own (with runc), in an image built from \
+             busybox-static with umoci, since no registry is reachable",
+        );
     }
     if util::which("cc").is_none() {
         missing.extend(["gcc", "libc6-dev"]);

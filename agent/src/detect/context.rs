@@ -40,8 +40,19 @@ pub fn kubernetes(
         context.workload = pod.workload.as_ref().map(|w| Workload { kind: w.kind.clone(), name: w.name.clone() });
         context.labels = pod.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         context.automount_service_account_token = pod.automount_service_account_token;
-        if context.image.is_empty() {
-            if let Some(spec) = pod.containers.iter().find(|c| c.name == container_name) {
+        // Without the runtime's answer, the pod status names the container
+        // by its id.
+        let spec = match cgroup.container_id.as_deref() {
+            Some(id) if container_name.is_empty() => {
+                pod.containers.iter().find(|c| c.container_id.as_deref() == Some(id))
+            }
+            _ => pod.containers.iter().find(|c| c.name == container_name),
+        };
+        if let Some(spec) = spec {
+            if context.container.is_empty() {
+                context.container.clone_from(&spec.name);
+            }
+            if context.image.is_empty() {
                 context.image.clone_from(&spec.image);
             }
         }
@@ -78,5 +89,60 @@ pub fn process(identity: &Identity, info: &ProcessInfo, container: Option<&Arc<C
             .collect(),
         ns_pid: identity.ns_pid,
         origin: origin(identity, container.and_then(|c| c.init_pid)).into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::kube::{ContainerInfo, ContainerKind, Workload as PodWorkload};
+
+    fn pod() -> Arc<PodInfo> {
+        Arc::new(PodInfo {
+            namespace: "shop".into(),
+            name: "checkout-7f9c".into(),
+            uid: "uid-1".into(),
+            service_account: "checkout".into(),
+            labels: [("app".to_owned(), "checkout".to_owned())].into(),
+            workload: Some(PodWorkload { kind: "Deployment".into(), name: "checkout".into() }),
+            automount_service_account_token: Some(true),
+            containers: vec![ContainerInfo {
+                name: "api".into(),
+                image: "shop/api:1.4".into(),
+                kind: ContainerKind::Regular,
+                token_mounts: Vec::new(),
+                container_id: Some("abc".into()),
+            }],
+            deleted_at: None,
+        })
+    }
+
+    #[test]
+    fn the_api_names_the_container_by_id_when_the_runtime_cannot() {
+        let cgroup = CgroupIdentity { container_id: Some("abc".into()), pod_uid: Some("uid-1".into()), runtime: None };
+        let context = kubernetes(&cgroup, None, Some(&pod()));
+        assert_eq!((context.namespace.as_str(), context.pod.as_str()), ("shop", "checkout-7f9c"));
+        assert_eq!((context.container.as_str(), context.image.as_str()), ("api", "shop/api:1.4"));
+        assert_eq!(context.service_account, "checkout");
+        assert_eq!(context.workload, Some(Workload { kind: "Deployment".into(), name: "checkout".into() }));
+        assert_eq!(context.automount_service_account_token, Some(true));
+        assert_eq!(context.labels.get("app").map(String::as_str), Some("checkout"));
+    }
+
+    #[test]
+    fn the_runtime_alone_gives_pod_names_and_the_cgroup_the_uid() {
+        let runtime = Arc::new(ContainerMeta {
+            id: "abc".into(),
+            name: "api".into(),
+            image: "shop/api@sha256:1".into(),
+            pod_name: "checkout-7f9c".into(),
+            pod_namespace: "shop".into(),
+            ..ContainerMeta::default()
+        });
+        let cgroup = CgroupIdentity { container_id: Some("abc".into()), pod_uid: Some("uid-9".into()), runtime: None };
+        let context = kubernetes(&cgroup, Some(&runtime), None);
+        assert_eq!((context.pod.as_str(), context.container.as_str()), ("checkout-7f9c", "api"));
+        assert_eq!(context.pod_uid, "uid-9", "from the cgroup when the runtime's labels lack it");
+        assert!(context.service_account.is_empty());
     }
 }

@@ -99,6 +99,8 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
         task_tgid: field(btf, "task_struct", &["tgid"])?,
         task_comm: field(btf, "task_struct", &["comm"])?,
         task_thread_pid: field(btf, "task_struct", &["thread_pid"])?,
+        task_group_leader: field(btf, "task_struct", &["group_leader"])?,
+        _pad: 0,
         pid_level: field(btf, "pid", &["level"])?,
         pid_numbers: field(btf, "pid", &["numbers"])?,
         upid_nr: field(btf, "upid", &["nr"])?,
@@ -137,7 +139,16 @@ mod tests {
         assert!(o.task_files > 0 && o.task_fs > 0 && o.task_cgroups > 0, "{o:?}");
         assert_distinct(
             "task_struct",
-            &[o.task_files, o.task_fs, o.task_cgroups, o.task_real_parent, o.task_tgid, o.task_comm, o.task_thread_pid],
+            &[
+                o.task_files,
+                o.task_fs,
+                o.task_cgroups,
+                o.task_real_parent,
+                o.task_tgid,
+                o.task_comm,
+                o.task_thread_pid,
+                o.task_group_leader,
+            ],
         );
         assert_distinct("pid", &[o.pid_level, o.pid_numbers]);
         assert_distinct("fdtable", &[o.fdtable_max_fds, o.fdtable_fd]);

@@ -20,7 +20,7 @@
 //!
 //! Every mutation bumps one global resourceVersion, as etcd does.
 
-// Shared support: each test target uses only part of it.
+// kube_watch.rs includes this file alone (`#[path]`) and uses part of it.
 #![allow(dead_code, reason = "shared test support: each test target uses a different part")]
 
 use std::collections::{BTreeMap, HashMap, VecDeque};

@@ -58,12 +58,17 @@ pub fn detect_socket(candidates: &[&str]) -> Result<PathBuf, CriError> {
 /// made lazily and re-made after a failure, so a runtime that restarts is
 /// picked up again.
 pub fn connect(path: &Path) -> Result<RuntimeServiceClient<Channel>, CriError> {
+    channel(path).map(RuntimeServiceClient::new)
+}
+
+/// A lazy gRPC channel over the unix socket at `path`, for any CRI service
+/// (runtime or image). Must be called inside a tokio runtime.
+pub fn channel(path: &Path) -> Result<Channel, CriError> {
     let socket = path.to_owned();
-    let channel = Endpoint::try_from("http://[::1]:0")
+    Ok(Endpoint::try_from("http://[::1]:0")
         .map_err(|source| CriError::Connect { path: path.to_owned(), source })?
         .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
             let socket = socket.clone();
             async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
-        }));
-    Ok(RuntimeServiceClient::new(channel))
+        })))
 }

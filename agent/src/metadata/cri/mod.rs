@@ -6,5 +6,5 @@ pub mod connect;
 pub mod container;
 
 pub use cache::CriCache;
-pub use connect::{connect, detect_socket, CriError, DEFAULT_SOCKETS};
+pub use connect::{channel, connect, detect_socket, CriError, DEFAULT_SOCKETS};
 pub use container::{ContainerMeta, ContainerMount};

@@ -75,6 +75,10 @@ pub struct ContainerInfo {
     pub kind: ContainerKind,
     /// The mounts through which this container sees a ServiceAccount token.
     pub token_mounts: Vec<TokenMount>,
+    /// The runtime's id of the running (or last) instance, from the pod's
+    /// status (`containerd://<id>` without the scheme): names the container
+    /// of an event even when the runtime can no longer be asked.
+    pub container_id: Option<String>,
 }
 
 /// A volume mount that puts a ServiceAccount token into a container.
@@ -150,6 +154,17 @@ impl PodInfo {
                 containers.push(container(&c.name, c.image.as_deref(), ContainerKind::Ephemeral, mounts, &volumes));
             }
         }
+        let statuses = pod.status.as_ref().into_iter().flat_map(|status| {
+            let lists =
+                [&status.init_container_statuses, &status.container_statuses, &status.ephemeral_container_statuses];
+            lists.into_iter().flat_map(|list| list.iter().flatten())
+        });
+        for status in statuses {
+            let id = status.container_id.as_deref().map(|id| id.split_once("://").map_or(id, |(_, id)| id));
+            if let Some(container) = containers.iter_mut().find(|c| c.name == status.name) {
+                container.container_id = id.filter(|id| !id.is_empty()).map(str::to_owned);
+            }
+        }
         PodInfo {
             namespace: meta.namespace.clone().unwrap_or_default(),
             name: meta.name.clone().unwrap_or_default(),
@@ -214,7 +229,13 @@ fn container(
             });
         }
     }
-    ContainerInfo { name: name.to_string(), image: image.unwrap_or_default().to_string(), kind, token_mounts }
+    ContainerInfo {
+        name: name.to_string(),
+        image: image.unwrap_or_default().to_string(),
+        kind,
+        token_mounts,
+        container_id: None,
+    }
 }
 
 /// The tokens a volume holds: one per projected `serviceAccountToken` source,

@@ -67,6 +67,29 @@ fn default_kube_api_access_volume_is_a_token_mount() {
 }
 
 #[test]
+fn container_ids_come_from_the_status_without_the_scheme() {
+    let mut pod = pod(
+        json!({"containers": [{"name": "app"}, {"name": "side"}], "initContainers": [{"name": "setup"}]}),
+        json!([]),
+        json!({}),
+    );
+    pod.status = serde_json::from_value(json!({
+        "containerStatuses": [
+            {"name": "app", "containerID": "containerd://abc123", "image": "i", "imageID": "", "ready": true, "restartCount": 0},
+            {"name": "side", "image": "i", "imageID": "", "ready": false, "restartCount": 0},
+        ],
+        "initContainerStatuses": [
+            {"name": "setup", "containerID": "cri-o://def456", "image": "i", "imageID": "", "ready": false, "restartCount": 0},
+        ],
+    }))
+    .expect("a pod status");
+    let info = PodInfo::from_pod(&pod);
+    let ids: Vec<(&str, Option<&str>)> =
+        info.containers.iter().map(|c| (c.name.as_str(), c.container_id.as_deref())).collect();
+    assert_eq!(ids, [("setup", Some("def456")), ("app", Some("abc123")), ("side", None)]);
+}
+
+#[test]
 fn projected_token_at_a_custom_mount_path() {
     let spec = json!({
         "containers": [

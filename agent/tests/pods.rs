@@ -1,0 +1,196 @@
+//! Live tests with real containerd pods: the agent places every token read
+//! in its pod through CRI (the test's own containerd) and the Kubernetes API
+//! (an in-test server speaking the real list/watch protocol, since no
+//! kube-apiserver can be installed here). Root only; run by
+//! `cargo xtask test`.
+
+mod support;
+
+use std::{fs, path::Path, time::Duration};
+
+use k8s_openapi::api::{apps::v1::ReplicaSet, core::v1::Pod as ApiPod};
+use nix::sys::signal::Signal;
+use serde_json::json;
+use support::{
+    agent::AgentProcess,
+    cri::{Containerd, Pod, PodSpec, IMAGE, SA_MOUNT},
+    fake_apiserver::FakeApiServer,
+};
+use tokenwatch_proto::v1::{alert::Evidence, Alert, ProcessOrigin, Workload};
+
+const ALERT_TIMEOUT: Duration = Duration::from_secs(20);
+const NODE: &str = "node-under-test";
+
+/// The API's view of a CRI pod: a Deployment's pod on this node.
+fn api_pod(pod: &Pod<'_>, deployment: &str, replicaset: &str) -> ApiPod {
+    let spec = pod.spec();
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "namespace": spec.namespace, "name": spec.name, "uid": spec.uid,
+            "labels": {"app": deployment, "pod-template-hash": replicaset.rsplit('-').next()},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": replicaset,
+                                 "uid": "rs-uid", "controller": true}],
+        },
+        "spec": {
+            "nodeName": NODE, "serviceAccountName": spec.service_account,
+            "containers": [{"name": spec.container_name, "image": IMAGE, "volumeMounts": [
+                {"name": "kube-api-access-abcde", "mountPath": SA_MOUNT, "readOnly": true}]}],
+            "volumes": [{"name": "kube-api-access-abcde", "projected": {"sources": [
+                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}}]}}],
+        },
+        "status": {"containerStatuses": [{"name": spec.container_name, "containerID":
+            format!("containerd://{}", pod.container_id()), "image": IMAGE, "imageID": "", "ready": true,
+            "restartCount": 0}]},
+    }))
+    .expect("a Pod")
+}
+
+fn replicaset(namespace: &str, name: &str, deployment: &str) -> ReplicaSet {
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"namespace": namespace, "name": name, "ownerReferences": [
+            {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment, "uid": "d-uid", "controller": true}]},
+        "spec": {"selector": {}},
+    }))
+    .expect("a ReplicaSet")
+}
+
+fn kubeconfig(dir: &Path, server: &str) -> String {
+    let path = dir.join("kubeconfig");
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"{server}\"}}}}]\n\
+         users: [{{name: nobody, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: nobody}}}}]\n\
+         current-context: fake\n"
+    );
+    fs::write(&path, text).expect("write kubeconfig");
+    path.display().to_string()
+}
+
+fn describe(alerts: &[Alert]) -> String {
+    alerts.iter().map(|a| serde_json::to_string(a).unwrap_or_default()).collect::<Vec<_>>().join("\n")
+}
+
+/// The token reads (by `cat`) from one pod's container.
+fn reads_in<'a>(alerts: &'a [Alert], pod: &Pod<'_>) -> Vec<&'a Alert> {
+    alerts
+        .iter()
+        .filter(|a| a.container.as_ref().is_some_and(|c| c.id == pod.container_id()))
+        .filter(|a| matches!(a.evidence, Some(Evidence::TokenRead(_))))
+        .collect()
+}
+
+/// Everything an on-call engineer needs, checked field by field.
+fn assert_placed(alert: &Alert, pod: &Pod<'_>, deployment: &str, origin: ProcessOrigin) {
+    let spec = pod.spec();
+    let json = serde_json::to_string(alert).unwrap_or_default();
+    assert_eq!(alert.node, NODE, "{json}");
+    assert!(alert.missing.is_empty(), "nothing missing: {json}");
+    let k8s = alert.kubernetes.as_ref().expect("kubernetes context");
+    assert_eq!(
+        (k8s.namespace.as_str(), k8s.pod.as_str(), k8s.pod_uid.as_str()),
+        (spec.namespace.as_str(), spec.name.as_str(), spec.uid.as_str())
+    );
+    assert_eq!((k8s.container.as_str(), k8s.image.as_str()), (spec.container_name.as_str(), IMAGE), "{json}");
+    assert_eq!(k8s.service_account, spec.service_account);
+    assert_eq!(k8s.workload, Some(Workload { kind: "Deployment".into(), name: deployment.into() }), "{json}");
+    let process = alert.process.as_ref().expect("process context");
+    assert_eq!(process.comm, "cat");
+    assert_eq!(process.origin, i32::from(origin), "{json}");
+    assert!(!process.parents.is_empty(), "the parent chain: {json}");
+    let Some(Evidence::TokenRead(read)) = &alert.evidence else { panic!("a token read: {json}") };
+    assert!(
+        read.resolved_path.ends_with("/secrets/kubernetes.io/serviceaccount/token")
+            || read.resolved_path.contains("/secrets/kubernetes.io/serviceaccount/..20"),
+        "{json}"
+    );
+}
+
+#[test]
+#[ignore = "needs root: runs containerd pods and loads eBPF; run by cargo xtask test"]
+fn token_reads_in_real_pods_carry_pod_container_image_serviceaccount_workload_and_process() {
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let api = runtime.block_on(FakeApiServer::start());
+    let containerd = Containerd::start();
+    let checkout_spec = PodSpec {
+        namespace: "shop".into(),
+        service_account: "checkout".into(),
+        container_name: "api".into(),
+        ..PodSpec::new("checkout-7f9c8d6b5-x2v9q")
+    };
+    let checkout = containerd.run_pod(&checkout_spec);
+    api.add_replicaset(replicaset("shop", "checkout-7f9c8d6b5", "checkout"));
+    api.add_pod(api_pod(&checkout, "checkout", "checkout-7f9c8d6b5"));
+    let doomed_spec = PodSpec { namespace: "shop".into(), ..PodSpec::new("batch-5d8f7c9b4-q1w2e") };
+    let doomed = containerd.run_pod(&doomed_spec);
+    api.add_replicaset(replicaset("shop", "batch-5d8f7c9b4", "batch"));
+    api.add_pod(api_pod(&doomed, "batch", "batch-5d8f7c9b4"));
+
+    let config = kubeconfig(containerd.dir(), api.url());
+    let agent = AgentProcess::start(
+        &[
+            "--cri-socket",
+            &containerd.socket().display().to_string(),
+            "--kubeconfig",
+            &config,
+            "--node-name",
+            NODE,
+            "--rescan-interval-seconds",
+            "1",
+        ]
+        .map(str::to_owned),
+    );
+    for pod in [&checkout, &doomed] {
+        assert!(
+            agent.wait_for_log(&["watching token file", &format!("pid={}", pod.pid())], ALERT_TIMEOUT),
+            "the agent never found the token of pod {}:\n{}",
+            pod.spec().name,
+            agent.stderr()
+        );
+    }
+    assert!(support::wait_for(ALERT_TIMEOUT, || (api.watch_requests() > 0).then_some(())).is_some(), "no watch");
+
+    // The entrypoint's shell forks cat, which reads and exits at once.
+    checkout.trigger();
+    // kubectl exec: a process put into the container from outside.
+    let (code, _, stderr) = checkout.exec(&["cat", &format!("{SA_MOUNT}/token")]);
+    assert_eq!(code, 0, "exec cat: {stderr}");
+    // A read, then the pod is deleted from the API and the runtime at once.
+    let (code, _, stderr) = doomed.exec(&["cat", &format!("{SA_MOUNT}/token")]);
+    assert_eq!(code, 0, "exec cat: {stderr}");
+    let doomed_container = doomed.container_id().to_owned();
+    api.delete_pod("shop", &doomed_spec.name);
+    doomed.remove();
+
+    let arrived = agent.wait_for_alerts(ALERT_TIMEOUT, |alerts| {
+        reads_in(alerts, &checkout).len() >= 2
+            && alerts.iter().any(|a| a.container.as_ref().is_some_and(|c| c.id == doomed_container))
+    });
+    let stopped = agent.stop(Signal::SIGTERM);
+    assert!(arrived, "alerts missing:\n{}\nlog:\n{}", describe(&stopped.alerts), stopped.stderr);
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+
+    let reads = reads_in(&stopped.alerts, &checkout);
+    assert_eq!(reads.len(), 2, "{}", describe(&stopped.alerts));
+    let by_origin = |origin: ProcessOrigin| {
+        reads.iter().find(|a| a.process.as_ref().is_some_and(|p| p.origin == i32::from(origin))).copied()
+    };
+    let entrypoint = by_origin(ProcessOrigin::Entrypoint).expect("the entrypoint's read");
+    assert_placed(entrypoint, &checkout, "checkout", ProcessOrigin::Entrypoint);
+    let parent = &entrypoint.process.as_ref().expect("process").parents[0];
+    assert_eq!((parent.pid, parent.ns_pid), (checkout.pid(), 1), "cat's parent is the container's init");
+    let exec = by_origin(ProcessOrigin::Exec).expect("the exec'd read");
+    assert_placed(exec, &checkout, "checkout", ProcessOrigin::Exec);
+    let outside = &exec.process.as_ref().expect("process").parents[0];
+    assert_eq!(outside.ns_pid, outside.pid, "the exec'd process's parent is a host process (the runtime)");
+
+    let late: Vec<&Alert> =
+        stopped.alerts.iter().filter(|a| a.container.as_ref().is_some_and(|c| c.id == doomed_container)).collect();
+    assert_eq!(late.len(), 1, "{}", describe(&stopped.alerts));
+    let k8s = late[0].kubernetes.as_ref().expect("kubernetes");
+    assert_eq!((k8s.namespace.as_str(), k8s.pod.as_str()), ("shop", doomed_spec.name.as_str()), "{late:?}");
+    assert_eq!((k8s.container.as_str(), k8s.image.as_str()), ("main", IMAGE), "{late:?}");
+    assert_eq!(k8s.service_account, "default");
+    assert_eq!(k8s.workload, Some(Workload { kind: "Deployment".into(), name: "batch".into() }));
+    drop(checkout);
+}
