@@ -1,11 +1,11 @@
 //! The pod watcher (`metadata::kube`) against an in-test API server.
 //!
 //! No kube-apiserver can be installed on the build machines, so these tests
-//! run kube-rs's real client and watcher against `support/fake_apiserver.rs`,
+//! run kube-rs's real client and watcher against `support/fake_apiserver/`,
 //! which speaks the real list/watch protocol (JSON of k8s-openapi types, watch
 //! events, resourceVersion, bookmarks, 410 Gone) on 127.0.0.1. No root needed.
 
-#[path = "support/fake_apiserver.rs"]
+#[path = "support/fake_apiserver/mod.rs"]
 mod fake_apiserver;
 
 use std::time::{Duration, Instant};

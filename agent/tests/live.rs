@@ -167,7 +167,9 @@ fn token_reads_by_every_path_alert_once_each() {
         let alert = matching[0];
         assert_identity(alert, &actor, &cgroup);
         assert_eq!(alert.rule, "token-read");
-        assert_eq!(alert.severity, i32::from(Severity::High));
+        assert_eq!(alert.severity, i32::from(Severity::Medium), "token-read's base severity, nothing raised it");
+        assert_eq!(alert.mitre_techniques, ["T1528", "T1552"]);
+        assert_eq!(alert.count, 1);
         let read = token_read(alert).expect("token read");
         assert_eq!(read.resolved_path, actor.resolved_token_path(), "`{command}`");
         assert!(!read.resolved_path_truncated);
@@ -315,7 +317,151 @@ fn api_server_connects_over_v4_and_v6_alert_once_each() {
     for alert in &from_actor {
         assert_identity(alert, &actor, &cgroup);
         assert_eq!(alert.rule, "apiserver-connect");
-        assert_eq!(alert.severity, i32::from(Severity::Medium));
+        assert_eq!(alert.severity, i32::from(Severity::Low));
     }
+    assert!(stopped.alerts.iter().all(|a| a.rule != "token-theft-chain"), "connects without a token read are no chain");
+    drop(actor);
+}
+
+#[test]
+#[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test"]
+fn token_read_then_api_server_connect_raises_the_chain_once() {
+    let _serial = serialise();
+    let api = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = api.local_addr().expect("addr").port();
+    let cgroup = TestCgroup::create("chain");
+    let mut actor = Actor::spawn(&cgroup.procs_files());
+    let agent = AgentProcess::start(&args(&["--standalone", "--api-server", &format!("127.0.0.1:{port}")]));
+    actor.must(&format!("open {SA_DIR}/token"));
+    actor.must(&format!("connect 127.0.0.1:{port}"));
+    actor.must(&format!("connect 127.0.0.1:{port}"));
+    let mine = |alerts: &[Alert]| alerts.iter().filter(|a| pid_of(a) == actor.pid).count();
+    let arrived = agent.wait_for_alerts(ALERT_TIMEOUT, |alerts| mine(alerts) >= 4);
+    let stopped = agent.stop(Signal::SIGTERM);
+    assert!(arrived, "alerts missing:\n{}\nlog:\n{}", describe(&stopped.alerts), stopped.stderr);
+    let rules: Vec<&str> = stopped.alerts.iter().filter(|a| pid_of(a) == actor.pid).map(|a| a.rule.as_str()).collect();
+    assert_eq!(rules, ["token-read", "apiserver-connect", "token-theft-chain", "apiserver-connect"]);
+    let by_rule = |rule: &str| stopped.alerts.iter().find(|a| a.rule == rule).expect("an alert of the rule");
+    let chain = by_rule("token-theft-chain");
+    assert_eq!(chain.severity, i32::from(Severity::High));
+    assert_eq!(chain.related_alert_ids, [by_rule("token-read").id.clone(), by_rule("apiserver-connect").id.clone()]);
+    assert!(matches!(chain.evidence, Some(Evidence::ApiServerConnect(_))));
+    assert!(chain.summary.contains("read its token, then dialled the API server"), "{}", chain.summary);
+    drop(actor);
+}
+
+#[test]
+#[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test"]
+fn a_rotated_token_is_still_watched_before_any_rescan() {
+    let _serial = serialise();
+    let cgroup = TestCgroup::create("rotate");
+    let mut actor = Actor::spawn(&cgroup.procs_files());
+    // No rescan during the test: only the token volume's watch can match.
+    let agent = AgentProcess::start(&args(&["--standalone", "--rescan-interval-seconds", "3600"]));
+    let fresh = actor.act("rotate").expect("rotate the token");
+    actor.must(&format!("open {SA_DIR}/token"));
+    actor.must(&format!("open {SA_DIR}/ca.crt"));
+    actor.must(&format!("open {SA_DIR}/..data/namespace"));
+    let arrived = agent.wait_for_alerts(ALERT_TIMEOUT, |alerts| alerts.iter().any(|a| pid_of(a) == actor.pid));
+    // A moment for anything that should not come.
+    std::thread::sleep(Duration::from_millis(500));
+    let stopped = agent.stop(Signal::SIGTERM);
+    assert!(arrived, "the rotated token's read was missed:\n{}", stopped.stderr);
+    let mine: Vec<&Alert> = stopped.alerts.iter().filter(|a| pid_of(a) == actor.pid).collect();
+    assert_eq!(mine.len(), 1, "the token only, not ca.crt or namespace:\n{}", describe(&stopped.alerts));
+    let read = token_read(mine[0]).expect("a token read");
+    assert!(read.resolved_path.ends_with(&format!("/serviceaccount/{fresh}/token")), "{}", read.resolved_path);
+    assert!(read.watched_path.ends_with("/serviceaccount/token"), "the volume names its watched path: {read:?}");
+    drop(actor);
+}
+
+/// A kubeconfig for the in-test API server (plain HTTP on loopback).
+fn kubeconfig(dir: &std::path::Path, server: &str) -> String {
+    let path = dir.join("kubeconfig");
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"{server}\"}}}}]\n\
+         users: [{{name: nobody, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: nobody}}}}]\n\
+         current-context: fake\n"
+    );
+    fs::write(&path, text).expect("write kubeconfig");
+    path.display().to_string()
+}
+
+fn api_service(cluster_ip: &str, port: u16) -> k8s_openapi::api::core::v1::Service {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"namespace": "default", "name": "kubernetes"},
+        "spec": {"clusterIP": cluster_ip, "clusterIPs": [cluster_ip],
+                 "ports": [{"name": "https", "port": port, "protocol": "TCP"}]},
+    }))
+    .expect("a Service")
+}
+
+fn api_slice(address: &str, port: u16) -> k8s_openapi::api::discovery::v1::EndpointSlice {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"namespace": "default", "name": "kubernetes",
+                     "labels": {"kubernetes.io/service-name": "kubernetes"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [address], "conditions": {"ready": true}}],
+        "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+    }))
+    .expect("an EndpointSlice")
+}
+
+#[test]
+#[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test"]
+fn api_server_endpoints_learnt_from_the_cluster_follow_its_endpointslices() {
+    let _serial = serialise();
+    // Loopback addresses only: the cluster's objects name them, the actor
+    // dials them, nothing leaves the machine.
+    let bind = |ip: &str| TcpListener::bind((ip, 0)).expect("bind a loopback address");
+    let (cluster_ip, old, new) = (bind("127.0.0.1"), bind("127.0.0.2"), bind("127.0.0.3"));
+    let port = |l: &TcpListener| l.local_addr().expect("addr").port();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let api = runtime.block_on(support::fake_apiserver::FakeApiServer::start());
+    api.add_service(api_service("127.0.0.1", port(&cluster_ip)));
+    api.add_endpointslice(api_slice("127.0.0.2", port(&old)));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cgroup = TestCgroup::create("endpoints");
+    let mut actor = Actor::spawn(&cgroup.procs_files());
+    let agent = AgentProcess::start(&args(&["--kubeconfig", &kubeconfig(dir.path(), api.url()), "--node-name", "n1"]));
+    let watching = |address: String| agent.wait_for_log(&["watching API-server endpoint", &address], ALERT_TIMEOUT);
+    assert!(watching(format!("endpoint=127.0.0.1:{}", port(&cluster_ip))), "{}", agent.stderr());
+    assert!(watching(format!("endpoint=127.0.0.2:{}", port(&old))), "{}", agent.stderr());
+
+    actor.must(&format!("connect 127.0.0.1:{}", port(&cluster_ip)));
+    actor.must(&format!("connect 127.0.0.2:{}", port(&old)));
+    api.modify_endpointslice(api_slice("127.0.0.3", port(&new)));
+    assert!(watching(format!("endpoint=127.0.0.3:{}", port(&new))), "{}", agent.stderr());
+    assert!(
+        agent.wait_for_log(&["no longer an API-server endpoint", &format!("127.0.0.2:{}", port(&old))], ALERT_TIMEOUT),
+        "{}",
+        agent.stderr()
+    );
+    actor.must(&format!("connect 127.0.0.2:{}", port(&old)));
+    actor.must(&format!("connect 127.0.0.3:{}", port(&new)));
+
+    let mine = |alerts: &[Alert]| alerts.iter().filter(|a| pid_of(a) == actor.pid).count();
+    let arrived = agent.wait_for_alerts(ALERT_TIMEOUT, |alerts| mine(alerts) >= 3);
+    std::thread::sleep(Duration::from_millis(500));
+    let stopped = agent.stop(Signal::SIGTERM);
+    assert!(arrived, "alerts missing:\n{}\nlog:\n{}", describe(&stopped.alerts), stopped.stderr);
+    let dialled: Vec<String> = stopped
+        .alerts
+        .iter()
+        .filter(|a| pid_of(a) == actor.pid)
+        .filter_map(connect)
+        .map(|c| format!("{}:{}", c.address, c.port))
+        .collect();
+    assert_eq!(
+        dialled,
+        [
+            format!("127.0.0.1:{}", port(&cluster_ip)),
+            format!("127.0.0.2:{}", port(&old)),
+            format!("127.0.0.3:{}", port(&new)),
+        ],
+        "the ClusterIP and the endpoints match; the old endpoint no longer does"
+    );
     drop(actor);
 }

@@ -16,15 +16,23 @@ use support::{
     cri::{Containerd, Pod, PodSpec, IMAGE, SA_MOUNT},
     fake_apiserver::FakeApiServer,
 };
-use tokenwatch_proto::v1::{alert::Evidence, Alert, ProcessOrigin, Workload};
+use tokenwatch_proto::v1::{alert::Evidence, Alert, ProcessOrigin, Severity, Workload};
 
 const ALERT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One containerd harness at a time (they share /run/containerd/s and the
+/// kubepods cgroup parents).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serialise() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 const NODE: &str = "node-under-test";
 
 /// The API's view of a CRI pod: a Deployment's pod on this node.
 fn api_pod(pod: &Pod<'_>, deployment: &str, replicaset: &str) -> ApiPod {
     let spec = pod.spec();
-    serde_json::from_value(json!({
+    let mut value = json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {
             "namespace": spec.namespace, "name": spec.name, "uid": spec.uid,
@@ -42,8 +50,16 @@ fn api_pod(pod: &Pod<'_>, deployment: &str, replicaset: &str) -> ApiPod {
         "status": {"containerStatuses": [{"name": spec.container_name, "containerID":
             format!("containerd://{}", pod.container_id()), "image": IMAGE, "imageID": "", "ready": true,
             "restartCount": 0}]},
-    }))
-    .expect("a Pod")
+    });
+    if let Some((mount_path, file)) = &spec.projected {
+        value["spec"]["containers"][0]["volumeMounts"]
+            .as_array_mut()
+            .expect("mounts")
+            .push(json!({"name": "vault-token", "mountPath": mount_path, "readOnly": true}));
+        value["spec"]["volumes"].as_array_mut().expect("volumes").push(json!({"name": "vault-token", "projected":
+            {"sources": [{"serviceAccountToken": {"audience": "vault", "expirationSeconds": 600, "path": file}}]}}));
+    }
+    serde_json::from_value(value).expect("a Pod")
 }
 
 fn replicaset(namespace: &str, name: &str, deployment: &str) -> ReplicaSet {
@@ -109,6 +125,7 @@ fn assert_placed(alert: &Alert, pod: &Pod<'_>, deployment: &str, origin: Process
 #[test]
 #[ignore = "needs root: runs containerd pods and loads eBPF; run by cargo xtask test"]
 fn token_reads_in_real_pods_carry_pod_container_image_serviceaccount_workload_and_process() {
+    let _serial = serialise();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let api = runtime.block_on(FakeApiServer::start());
     let containerd = Containerd::start();
@@ -158,12 +175,17 @@ fn token_reads_in_real_pods_carry_pod_container_image_serviceaccount_workload_an
     // A read, then the pod is deleted from the API and the runtime at once.
     let (code, _, stderr) = doomed.exec(&["cat", &format!("{SA_MOUNT}/token")]);
     assert_eq!(code, 0, "exec cat: {stderr}");
+    // A process on the node, outside any container, harvests the token
+    // from the pod's volume directory.
+    let harvested = checkout.volume().token_path();
+    fs::read(&harvested).expect("read the pod's token from the node");
     let doomed_container = doomed.container_id().to_owned();
     api.delete_pod("shop", &doomed_spec.name);
     doomed.remove();
 
     let arrived = agent.wait_for_alerts(ALERT_TIMEOUT, |alerts| {
         reads_in(alerts, &checkout).len() >= 2
+            && alerts.iter().any(|a| a.rule == "node-token-harvest")
             && alerts.iter().any(|a| a.container.as_ref().is_some_and(|c| c.id == doomed_container))
     });
     let stopped = agent.stop(Signal::SIGTERM);
@@ -181,6 +203,9 @@ fn token_reads_in_real_pods_carry_pod_container_image_serviceaccount_workload_an
     assert_eq!((parent.pid, parent.ns_pid), (checkout.pid(), 1), "cat's parent is the container's init");
     let exec = by_origin(ProcessOrigin::Exec).expect("the exec'd read");
     assert_placed(exec, &checkout, "checkout", ProcessOrigin::Exec);
+    assert_eq!(exec.severity, i32::from(Severity::High), "token-read raised one step for the exec");
+    assert_eq!(exec.severity_reasons, ["exec'd into the container (kubectl exec, nsenter)"]);
+    assert_eq!(entrypoint.severity, i32::from(Severity::Medium));
     let outside = &exec.process.as_ref().expect("process").parents[0];
     assert_eq!(outside.ns_pid, outside.pid, "the exec'd process's parent is a host process (the runtime)");
 
@@ -192,5 +217,102 @@ fn token_reads_in_real_pods_carry_pod_container_image_serviceaccount_workload_an
     assert_eq!((k8s.container.as_str(), k8s.image.as_str()), ("main", IMAGE), "{late:?}");
     assert_eq!(k8s.service_account, "default");
     assert_eq!(k8s.workload, Some(Workload { kind: "Deployment".into(), name: "batch".into() }));
+
+    let harvest: Vec<&Alert> = stopped.alerts.iter().filter(|a| a.rule == "node-token-harvest").collect();
+    assert_eq!(harvest.len(), 1, "{}", describe(&stopped.alerts));
+    let harvest = harvest[0];
+    assert_eq!(harvest.process.as_ref().map(|p| p.pid), Some(std::process::id()));
+    assert_eq!(harvest.severity, i32::from(Severity::High));
+    let Some(Evidence::TokenRead(read)) = &harvest.evidence else { panic!("a token read") };
+    assert_eq!(read.requested_path, harvested.display().to_string());
+    assert_eq!((read.owner_namespace.as_str(), read.owner_pod.as_str()), ("shop", checkout_spec.name.as_str()));
+    assert_eq!(
+        (read.owner_pod_uid.as_str(), read.owner_service_account.as_str()),
+        (checkout_spec.uid.as_str(), "checkout")
+    );
+    assert!(harvest.summary.ends_with(&format!("of pod shop/{}", checkout_spec.name)), "{}", harvest.summary);
+    assert!(
+        stopped
+            .alerts
+            .iter()
+            .filter(|a| a.rule == "token-read")
+            .all(|a| a.process.as_ref().is_some_and(|p| p.pid != std::process::id())),
+        "the node's read is not also a plain token-read"
+    );
     drop(checkout);
+}
+
+#[test]
+#[ignore = "needs root: runs containerd pods and loads eBPF; run by cargo xtask test"]
+fn a_projected_token_at_its_own_mount_path_is_watched_through_rotations() {
+    let _serial = serialise();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let api = runtime.block_on(FakeApiServer::start());
+    let containerd = Containerd::start();
+    let spec = PodSpec {
+        namespace: "vault".into(),
+        projected: Some(("/var/run/secrets/tokens".into(), "vault-token".into())),
+        ..PodSpec::new("vault-agent-6b8d9f7c5-z9x8c")
+    };
+    let mut pod = containerd.run_pod(&spec);
+    api.add_replicaset(replicaset("vault", "vault-agent-6b8d9f7c5", "vault-agent"));
+    api.add_pod(api_pod(&pod, "vault-agent", "vault-agent-6b8d9f7c5"));
+    let config = kubeconfig(containerd.dir(), api.url());
+    let agent = AgentProcess::start(
+        &[
+            "--cri-socket",
+            &containerd.socket().display().to_string(),
+            "--kubeconfig",
+            &config,
+            "--node-name",
+            NODE,
+            "--rescan-interval-seconds",
+            "1",
+        ]
+        .map(str::to_owned),
+    );
+    // Learnt from the pod spec: the projected volume's mountPath.
+    assert!(
+        agent.wait_for_log(&["watching token file", "path=/var/run/secrets/tokens/vault-token"], ALERT_TIMEOUT),
+        "the projected token was never watched:\n{}",
+        agent.stderr()
+    );
+    let projected = "/var/run/secrets/tokens/vault-token";
+    let read = |pod: &Pod<'_>| {
+        let (code, _, stderr) = pod.exec(&["cat", projected]);
+        assert_eq!(code, 0, "exec cat: {stderr}");
+    };
+    read(&pod);
+    // Rotations, read at once: no rescan has seen the new inodes.
+    let first = pod.rotate_projected();
+    read(&pod);
+    let second = pod.rotate_projected();
+    read(&pod);
+    // Not token theft: the default volume's ca.crt.
+    let (code, _, _) = pod.exec(&["cat", &format!("{SA_MOUNT}/ca.crt")]);
+    assert_eq!(code, 0);
+
+    let reads = |alerts: &[Alert]| reads_in(alerts, &pod).len();
+    let arrived = agent.wait_for_alerts(ALERT_TIMEOUT, |alerts| reads(alerts) >= 3);
+    std::thread::sleep(Duration::from_millis(500));
+    let stopped = agent.stop(Signal::SIGTERM);
+    assert!(arrived, "alerts missing:\n{}\nlog:\n{}", describe(&stopped.alerts), stopped.stderr);
+    let alerts = reads_in(&stopped.alerts, &pod);
+    assert_eq!(alerts.len(), 3, "three token reads, no ca.crt:\n{}", describe(&stopped.alerts));
+    let resolved: Vec<String> = alerts
+        .iter()
+        .map(|a| match &a.evidence {
+            Some(Evidence::TokenRead(read)) => read.resolved_path.clone(),
+            _ => String::new(),
+        })
+        .collect();
+    assert!(resolved[1].ends_with(&format!("/{first}/vault-token")), "{resolved:?}");
+    assert!(resolved[2].ends_with(&format!("/{second}/vault-token")), "{resolved:?}");
+    for alert in alerts {
+        let Some(Evidence::TokenRead(read)) = &alert.evidence else { panic!("a token read") };
+        assert_eq!(read.requested_path, projected);
+        assert_eq!(read.watched_path, projected);
+        assert_eq!(read.owner_pod, spec.name);
+    }
+    drop(pod);
 }

@@ -33,8 +33,37 @@ pub struct EndpointKey {
     pub addr: [u8; 16],
 }
 
+/// Bytes of a token volume's file name the kernel compares (NUL-padded).
+pub const TOKEN_NAME_LEN: usize = 32;
+
+/// How the files of one device (filesystem) are watched: the value of the
+/// `WATCHED_DEVS` map, keyed by the kernel-encoded device. An open on a
+/// device absent from that map costs one lookup and nothing else.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DevWatch {
+    /// `DEV_EXACT_FILES` and/or `DEV_TOKEN_VOLUME`.
+    pub mode: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// For a token volume: the token's file name, NUL-padded. Any file of
+    /// that name on the volume matches, so a rotation (kubelet writes a new
+    /// `..<timestamp>/token` and swaps `..data`) leaves no blind spot, and
+    /// `ca.crt` or `namespace` beside it never match.
+    pub name: [u8; TOKEN_NAME_LEN],
+}
+
+/// `DevWatch::mode` bit: some files of this device are watched by inode in
+/// `WATCHED_FILES`.
+pub const DEV_EXACT_FILES: u32 = 1;
+/// `DevWatch::mode` bit: the device is a token volume (a kubelet tmpfs);
+/// files named `DevWatch::name` match.
+pub const DEV_TOKEN_VOLUME: u32 = 2;
+
 #[cfg(feature = "user")]
 mod pod {
+    // SAFETY: repr(C), integers and arrays only, padding explicit.
+    unsafe impl aya::Pod for super::DevWatch {}
     // SAFETY: repr(C), integers and arrays only, padding explicit.
     unsafe impl aya::Pod for super::FileKey {}
     // SAFETY: repr(C), integers and arrays only, padding explicit.

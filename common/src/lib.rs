@@ -16,7 +16,7 @@ pub use counters::Counter;
 pub use event::{
     CgroupNames, ConnectEvent, EventHeader, EventKind, OpenEvent, OpenSyscall, ResolvedPath, TaskRef, UnknownValue,
 };
-pub use keys::{EndpointKey, FileKey};
+pub use keys::{DevWatch, EndpointKey, FileKey, DEV_EXACT_FILES, DEV_TOKEN_VOLUME, TOKEN_NAME_LEN};
 pub use offsets::KernelOffsets;
 
 /// Length of a task's `comm`, as the kernel defines `TASK_COMM_LEN`.
@@ -44,6 +44,8 @@ pub const AF_INET6: u16 = 10;
 pub const EVENTS_MAP: &str = "EVENTS";
 /// Name of the map of watched token files, keyed by [`FileKey`].
 pub const WATCHED_FILES_MAP: &str = "WATCHED_FILES";
+/// Name of the map of watched devices, keyed by kernel-encoded device.
+pub const WATCHED_DEVS_MAP: &str = "WATCHED_DEVS";
 /// Name of the map of watched API-server endpoints, keyed by [`EndpointKey`].
 pub const WATCHED_ENDPOINTS_MAP: &str = "WATCHED_ENDPOINTS";
 /// Name of the per-CPU array of [`Counter`]s.

@@ -5,13 +5,18 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     Global,
 };
-use tokenwatch_common::{Counter, EndpointKey, FileKey, KernelOffsets};
+use tokenwatch_common::{Counter, DevWatch, EndpointKey, FileKey, KernelOffsets};
 
 /// Matched events for userspace. 1 MiB holds about 450 open events.
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
-/// Token files to watch, filled by userspace. The value is unused (1).
+/// Devices holding watched files, and how they are watched. The first and,
+/// for unrelated files, only lookup of an open.
+#[map(name = "WATCHED_DEVS")]
+pub static WATCHED_DEVS: HashMap<u32, DevWatch> = HashMap::with_max_entries(16384, 0);
+
+/// Token files to watch by inode, filled by userspace. The value is unused.
 #[map(name = "WATCHED_FILES")]
 pub static WATCHED_FILES: HashMap<FileKey, u32> = HashMap::with_max_entries(16384, 0);
 

@@ -7,12 +7,15 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use aya_log_ebpf::debug;
-use tokenwatch_common::{Counter, EventKind, FileKey, KernelOffsets, OpenEvent, OpenSyscall, ResolvedPath};
+use tokenwatch_common::{
+    Counter, EventKind, FileKey, KernelOffsets, OpenEvent, OpenSyscall, ResolvedPath, DEV_EXACT_FILES,
+    DEV_TOKEN_VOLUME, TOKEN_NAME_LEN,
+};
 
 use crate::{
     identity::fill_header,
     kernel::{read_ptr, read_str, read_u32},
-    maps::{count, is_agent, PendingOpen, EVENTS, KERNEL_OFFSETS, PENDING_OPENS, WATCHED_FILES},
+    maps::{count, is_agent, PendingOpen, EVENTS, KERNEL_OFFSETS, PENDING_OPENS, WATCHED_DEVS, WATCHED_FILES},
 };
 
 /// `AT_FDCWD`, reported as the dirfd of `open(2)`.
@@ -113,13 +116,13 @@ fn judge(ctx: &TracePointContext) {
     let Some(file) = fd_to_file(task, ret as u64, &offsets) else { return };
     let Ok(inode) = read_ptr(file, offsets.file_f_inode) else { return };
     let sb = read_ptr(inode, offsets.inode_i_sb).unwrap_or(0);
-    let key = FileKey {
-        dev: read_u32(sb, offsets.sb_s_dev).unwrap_or(0),
-        _pad: 0,
-        ino: read_ptr(inode, offsets.inode_i_ino).unwrap_or(0),
-    };
+    let dev = read_u32(sb, offsets.sb_s_dev).unwrap_or(0);
+    // SAFETY: the value is copied out at once.
+    let Some(watch) = (unsafe { WATCHED_DEVS.get(dev) }).copied() else { return };
+    let key = FileKey { dev, _pad: 0, ino: read_ptr(inode, offsets.inode_i_ino).unwrap_or(0) };
+    let by_name = watch.mode & DEV_TOKEN_VOLUME != 0 && has_name(file, &offsets, &watch.name);
     // SAFETY: value not used beyond presence.
-    if unsafe { WATCHED_FILES.get(key) }.is_none() {
+    if !by_name && (watch.mode & DEV_EXACT_FILES == 0 || unsafe { WATCHED_FILES.get(key) }.is_none()) {
         return;
     }
     count(Counter::OpensMatched);
@@ -150,6 +153,16 @@ fn judge(ctx: &TracePointContext) {
     rebuild_path(task, file, &offsets, &mut event.path);
     entry.submit(0);
     count(Counter::EventsSent);
+}
+
+/// Whether the opened file's name (its dentry's) is `name`.
+#[inline(always)]
+fn has_name(file: u64, offsets: &KernelOffsets, name: &[u8; TOKEN_NAME_LEN]) -> bool {
+    let dentry = read_ptr(file, offsets.file_f_path + offsets.path_dentry).unwrap_or(0);
+    let ptr = read_ptr(dentry, offsets.dentry_d_name + offsets.qstr_name).unwrap_or(0);
+    let mut actual = [0u8; TOKEN_NAME_LEN];
+    read_str(ptr, &mut actual);
+    actual == *name
 }
 
 /// `task->files->fdt->fd[fd]`.

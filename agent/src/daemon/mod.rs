@@ -2,6 +2,7 @@
 //! them all through one cancellation token (SIGTERM and SIGINT cancel it; a
 //! failing task cancels it too, and its error is returned).
 
+mod cluster;
 mod tasks;
 
 use std::{path::Path, sync::Arc, time::SystemTime};
@@ -18,19 +19,16 @@ use crate::{
         loader::HookMaps,
         offsets::{resolve_running_kernel, OffsetsError},
         reader::{self, ReaderError},
-        watchlist::{self, WatchlistError},
+        watchlist::WatchlistError,
         Hooks, LoadError,
     },
     metadata::{
         cri::CriCache,
         enrich::{Enricher, PodSource},
-        kube::{self, KubeError, PodStore},
+        kube::KubeError,
         token_files,
     },
 };
-
-/// How long a deleted pod stays resolvable, for events that arrive late.
-const DELETED_POD_GRACE: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Events queued between the reader and the pipeline. When full, the reader
 /// waits and the kernel ring buffer absorbs (and counts) the excess.
@@ -70,16 +68,17 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     let offsets = resolve_running_kernel()?;
     let debug_logs = tracing::enabled!(target: "tokenwatch_ebpf", tracing::Level::DEBUG);
     let mut hooks = Hooks::load(&offsets, config.ring_buffer_bytes, debug_logs)?;
-    let HookMaps { events, files, mut endpoints, logger } = hooks.take_maps()?;
+    let HookMaps { events, files, endpoints, logger } = hooks.take_maps()?;
     let mut set = Tasks::new();
 
-    watchlist::set_endpoints(&mut endpoints, &config.api_servers)?;
-    for endpoint in &config.api_servers {
-        tracing::info!(%endpoint, "watching API-server endpoint");
-    }
     // The first scan fills the map before the hooks go live, so everything
     // present at start-up is watched from the first event.
-    let mut scanner = tasks::Scanner::new(config.token_paths.clone(), Path::new("/proc").to_owned(), files);
+    let pods = cluster::start(&config, endpoints, &mut set, &cancel).await?;
+    let store = match &pods {
+        PodSource::Api(store) => Some(store.clone()),
+        PodSource::Standalone => None,
+    };
+    let mut scanner = tasks::Scanner::new(config.token_paths.clone(), Path::new("/proc").to_owned(), files, store);
     let initial = scanner.scan_once().await?;
     let (snapshot_tx, snapshot_rx) = tokio::sync::watch::channel(Arc::new(initial));
     let cri = CriCache::new(config.cri_socket.clone());
@@ -87,8 +86,9 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
         Ok(socket) => tracing::info!(socket = %socket.display(), "container metadata from the runtime over CRI"),
         Err(reason) => tracing::warn!(%reason, "no container runtime: alerts will lack container metadata"),
     }
-    let enricher = Enricher::new(cri, pod_source(&config, &mut set, &cancel).await?, snapshot_rx);
-    let judge = Judge::new(config.node_name.clone(), run_id(), BootClock::measure());
+    let enricher = Enricher::new(cri, pods, snapshot_rx);
+    let judge =
+        Judge::new(config.node_name.clone(), run_id(), BootClock::measure(), crate::detect::chain::DEFAULT_WINDOW);
 
     let attached = hooks.attach()?.join(",");
     tracing::info!(hooks = %attached, "hooks attached");
@@ -138,28 +138,6 @@ async fn supervise(mut set: Tasks, cancel: &CancellationToken) -> Option<DaemonE
         }
     }
     first_error
-}
-
-/// Pods from the Kubernetes API unless standalone. No configuration found
-/// means standalone; an explicit `--kubeconfig` that fails is an error.
-async fn pod_source(config: &Config, set: &mut Tasks, cancel: &CancellationToken) -> Result<PodSource, DaemonError> {
-    if config.standalone {
-        tracing::info!("standalone: the Kubernetes API is not watched");
-        return Ok(PodSource::Standalone);
-    }
-    let client = match kube::client(config.kubeconfig.as_deref()).await {
-        Ok(client) => client,
-        Err(error) if config.kubeconfig.is_none() => {
-            tracing::info!(%error, "no cluster found: running standalone");
-            return Ok(PodSource::Standalone);
-        }
-        Err(error) => return Err(error.into()),
-    };
-    let store = PodStore::new(DELETED_POD_GRACE);
-    let (node, watched, token) = (config.node_name.clone(), store.clone(), cancel.clone());
-    tracing::info!(node = %node, "watching this node's pods on the Kubernetes API");
-    set.spawn(async move { ("pod-watch", kube::watch_pods(client, node, watched, token).await.map_err(Into::into)) });
-    Ok(PodSource::Api(store))
 }
 
 /// A prefix that makes alert ids unique across agent restarts.

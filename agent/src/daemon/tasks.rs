@@ -1,10 +1,8 @@
 //! The agent's long-running tasks besides the reader: the token-file scanner
 //! and the alert pipeline.
 
-use std::{collections::HashSet, path::PathBuf, sync::Arc, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use aya::maps::{HashMap as BpfHashMap, MapData};
-use tokenwatch_common::FileKey;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -13,9 +11,13 @@ use crate::{
     config::StdoutFormat,
     deliver::stdout::StdoutSink,
     detect::Judge,
-    kernel::{watchlist, KernelEvent},
+    kernel::{
+        watchlist::{self, FileMaps, Wanted},
+        KernelEvent,
+    },
     metadata::{
         enrich::Enricher,
+        kube::PodStore,
         token_files::{self, TokenFiles},
     },
 };
@@ -24,24 +26,38 @@ use crate::{
 pub struct Scanner {
     paths: Vec<PathBuf>,
     proc: PathBuf,
-    map: BpfHashMap<MapData, FileKey, u32>,
+    maps: FileMaps,
     current: TokenFiles,
+    pods: Option<PodStore>,
 }
 
 impl Scanner {
     /// A scanner of `paths` in every mount namespace listed under `proc`.
-    pub fn new(paths: Vec<PathBuf>, proc: PathBuf, map: BpfHashMap<MapData, FileKey, u32>) -> Self {
-        Scanner { paths, proc, map, current: TokenFiles::new() }
+    /// With `pods`, each pod's token mounts (projected volumes at their own
+    /// mountPath, legacy Secret tokens) are resolved too.
+    pub fn new(paths: Vec<PathBuf>, proc: PathBuf, maps: FileMaps, pods: Option<PodStore>) -> Self {
+        Scanner { paths, proc, maps, current: TokenFiles::new(), pods }
     }
 
     /// One scan: find the files, update the map, log what changed.
     pub async fn scan_once(&mut self) -> Result<TokenFiles, DaemonError> {
-        let (proc, paths) = (self.proc.clone(), self.paths.clone());
+        let mut paths = self.paths.clone();
+        for pod in self.pods.iter().flat_map(PodStore::snapshot) {
+            for mount in pod.containers.iter().flat_map(|c| &c.token_mounts) {
+                if let Some(path) = mount.token_path().map(PathBuf::from).filter(|p| !paths.contains(p)) {
+                    paths.push(path);
+                }
+            }
+        }
+        let proc = self.proc.clone();
         let found = tokio::task::spawn_blocking(move || token_files::scan(&proc, &paths))
             .await
             .map_err(|error| DaemonError::Panic(format!("scanner: {error}")))?;
-        let wanted: HashSet<FileKey> = found.keys().copied().collect();
-        let (added, removed) = watchlist::sync_files(&mut self.map, &wanted)?;
+        let wanted = Wanted {
+            files: found.keys().copied().collect(),
+            volumes: found.iter().filter_map(|(key, file)| Some((key.dev, file.volume_name.clone()?))).collect(),
+        };
+        let (added, removed) = watchlist::sync_files(&mut self.maps, &wanted)?;
         for (key, file) in &found {
             if !self.current.contains_key(key) {
                 tracing::info!(
@@ -90,8 +106,9 @@ pub async fn pipeline(
     let mut sink = StdoutSink::new(format, tokio::io::stdout());
     while let Some(event) = events.recv().await {
         let enrichment = enricher.enrich(&event).await;
-        let alert = judge.judge(&event, &enrichment);
-        sink.write(&alert).await?;
+        for alert in judge.judge(&event, &enrichment) {
+            sink.write(&alert).await?;
+        }
     }
     Ok(())
 }

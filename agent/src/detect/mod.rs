@@ -1,53 +1,95 @@
-//! The detect stage: turns a kernel event and what is known about its
-//! process into an alert. Correlation and policy build on this later.
+//! The detect stage: turns a kernel event and what the metadata stage
+//! learnt into alerts: which rule fired, how severe, and the chain.
 
+pub mod chain;
 pub mod context;
 pub mod describe;
+pub mod evidence;
 pub mod origin;
+pub mod rules;
 
-use tokenwatch_common::OpenSyscall;
-use tokenwatch_proto::v1::{alert::Evidence, Alert, ApiServerConnect, Severity, TokenRead};
+use std::time::Instant;
 
+use tokenwatch_proto::v1::{Alert, ProcessOrigin};
+
+use self::{chain::ChainTracker, rules::Rule};
 use crate::{
-    kernel::{clock::BootClock, ConnectRecord, KernelEvent, OpenRecord},
+    kernel::{clock::BootClock, KernelEvent},
     metadata::enrich::Enrichment,
 };
 
-/// Rule name of a token-file read.
-pub const RULE_TOKEN_READ: &str = "token-read";
-/// Rule name of a connection to the API server.
-pub const RULE_API_SERVER_CONNECT: &str = "apiserver-connect";
-
-/// Builds alerts, numbering them for this run.
+/// Builds alerts, numbering them for this run, and tracks chains.
 #[derive(Debug)]
 pub struct Judge {
     node: String,
     run_id: String,
     clock: BootClock,
     sequence: u64,
+    chains: ChainTracker,
 }
 
 impl Judge {
-    /// A judge for alerts from `node`; `run_id` makes alert ids unique.
-    pub fn new(node: String, run_id: String, clock: BootClock) -> Self {
-        Judge { node, run_id, clock, sequence: 0 }
+    /// A judge for alerts from `node`; `run_id` makes alert ids unique;
+    /// `chain_window` is how long a token read waits for its connect.
+    pub fn new(node: String, run_id: String, clock: BootClock, chain_window: std::time::Duration) -> Self {
+        Judge { node, run_id, clock, sequence: 0, chains: ChainTracker::new(chain_window) }
     }
 
-    /// The alert for one event.
-    pub fn judge(&mut self, event: &KernelEvent, enrichment: &Enrichment) -> Alert {
+    /// The alerts for one event: one, or two when a connect completes a
+    /// theft-then-use chain.
+    pub fn judge(&mut self, event: &KernelEvent, enrichment: &Enrichment) -> Vec<Alert> {
+        let now = Instant::now();
+        let container = container_key(event, enrichment);
+        match event {
+            KernelEvent::Open(open) => {
+                // A write-only open cannot read the token: kubelet's atomic
+                // writer creates every rotated token that way.
+                if open.flags & libc::O_ACCMODE as u64 == libc::O_WRONLY as u64 || is_kubelet(enrichment) {
+                    return Vec::new();
+                }
+                let rule = if is_node_harvest(enrichment) { rules::NODE_TOKEN_HARVEST } else { rules::TOKEN_READ };
+                let evidence = evidence::token_read(open, enrichment);
+                let summary = evidence::summary(rule.id, Some(open), None, enrichment);
+                let alert = self.alert(&rule, event, enrichment, summary, evidence);
+                self.chains.read(&container, &alert.id, now);
+                vec![alert]
+            }
+            KernelEvent::Connect(connect) => {
+                let evidence = evidence::api_server_connect(connect);
+                let summary = evidence::summary(rules::API_SERVER_CONNECT.id, None, Some(connect), enrichment);
+                let alert = self.alert(&rules::API_SERVER_CONNECT, event, enrichment, summary, evidence.clone());
+                let Some(read_id) = self.chains.connect(&container, now) else { return vec![alert] };
+                let summary = evidence::summary(rules::TOKEN_THEFT_CHAIN.id, None, Some(connect), enrichment);
+                let mut chain = self.alert(&rules::TOKEN_THEFT_CHAIN, event, enrichment, summary, evidence);
+                chain.related_alert_ids = vec![read_id, alert.id.clone()];
+                vec![alert, chain]
+            }
+        }
+    }
+
+    fn alert(
+        &mut self,
+        rule: &Rule,
+        event: &KernelEvent,
+        enrichment: &Enrichment,
+        summary: String,
+        evidence: tokenwatch_proto::v1::alert::Evidence,
+    ) -> Alert {
         self.sequence += 1;
         let identity = event.identity();
         let (seconds, nanos) = self.clock.wall(identity.boot_time_ns);
-        let (rule, severity, summary, evidence) = match event {
-            KernelEvent::Open(open) => token_read(open, enrichment),
-            KernelEvent::Connect(connect) => api_server_connect(connect, enrichment),
-        };
+        let time = Some(pbjson_types::Timestamp { seconds, nanos });
+        let process = context::process(identity, &enrichment.process, enrichment.container.as_ref());
+        let origin = ProcessOrigin::try_from(process.origin).unwrap_or(ProcessOrigin::Unspecified);
+        let (severity, severity_reasons) = rules::raise(rule, origin, &process.exe, &process.comm);
         Alert {
             id: format!("{}-{}", self.run_id, self.sequence),
-            time: Some(pbjson_types::Timestamp { seconds, nanos }),
+            time,
             node: self.node.clone(),
             severity: severity.into(),
-            rule: rule.to_owned(),
+            rule: rule.id.to_owned(),
+            rule_name: rule.name.to_owned(),
+            mitre_techniques: rule.mitre.iter().map(|t| (*t).to_owned()).collect(),
             summary,
             kubernetes: Some(context::kubernetes(
                 &enrichment.cgroup,
@@ -55,73 +97,31 @@ impl Judge {
                 enrichment.pod.as_ref(),
             )),
             container: Some(context::container(identity, &enrichment.cgroup)),
-            process: Some(context::process(identity, &enrichment.process, enrichment.container.as_ref())),
+            process: Some(process),
             evidence: Some(evidence),
             missing: enrichment.missing.clone(),
+            count: 1,
+            first_seen: time,
+            last_seen: time,
+            severity_reasons,
+            related_alert_ids: Vec::new(),
         }
     }
 }
 
-/// " in pod shop/checkout-7f9c (container api)", or "" off Kubernetes.
-fn place(enrichment: &Enrichment) -> String {
-    let (namespace, pod, container) = match (&enrichment.pod, &enrichment.container) {
-        (Some(pod), container) => {
-            (pod.namespace.as_str(), pod.name.as_str(), container.as_ref().map_or("", |c| c.name.as_str()))
-        }
-        (None, Some(c)) => (c.pod_namespace.as_str(), c.pod_name.as_str(), c.name.as_str()),
-        (None, None) => return String::new(),
-    };
-    match (pod.is_empty(), container.is_empty()) {
-        (true, _) => String::new(),
-        (false, true) => format!(" in pod {namespace}/{pod}"),
-        (false, false) => format!(" in pod {namespace}/{pod} (container {container})"),
-    }
+/// The container an event came from: its id, else its cgroup (a process in
+/// a cgroup of its own, as outside Kubernetes).
+fn container_key(event: &KernelEvent, enrichment: &Enrichment) -> String {
+    enrichment.cgroup.container_id.clone().unwrap_or_else(|| format!("cgroup:{}", event.identity().cgroup_id))
 }
 
-fn token_read(open: &OpenRecord, enrichment: &Enrichment) -> (&'static str, Severity, String, Evidence) {
-    let summary = format!(
-        "{} (pid {}){} opened ServiceAccount token {}",
-        open.identity.comm,
-        open.identity.pid,
-        place(enrichment),
-        open.resolved_path
-    );
-    let evidence = TokenRead {
-        requested_path: open.requested_path.clone(),
-        resolved_path: open.resolved_path.clone(),
-        resolved_path_truncated: open.resolved_path_truncated,
-        syscall: match open.syscall {
-            OpenSyscall::Open => "open",
-            OpenSyscall::Openat => "openat",
-            OpenSyscall::Openat2 => "openat2",
-        }
-        .to_owned(),
-        dirfd: open.dirfd,
-        flags: describe::open_flags(open.flags),
-        fd: open.fd,
-        device: format!("{}:{}", open.dev >> 20, open.dev & 0xf_ffff),
-        inode: open.ino,
-        watched_path: enrichment.watched.as_ref().map(|w| w.path.display().to_string()).unwrap_or_default(),
-    };
-    (RULE_TOKEN_READ, Severity::High, summary, Evidence::TokenRead(evidence))
+/// A process outside any container reading a pod's token.
+fn is_node_harvest(enrichment: &Enrichment) -> bool {
+    let owned_by_pod = enrichment.watched.as_ref().is_some_and(|w| w.pod_uid.is_some());
+    owned_by_pod && enrichment.cgroup.container_id.is_none()
 }
 
-fn api_server_connect(connect: &ConnectRecord, enrichment: &Enrichment) -> (&'static str, Severity, String, Evidence) {
-    let outcome = describe::connect_outcome(connect.result);
-    let summary = format!(
-        "{} (pid {}){} dialled the API server at {} ({outcome})",
-        connect.identity.comm,
-        connect.identity.pid,
-        place(enrichment),
-        connect.destination
-    );
-    let evidence = ApiServerConnect {
-        address: connect.destination.ip().to_string(),
-        port: u32::from(connect.destination.port()),
-        family: if connect.destination.is_ipv4() { "ipv4" } else { "ipv6" }.to_owned(),
-        result: connect.result,
-        outcome,
-        fd: connect.fd,
-    };
-    (RULE_API_SERVER_CONNECT, Severity::Medium, summary, Evidence::ApiServerConnect(evidence))
+/// kubelet on the node writes and refreshes every token: not an event.
+fn is_kubelet(enrichment: &Enrichment) -> bool {
+    enrichment.cgroup.container_id.is_none() && enrichment.process.exe.rsplit('/').next() == Some("kubelet")
 }

@@ -9,9 +9,11 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use tokenwatch_common::{
-    Counter, EndpointKey, FileKey, KernelOffsets, AGENT_TGID_GLOBAL, COUNTERS_MAP, EVENTS_MAP, OFFSETS_GLOBAL,
+    Counter, EndpointKey, KernelOffsets, AGENT_TGID_GLOBAL, COUNTERS_MAP, EVENTS_MAP, OFFSETS_GLOBAL, WATCHED_DEVS_MAP,
     WATCHED_ENDPOINTS_MAP, WATCHED_FILES_MAP,
 };
+
+use super::watchlist::FileMaps;
 
 /// The eBPF object built by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tokenwatch-ebpf"));
@@ -79,8 +81,8 @@ pub struct Hooks {
 pub struct HookMaps {
     /// Matched events.
     pub events: RingBuf<MapData>,
-    /// Watched token files.
-    pub files: BpfHashMap<MapData, FileKey, u32>,
+    /// Watched devices and token files.
+    pub files: FileMaps,
     /// Watched API-server endpoints.
     pub endpoints: BpfHashMap<MapData, EndpointKey, u32>,
     /// The programs' own log records; `None` when the object has no log map.
@@ -111,7 +113,10 @@ impl Hooks {
         let logger = EbpfLogger::init(&mut self.ebpf).ok();
         Ok(HookMaps {
             events: take(&mut self.ebpf, EVENTS_MAP)?,
-            files: take(&mut self.ebpf, WATCHED_FILES_MAP)?,
+            files: FileMaps {
+                devs: take(&mut self.ebpf, WATCHED_DEVS_MAP)?,
+                files: take(&mut self.ebpf, WATCHED_FILES_MAP)?,
+            },
             endpoints: take(&mut self.ebpf, WATCHED_ENDPOINTS_MAP)?,
             logger,
         })

@@ -1,10 +1,15 @@
 //! Keeps the kernel's watch maps equal to what the agent wants watched. A
 //! miss in these maps is all an unrelated open or connect costs.
 
-use std::{collections::HashSet, net::IpAddr};
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
 
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
-use tokenwatch_common::{EndpointKey, FileKey, AF_INET, AF_INET6};
+use tokenwatch_common::{
+    DevWatch, EndpointKey, FileKey, AF_INET, AF_INET6, DEV_EXACT_FILES, DEV_TOKEN_VOLUME, TOKEN_NAME_LEN,
+};
 
 use crate::config::Endpoint;
 
@@ -35,33 +40,88 @@ pub fn endpoint_key(endpoint: &Endpoint) -> EndpointKey {
     key
 }
 
-/// Puts every endpoint in the map.
-pub fn set_endpoints(
+/// Makes the endpoint map hold exactly `endpoints`.
+pub fn sync_endpoints(
     map: &mut BpfHashMap<MapData, EndpointKey, u32>,
     endpoints: &[Endpoint],
 ) -> Result<(), WatchlistError> {
-    for endpoint in endpoints {
-        map.insert(endpoint_key(endpoint), 1, 0)
-            .map_err(|source| WatchlistError { map: "WATCHED_ENDPOINTS", source })?;
+    let error = |source| WatchlistError { map: "WATCHED_ENDPOINTS", source };
+    let wanted: HashSet<EndpointKey> = endpoints.iter().map(endpoint_key).collect();
+    let present: HashSet<EndpointKey> = map.keys().filter_map(Result::ok).collect();
+    for key in wanted.difference(&present) {
+        map.insert(*key, 1, 0).map_err(error)?;
+    }
+    for key in present.difference(&wanted) {
+        map.remove(key).map_err(error)?;
     }
     Ok(())
 }
 
-/// Makes the file map hold exactly `wanted`; returns (added, removed).
-pub fn sync_files(
-    map: &mut BpfHashMap<MapData, FileKey, u32>,
-    wanted: &HashSet<FileKey>,
-) -> Result<(usize, usize), WatchlistError> {
-    let present: HashSet<FileKey> = map.keys().filter_map(Result::ok).collect();
-    let mut added = 0;
-    for key in wanted.difference(&present) {
-        map.insert(*key, 1, 0).map_err(|source| WatchlistError { map: "WATCHED_FILES", source })?;
+/// The two maps an open is looked up in.
+pub struct FileMaps {
+    /// Devices and how their files are watched.
+    pub devs: BpfHashMap<MapData, u32, DevWatch>,
+    /// Files watched by inode.
+    pub files: BpfHashMap<MapData, FileKey, u32>,
+}
+
+/// What should be watched: files by inode, and token volumes by device with
+/// the token's file name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Wanted {
+    /// Files by (device, inode).
+    pub files: HashSet<FileKey>,
+    /// Token volumes: device and file name.
+    pub volumes: HashMap<u32, String>,
+}
+
+/// The `WATCHED_DEVS` values `wanted` needs.
+pub fn dev_watches(wanted: &Wanted) -> HashMap<u32, DevWatch> {
+    let mut devs: HashMap<u32, DevWatch> = HashMap::new();
+    let empty = || DevWatch { mode: 0, _pad: 0, name: [0; TOKEN_NAME_LEN] };
+    for key in &wanted.files {
+        devs.entry(key.dev).or_insert_with(empty).mode |= DEV_EXACT_FILES;
+    }
+    for (dev, name) in &wanted.volumes {
+        let watch = devs.entry(*dev).or_insert_with(empty);
+        let bytes = name.as_bytes();
+        if bytes.len() < TOKEN_NAME_LEN {
+            watch.mode |= DEV_TOKEN_VOLUME;
+            watch.name = [0; TOKEN_NAME_LEN];
+            watch.name[..bytes.len()].copy_from_slice(bytes);
+        }
+    }
+    devs.retain(|_, watch| watch.mode != 0);
+    devs
+}
+
+/// Makes the kernel maps hold exactly `wanted`; returns (added, removed)
+/// counted over both maps. Devices are added after their files and removed
+/// before them, so the kernel never sees a device without its files.
+pub fn sync_files(maps: &mut FileMaps, wanted: &Wanted) -> Result<(usize, usize), WatchlistError> {
+    let devs_error = |source| WatchlistError { map: "WATCHED_DEVS", source };
+    let files_error = |source| WatchlistError { map: "WATCHED_FILES", source };
+    let want_devs = dev_watches(wanted);
+    let have_devs: HashMap<u32, DevWatch> = maps.devs.iter().filter_map(Result::ok).collect();
+    let have_files: HashSet<FileKey> = maps.files.keys().filter_map(Result::ok).collect();
+    let (mut added, mut removed) = (0, 0);
+    for dev in have_devs.keys().filter(|dev| !want_devs.contains_key(dev)) {
+        maps.devs.remove(dev).map_err(devs_error)?;
+        removed += 1;
+    }
+    for key in wanted.files.difference(&have_files) {
+        maps.files.insert(*key, 1, 0).map_err(files_error)?;
         added += 1;
     }
-    let mut removed = 0;
-    for key in present.difference(wanted) {
-        map.remove(key).map_err(|source| WatchlistError { map: "WATCHED_FILES", source })?;
+    for key in have_files.difference(&wanted.files) {
+        maps.files.remove(key).map_err(files_error)?;
         removed += 1;
+    }
+    for (dev, watch) in &want_devs {
+        if have_devs.get(dev) != Some(watch) {
+            maps.devs.insert(*dev, *watch, 0).map_err(devs_error)?;
+            added += 1;
+        }
     }
     Ok((added, removed))
 }
@@ -72,6 +132,21 @@ mod tests {
 
     fn key(text: &str) -> EndpointKey {
         endpoint_key(&text.parse().expect("valid endpoint"))
+    }
+
+    #[test]
+    fn devices_carry_exact_files_volumes_or_both() {
+        let file = |dev, ino| FileKey { dev, _pad: 0, ino };
+        let wanted = Wanted {
+            files: [file(1, 10), file(1, 11), file(2, 20)].into(),
+            volumes: [(2, "token".to_owned()), (3, "vault-token".to_owned()), (4, "x".repeat(32))].into(),
+        };
+        let devs = dev_watches(&wanted);
+        assert_eq!(devs[&1].mode, DEV_EXACT_FILES);
+        assert_eq!(devs[&2].mode, DEV_EXACT_FILES | DEV_TOKEN_VOLUME);
+        assert_eq!(&devs[&2].name[..6], b"token\0");
+        assert_eq!(devs[&3].mode, DEV_TOKEN_VOLUME);
+        assert!(!devs.contains_key(&4), "a name too long for the kernel's compare is no volume watch");
     }
 
     #[test]

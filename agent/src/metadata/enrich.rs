@@ -13,7 +13,7 @@ use super::{
     cri::{ContainerMeta, CriCache},
     kube::{PodInfo, PodStore},
     process::{self, ProcessInfo},
-    token_files::{TokenFiles, WatchedFile},
+    token_files::{self, TokenFiles, WatchedFile},
 };
 use crate::kernel::{Identity, KernelEvent};
 
@@ -30,6 +30,8 @@ pub struct Enrichment {
     pub container: Option<Arc<ContainerMeta>>,
     /// The pod as the Kubernetes API describes it.
     pub pod: Option<Arc<PodInfo>>,
+    /// For a token read: the pod the token belongs to, when known.
+    pub owner: Option<Arc<PodInfo>>,
     /// What could not be learnt, and why.
     pub missing: Vec<String>,
 }
@@ -63,13 +65,18 @@ impl Enricher {
         let identity = event.identity();
         let watched = match event {
             KernelEvent::Open(open) => {
-                self.token_files.borrow().get(&FileKey { dev: open.dev, _pad: 0, ino: open.ino }).cloned()
+                token_files::find(&self.token_files.borrow(), &FileKey { dev: open.dev, _pad: 0, ino: open.ino })
             }
             KernelEvent::Connect(_) => None,
         };
         let (proc, pid) = (self.proc.clone(), identity.pid);
         let process = tokio::task::spawn_blocking(move || process::inspect(&proc, pid)).await.unwrap_or_default();
-        let mut enrichment = Enrichment { process, watched, cgroup: identify(identity), ..Enrichment::default() };
+        let owner = match (&self.pods, watched.as_ref().and_then(|w| w.pod_uid.as_deref())) {
+            (PodSource::Api(store), Some(uid)) => store.get(uid),
+            _ => None,
+        };
+        let mut enrichment =
+            Enrichment { process, watched, owner, cgroup: identify(identity), ..Enrichment::default() };
 
         if let Some(id) = enrichment.cgroup.container_id.clone() {
             match self.cri.lookup(&id).await {

@@ -19,6 +19,8 @@ use std::{
 
 use tokenwatch_common::FileKey;
 
+use super::cgroup;
+
 /// Where a watched file was found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WatchedFile {
@@ -28,6 +30,22 @@ pub struct WatchedFile {
     pub mount_ns: u64,
     /// A process in that namespace.
     pub pid: u32,
+    /// The pod whose container that namespace is, from the process's cgroup.
+    pub pod_uid: Option<String>,
+    /// Set when the file lies on a token volume (a tmpfs whose root holds
+    /// kubelet's `..data` layout): the file name every token on it has, so
+    /// the kernel can match the volume by device and name and a rotation
+    /// leaves no blind spot.
+    pub volume_name: Option<String>,
+}
+
+/// Finds the watched file an open matched: by inode, else (after a
+/// rotation the scanner has not seen yet) by the token volume's device.
+pub fn find(files: &TokenFiles, key: &FileKey) -> Option<WatchedFile> {
+    files
+        .get(key)
+        .or_else(|| files.iter().find(|(k, w)| k.dev == key.dev && w.volume_name.is_some()).map(|(_, w)| w))
+        .cloned()
 }
 
 /// The token files found by one scan.
@@ -57,11 +75,41 @@ pub fn scan(proc: &Path, paths: &[PathBuf]) -> TokenFiles {
         let Ok(root) = open_path(&process.join("root")) else { continue };
         for path in paths {
             if let Some(key) = resolve_in_root(&root, path) {
-                found.entry(key).or_insert_with(|| WatchedFile { path: path.clone(), mount_ns: ns.ino(), pid });
+                found.entry(key).or_insert_with(|| WatchedFile {
+                    path: path.clone(),
+                    mount_ns: ns.ino(),
+                    pid,
+                    pod_uid: pod_of(&process),
+                    volume_name: volume_name(&root, path, key.dev),
+                });
             }
         }
     }
     found
+}
+
+/// The pod uid in `/proc/<pid>/cgroup`, if the process is in a pod.
+fn pod_of(process: &Path) -> Option<String> {
+    let text = fs::read_to_string(process.join("cgroup")).ok()?;
+    text.lines().filter_map(|line| line.splitn(3, ':').nth(2)).find_map(|path| cgroup::identify_path(path).pod_uid)
+}
+
+/// The token's file name when its directory is a token volume: a tmpfs, the
+/// same filesystem as the file, holding kubelet's `..data` link.
+fn volume_name(root: &OwnedFd, path: &Path, dev: u32) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    if name.len() >= tokenwatch_common::TOKEN_NAME_LEN {
+        return None;
+    }
+    let dir = path.parent()?;
+    let dir_fd = openat2_in_root(root, dir, libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)?;
+    let dir_file = fs::File::from(dir_fd);
+    let is_tmpfs =
+        nix::sys::statfs::fstatfs(&dir_file).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+    let same_fs = dir_file.metadata().is_ok_and(|m| kernel_dev(m.dev()) == dev);
+    let atomic_writer =
+        openat2_in_root(root, &dir.join("..data"), libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC).is_some();
+    (is_tmpfs && same_fs && atomic_writer).then(|| name.to_owned())
 }
 
 fn open_path(path: &Path) -> std::io::Result<OwnedFd> {
@@ -78,11 +126,19 @@ fn open_path(path: &Path) -> std::io::Result<OwnedFd> {
 /// Resolves `path` under `root` as the namespace's processes would; returns
 /// the key of a regular file, or `None`.
 fn resolve_in_root(root: &OwnedFd, path: &Path) -> Option<FileKey> {
+    let file = fs::File::from(openat2_in_root(root, path, libc::O_PATH | libc::O_CLOEXEC)?);
+    let meta = file.metadata().ok()?;
+    meta.is_file().then(|| FileKey { dev: kernel_dev(meta.dev()), _pad: 0, ino: meta.ino() })
+}
+
+/// `openat2(root, path, flags, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`:
+/// absolute symlinks resolve inside `root`, as for a process whose root it is.
+fn openat2_in_root(root: &OwnedFd, path: &Path, flags: i32) -> Option<OwnedFd> {
     let relative = path.strip_prefix("/").unwrap_or(path);
     let c_path = CString::new(relative.as_os_str().as_bytes()).ok()?;
     // SAFETY: open_how is plain integers; zero is "no flags" for each.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
+    how.flags = u64::try_from(flags).ok()?;
     how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
     // SAFETY: valid pointers for the call's duration; fd owned below.
     let fd = unsafe {
@@ -90,9 +146,7 @@ fn resolve_in_root(root: &OwnedFd, path: &Path) -> Option<FileKey> {
     };
     let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
     // SAFETY: fresh descriptor we own.
-    let file = fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    let meta = file.metadata().ok()?;
-    meta.is_file().then(|| FileKey { dev: kernel_dev(meta.dev()), _pad: 0, ino: meta.ino() })
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 #[cfg(test)]

@@ -134,6 +134,7 @@ fn perform(line: &str) -> Result<String, String> {
             TcpStream::connect(addr).map(|_| "connected".to_owned()).map_err(|e| e.to_string())
         }
         (Some("connect-nonblocking"), Some(addr), None) => connect_nonblocking(addr),
+        (Some("rotate"), None, None) => rotate(),
         (Some("exit"), None, None) => Ok("bye".to_owned()),
         _ => Err(format!("unknown command `{line}`")),
     }
@@ -161,6 +162,23 @@ fn connect_nonblocking(addr: &str) -> Result<String, String> {
     // SAFETY: our fd.
     unsafe { libc::close(fd) };
     Ok(result.to_string())
+}
+
+/// What kubelet's atomic writer does when it refreshes the token: a new
+/// timestamped directory with new files (new inodes), then `..data`
+/// swapped to it by rename. The detail is the new directory's name.
+fn rotate() -> Result<String, String> {
+    let sa = fs::canonicalize(SA_DIR).map_err(|e| format!("{SA_DIR}: {e}"))?;
+    let fresh = "..2026_11_29_09_19_34.987654321";
+    let dir = sa.join(fresh);
+    fs::create_dir(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+    for (name, content) in [("token", "eyJ.rotated.test"), ("ca.crt", "-----BEGIN"), ("namespace", "default")] {
+        fs::write(dir.join(name), content).map_err(|e| format!("write {name}: {e}"))?;
+    }
+    symlink(fresh, sa.join("..data_tmp")).map_err(|e| format!("symlink: {e}"))?;
+    fs::rename(sa.join("..data_tmp"), sa.join("..data")).map_err(|e| format!("swap ..data: {e}"))?;
+    fs::remove_dir_all(sa.join(TIMESTAMP_DIR)).map_err(|e| format!("remove the old directory: {e}"))?;
+    Ok(fresh.to_owned())
 }
 
 fn read(path: &str) -> Result<String, String> {

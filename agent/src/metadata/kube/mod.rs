@@ -15,6 +15,7 @@
 //! The tests run against an in-test API server (`agent/tests/support/fake_apiserver.rs`)
 //! because no kube-apiserver can be installed on the build machines.
 
+pub mod endpoints;
 mod owners;
 mod pod;
 mod store;
@@ -27,6 +28,7 @@ use std::path::{Path, PathBuf};
 use kube::config::{InClusterError, KubeConfigOptions, Kubeconfig, KubeconfigError};
 use kube::{Client, Config};
 
+pub use endpoints::{api_server_addresses, watch_api_server_endpoints, watch_api_server_endpoints_with};
 pub use pod::{
     deployment_from_replicaset_name, direct_owner, ContainerInfo, ContainerKind, PodInfo, TokenMount, TokenSource,
     Workload, DEFAULT_TOKEN_DIR,

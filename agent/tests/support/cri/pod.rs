@@ -85,6 +85,10 @@ pub struct PodSpec {
     pub service_account: String,
     /// The container's name.
     pub container_name: String,
+    /// A projected `serviceAccountToken` volume of its own besides the
+    /// default one: (mountPath, file name), e.g.
+    /// ("/var/run/secrets/tokens", "vault-token").
+    pub projected: Option<(String, String)>,
     /// The container's command (its entrypoint, replacing the image's).
     pub command: Vec<String>,
     /// The QoS class (the cgroup parent).
@@ -101,6 +105,7 @@ impl PodSpec {
             uid: fresh_uid(),
             service_account: "default".to_owned(),
             container_name: "main".to_owned(),
+            projected: None,
             command: reader_command(),
             qos: Qos::BestEffort,
         }
@@ -129,6 +134,7 @@ pub struct Pod<'c> {
     container_id: String,
     pid: u32,
     volume: TokenVolume,
+    projected: Option<TokenVolume>,
     removed: bool,
 }
 
@@ -163,6 +169,19 @@ impl Containerd {
             &spec.name,
             &spec.service_account,
         );
+        let projected = spec.projected.as_ref().map(|(_, file)| {
+            TokenVolume::create_projected(&self.dir().join("pods"), &spec.uid, "vault-token", file, &volume.token)
+        });
+        let mut mounts = vec![Mount {
+            container_path: SA_MOUNT.to_owned(),
+            host_path: volume.dir.display().to_string(),
+            readonly: true,
+            ..Default::default()
+        }];
+        if let (Some((path, _)), Some(extra)) = (&spec.projected, &projected) {
+            let host_path = extra.dir.display().to_string();
+            mounts.push(Mount { container_path: path.clone(), host_path, readonly: true, ..Default::default() });
+        }
         let log_dir = self.dir().join("logs").join(format!("{}_{}_{}", spec.namespace, spec.name, spec.uid));
         let sandbox_config = PodSandboxConfig {
             metadata: Some(PodSandboxMetadata {
@@ -194,12 +213,7 @@ impl Containerd {
             metadata: Some(ContainerMetadata { name: spec.container_name.clone(), attempt: 0 }),
             image: Some(ImageSpec { image: IMAGE.to_owned(), ..Default::default() }),
             command: spec.command.clone(),
-            mounts: vec![Mount {
-                container_path: SA_MOUNT.to_owned(),
-                host_path: volume.dir.display().to_string(),
-                readonly: true,
-                ..Default::default()
-            }],
+            mounts,
             labels,
             annotations: HashMap::from([("io.kubernetes.container.restartCount".to_owned(), "0".to_owned())]),
             log_path: format!("{}/0.log", spec.container_name),
@@ -224,8 +238,16 @@ impl Containerd {
         let container_id = self.call("CreateContainer", c.create_container(request)).container_id;
         self.call("StartContainer", c.start_container(StartContainerRequest { container_id: container_id.clone() }));
 
-        let mut pod =
-            Pod { containerd: self, spec: spec.clone(), sandbox_id, container_id, pid: 0, volume, removed: false };
+        let mut pod = Pod {
+            containerd: self,
+            spec: spec.clone(),
+            sandbox_id,
+            container_id,
+            pid: 0,
+            volume,
+            projected,
+            removed: false,
+        };
         let status = pod.container_status();
         pod.pid = info_pid(&status.info)
             .unwrap_or_else(|| panic!("ContainerStatus (verbose) gives no pid: {:?}", status.info));
@@ -274,6 +296,17 @@ impl Pod<'_> {
     /// The token volume.
     pub fn volume(&self) -> &TokenVolume {
         &self.volume
+    }
+
+    /// Rotates the default token volume as kubelet does; returns the new
+    /// timestamped directory's name.
+    pub fn rotate(&mut self) -> String {
+        self.volume.rotate()
+    }
+
+    /// Rotates the projected token volume; panics if the pod has none.
+    pub fn rotate_projected(&mut self) -> String {
+        self.projected.as_mut().expect("the pod has a projected token volume").rotate()
     }
 
     /// What the token file holds.
@@ -369,6 +402,11 @@ impl Pod<'_> {
             .zip(results)
             .filter_map(|(call, result)| result.err().map(|e| format!("{call}: {e}")))
             .collect();
+        // The projected volume's tmpfs lies under the pod directory that
+        // removing the default volume deletes: unmount it first.
+        if let Some(projected) = self.projected.as_mut() {
+            projected.remove();
+        }
         self.volume.remove();
         let left = cleanup::remove_pod_cgroups(&self.spec.uid);
         if !left.is_empty() {

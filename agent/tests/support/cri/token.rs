@@ -42,15 +42,31 @@ pub struct TokenVolume {
     pub token: String,
     /// Whether a tmpfs is mounted at `dir`.
     mounted: bool,
+    /// The files (name, contents) the layout holds.
+    files: Vec<(String, String)>,
 }
 
 impl TokenVolume {
     /// Makes the volume of pod `uid` under `pods`: mounts a tmpfs (as kubelet
     /// does for projected volumes) and writes the atomic-writer layout.
     pub fn create(pods: &Path, uid: &str, namespace: &str, pod: &str, service_account: &str) -> TokenVolume {
-        let pod_dir = pods.join(uid);
         let suffix: String = uid.chars().filter(char::is_ascii_alphanumeric).take(5).collect();
-        let dir = pod_dir.join("volumes/kubernetes.io~projected").join(format!("kube-api-access-{suffix}"));
+        let token = fake_token(namespace, pod, uid, service_account);
+        let files = FILES.iter().zip([FAKE_CA, namespace, token.as_str()]);
+        let files = files.map(|(name, contents)| ((*name).to_owned(), contents.to_owned())).collect();
+        Self::create_with(pods, uid, &format!("kube-api-access-{suffix}"), files, token)
+    }
+
+    /// A projected `serviceAccountToken` volume of its own (a pod's
+    /// `volumes[].projected` with one source at `path: <file>`), named
+    /// `volume`, holding only that file.
+    pub fn create_projected(pods: &Path, uid: &str, volume: &str, file: &str, token: &str) -> TokenVolume {
+        Self::create_with(pods, uid, volume, vec![(file.to_owned(), token.to_owned())], token.to_owned())
+    }
+
+    fn create_with(pods: &Path, uid: &str, volume: &str, files: Vec<(String, String)>, token: String) -> TokenVolume {
+        let pod_dir = pods.join(uid);
+        let dir = pod_dir.join("volumes/kubernetes.io~projected").join(volume);
         fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating token volume {}: {e}", dir.display()));
         mount(Some("tmpfs"), &dir, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755,size=1m"))
             .unwrap_or_else(|e| panic!("mounting a tmpfs at {}: {e}", dir.display()));
@@ -58,11 +74,32 @@ impl TokenVolume {
             dir,
             pod_dir,
             timestamp_dir: atomic_writer_dir_name(SystemTime::now()),
-            token: fake_token(namespace, pod, uid, service_account),
+            token,
             mounted: true,
+            files,
         };
-        volume.write_layout(namespace);
+        volume.write_layout();
+        for (name, _) in &volume.files {
+            symlink(format!("..data/{name}"), volume.dir.join(name))
+                .unwrap_or_else(|e| panic!("symlinking {name} -> ..data/{name}: {e}"));
+        }
         volume
+    }
+
+    /// What kubelet does to refresh the token: a new timestamped directory
+    /// (new inodes), `..data` swapped to it by rename, the old one removed.
+    /// Returns the new directory's name.
+    pub fn rotate(&mut self) -> String {
+        let old = std::mem::replace(&mut self.timestamp_dir, atomic_writer_dir_name(SystemTime::now()));
+        let fresh = format!("{}.rotated", self.token);
+        for (_, contents) in self.files.iter_mut().filter(|(_, contents)| *contents == self.token) {
+            contents.clone_from(&fresh);
+        }
+        self.token = fresh;
+        self.write_layout();
+        fs::rename(self.dir.join("..data_tmp"), self.dir.join("..data")).expect("swapping ..data");
+        fs::remove_dir_all(self.dir.join(&old)).expect("removing the old timestamped directory");
+        self.timestamp_dir.clone()
     }
 
     /// The `token` symlink's path on the host (`<dir>/token`).
@@ -75,20 +112,20 @@ impl TokenVolume {
         self.dir.join(&self.timestamp_dir).join("token")
     }
 
-    fn write_layout(&self, namespace: &str) {
+    /// Writes the timestamped directory and points `..data` at it (through
+    /// `..data_tmp` and a rename when `..data` already exists, as kubelet's
+    /// atomic writer does).
+    fn write_layout(&self) {
         let real = self.dir.join(&self.timestamp_dir);
         fs::create_dir(&real).unwrap_or_else(|e| panic!("creating {}: {e}", real.display()));
         fs::set_permissions(&real, fs::Permissions::from_mode(0o755)).expect("chmod the timestamped directory");
-        for (name, contents) in FILES.iter().zip([FAKE_CA, namespace, self.token.as_str()]) {
+        for (name, contents) in &self.files {
             let path = real.join(name);
             fs::write(&path, contents).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
             fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod a token volume file");
         }
-        symlink(&self.timestamp_dir, self.dir.join("..data")).expect("symlinking ..data");
-        for name in FILES {
-            symlink(format!("..data/{name}"), self.dir.join(name))
-                .unwrap_or_else(|e| panic!("symlinking {name} -> ..data/{name}: {e}"));
-        }
+        let link = if self.dir.join("..data").exists() { "..data_tmp" } else { "..data" };
+        symlink(&self.timestamp_dir, self.dir.join(link)).expect("symlinking ..data");
     }
 
     /// Unmounts the tmpfs and removes `<pods>/<uid>`. Errors are ignored:

@@ -1,0 +1,113 @@
+//! What the agent learns from the Kubernetes API, when it runs in a
+//! cluster: this node's pods, and the API server's own addresses (its
+//! Service's ClusterIPs and EndpointSlices), kept live in the kernel map.
+
+use std::{collections::BTreeSet, net::SocketAddr};
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use tokenwatch_common::EndpointKey;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::{DaemonError, Tasks};
+use crate::{
+    config::{Config, Endpoint},
+    kernel::watchlist,
+    metadata::{
+        enrich::PodSource,
+        kube::{self, PodStore},
+    },
+};
+
+/// How long a deleted pod stays resolvable, for events that arrive late.
+const DELETED_POD_GRACE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Starts the cluster watches unless standalone, and keeps the endpoint map
+/// equal to the configured endpoints plus the cluster's. No configuration
+/// found means standalone; an explicit `--kubeconfig` that fails is an error.
+pub async fn start(
+    config: &Config,
+    endpoints: BpfHashMap<MapData, EndpointKey, u32>,
+    set: &mut Tasks,
+    cancel: &CancellationToken,
+) -> Result<PodSource, DaemonError> {
+    let client = if config.standalone {
+        tracing::info!("standalone: the Kubernetes API is not watched");
+        None
+    } else {
+        match kube::client(config.kubeconfig.as_deref()).await {
+            Ok(client) => Some(client),
+            Err(error) if config.kubeconfig.is_none() => {
+                tracing::info!(%error, "no cluster found: running standalone");
+                None
+            }
+            Err(error) => return Err(error.into()),
+        }
+    };
+    let (learnt_tx, learnt_rx) = watch::channel(BTreeSet::new());
+    let mut sync = EndpointSync { map: endpoints, configured: config.api_servers.clone(), current: BTreeSet::new() };
+    sync.apply(&BTreeSet::new())?;
+    let token = cancel.clone();
+    set.spawn(async move { ("endpoint-sync", sync.run(learnt_rx, token).await) });
+    let Some(client) = client else {
+        drop(learnt_tx);
+        return Ok(PodSource::Standalone);
+    };
+    let store = PodStore::new(DELETED_POD_GRACE);
+    let (node, watched, token) = (config.node_name.clone(), store.clone(), cancel.clone());
+    tracing::info!(node = %node, "watching this node's pods and the API server's endpoints on the Kubernetes API");
+    let pods_client = client.clone();
+    set.spawn(
+        async move { ("pod-watch", kube::watch_pods(pods_client, node, watched, token).await.map_err(Into::into)) },
+    );
+    let token = cancel.clone();
+    set.spawn(async move {
+        ("endpoint-watch", kube::watch_api_server_endpoints(client, learnt_tx, token).await.map_err(Into::into))
+    });
+    Ok(PodSource::Api(store))
+}
+
+/// Owns the kernel's endpoint map.
+struct EndpointSync {
+    map: BpfHashMap<MapData, EndpointKey, u32>,
+    configured: Vec<Endpoint>,
+    current: BTreeSet<SocketAddr>,
+}
+
+impl EndpointSync {
+    /// Applies each new set the cluster publishes until cancelled (or the
+    /// publisher is gone, in standalone mode at once).
+    async fn run(
+        mut self,
+        mut learnt: watch::Receiver<BTreeSet<SocketAddr>>,
+        cancel: CancellationToken,
+    ) -> Result<(), DaemonError> {
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                changed = learnt.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    let set = learnt.borrow_and_update().clone();
+                    self.apply(&set)?;
+                }
+            }
+        }
+    }
+
+    /// Makes the map hold the configured endpoints and `learnt`.
+    fn apply(&mut self, learnt: &BTreeSet<SocketAddr>) -> Result<(), DaemonError> {
+        let wanted: BTreeSet<SocketAddr> = self.configured.iter().map(|e| e.0).chain(learnt.iter().copied()).collect();
+        for added in wanted.difference(&self.current) {
+            tracing::info!(endpoint = %added, "watching API-server endpoint");
+        }
+        for removed in self.current.difference(&wanted) {
+            tracing::info!(endpoint = %removed, "no longer an API-server endpoint");
+        }
+        let endpoints: Vec<Endpoint> = wanted.iter().copied().map(Endpoint).collect();
+        watchlist::sync_endpoints(&mut self.map, &endpoints)?;
+        self.current = wanted;
+        Ok(())
+    }
+}

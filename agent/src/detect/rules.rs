@@ -1,0 +1,117 @@
+//! The rules: a stable id each (policy files and SIEM searches name it), a
+//! human name, a base severity and the MITRE ATT&CK techniques it evidences.
+//! Severity rises for what makes an event more suspicious.
+
+use tokenwatch_proto::v1::{ProcessOrigin, Severity};
+
+/// One detection rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// Stable id.
+    pub id: &'static str,
+    /// Human name.
+    pub name: &'static str,
+    /// Severity before raises and policy.
+    pub severity: Severity,
+    /// MITRE ATT&CK technique ids.
+    pub mitre: &'static [&'static str],
+}
+
+/// A process reads a ServiceAccount token: the credential-theft step. Every
+/// in-cluster client does it too, hence medium; policy names the expected
+/// readers.
+pub const TOKEN_READ: Rule = Rule {
+    id: "token-read",
+    name: "ServiceAccount token read",
+    severity: Severity::Medium,
+    mitre: &["T1528", "T1552"],
+};
+
+/// A process dials the API server: discovery or use of a credential.
+pub const API_SERVER_CONNECT: Rule = Rule {
+    id: "apiserver-connect",
+    name: "Connection to the Kubernetes API server",
+    severity: Severity::Low,
+    mitre: &["T1613"],
+};
+
+/// A token read, then an API-server connect from the same container within
+/// the window: the lateral-movement chain, raised once per chain.
+pub const TOKEN_THEFT_CHAIN: Rule = Rule {
+    id: "token-theft-chain",
+    name: "ServiceAccount token read, then used against the API server",
+    severity: Severity::High,
+    mitre: &["T1528", "T1552", "T1613"],
+};
+
+/// A process on the node itself, outside any container, reads a pod's token
+/// (harvesting tokens after a node compromise). Kubelet is excepted.
+pub const NODE_TOKEN_HARVEST: Rule = Rule {
+    id: "node-token-harvest",
+    name: "Pod token read from the node, outside any container",
+    severity: Severity::High,
+    mitre: &["T1528", "T1552"],
+};
+
+/// Every rule, for validation of policy files.
+pub const ALL: [Rule; 4] = [TOKEN_READ, API_SERVER_CONNECT, TOKEN_THEFT_CHAIN, NODE_TOKEN_HARVEST];
+
+/// Interactive shells, by executable name.
+const SHELLS: &[&str] = &["sh", "bash", "dash", "ash", "zsh", "ksh", "mksh", "fish", "busybox"];
+/// Tools that speak to the network or the API by hand.
+const NETWORK_TOOLS: &[&str] =
+    &["curl", "wget", "nc", "ncat", "netcat", "socat", "telnet", "kubectl", "openssl", "httpie", "http"];
+
+/// The severity after raises, and why it was raised.
+pub fn raise(rule: &Rule, origin: ProcessOrigin, exe: &str, comm: &str) -> (Severity, Vec<String>) {
+    let mut steps = 0;
+    let mut reasons = Vec::new();
+    if origin == ProcessOrigin::Exec {
+        steps += 1;
+        reasons.push("exec'd into the container (kubectl exec, nsenter)".to_owned());
+    }
+    let name = exe.rsplit('/').next().filter(|n| !n.is_empty()).unwrap_or(comm);
+    if SHELLS.contains(&name) {
+        steps += 1;
+        reasons.push(format!("a shell ({name})"));
+    } else if NETWORK_TOOLS.contains(&name) {
+        steps += 1;
+        reasons.push(format!("a network tool ({name})"));
+    }
+    (step_up(rule.severity, steps), reasons)
+}
+
+fn step_up(severity: Severity, steps: u32) -> Severity {
+    let ladder = [Severity::Low, Severity::Medium, Severity::High, Severity::Critical];
+    let at = ladder.iter().position(|s| *s == severity).unwrap_or(0);
+    let to = usize::try_from(steps).map_or(ladder.len() - 1, |steps| (at + steps).min(ladder.len() - 1));
+    ladder[to]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_and_tools_raise_severity_up_to_critical() {
+        let (base, reasons) = raise(&TOKEN_READ, ProcessOrigin::Entrypoint, "/app/server", "server");
+        assert_eq!((base, reasons.len()), (Severity::Medium, 0));
+        let (exec, reasons) = raise(&TOKEN_READ, ProcessOrigin::Exec, "/usr/bin/python3", "python3");
+        assert_eq!((exec, reasons.len()), (Severity::High, 1));
+        let (both, reasons) = raise(&TOKEN_READ, ProcessOrigin::Exec, "/bin/cat", "sh");
+        assert_eq!(both, Severity::High, "the exe, not the comm, names the binary when known: {reasons:?}");
+        let (both, reasons) = raise(&TOKEN_READ, ProcessOrigin::Exec, "", "curl");
+        assert_eq!((both, reasons[1].as_str()), (Severity::Critical, "a network tool (curl)"));
+        let (capped, _) = raise(&TOKEN_THEFT_CHAIN, ProcessOrigin::Exec, "/bin/bash", "bash");
+        assert_eq!(capped, Severity::Critical);
+        let (low, _) = raise(&API_SERVER_CONNECT, ProcessOrigin::Host, "/usr/bin/wget", "wget");
+        assert_eq!(low, Severity::Medium);
+    }
+
+    #[test]
+    fn ids_are_unique() {
+        for (i, rule) in ALL.iter().enumerate() {
+            assert!(ALL[i + 1..].iter().all(|other| other.id != rule.id), "{}", rule.id);
+        }
+    }
+}
