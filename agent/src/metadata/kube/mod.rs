@@ -12,7 +12,7 @@
 //! `replicasets.apps` and `jobs.batch` (without them workloads are named from
 //! the pod alone, see [`deployment_from_replicaset_name`]).
 //!
-//! The tests run against an in-test API server (`agent/tests/support/fake_apiserver.rs`)
+//! The tests run against an in-test API server (`agent/tests/support/fake_apiserver/`)
 //! because no kube-apiserver can be installed on the build machines.
 
 pub mod endpoints;
