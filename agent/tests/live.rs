@@ -94,6 +94,8 @@ fn token_reads_by_every_path_alert_once_each() {
     let mut actor = Actor::spawn(&cgroup.procs_files());
     let agent = AgentProcess::start(&args(&[
         "--standalone",
+        "--dedup-window-seconds",
+        "0",
         "--rescan-interval-seconds",
         "1",
         "--token-path",
@@ -210,8 +212,15 @@ fn a_full_ring_buffer_drops_are_counted_and_logged_never_silent() {
     let cgroup = TestCgroup::create("flood");
     let mut actor = Actor::spawn(&cgroup.procs_files());
     // 4 KiB holds two open events, so a burst must overflow it.
-    let agent =
-        AgentProcess::start(&args(&["--standalone", "--ring-buffer-kib", "4", "--log", "info,tokenwatch_ebpf=debug"]));
+    let agent = AgentProcess::start(&args(&[
+        "--standalone",
+        "--dedup-window-seconds",
+        "0",
+        "--ring-buffer-kib",
+        "4",
+        "--log",
+        "info,tokenwatch_ebpf=debug",
+    ]));
     const READS: u64 = 2000;
     actor.must(&format!("open-many {SA_DIR}/token {READS}"));
     // Let the pipeline finish what the ring buffer delivered.
@@ -254,6 +263,8 @@ fn api_server_connects_over_v4_and_v6_alert_once_each() {
     let mut actor = Actor::spawn(&cgroup.procs_files());
     let agent = AgentProcess::start(&args(&[
         "--standalone",
+        "--dedup-window-seconds",
+        "0",
         "--api-server",
         &format!("127.0.0.1:{p4}"),
         "--api-server",
@@ -331,7 +342,13 @@ fn token_read_then_api_server_connect_raises_the_chain_once() {
     let port = api.local_addr().expect("addr").port();
     let cgroup = TestCgroup::create("chain");
     let mut actor = Actor::spawn(&cgroup.procs_files());
-    let agent = AgentProcess::start(&args(&["--standalone", "--api-server", &format!("127.0.0.1:{port}")]));
+    let agent = AgentProcess::start(&args(&[
+        "--standalone",
+        "--dedup-window-seconds",
+        "0",
+        "--api-server",
+        &format!("127.0.0.1:{port}"),
+    ]));
     actor.must(&format!("open {SA_DIR}/token"));
     actor.must(&format!("connect 127.0.0.1:{port}"));
     actor.must(&format!("connect 127.0.0.1:{port}"));
@@ -357,7 +374,13 @@ fn a_rotated_token_is_still_watched_before_any_rescan() {
     let cgroup = TestCgroup::create("rotate");
     let mut actor = Actor::spawn(&cgroup.procs_files());
     // No rescan during the test: only the token volume's watch can match.
-    let agent = AgentProcess::start(&args(&["--standalone", "--rescan-interval-seconds", "3600"]));
+    let agent = AgentProcess::start(&args(&[
+        "--standalone",
+        "--dedup-window-seconds",
+        "0",
+        "--rescan-interval-seconds",
+        "3600",
+    ]));
     let fresh = actor.act("rotate").expect("rotate the token");
     actor.must(&format!("open {SA_DIR}/token"));
     actor.must(&format!("open {SA_DIR}/ca.crt"));
@@ -425,7 +448,14 @@ fn api_server_endpoints_learnt_from_the_cluster_follow_its_endpointslices() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cgroup = TestCgroup::create("endpoints");
     let mut actor = Actor::spawn(&cgroup.procs_files());
-    let agent = AgentProcess::start(&args(&["--kubeconfig", &kubeconfig(dir.path(), api.url()), "--node-name", "n1"]));
+    let agent = AgentProcess::start(&args(&[
+        "--kubeconfig",
+        &kubeconfig(dir.path(), api.url()),
+        "--node-name",
+        "n1",
+        "--dedup-window-seconds",
+        "0",
+    ]));
     let watching = |address: String| agent.wait_for_log(&["watching API-server endpoint", &address], ALERT_TIMEOUT);
     assert!(watching(format!("endpoint=127.0.0.1:{}", port(&cluster_ip))), "{}", agent.stderr());
     assert!(watching(format!("endpoint=127.0.0.2:{}", port(&old))), "{}", agent.stderr());
@@ -463,5 +493,28 @@ fn api_server_endpoints_learnt_from_the_cluster_follow_its_endpointslices() {
         ],
         "the ClusterIP and the endpoints match; the old endpoint no longer does"
     );
+    drop(actor);
+}
+
+#[test]
+#[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test"]
+fn a_thousand_identical_reads_are_one_alert_with_count_1000() {
+    let _serial = serialise();
+    let cgroup = TestCgroup::create("dedup");
+    let mut actor = Actor::spawn(&cgroup.procs_files());
+    let agent = AgentProcess::start(&args(&["--standalone", "--dedup-window-seconds", "2"]));
+    actor.must(&format!("open-many {SA_DIR}/token 1000"));
+    let merged = |alerts: &[Alert]| alerts.iter().any(|a| pid_of(a) == actor.pid && a.count == 1000);
+    let arrived = agent.wait_for_alerts(ALERT_TIMEOUT, merged);
+    let stopped = agent.stop(Signal::SIGTERM);
+    assert!(arrived, "no merged alert:\n{}\nlog:\n{}", describe(&stopped.alerts), stopped.stderr);
+    let mine: Vec<&Alert> = stopped.alerts.iter().filter(|a| pid_of(a) == actor.pid).collect();
+    let ids: std::collections::BTreeSet<&str> = mine.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids.len(), 1, "one alert (its first sight, then its final count):\n{}", describe(&stopped.alerts));
+    assert_eq!(mine.first().map(|a| a.count), Some(1), "the first read goes out at once");
+    let last = mine.last().expect("the merged alert");
+    assert_eq!(last.count, 1000);
+    let at = |t: &Option<pbjson_types::Timestamp>| t.as_ref().map(|t| (t.seconds, t.nanos));
+    assert!(at(&last.first_seen) < at(&last.last_seen), "{:?} .. {:?}", last.first_seen, last.last_seen);
     drop(actor);
 }

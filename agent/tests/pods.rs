@@ -62,7 +62,7 @@ fn api_pod(pod: &Pod<'_>, deployment: &str, replicaset: &str) -> ApiPod {
     serde_json::from_value(value).expect("a Pod")
 }
 
-fn replicaset(namespace: &str, name: &str, deployment: &str) -> ReplicaSet {
+fn replicaset_of(namespace: &str, name: &str, deployment: &str) -> ReplicaSet {
     serde_json::from_value(json!({
         "apiVersion": "apps/v1", "kind": "ReplicaSet",
         "metadata": {"namespace": namespace, "name": name, "ownerReferences": [
@@ -136,11 +136,11 @@ fn token_reads_in_real_pods_carry_pod_container_image_serviceaccount_workload_an
         ..PodSpec::new("checkout-7f9c8d6b5-x2v9q")
     };
     let checkout = containerd.run_pod(&checkout_spec);
-    api.add_replicaset(replicaset("shop", "checkout-7f9c8d6b5", "checkout"));
+    api.add_replicaset(replicaset_of("shop", "checkout-7f9c8d6b5", "checkout"));
     api.add_pod(api_pod(&checkout, "checkout", "checkout-7f9c8d6b5"));
     let doomed_spec = PodSpec { namespace: "shop".into(), ..PodSpec::new("batch-5d8f7c9b4-q1w2e") };
     let doomed = containerd.run_pod(&doomed_spec);
-    api.add_replicaset(replicaset("shop", "batch-5d8f7c9b4", "batch"));
+    api.add_replicaset(replicaset_of("shop", "batch-5d8f7c9b4", "batch"));
     api.add_pod(api_pod(&doomed, "batch", "batch-5d8f7c9b4"));
 
     let config = kubeconfig(containerd.dir(), api.url());
@@ -255,7 +255,8 @@ fn a_projected_token_at_its_own_mount_path_is_watched_through_rotations() {
         ..PodSpec::new("vault-agent-6b8d9f7c5-z9x8c")
     };
     let mut pod = containerd.run_pod(&spec);
-    api.add_replicaset(replicaset("vault", "vault-agent-6b8d9f7c5", "vault-agent"));
+    api.add_replicaset(replicaset_of("vault", "vault-agent-6b8d9f7c5", "vault-agent"));
+    // Every read counts here: no merging of repeats.
     api.add_pod(api_pod(&pod, "vault-agent", "vault-agent-6b8d9f7c5"));
     let config = kubeconfig(containerd.dir(), api.url());
     let agent = AgentProcess::start(
@@ -268,6 +269,8 @@ fn a_projected_token_at_its_own_mount_path_is_watched_through_rotations() {
             NODE,
             "--rescan-interval-seconds",
             "1",
+            "--dedup-window-seconds",
+            "0",
         ]
         .map(str::to_owned),
     );
@@ -315,4 +318,74 @@ fn a_projected_token_at_its_own_mount_path_is_watched_through_rotations() {
         assert_eq!(read.owner_pod, spec.name);
     }
     drop(pod);
+}
+
+#[test]
+#[ignore = "needs root: runs containerd pods and loads eBPF; run by cargo xtask test"]
+fn a_policy_exception_silences_exactly_what_it_names() {
+    let _serial = serialise();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let api = runtime.block_on(FakeApiServer::start());
+    let containerd = Containerd::start();
+    let pod_spec =
+        |name: &str, sa: &str| PodSpec { namespace: "shop".into(), service_account: sa.into(), ..PodSpec::new(name) };
+    let checkout = containerd.run_pod(&pod_spec("checkout-7f9c8d6b5-x2v9q", "checkout"));
+    let cart = containerd.run_pod(&pod_spec("cart-5c6d7e8f9-a1b2c", "cart"));
+    for (pod, deployment) in [(&checkout, "checkout"), (&cart, "cart")] {
+        let replicaset = pod.spec().name.rsplit_once('-').expect("a pod-template-hash suffix").0.to_owned();
+        api.add_replicaset(replicaset_of("shop", &replicaset, deployment));
+        api.add_pod(api_pod(pod, deployment, &replicaset));
+    }
+    let policy = containerd.dir().join("policy.yaml");
+    fs::write(
+        &policy,
+        "exceptions:\n  - id: checkout-uses-the-api\n    reason: the checkout service reads its token by design\n    \
+         rules: [token-read]\n    namespaces: [shop]\n    service_accounts: [checkout]\n    exec: false\n",
+    )
+    .expect("write the policy");
+    let config = kubeconfig(containerd.dir(), api.url());
+    let agent = AgentProcess::start(
+        &[
+            "--cri-socket",
+            &containerd.socket().display().to_string(),
+            "--kubeconfig",
+            &config,
+            "--node-name",
+            NODE,
+            "--policy",
+            &policy.display().to_string(),
+            "--rescan-interval-seconds",
+            "1",
+        ]
+        .map(str::to_owned),
+    );
+    for pod in [&checkout, &cart] {
+        assert!(
+            agent.wait_for_log(&["watching token file", &format!("pid={}", pod.pid())], ALERT_TIMEOUT),
+            "{}",
+            agent.stderr()
+        );
+    }
+    assert!(support::wait_for(ALERT_TIMEOUT, || (api.watch_requests() > 0).then_some(())).is_some(), "no watch");
+    checkout.trigger(); // excepted: shop/checkout, by its entrypoint
+    let (code, _, stderr) = checkout.exec(&["cat", &format!("{SA_MOUNT}/token")]); // not excepted: exec'd
+    assert_eq!(code, 0, "{stderr}");
+    cart.trigger(); // not excepted: another ServiceAccount
+    let arrived = agent.wait_for_alerts(ALERT_TIMEOUT, |alerts| {
+        !reads_in(alerts, &checkout).is_empty() && !reads_in(alerts, &cart).is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let stopped = agent.stop(Signal::SIGTERM);
+    assert!(arrived, "alerts missing:\n{}\nlog:\n{}", describe(&stopped.alerts), stopped.stderr);
+    let origin = |a: &&Alert| a.process.as_ref().map(|p| p.origin).unwrap_or_default();
+    let from_checkout: Vec<i32> = reads_in(&stopped.alerts, &checkout).iter().map(origin).collect();
+    assert_eq!(from_checkout, [i32::from(ProcessOrigin::Exec)], "only the exec'd read: {}", describe(&stopped.alerts));
+    assert_eq!(reads_in(&stopped.alerts, &cart).len(), 1, "{}", describe(&stopped.alerts));
+    assert!(
+        stopped.stderr.lines().any(|l| l.contains("policy exception")
+            && l.contains("exception=checkout-uses-the-api")
+            && l.contains("suppressed=1")),
+        "the suppression is counted per entry:\n{}",
+        stopped.stderr
+    );
 }

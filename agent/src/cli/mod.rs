@@ -73,6 +73,16 @@ pub struct AgentArgs {
     #[arg(long, env = "TOKENWATCH_KUBECONFIG", value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
 
+    /// The detection policy (YAML: per-rule settings and exceptions)
+    /// [default: the shipped deploy/policy/default.yaml].
+    #[arg(long, env = "TOKENWATCH_POLICY", value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+
+    /// Seconds over which alerts of the same rule, container and binary
+    /// are merged into one with a count; 0 turns merging off [default: 60].
+    #[arg(long, env = "TOKENWATCH_DEDUP_WINDOW_SECONDS", value_name = "SECONDS")]
+    pub dedup_window_seconds: Option<u64>,
+
     /// Log filter for stderr, e.g. `info` or `info,tokenwatch_ebpf=debug`
     /// (the latter turns on the eBPF programs' own diagnostics).
     #[arg(long, env = "TOKENWATCH_LOG", default_value = "info")]
@@ -93,6 +103,8 @@ impl AgentArgs {
             ring_buffer_kib: self.ring_buffer_kib,
             cri_socket: self.cri_socket.clone(),
             kubeconfig: self.kubeconfig.clone(),
+            policy: self.policy.clone(),
+            dedup_window_seconds: self.dedup_window_seconds,
         }
     }
 }

@@ -46,6 +46,10 @@ pub struct ConfigLayer {
     pub cri_socket: Option<PathBuf>,
     /// A kubeconfig file for the Kubernetes API.
     pub kubeconfig: Option<PathBuf>,
+    /// The detection policy file.
+    pub policy: Option<PathBuf>,
+    /// Seconds over which identical alerts are merged; 0 turns merging off.
+    pub dedup_window_seconds: Option<u64>,
 }
 
 impl ConfigLayer {
@@ -62,6 +66,8 @@ impl ConfigLayer {
             ring_buffer_kib: self.ring_buffer_kib.or(lower.ring_buffer_kib),
             cri_socket: self.cri_socket.or(lower.cri_socket),
             kubeconfig: self.kubeconfig.or(lower.kubeconfig),
+            policy: self.policy.or(lower.policy),
+            dedup_window_seconds: self.dedup_window_seconds.or(lower.dedup_window_seconds),
         }
     }
 }

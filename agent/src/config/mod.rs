@@ -20,6 +20,8 @@ pub use values::{RescanSeconds, RingBufferKib, TokenPath, ValueError};
 pub const DEFAULT_TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 /// The same path through `/run`, which `/var/run` usually links to.
 pub const DEFAULT_TOKEN_PATH_RUN: &str = "/run/secrets/kubernetes.io/serviceaccount/token";
+/// Default seconds over which identical alerts are merged.
+pub const DEFAULT_DEDUP_WINDOW_SECONDS: u64 = 60;
 /// Default seconds between scans for token files.
 pub const DEFAULT_RESCAN_INTERVAL_SECONDS: u64 = 2;
 
@@ -46,6 +48,10 @@ pub struct Config {
     pub cri_socket: Option<PathBuf>,
     /// A kubeconfig; `None` tries in-cluster config, then `$KUBECONFIG`.
     pub kubeconfig: Option<PathBuf>,
+    /// The detection policy file; `None` is the shipped default policy.
+    pub policy: Option<PathBuf>,
+    /// Window over which identical alerts are merged; zero turns it off.
+    pub dedup_window: Duration,
 }
 
 /// Why the settings were refused. Each names the source and the value.
@@ -173,6 +179,8 @@ impl Config {
             ring_buffer_bytes: layer.ring_buffer_kib.unwrap_or(RingBufferKib::DEFAULT).bytes(),
             cri_socket: layer.cri_socket,
             kubeconfig: layer.kubeconfig,
+            policy: layer.policy,
+            dedup_window: Duration::from_secs(layer.dedup_window_seconds.unwrap_or(DEFAULT_DEDUP_WINDOW_SECONDS)),
         })
     }
 }

@@ -75,8 +75,8 @@ struct EndpointSync {
 }
 
 impl EndpointSync {
-    /// Applies each new set the cluster publishes until cancelled (or the
-    /// publisher is gone, in standalone mode at once).
+    /// Applies each new set the cluster publishes until cancelled. Without a
+    /// publisher (standalone) it only holds the map until then.
     async fn run(
         mut self,
         mut learnt: watch::Receiver<BTreeSet<SocketAddr>>,
@@ -87,6 +87,7 @@ impl EndpointSync {
                 () = cancel.cancelled() => return Ok(()),
                 changed = learnt.changed() => {
                     if changed.is_err() {
+                        cancel.cancelled().await;
                         return Ok(());
                     }
                     let set = learnt.borrow_and_update().clone();

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::Config,
     deliver::stdout::StdoutError,
-    detect::Judge,
+    detect::{policy::Policy, Judge},
     kernel::{
         clock::BootClock,
         loader::HookMaps,
@@ -55,6 +55,9 @@ pub enum DaemonError {
     /// The Kubernetes API configuration given cannot work.
     #[error(transparent)]
     Kube(#[from] KubeError),
+    /// The policy file is unreadable or invalid.
+    #[error(transparent)]
+    Policy(#[from] crate::detect::policy::PolicyError),
     /// A task panicked.
     #[error("task {0} panicked")]
     Panic(String),
@@ -65,6 +68,13 @@ type Tasks = JoinSet<(&'static str, Result<(), DaemonError>)>;
 
 /// Runs until `cancel` fires or a task fails. Hooks are detached on return.
 pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), DaemonError> {
+    let policy = Arc::new(match &config.policy {
+        Some(path) => Policy::load(path)?,
+        None => Policy::default_policy(),
+    });
+    for rule in crate::detect::rules::ALL.iter().filter(|r| !policy.rule_enabled(r.id)) {
+        tracing::info!(rule = rule.id, "rule disabled by policy");
+    }
     let offsets = resolve_running_kernel()?;
     let debug_logs = tracing::enabled!(target: "tokenwatch_ebpf", tracing::Level::DEBUG);
     let mut hooks = Hooks::load(&offsets, config.ring_buffer_bytes, debug_logs)?;
@@ -104,7 +114,10 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     });
     let token = cancel.clone();
     set.spawn(async move { ("scanner", scanner.run(config.rescan_interval, snapshot_tx, token).await) });
-    set.spawn(async move { ("pipeline", tasks::pipeline(event_rx, enricher, judge, config.stdout).await) });
+    let (dedup_window, stdout) = (config.dedup_window, config.stdout);
+    set.spawn(
+        async move { ("pipeline", tasks::pipeline(event_rx, enricher, judge, policy, dedup_window, stdout).await) },
+    );
     if let Some(logger) = logger {
         let token = cancel.clone();
         set.spawn(async move { ("ebpf-log", reader::forward_logs(logger, token).await.map_err(DaemonError::from)) });

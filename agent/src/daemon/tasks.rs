@@ -1,7 +1,13 @@
 //! The agent's long-running tasks besides the reader: the token-file scanner
 //! and the alert pipeline.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokenwatch_proto::v1::Alert;
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -10,7 +16,11 @@ use super::DaemonError;
 use crate::{
     config::StdoutFormat,
     deliver::stdout::StdoutSink,
-    detect::Judge,
+    detect::{
+        dedup::{self, Deduper},
+        policy::{Policy, Verdict},
+        Judge,
+    },
     kernel::{
         watchlist::{self, FileMaps, Wanted},
         KernelEvent,
@@ -96,19 +106,72 @@ impl Scanner {
     }
 }
 
-/// Enriches, judges and delivers each event until the reader is done.
+/// Enriches, judges, applies the policy, merges repeats and delivers each
+/// event until the reader is done; then delivers the merged counts still
+/// open, so nothing accepted is lost at shutdown.
 pub async fn pipeline(
     mut events: mpsc::Receiver<KernelEvent>,
     enricher: Enricher,
     mut judge: Judge,
+    policy: Arc<Policy>,
+    dedup_window: Duration,
     format: StdoutFormat,
 ) -> Result<(), DaemonError> {
     let mut sink = StdoutSink::new(format, tokio::io::stdout());
-    while let Some(event) = events.recv().await {
-        let enrichment = enricher.enrich(&event).await;
-        for alert in judge.judge(&event, &enrichment) {
-            sink.write(&alert).await?;
+    let mut dedup = (!dedup_window.is_zero()).then(|| Deduper::new(dedup_window, dedup::DEFAULT_MAX_KEYS));
+    loop {
+        let deadline = dedup.as_ref().and_then(Deduper::next_deadline);
+        tokio::select! {
+            event = events.recv() => {
+                let Some(event) = event else { break };
+                let enrichment = enricher.enrich(&event).await;
+                for alert in judge.judge(&event, &enrichment) {
+                    let Some(alert) = apply(&policy, alert) else { continue };
+                    let out = match dedup.as_mut() {
+                        Some(dedup) => dedup.offer(alert, Instant::now()),
+                        None => Some(alert),
+                    };
+                    if let Some(alert) = out {
+                        sink.write(&alert).await?;
+                    }
+                }
+            }
+            () = sleep_until(deadline), if deadline.is_some() => {
+                for alert in dedup.as_mut().map(|d| d.flush(Instant::now())).unwrap_or_default() {
+                    sink.write(&alert).await?;
+                }
+            }
         }
     }
+    for alert in dedup.as_mut().map(Deduper::flush_all).unwrap_or_default() {
+        sink.write(&alert).await?;
+    }
+    for (id, reason, count) in policy.suppression_counts() {
+        tracing::info!(exception = %id, %reason, suppressed = count, "policy exception");
+    }
     Ok(())
+}
+
+/// The policy's verdict: the alert at its severity, or nothing.
+fn apply(policy: &Policy, mut alert: Alert) -> Option<Alert> {
+    match policy.judge(&alert) {
+        Verdict::Alert { severity } => {
+            alert.severity = severity.into();
+            Some(alert)
+        }
+        Verdict::Disabled { rule } => {
+            tracing::trace!(%rule, "rule disabled by policy");
+            None
+        }
+        Verdict::Suppressed { exception, reason } => {
+            tracing::debug!(alert = %alert.id, %exception, %reason, "suppressed by policy");
+            None
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    if let Some(deadline) = deadline {
+        tokio::time::sleep_until(deadline.into()).await;
+    }
 }

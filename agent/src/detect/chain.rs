@@ -32,8 +32,15 @@ impl ChainTracker {
         ChainTracker { window, reads: HashMap::new() }
     }
 
-    /// Records a token read by `container` (its alert is `alert_id`).
+    /// Records a token read by `container` (its alert is `alert_id`). The
+    /// first read of a chain not yet raised is kept: it is the one dedup
+    /// lets through, so the chain names an alert the SIEM has.
     pub fn read(&mut self, container: &str, alert_id: &str, now: Instant) {
+        if let Some(read) = self.reads.get(container) {
+            if !read.raised && now.saturating_duration_since(read.at) <= self.window {
+                return;
+            }
+        }
         if self.reads.len() >= MAX_CONTAINERS && !self.reads.contains_key(container) {
             self.reads.retain(|_, read| now.saturating_duration_since(read.at) < self.window);
             if self.reads.len() >= MAX_CONTAINERS {
@@ -67,6 +74,7 @@ mod tests {
         let mut chains = ChainTracker::new(Duration::from_secs(600));
         assert_eq!(chains.connect("c1", start), None, "connect with no read");
         chains.read("c1", "a-1", start);
+        chains.read("c1", "a-1b", start + Duration::from_secs(1));
         assert_eq!(chains.connect("c2", start), None, "another container");
         assert_eq!(chains.connect("c1", start + Duration::from_secs(5)), Some("a-1".to_owned()));
         assert_eq!(chains.connect("c1", start + Duration::from_secs(6)), None, "raised once");

@@ -3,9 +3,11 @@
 
 pub mod chain;
 pub mod context;
+pub mod dedup;
 pub mod describe;
 pub mod evidence;
 pub mod origin;
+pub mod policy;
 pub mod rules;
 
 use std::time::Instant;

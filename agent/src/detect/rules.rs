@@ -57,7 +57,9 @@ pub const NODE_TOKEN_HARVEST: Rule = Rule {
 pub const ALL: [Rule; 4] = [TOKEN_READ, API_SERVER_CONNECT, TOKEN_THEFT_CHAIN, NODE_TOKEN_HARVEST];
 
 /// Interactive shells, by executable name.
-const SHELLS: &[&str] = &["sh", "bash", "dash", "ash", "zsh", "ksh", "mksh", "fish", "busybox"];
+const SHELLS: &[&str] = &["sh", "bash", "dash", "ash", "zsh", "ksh", "mksh", "fish"];
+/// Multi-call binaries whose applet name is in `comm`, not in the exe.
+const MULTI_CALL: &[&str] = &["busybox", "toybox"];
 /// Tools that speak to the network or the API by hand.
 const NETWORK_TOOLS: &[&str] =
     &["curl", "wget", "nc", "ncat", "netcat", "socat", "telnet", "kubectl", "openssl", "httpie", "http"];
@@ -70,11 +72,14 @@ pub fn raise(rule: &Rule, origin: ProcessOrigin, exe: &str, comm: &str) -> (Seve
         steps += 1;
         reasons.push("exec'd into the container (kubectl exec, nsenter)".to_owned());
     }
-    let name = exe.rsplit('/').next().filter(|n| !n.is_empty()).unwrap_or(comm);
-    if SHELLS.contains(&name) {
+    // comm is recorded in the kernel at the event, so it does not depend on
+    // the process still being there; it names busybox's applet too.
+    let exe_name = exe.rsplit('/').next().filter(|n| !n.is_empty() && !MULTI_CALL.contains(n));
+    let names = [Some(comm), exe_name];
+    if let Some(name) = names.iter().flatten().find(|n| SHELLS.contains(n)) {
         steps += 1;
         reasons.push(format!("a shell ({name})"));
-    } else if NETWORK_TOOLS.contains(&name) {
+    } else if let Some(name) = names.iter().flatten().find(|n| NETWORK_TOOLS.contains(n)) {
         steps += 1;
         reasons.push(format!("a network tool ({name})"));
     }
@@ -98,14 +103,24 @@ mod tests {
         assert_eq!((base, reasons.len()), (Severity::Medium, 0));
         let (exec, reasons) = raise(&TOKEN_READ, ProcessOrigin::Exec, "/usr/bin/python3", "python3");
         assert_eq!((exec, reasons.len()), (Severity::High, 1));
-        let (both, reasons) = raise(&TOKEN_READ, ProcessOrigin::Exec, "/bin/cat", "sh");
-        assert_eq!(both, Severity::High, "the exe, not the comm, names the binary when known: {reasons:?}");
+        let (both, reasons) = raise(&TOKEN_READ, ProcessOrigin::Exec, "/bin/busybox", "cat");
+        assert_eq!(both, Severity::High, "busybox's applet is cat, no shell: {reasons:?}");
+        let (both, reasons) = raise(&TOKEN_READ, ProcessOrigin::Exec, "/bin/busybox", "sh");
+        assert_eq!((both, reasons[1].as_str()), (Severity::Critical, "a shell (sh)"));
+        let (renamed, _) = raise(&TOKEN_READ, ProcessOrigin::Entrypoint, "/usr/bin/curl", "innocent");
+        assert_eq!(renamed, Severity::High, "a renamed comm still runs curl");
         let (both, reasons) = raise(&TOKEN_READ, ProcessOrigin::Exec, "", "curl");
         assert_eq!((both, reasons[1].as_str()), (Severity::Critical, "a network tool (curl)"));
         let (capped, _) = raise(&TOKEN_THEFT_CHAIN, ProcessOrigin::Exec, "/bin/bash", "bash");
         assert_eq!(capped, Severity::Critical);
         let (low, _) = raise(&API_SERVER_CONNECT, ProcessOrigin::Host, "/usr/bin/wget", "wget");
         assert_eq!(low, Severity::Medium);
+    }
+
+    #[test]
+    fn the_policy_knows_every_rule() {
+        let ids: Vec<&str> = ALL.iter().map(|r| r.id).collect();
+        assert_eq!(ids, crate::detect::policy::RULE_IDS);
     }
 
     #[test]

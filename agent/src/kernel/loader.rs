@@ -105,7 +105,21 @@ impl Hooks {
             .override_global(aya_log::LEVEL, &log_level, false)
             .map_max_entries(EVENTS_MAP, ring_buffer_bytes)
             .load(EBPF_OBJECT)?;
-        Ok(Hooks { ebpf, attached: Vec::new() })
+        let mut hooks = Hooks { ebpf, attached: Vec::new() };
+        // Programs are verified and loaded now, while every map fd they refer
+        // to is open; the maps can then be handed to tasks that own them.
+        for &(name, _) in TRACEPOINTS {
+            hooks.program(name)?.load().map_err(|source| LoadError::Program { name, source })?;
+        }
+        Ok(hooks)
+    }
+
+    fn program(&mut self, name: &'static str) -> Result<&mut TracePoint, LoadError> {
+        self.ebpf
+            .program_mut(name)
+            .ok_or(LoadError::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| LoadError::Program { name, source })
     }
 
     /// Takes the maps the agent's tasks own. Call once, before `attach`.
@@ -122,7 +136,7 @@ impl Hooks {
         })
     }
 
-    /// Loads and attaches every program; returns the tracepoints attached.
+    /// Attaches every loaded program; returns the tracepoints attached.
     pub fn attach(&mut self) -> Result<&[&'static str], LoadError> {
         ensure_tracefs()?;
         for &(name, required) in TRACEPOINTS {
@@ -133,14 +147,7 @@ impl Hooks {
                 tracing::info!(tracepoint = name, "tracepoint absent on this kernel; skipped");
                 continue;
             }
-            let program: &mut TracePoint = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(LoadError::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| LoadError::Program { name, source })?;
-            program.load().map_err(|source| LoadError::Program { name, source })?;
-            program.attach("syscalls", name).map_err(|source| LoadError::Program { name, source })?;
+            self.program(name)?.attach("syscalls", name).map_err(|source| LoadError::Program { name, source })?;
             self.attached.push(name);
         }
         Ok(&self.attached)

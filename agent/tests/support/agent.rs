@@ -54,20 +54,30 @@ impl AgentProcess {
             collect(child.stdout.take().expect("stdout"), Arc::clone(&stdout_lines)),
             collect(child.stderr.take().expect("stderr"), Arc::clone(&stderr_lines)),
         ];
-        let agent = AgentProcess { child, stdout_lines, stderr_lines, readers };
-        if !agent.wait_for_log(&["hooks attached"], START_TIMEOUT) {
-            panic!("agent did not attach its hooks within {START_TIMEOUT:?}:\n{}", agent.stderr());
+        let mut agent = AgentProcess { child, stdout_lines, stderr_lines, readers };
+        let started = wait_for(START_TIMEOUT, || {
+            if let Ok(Some(status)) = agent.child.try_wait() {
+                return Some(Err(status));
+            }
+            agent.log_has(&["hooks attached"]).then_some(Ok(()))
+        });
+        match started {
+            Some(Ok(())) => agent,
+            Some(Err(status)) => {
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("agent exited ({status}) before attaching its hooks:\n{}", agent.stderr())
+            }
+            None => panic!("agent did not attach its hooks within {START_TIMEOUT:?}:\n{}", agent.stderr()),
         }
-        agent
     }
 
     /// Waits for a log line containing every needle.
     pub fn wait_for_log(&self, needles: &[&str], timeout: Duration) -> bool {
-        wait_for(timeout, || {
-            let lines = self.stderr_lines.lock().expect("lock");
-            lines.iter().any(|line| needles.iter().all(|n| line.contains(n))).then_some(())
-        })
-        .is_some()
+        wait_for(timeout, || self.log_has(needles).then_some(())).is_some()
+    }
+
+    fn log_has(&self, needles: &[&str]) -> bool {
+        self.stderr_lines.lock().expect("lock").iter().any(|line| needles.iter().all(|n| line.contains(n)))
     }
 
     /// Alerts printed so far; panics on a stdout line that is not an alert.

@@ -1,0 +1,211 @@
+//! Folds repeated identical alerts into one, so a process that reads its
+//! token 1,000 times a minute is one alert with `count: 1000`, not 1,000.
+//!
+//! Identical means: same rule, same container (`container.id`, else the
+//! cgroup id), same binary (`process.exe`, else `comm`) and same severity
+//! (an occurrence the detector judged more severe, e.g. exec'd, is never
+//! hidden inside a milder alert). The first occurrence passes through at
+//! once (count 1), so detection latency does not depend on the window.
+//! Later ones within the window only count. When the window closes, an alert
+//! that absorbed any is sent again with the same id, its total count and
+//! first/last seen: a SIEM that upserts by id ends with one alert and the
+//! final count. Windows are fixed, starting at the first occurrence; the
+//! next occurrence after a window closes opens a new one (and a new alert).
+//!
+//! Memory is bounded by `max_keys` open windows; when full, the oldest
+//! window is closed early (re-emitted if it absorbed anything), so counts
+//! are never dropped.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    time::{Duration, Instant},
+};
+
+use tokenwatch_proto::v1::Alert;
+
+#[cfg(test)]
+mod tests;
+
+/// The default window: long enough to fold a polling client's reads, short
+/// enough that the final count arrives within a minute.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
+/// The default bound on open windows (distinct rule/container/binary
+/// triples seen within one window).
+pub const DEFAULT_MAX_KEYS: usize = 10_000;
+
+/// What makes two alerts the same.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    rule: String,
+    container: Container,
+    binary: Binary,
+    severity: i32,
+}
+
+/// The container: its id, else its cgroup (host processes, unknown
+/// runtimes). Kept apart so an id can never collide with a cgroup number.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Container {
+    Id(String),
+    Cgroup(u64),
+}
+
+/// The binary: its executable path, else its comm (the process exited
+/// before the agent looked).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Binary {
+    Exe(String),
+    Comm(String),
+}
+
+impl Key {
+    fn of(alert: &Alert) -> Key {
+        let container = match &alert.container {
+            Some(c) if !c.id.is_empty() => Container::Id(c.id.clone()),
+            c => Container::Cgroup(c.as_ref().map_or(0, |c| c.cgroup_id)),
+        };
+        let binary = match &alert.process {
+            Some(p) if !p.exe.is_empty() => Binary::Exe(p.exe.clone()),
+            p => Binary::Comm(p.as_ref().map_or_else(String::new, |p| p.comm.clone())),
+        };
+        Key { rule: alert.rule.clone(), container, binary, severity: alert.severity }
+    }
+}
+
+/// One open window: the alert as first sent, with the running count.
+#[derive(Debug)]
+struct Window {
+    alert: Alert,
+    closes: Instant,
+}
+
+/// The deduplicator. One per pipeline; not shared, so `&mut self`.
+#[derive(Debug)]
+pub struct Deduper {
+    window: Duration,
+    max_keys: usize,
+    open: HashMap<Key, Window>,
+    /// Keys in the order their windows opened, which is the order they close
+    /// (one window length for all, and `now` does not go backwards).
+    order: VecDeque<Key>,
+    /// Re-emissions due but not yet collected by `flush`, and since when.
+    due: Vec<Alert>,
+    due_since: Option<Instant>,
+}
+
+impl Deduper {
+    /// A deduplicator folding identical alerts within `window`, keeping at
+    /// most `max_keys` windows open (at least one).
+    pub fn new(window: Duration, max_keys: usize) -> Self {
+        Deduper {
+            window,
+            max_keys: max_keys.max(1),
+            open: HashMap::new(),
+            order: VecDeque::new(),
+            due: Vec::new(),
+            due_since: None,
+        }
+    }
+
+    /// Offers a freshly judged alert. Returns it (count 1, first and last
+    /// seen set to its time) when it opens a window, `None` when an open
+    /// window absorbs it. `now` is a monotonic instant supplied by the
+    /// caller (testable); if it ever goes backwards, windows merely close
+    /// late. A re-emission that becomes due here (a window that closed, or
+    /// the oldest one closed early because `max_keys` are open) waits for
+    /// the next `flush`, and [`Deduper::next_deadline`] says so.
+    pub fn offer(&mut self, mut alert: Alert, now: Instant) -> Option<Alert> {
+        self.close_until(now);
+        let key = Key::of(&alert);
+        let occurrences = alert.count.max(1);
+        if let Some(open) = self.open.get_mut(&key) {
+            absorb(&mut open.alert, &alert, occurrences);
+            return None;
+        }
+        if self.open.len() >= self.max_keys {
+            if let Some(oldest) = self.order.pop_front() {
+                self.close(&oldest, now);
+            }
+        }
+        alert.count = occurrences;
+        if alert.first_seen.is_none() {
+            alert.first_seen = alert.time;
+        }
+        if alert.last_seen.is_none() {
+            alert.last_seen = alert.time;
+        }
+        self.open.insert(key.clone(), Window { alert: alert.clone(), closes: now + self.window });
+        self.order.push_back(key);
+        Some(alert)
+    }
+
+    /// The alerts whose windows have closed by `now` and that absorbed
+    /// later occurrences, plus any closed early, oldest first: each with the
+    /// id it was first sent with and its total count.
+    pub fn flush(&mut self, now: Instant) -> Vec<Alert> {
+        self.close_until(now);
+        self.due_since = None;
+        std::mem::take(&mut self.due)
+    }
+
+    /// Closes every window, at shutdown: nothing counted is lost.
+    pub fn flush_all(&mut self) -> Vec<Alert> {
+        while let Some(key) = self.order.pop_front() {
+            self.close(&key, Instant::now());
+        }
+        self.due_since = None;
+        std::mem::take(&mut self.due)
+    }
+
+    /// When `flush` next has something to do, so the pipeline can sleep
+    /// until then: now-or-earlier when a re-emission is already due, else
+    /// when the oldest open window closes; `None` when nothing is open.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.due_since.or_else(|| self.order.front().and_then(|key| self.open.get(key)).map(|w| w.closes))
+    }
+
+    /// How many windows are open, for metrics and tests.
+    pub fn open_windows(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Closes, oldest first, every window whose time is up.
+    fn close_until(&mut self, now: Instant) {
+        while let Some(key) = self.order.front() {
+            if self.open.get(key).is_some_and(|w| w.closes > now) {
+                break;
+            }
+            if let Some(key) = self.order.pop_front() {
+                self.close(&key, now);
+            }
+        }
+    }
+
+    /// Ends one window; queues its alert again if it stands for more than
+    /// the one occurrence already sent.
+    fn close(&mut self, key: &Key, now: Instant) {
+        let Some(window) = self.open.remove(key) else { return };
+        if window.alert.count > 1 {
+            self.due.push(window.alert);
+            self.due_since.get_or_insert(now);
+        }
+    }
+}
+
+/// Counts `occurrences` more of the window's alert, seen at `later.time`.
+fn absorb(alert: &mut Alert, later: &Alert, occurrences: u64) {
+    alert.count = alert.count.saturating_add(occurrences);
+    let first = later.first_seen.or(later.time);
+    let last = later.last_seen.or(later.time);
+    let key = |t: &pbjson_types::Timestamp| (t.seconds, t.nanos);
+    if let Some(first) = first {
+        if alert.first_seen.as_ref().is_none_or(|seen| key(&first) < key(seen)) {
+            alert.first_seen = Some(first);
+        }
+    }
+    if let Some(last) = last {
+        if alert.last_seen.as_ref().is_none_or(|seen| key(&last) > key(seen)) {
+            alert.last_seen = Some(last);
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! What an exception matches, and the small glob its `images` and
+//! `binaries` use.
+//!
+//! Every matcher errs on the side of alerting: a field the agent could not
+//! learn (empty namespace, ServiceAccount, image or executable) never
+//! matches, so an alert about a process that could not be identified is
+//! never silenced by an exception meant for a known one.
+
+use std::collections::BTreeMap;
+
+use tokenwatch_proto::v1::{Alert, ProcessOrigin};
+
+/// A shell-like pattern: `*` matches any run of characters except `/`, `?`
+/// exactly one character except `/`, everything else itself. No escapes, no
+/// classes. `*` stops at `/` (as in Go's `path.Match`) so that
+/// `/app/*` cannot be satisfied by a binary an attacker drops into a
+/// writable `/app/tmp/`; the pattern always has to match the whole value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Glob {
+    pattern: Vec<char>,
+}
+
+impl Glob {
+    /// Compiles `pattern`; every string is a valid pattern.
+    pub fn new(pattern: &str) -> Self {
+        Glob { pattern: pattern.chars().collect() }
+    }
+
+    /// The pattern as written, for messages.
+    pub fn as_string(&self) -> String {
+        self.pattern.iter().collect()
+    }
+
+    /// Does the whole of `text` match? An empty `text` never does (see the
+    /// module docs).
+    pub fn matches(&self, text: &str) -> bool {
+        if text.is_empty() {
+            return false;
+        }
+        let text: Vec<char> = text.chars().collect();
+        // reached[t]: the pattern so far matches the first t characters.
+        // One pass per pattern character: O(pattern x text), no backtracking.
+        let mut reached = vec![false; text.len() + 1];
+        reached[0] = true;
+        for &c in &self.pattern {
+            let mut next = vec![false; text.len() + 1];
+            for t in 0..=text.len() {
+                next[t] = match c {
+                    // Swallow nothing, or one more non-separator.
+                    '*' => reached[t] || (t > 0 && next[t - 1] && text[t - 1] != '/'),
+                    '?' => t > 0 && reached[t - 1] && text[t - 1] != '/',
+                    c => t > 0 && reached[t - 1] && text[t - 1] == c,
+                };
+            }
+            reached = next;
+        }
+        reached[text.len()]
+    }
+}
+
+/// The match fields of one exception, already checked. `None` means the
+/// field was not given and matches anything; a given field must match
+/// (AND across fields), and within a list any entry may match (OR).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Matcher {
+    /// Rule ids this exception silences; `None` for all rules.
+    pub rules: Option<Vec<String>>,
+    /// `kubernetes.namespace`, exactly.
+    pub namespaces: Option<Vec<String>>,
+    /// `kubernetes.service_account`, exactly.
+    pub service_accounts: Option<Vec<String>>,
+    /// `kubernetes.labels` must hold every pair (a `matchLabels`).
+    pub pod_selector: Option<BTreeMap<String, String>>,
+    /// Globs on `kubernetes.image`.
+    pub images: Option<Vec<Glob>>,
+    /// Globs on `process.exe`. An empty exe (the process exited before the
+    /// agent looked) never matches: such a process cannot be excepted by
+    /// binary, which is the safe side.
+    pub binaries: Option<Vec<Glob>>,
+    /// `true`: only processes exec'd into the container (origin `EXEC`);
+    /// `false`: only processes known not to be (`ENTRYPOINT`, `HOST`). An
+    /// unknown origin matches neither.
+    pub exec: Option<bool>,
+}
+
+impl Matcher {
+    /// Does this exception name anything to match on besides `rules`? One
+    /// that does not would silence every alert of its rules.
+    pub fn has_match_fields(&self) -> bool {
+        self.namespaces.is_some()
+            || self.service_accounts.is_some()
+            || self.pod_selector.is_some()
+            || self.images.is_some()
+            || self.binaries.is_some()
+            || self.exec.is_some()
+    }
+
+    /// Does `alert` satisfy every given field?
+    pub fn matches(&self, alert: &Alert) -> bool {
+        let kubernetes = alert.kubernetes.as_ref();
+        let process = alert.process.as_ref();
+        let namespace = kubernetes.map_or("", |k| k.namespace.as_str());
+        let service_account = kubernetes.map_or("", |k| k.service_account.as_str());
+        let image = kubernetes.map_or("", |k| k.image.as_str());
+        let exe = process.map_or("", |p| p.exe.as_str());
+        let origin = process.map_or(ProcessOrigin::Unspecified, |p| {
+            ProcessOrigin::try_from(p.origin).unwrap_or(ProcessOrigin::Unspecified)
+        });
+        all_given(&self.rules, |rules| rules.contains(&alert.rule))
+            && all_given(&self.namespaces, |names| any_exact(names, namespace))
+            && all_given(&self.service_accounts, |names| any_exact(names, service_account))
+            && all_given(&self.pod_selector, |selector| {
+                selector.iter().all(|(key, value)| kubernetes.and_then(|k| k.labels.get(key)) == Some(value))
+            })
+            && all_given(&self.images, |globs| globs.iter().any(|g| g.matches(image)))
+            && all_given(&self.binaries, |globs| globs.iter().any(|g| g.matches(exe)))
+            && all_given(&self.exec, |&exec| match origin {
+                ProcessOrigin::Exec => exec,
+                ProcessOrigin::Entrypoint | ProcessOrigin::Host => !exec,
+                ProcessOrigin::Unspecified => false,
+            })
+    }
+}
+
+/// A field that was not given matches; a given one must pass `check`.
+fn all_given<T>(field: &Option<T>, check: impl FnOnce(&T) -> bool) -> bool {
+    field.as_ref().is_none_or(check)
+}
+
+/// Exact comparison; an empty (unknown) value matches nothing.
+fn any_exact(names: &[String], value: &str) -> bool {
+    !value.is_empty() && names.iter().any(|n| n == value)
+}
