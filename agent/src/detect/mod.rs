@@ -107,6 +107,9 @@ impl Judge {
             last_seen: time,
             severity_reasons,
             related_alert_ids: Vec::new(),
+            // Set by the delivery log when the alert is written to it.
+            sequence: 0,
+            boot_id: String::new(),
         }
     }
 }
