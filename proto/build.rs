@@ -7,7 +7,7 @@ use std::{env, fs, path::PathBuf};
 use anyhow::Context;
 
 fn main() -> anyhow::Result<()> {
-    let protos = ["tokenwatch/v1/alert.proto"];
+    let protos = ["tokenwatch/v1/alert.proto", "tokenwatch/v1/service.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }
@@ -17,13 +17,13 @@ fn main() -> anyhow::Result<()> {
     let bytes = prost::Message::encode_to_vec(&descriptors);
     fs::write(&descriptor_path, &bytes).context("writing the descriptor set")?;
 
-    prost_build::Config::new()
-        .compile_well_known_types()
+    tonic_prost_build::configure()
+        .compile_well_known_types(true)
         .extern_path(".google.protobuf", "::pbjson_types")
-        .file_descriptor_set_path(&descriptor_path)
-        .skip_protoc_run()
-        .compile_protos(&protos, &["."])
-        .context("generating prost types")?;
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)
+        .context("generating prost types and gRPC stubs")?;
     pbjson_build::Builder::new()
         .register_descriptors(&bytes)
         .context("registering descriptors for pbjson")?

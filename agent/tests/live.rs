@@ -502,7 +502,10 @@ fn a_thousand_identical_reads_are_one_alert_with_count_1000() {
     let _serial = serialise();
     let cgroup = TestCgroup::create("dedup");
     let mut actor = Actor::spawn(&cgroup.procs_files());
-    let agent = AgentProcess::start(&args(&["--standalone", "--dedup-window-seconds", "2"]));
+    // 8 MiB holds ~3,600 events: the burst cannot overflow it however the
+    // agent is scheduled, so every read reaches the deduplicator.
+    let agent =
+        AgentProcess::start(&args(&["--standalone", "--dedup-window-seconds", "2", "--ring-buffer-kib", "8192"]));
     actor.must(&format!("open-many {SA_DIR}/token 1000"));
     let merged = |alerts: &[Alert]| alerts.iter().any(|a| pid_of(a) == actor.pid && a.count == 1000);
     let arrived = agent.wait_for_alerts(ALERT_TIMEOUT, merged);
@@ -513,6 +516,7 @@ fn a_thousand_identical_reads_are_one_alert_with_count_1000() {
     assert_eq!(ids.len(), 1, "one alert (its first sight, then its final count):\n{}", describe(&stopped.alerts));
     assert_eq!(mine.first().map(|a| a.count), Some(1), "the first read goes out at once");
     let last = mine.last().expect("the merged alert");
+    assert_eq!(counter(&stopped.stderr, "events_dropped"), 0, "{}", stopped.stderr);
     assert_eq!(last.count, 1000);
     let at = |t: &Option<pbjson_types::Timestamp>| t.as_ref().map(|t| (t.seconds, t.nanos));
     assert!(at(&last.first_seen) < at(&last.last_seen), "{:?} .. {:?}", last.first_seen, last.last_seen);

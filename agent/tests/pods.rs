@@ -169,9 +169,10 @@ fn token_reads_in_real_pods_carry_pod_container_image_serviceaccount_workload_an
 
     // The entrypoint's shell forks cat, which reads and exits at once.
     checkout.trigger();
-    // kubectl exec: a process put into the container from outside.
-    let (code, _, stderr) = checkout.exec(&["cat", &format!("{SA_MOUNT}/token")]);
-    assert_eq!(code, 0, "exec cat: {stderr}");
+    // kubectl exec of a shell, which reads the token: put into the
+    // container from outside.
+    let (code, _, stderr) = checkout.exec(&["sh", "-c", &format!("cat {SA_MOUNT}/token; true")]);
+    assert_eq!(code, 0, "exec sh: {stderr}");
     // A read, then the pod is deleted from the API and the runtime at once.
     let (code, _, stderr) = doomed.exec(&["cat", &format!("{SA_MOUNT}/token")]);
     assert_eq!(code, 0, "exec cat: {stderr}");
@@ -206,8 +207,10 @@ fn token_reads_in_real_pods_carry_pod_container_image_serviceaccount_workload_an
     assert_eq!(exec.severity, i32::from(Severity::High), "token-read raised one step for the exec");
     assert_eq!(exec.severity_reasons, ["exec'd into the container (kubectl exec, nsenter)"]);
     assert_eq!(entrypoint.severity, i32::from(Severity::Medium));
-    let outside = &exec.process.as_ref().expect("process").parents[0];
-    assert_eq!(outside.ns_pid, outside.pid, "the exec'd process's parent is a host process (the runtime)");
+    let parents = &exec.process.as_ref().expect("process").parents;
+    assert_eq!(parents[0].comm, "sh", "cat's parent is the exec'd shell");
+    assert_ne!(parents[0].ns_pid, parents[0].pid, "the shell is inside the container's pid namespace");
+    assert_eq!(parents[1].ns_pid, parents[1].pid, "the shell's parent is a host process (the runtime)");
 
     let late: Vec<&Alert> =
         stopped.alerts.iter().filter(|a| a.container.as_ref().is_some_and(|c| c.id == doomed_container)).collect();

@@ -5,7 +5,12 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{ConfigLayer, Endpoint, RescanSeconds, RingBufferKib, StdoutFormat, TokenPath};
+pub mod alerts;
+
+use crate::{
+    config::{ConfigLayer, Endpoint, RescanSeconds, RingBufferKib, StdoutFormat, TokenPath},
+    deliver::grpc::Listen,
+};
 
 /// tokenwatch: who is using your Kubernetes ServiceAccount tokens.
 #[derive(Debug, Parser)]
@@ -21,6 +26,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the node agent: watch token reads and API-server connections.
     Agent(AgentArgs),
+    /// Read the agent's alert stream (gRPC), like `kubectl logs -f`.
+    Alerts(alerts::AlertsArgs),
 }
 
 /// Flags of `tokenwatch agent`.
@@ -83,6 +90,35 @@ pub struct AgentArgs {
     #[arg(long, env = "TOKENWATCH_DEDUP_WINDOW_SECONDS", value_name = "SECONDS")]
     pub dedup_window_seconds: Option<u64>,
 
+    /// Where the gRPC alert stream listens: HOST:PORT or unix:PATH
+    /// [default: 127.0.0.1:50051].
+    #[arg(long, env = "TOKENWATCH_GRPC_LISTEN", value_name = "ADDR")]
+    pub grpc_listen: Option<Listen>,
+
+    /// Accept a plaintext gRPC listener on a non-loopback address.
+    #[arg(long, env = "TOKENWATCH_GRPC_ALLOW_INSECURE_REMOTE")]
+    pub grpc_allow_insecure_remote: bool,
+
+    /// The gRPC server's certificate chain (PEM); with --grpc-tls-key.
+    #[arg(long, env = "TOKENWATCH_GRPC_TLS_CERT", value_name = "FILE")]
+    pub grpc_tls_cert: Option<PathBuf>,
+
+    /// The gRPC server's private key (PEM).
+    #[arg(long, env = "TOKENWATCH_GRPC_TLS_KEY", value_name = "FILE")]
+    pub grpc_tls_key: Option<PathBuf>,
+
+    /// CA bundle (PEM) that signs client certificates: turns on mutual TLS.
+    #[arg(long, env = "TOKENWATCH_GRPC_TLS_CLIENT_CA", value_name = "FILE")]
+    pub grpc_tls_client_ca: Option<PathBuf>,
+
+    /// The delivery log's directory [default: /var/lib/tokenwatch/spool].
+    #[arg(long, env = "TOKENWATCH_SPOOL_DIR", value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+
+    /// The delivery log's size bound in MiB [default: 256].
+    #[arg(long, env = "TOKENWATCH_SPOOL_MAX_MIB", value_name = "MIB")]
+    pub spool_max_mib: Option<u64>,
+
     /// Log filter for stderr, e.g. `info` or `info,tokenwatch_ebpf=debug`
     /// (the latter turns on the eBPF programs' own diagnostics).
     #[arg(long, env = "TOKENWATCH_LOG", default_value = "info")]
@@ -105,6 +141,13 @@ impl AgentArgs {
             kubeconfig: self.kubeconfig.clone(),
             policy: self.policy.clone(),
             dedup_window_seconds: self.dedup_window_seconds,
+            grpc_listen: self.grpc_listen.clone(),
+            grpc_allow_insecure_remote: self.grpc_allow_insecure_remote.then_some(true),
+            grpc_tls_cert: self.grpc_tls_cert.clone(),
+            grpc_tls_key: self.grpc_tls_key.clone(),
+            grpc_tls_client_ca: self.grpc_tls_client_ca.clone(),
+            spool_dir: self.spool_dir.clone(),
+            spool_max_mib: self.spool_max_mib,
         }
     }
 }
@@ -115,8 +158,10 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<AgentArgs, clap::Error> {
         let cli = Cli::try_parse_from([&["tokenwatch", "agent"], args].concat())?;
-        let Command::Agent(agent) = cli.command;
-        Ok(agent)
+        match cli.command {
+            Command::Agent(agent) => Ok(agent),
+            Command::Alerts(_) => panic!("parsed as alerts"),
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::{
+    super::deliver::grpc::Listen,
     endpoint::Endpoint,
     values::{RescanSeconds, RingBufferKib, TokenPath},
 };
@@ -50,6 +51,20 @@ pub struct ConfigLayer {
     pub policy: Option<PathBuf>,
     /// Seconds over which identical alerts are merged; 0 turns merging off.
     pub dedup_window_seconds: Option<u64>,
+    /// Where the gRPC alert stream listens.
+    pub grpc_listen: Option<Listen>,
+    /// Allow a plaintext gRPC listener on a non-loopback address.
+    pub grpc_allow_insecure_remote: Option<bool>,
+    /// The gRPC server's certificate chain (PEM).
+    pub grpc_tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub grpc_tls_key: Option<PathBuf>,
+    /// CA bundle for client certificates (PEM): mutual TLS.
+    pub grpc_tls_client_ca: Option<PathBuf>,
+    /// The delivery log's directory.
+    pub spool_dir: Option<PathBuf>,
+    /// The delivery log's size bound in MiB.
+    pub spool_max_mib: Option<u64>,
 }
 
 impl ConfigLayer {
@@ -68,6 +83,13 @@ impl ConfigLayer {
             kubeconfig: self.kubeconfig.or(lower.kubeconfig),
             policy: self.policy.or(lower.policy),
             dedup_window_seconds: self.dedup_window_seconds.or(lower.dedup_window_seconds),
+            grpc_listen: self.grpc_listen.or(lower.grpc_listen),
+            grpc_allow_insecure_remote: self.grpc_allow_insecure_remote.or(lower.grpc_allow_insecure_remote),
+            grpc_tls_cert: self.grpc_tls_cert.or(lower.grpc_tls_cert),
+            grpc_tls_key: self.grpc_tls_key.or(lower.grpc_tls_key),
+            grpc_tls_client_ca: self.grpc_tls_client_ca.or(lower.grpc_tls_client_ca),
+            spool_dir: self.spool_dir.or(lower.spool_dir),
+            spool_max_mib: self.spool_max_mib.or(lower.spool_max_mib),
         }
     }
 }

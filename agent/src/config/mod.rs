@@ -16,10 +16,17 @@ pub use endpoint::{Endpoint, EndpointError, DEFAULT_API_SERVER_PORT};
 pub use layer::{ConfigLayer, StdoutFormat};
 pub use values::{RescanSeconds, RingBufferKib, TokenPath, ValueError};
 
+use crate::deliver::grpc::{listen::DEFAULT_LISTEN, Listen, TlsFiles};
+
 /// Where kubelet mounts a pod's ServiceAccount token.
 pub const DEFAULT_TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 /// The same path through `/run`, which `/var/run` usually links to.
 pub const DEFAULT_TOKEN_PATH_RUN: &str = "/run/secrets/kubernetes.io/serviceaccount/token";
+/// Where the delivery log lives by default (a hostPath in the DaemonSet, so
+/// it survives restarts).
+pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/tokenwatch/spool";
+/// Default bound of the delivery log.
+pub const DEFAULT_SPOOL_MAX_MIB: u64 = 256;
 /// Default seconds over which identical alerts are merged.
 pub const DEFAULT_DEDUP_WINDOW_SECONDS: u64 = 60;
 /// Default seconds between scans for token files.
@@ -52,6 +59,14 @@ pub struct Config {
     pub policy: Option<PathBuf>,
     /// Window over which identical alerts are merged; zero turns it off.
     pub dedup_window: Duration,
+    /// Where the gRPC alert stream listens.
+    pub grpc_listen: Listen,
+    /// TLS for it, when configured.
+    pub grpc_tls: Option<TlsFiles>,
+    /// The delivery log's directory.
+    pub spool_dir: PathBuf,
+    /// The delivery log's size bound in bytes.
+    pub spool_max_bytes: u64,
 }
 
 /// Why the settings were refused. Each names the source and the value.
@@ -77,6 +92,15 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// A plaintext gRPC listener on a non-loopback address.
+    #[error(
+        "--grpc-listen {0} is reachable from other machines: give --grpc-tls-cert and --grpc-tls-key, \
+         or --grpc-allow-insecure-remote to accept plaintext"
+    )]
+    InsecureRemote(Listen),
+    /// Half a TLS configuration.
+    #[error("--grpc-tls-cert and --grpc-tls-key go together (and --grpc-tls-client-ca needs both)")]
+    PartialTls,
     /// `KUBERNETES_SERVICE_HOST`/`_PORT` do not make an endpoint.
     #[error("KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT ({host}:{port}): {source}")]
     ServiceEnv {
@@ -168,6 +192,18 @@ impl Config {
                 api_servers.push(endpoint);
             }
         }
+        let grpc_listen = match layer.grpc_listen {
+            Some(listen) => listen,
+            None => DEFAULT_LISTEN.parse().map_err(|_| ConfigError::PartialTls)?,
+        };
+        let grpc_tls = match (layer.grpc_tls_cert, layer.grpc_tls_key, layer.grpc_tls_client_ca) {
+            (Some(cert), Some(key), client_ca) => Some(TlsFiles { cert, key, client_ca }),
+            (None, None, None) => None,
+            _ => return Err(ConfigError::PartialTls),
+        };
+        if grpc_tls.is_none() && !grpc_listen.is_local() && layer.grpc_allow_insecure_remote != Some(true) {
+            return Err(ConfigError::InsecureRemote(grpc_listen));
+        }
         let rescan = layer.rescan_interval_seconds.map_or(DEFAULT_RESCAN_INTERVAL_SECONDS, RescanSeconds::get);
         Ok(Config {
             standalone: layer.standalone.unwrap_or(false),
@@ -181,6 +217,10 @@ impl Config {
             kubeconfig: layer.kubeconfig,
             policy: layer.policy,
             dedup_window: Duration::from_secs(layer.dedup_window_seconds.unwrap_or(DEFAULT_DEDUP_WINDOW_SECONDS)),
+            grpc_listen,
+            grpc_tls,
+            spool_dir: layer.spool_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_SPOOL_DIR)),
+            spool_max_bytes: layer.spool_max_mib.unwrap_or(DEFAULT_SPOOL_MAX_MIB).saturating_mul(1 << 20),
         })
     }
 }

@@ -96,6 +96,22 @@ fn user_token_paths_are_added_once() {
 }
 
 #[test]
+fn grpc_is_loopback_by_default_and_remote_plaintext_needs_consent() {
+    let config = Config::resolve(ConfigLayer::default(), &ServiceEnv::default(), "h").expect("defaults");
+    assert_eq!(config.grpc_listen.to_string(), "127.0.0.1:50051");
+    assert_eq!(config.grpc_tls, None);
+    let remote = || ConfigLayer { grpc_listen: Some("0.0.0.0:50051".parse().expect("addr")), ..ConfigLayer::default() };
+    let error = Config::resolve(remote(), &ServiceEnv::default(), "h").expect_err("plaintext on the network");
+    assert!(error.to_string().contains("--grpc-allow-insecure-remote"), "{error}");
+    let allowed = ConfigLayer { grpc_allow_insecure_remote: Some(true), ..remote() };
+    assert!(Config::resolve(allowed, &ServiceEnv::default(), "h").is_ok());
+    let tls = ConfigLayer { grpc_tls_cert: Some("/c.pem".into()), grpc_tls_key: Some("/k.pem".into()), ..remote() };
+    assert!(Config::resolve(tls, &ServiceEnv::default(), "h").is_ok());
+    let half = ConfigLayer { grpc_tls_cert: Some("/c.pem".into()), ..ConfigLayer::default() };
+    assert!(matches!(Config::resolve(half, &ServiceEnv::default(), "h"), Err(ConfigError::PartialTls)));
+}
+
+#[test]
 fn empty_file_is_an_empty_layer() {
     assert_eq!(yaml("\n").expect("empty"), ConfigLayer::default());
 }

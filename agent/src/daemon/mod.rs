@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::Config,
+    deliver::spool::Spool,
     deliver::stdout::StdoutError,
     detect::{policy::Policy, Judge},
     kernel::{
@@ -58,6 +59,12 @@ pub enum DaemonError {
     /// The policy file is unreadable or invalid.
     #[error(transparent)]
     Policy(#[from] crate::detect::policy::PolicyError),
+    /// The delivery log failed.
+    #[error("delivery log: {0}")]
+    Spool(#[from] crate::deliver::spool::SpoolError),
+    /// The gRPC server failed.
+    #[error(transparent)]
+    Grpc(#[from] crate::deliver::grpc::GrpcError),
     /// A task panicked.
     #[error("task {0} panicked")]
     Panic(String),
@@ -75,6 +82,9 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     for rule in crate::detect::rules::ALL.iter().filter(|r| !policy.rule_enabled(r.id)) {
         tracing::info!(rule = rule.id, "rule disabled by policy");
     }
+    let boot_id = run_id();
+    let spool = Spool::open(&config.spool_dir, config.spool_max_bytes, SPOOL_SEGMENT_BYTES, &boot_id)?;
+    tracing::info!(dir = %config.spool_dir.display(), last_sequence = spool.last_sequence(), "delivery log open");
     let offsets = resolve_running_kernel()?;
     let debug_logs = tracing::enabled!(target: "tokenwatch_ebpf", tracing::Level::DEBUG);
     let mut hooks = Hooks::load(&offsets, config.ring_buffer_bytes, debug_logs)?;
@@ -98,7 +108,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     }
     let enricher = Enricher::new(cri, pods, snapshot_rx);
     let judge =
-        Judge::new(config.node_name.clone(), run_id(), BootClock::measure(), crate::detect::chain::DEFAULT_WINDOW);
+        Judge::new(config.node_name.clone(), boot_id, BootClock::measure(), crate::detect::chain::DEFAULT_WINDOW);
 
     let attached = hooks.attach()?.join(",");
     tracing::info!(hooks = %attached, "hooks attached");
@@ -114,16 +124,26 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     });
     let token = cancel.clone();
     set.spawn(async move { ("scanner", scanner.run(config.rescan_interval, snapshot_tx, token).await) });
-    let (dedup_window, stdout) = (config.dedup_window, config.stdout);
-    set.spawn(
-        async move { ("pipeline", tasks::pipeline(event_rx, enricher, judge, policy, dedup_window, stdout).await) },
-    );
+    let (dedup_window, stdout, log) = (config.dedup_window, config.stdout, spool.clone());
+    set.spawn(async move {
+        ("pipeline", tasks::pipeline(event_rx, enricher, judge, policy, dedup_window, log, stdout).await)
+    });
+    let (listen, tls, log, token) =
+        (config.grpc_listen.clone(), config.grpc_tls.clone(), spool.clone(), cancel.clone());
+    set.spawn(async move { ("grpc", crate::deliver::grpc::serve(listen, tls, log, token).await.map_err(Into::into)) });
+    let (log, token) = (spool.clone(), cancel.clone());
+    set.spawn(async move { ("spool-sync", tasks::sync_spool(log, token).await) });
     if let Some(logger) = logger {
         let token = cancel.clone();
         set.spawn(async move { ("ebpf-log", reader::forward_logs(logger, token).await.map_err(DaemonError::from)) });
     }
 
     let first_error = supervise(set, &cancel).await;
+    // Every writer has stopped: mark the log cleanly closed, so the next
+    // start continues its sequence exactly.
+    if let Err(error) = spool.close() {
+        tracing::warn!(%error, "closing the delivery log");
+    }
     match hooks.counters() {
         Ok(counters) => {
             let summary: Vec<String> = counters.iter().map(|(c, v)| format!("{}={v}", c.name())).collect();
@@ -152,6 +172,9 @@ async fn supervise(mut set: Tasks, cancel: &CancellationToken) -> Option<DaemonE
     }
     first_error
 }
+
+/// Segment size of the delivery log.
+const SPOOL_SEGMENT_BYTES: u64 = 4 << 20;
 
 /// A prefix that makes alert ids unique across agent restarts.
 fn run_id() -> String {

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::DaemonError;
 use crate::{
     config::StdoutFormat,
-    deliver::stdout::StdoutSink,
+    deliver::{spool::Spool, stdout::StdoutSink},
     detect::{
         dedup::{self, Deduper},
         policy::{Policy, Verdict},
@@ -115,9 +115,10 @@ pub async fn pipeline(
     mut judge: Judge,
     policy: Arc<Policy>,
     dedup_window: Duration,
+    spool: Spool,
     format: StdoutFormat,
 ) -> Result<(), DaemonError> {
-    let mut sink = StdoutSink::new(format, tokio::io::stdout());
+    let mut sink = Sinks { spool, stdout: StdoutSink::new(format, tokio::io::stdout()) };
     let mut dedup = (!dedup_window.is_zero()).then(|| Deduper::new(dedup_window, dedup::DEFAULT_MAX_KEYS));
     loop {
         let deadline = dedup.as_ref().and_then(Deduper::next_deadline);
@@ -152,6 +153,22 @@ pub async fn pipeline(
     Ok(())
 }
 
+/// Every alert goes to the delivery log first (which gives it its
+/// sequence), then to stdout.
+struct Sinks<W> {
+    spool: Spool,
+    stdout: StdoutSink<W>,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> Sinks<W> {
+    async fn write(&mut self, alert: &Alert) -> Result<(), DaemonError> {
+        let mut alert = alert.clone();
+        self.spool.append(&mut alert)?;
+        self.stdout.write(&alert).await?;
+        Ok(())
+    }
+}
+
 /// The policy's verdict: the alert at its severity, or nothing.
 fn apply(policy: &Policy, mut alert: Alert) -> Option<Alert> {
     match policy.judge(&alert) {
@@ -168,6 +185,20 @@ fn apply(policy: &Policy, mut alert: Alert) -> Option<Alert> {
             None
         }
     }
+}
+
+/// Flushes the delivery log to disk every second and at shutdown: a crash
+/// of the agent loses nothing written, a crash of the node at most a second.
+pub async fn sync_spool(spool: Spool, cancel: CancellationToken) -> Result<(), DaemonError> {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            _ = ticker.tick() => spool.sync()?,
+        }
+    }
+    spool.sync()?;
+    Ok(())
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -20,6 +20,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A running agent.
 pub struct AgentProcess {
+    /// Holds the agent's delivery log and gRPC socket unless the test gave
+    /// its own.
+    dir: tempfile::TempDir,
     child: Child,
     stdout_lines: Arc<Mutex<Vec<String>>>,
     stderr_lines: Arc<Mutex<Vec<String>>>,
@@ -38,10 +41,21 @@ pub struct StoppedAgent {
 
 impl AgentProcess {
     /// Starts `tokenwatch agent` with `args` and waits for `hooks attached`.
+    /// Unless `args` say otherwise, the delivery log and the gRPC socket
+    /// (`unix:`) live in a directory of this agent's own.
     pub fn start(args: &[String]) -> AgentProcess {
+        let dir = tempfile::tempdir().expect("agent tempdir");
+        let mut own = Vec::new();
+        if !args.iter().any(|a| a == "--spool-dir") {
+            own.extend(["--spool-dir".to_owned(), dir.path().join("spool").display().to_string()]);
+        }
+        if !args.iter().any(|a| a == "--grpc-listen") {
+            own.extend(["--grpc-listen".to_owned(), format!("unix:{}", dir.path().join("grpc.sock").display())]);
+        }
         let mut child = Command::new(env!("CARGO_BIN_EXE_tokenwatch"))
             .arg("agent")
             .args(args)
+            .args(own)
             .env_remove("KUBERNETES_SERVICE_HOST")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -54,7 +68,7 @@ impl AgentProcess {
             collect(child.stdout.take().expect("stdout"), Arc::clone(&stdout_lines)),
             collect(child.stderr.take().expect("stderr"), Arc::clone(&stderr_lines)),
         ];
-        let mut agent = AgentProcess { child, stdout_lines, stderr_lines, readers };
+        let mut agent = AgentProcess { dir, child, stdout_lines, stderr_lines, readers };
         let started = wait_for(START_TIMEOUT, || {
             if let Ok(Some(status)) = agent.child.try_wait() {
                 return Some(Err(status));
@@ -69,6 +83,11 @@ impl AgentProcess {
             }
             None => panic!("agent did not attach its hooks within {START_TIMEOUT:?}:\n{}", agent.stderr()),
         }
+    }
+
+    /// The gRPC socket, when the test did not choose the address.
+    pub fn grpc_socket(&self) -> std::path::PathBuf {
+        self.dir.path().join("grpc.sock")
     }
 
     /// Waits for a log line containing every needle.

@@ -1,0 +1,155 @@
+//! `tokenwatch alerts`: read the agent's alert stream, the way
+//! `kubectl logs -f` feels: what is there, then (with `--follow`) what comes.
+
+use std::path::PathBuf;
+
+use hyper_util::rt::TokioIo;
+use tokenwatch_proto::v1::{
+    alert_service_client::AlertServiceClient, subscribe_response::Item, Severity, SubscribeRequest,
+};
+use tokio::io::AsyncWriteExt;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
+
+use crate::deliver::{grpc::Listen, stdout};
+
+/// Flags of `tokenwatch alerts`.
+#[derive(Debug, clap::Args)]
+pub struct AlertsArgs {
+    /// The agent's gRPC address: HOST:PORT or unix:PATH.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub server: Listen,
+    /// Keep streaming new alerts.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only alerts after this sequence (resume after the last one seen).
+    #[arg(long, value_name = "SEQ", default_value_t = 0)]
+    pub since: u64,
+    /// Only this rule (repeatable).
+    #[arg(long = "rule")]
+    pub rules: Vec<String>,
+    /// Only alerts at least this severe: low, medium, high, critical.
+    #[arg(long, value_parser = parse_severity)]
+    pub min_severity: Option<Severity>,
+    /// Only alerts from pods in this namespace (repeatable).
+    #[arg(long = "namespace", short = 'n')]
+    pub namespaces: Vec<String>,
+    /// Only alerts from this pod (repeatable).
+    #[arg(long = "pod")]
+    pub pods: Vec<String>,
+    /// Output: one JSON object per line, or one readable line.
+    #[arg(short, long, value_enum, default_value = "text")]
+    pub output: crate::config::StdoutFormat,
+    /// CA bundle (PEM) to verify the agent's certificate: turns on TLS.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; with --key.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Client key (PEM).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Name to expect in the agent's certificate [default: the host].
+    #[arg(long)]
+    pub server_name: Option<String>,
+}
+
+/// Why the stream could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum AlertsError {
+    /// A TLS file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The connection failed.
+    #[error("connecting to {server}: {source}")]
+    Connect {
+        /// Where.
+        server: String,
+        /// Why.
+        source: tonic::transport::Error,
+    },
+    /// The agent answered with an error.
+    #[error("the agent said: {0}")]
+    Status(#[from] tonic::Status),
+    /// Printing failed.
+    #[error(transparent)]
+    Print(#[from] stdout::StdoutError),
+}
+
+fn parse_severity(text: &str) -> Result<Severity, String> {
+    Severity::from_str_name(&format!("SEVERITY_{}", text.to_ascii_uppercase()))
+        .filter(|s| *s != Severity::Unspecified)
+        .ok_or_else(|| format!("`{text}` is not low, medium, high or critical"))
+}
+
+/// Streams alerts to stdout; gaps (alerts the agent no longer holds) go to
+/// stderr, so a pipe of JSON lines stays clean.
+pub async fn run(args: &AlertsArgs) -> Result<(), AlertsError> {
+    let mut client = AlertServiceClient::new(channel(args).await?);
+    let request = SubscribeRequest {
+        after_sequence: args.since,
+        follow: args.follow,
+        rules: args.rules.clone(),
+        min_severity: args.min_severity.unwrap_or(Severity::Unspecified).into(),
+        namespaces: args.namespaces.clone(),
+        pods: args.pods.clone(),
+    };
+    let mut stream = client.subscribe(request).await?.into_inner();
+    let mut out = tokio::io::stdout();
+    while let Some(response) = stream.message().await? {
+        match response.item {
+            Some(Item::Alert(alert)) => {
+                if let Some(line) = stdout::render(args.output, &alert)? {
+                    out.write_all(format!("{line}\n").as_bytes()).await.map_err(stdout::StdoutError::from)?;
+                    out.flush().await.map_err(stdout::StdoutError::from)?;
+                }
+            }
+            Some(Item::Gap(gap)) => tracing::warn!(
+                first = gap.first_sequence,
+                last = gap.last_sequence,
+                "the agent no longer holds these alerts"
+            ),
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+async fn channel(args: &AlertsArgs) -> Result<Channel, AlertsError> {
+    let server = args.server.to_string();
+    let connect_error = |source| AlertsError::Connect { server: server.clone(), source };
+    match &args.server {
+        Listen::Unix(path) => {
+            let path = path.clone();
+            Endpoint::from_static("http://[::1]:0")
+                .connect_with_connector(tower::service_fn(move |_: Uri| {
+                    let path = path.clone();
+                    async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+                }))
+                .await
+                .map_err(connect_error)
+        }
+        Listen::Tcp(addr) => {
+            let scheme = if args.ca.is_some() { "https" } else { "http" };
+            let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(connect_error)?;
+            if let Some(ca) = &args.ca {
+                let read = |path: &PathBuf| {
+                    std::fs::read(path).map_err(|source| AlertsError::Read { path: path.clone(), source })
+                };
+                let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+                if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+                    tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+                }
+                if let Some(name) = &args.server_name {
+                    tls = tls.domain_name(name.clone());
+                }
+                endpoint = endpoint.tls_config(tls).map_err(connect_error)?;
+            }
+            endpoint.connect().await.map_err(connect_error)
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! `tokenwatch.v1.AlertService`: each subscriber gets its own task reading
+//! the delivery log from its resume point, so a slow subscriber only ever
+//! waits on itself, never on the kernel reader or other subscribers.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use tokenwatch_proto::v1::{
+    alert_service_server::AlertService, subscribe_response::Item, Gap, SubscribeRequest, SubscribeResponse,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use super::filter::matches;
+use crate::deliver::spool::Spool;
+
+/// Alerts read from the log per step.
+const BATCH: usize = 256;
+/// Responses buffered per subscriber before its task waits for it.
+const BUFFER: usize = 64;
+
+/// The service over one delivery log.
+pub struct AlertStream {
+    spool: Spool,
+    cancel: CancellationToken,
+}
+
+impl AlertStream {
+    /// Serves `spool` until `cancel`.
+    pub fn new(spool: Spool, cancel: CancellationToken) -> Self {
+        AlertStream { spool, cancel }
+    }
+}
+
+type Responses = Pin<Box<dyn Stream<Item = Result<SubscribeResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AlertService for AlertStream {
+    type SubscribeStream = Responses;
+
+    async fn subscribe(&self, request: Request<SubscribeRequest>) -> Result<Response<Responses>, Status> {
+        let request = request.into_inner();
+        let (tx, rx) = mpsc::channel(BUFFER);
+        let (spool, cancel) = (self.spool.clone(), self.cancel.clone());
+        tracing::debug!(after = request.after_sequence, follow = request.follow, "subscriber connected");
+        tokio::spawn(async move {
+            if let Err(status) = feed(spool, request, &tx, cancel).await {
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Sends what the subscriber asked for until it goes away, the agent stops
+/// or (without `follow`) the log is read to its end.
+async fn feed(
+    spool: Spool,
+    request: SubscribeRequest,
+    tx: &mpsc::Sender<Result<SubscribeResponse, Status>>,
+    cancel: CancellationToken,
+) -> Result<(), Status> {
+    let mut after = request.after_sequence;
+    let mut appended = spool.subscribe();
+    loop {
+        let reader = spool.clone();
+        let batch = tokio::task::spawn_blocking(move || reader.read_after(after, BATCH))
+            .await
+            .map_err(|e| Status::internal(format!("reading the delivery log: {e}")))?
+            .map_err(|e| Status::internal(format!("reading the delivery log: {e}")))?;
+        if let Some((first, last)) = batch.lost {
+            let gap = Gap { first_sequence: first, last_sequence: last };
+            if tx.send(Ok(SubscribeResponse { item: Some(Item::Gap(gap)) })).await.is_err() {
+                return Ok(());
+            }
+            after = after.max(last);
+        }
+        let caught_up = batch.alerts.is_empty();
+        for alert in batch.alerts {
+            after = alert.sequence;
+            if matches(&request, &alert)
+                && tx.send(Ok(SubscribeResponse { item: Some(Item::Alert(alert)) })).await.is_err()
+            {
+                return Ok(());
+            }
+        }
+        if caught_up {
+            if !request.follow {
+                return Ok(());
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                () = tx.closed() => return Ok(()),
+                changed = appended.changed() => if changed.is_err() { return Ok(()) },
+            }
+        }
+    }
+}
