@@ -16,15 +16,6 @@ use tokenwatch_proto::v1::{alert::Evidence, Alert, ApiServerConnect, ProcessOrig
 
 const ALERT_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// The live tests run one at a time: each agent watches every mount
-/// namespace on the node, so concurrent tests would move each other's
-/// kernel counters.
-static LIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serialise() -> std::sync::MutexGuard<'static, ()> {
-    LIVE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// A counter's value from the agent's `kernel counters` log line.
 fn counter(stderr: &str, name: &str) -> u64 {
     let line = stderr.lines().rfind(|l| l.contains("kernel counters")).expect("a kernel counters line");
@@ -89,7 +80,7 @@ fn assert_identity(alert: &Alert, actor: &Actor, cgroup: &TestCgroup) {
 #[test]
 #[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test"]
 fn token_reads_by_every_path_alert_once_each() {
-    let _serial = serialise();
+    let _serial = support::serialise();
     let cgroup = TestCgroup::create("reads");
     let mut actor = Actor::spawn(&cgroup.procs_files());
     let agent = AgentProcess::start(&args(&[
@@ -208,7 +199,7 @@ fn token_reads_by_every_path_alert_once_each() {
 #[test]
 #[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test"]
 fn a_full_ring_buffer_drops_are_counted_and_logged_never_silent() {
-    let _serial = serialise();
+    let _serial = support::serialise();
     let cgroup = TestCgroup::create("flood");
     let mut actor = Actor::spawn(&cgroup.procs_files());
     // 4 KiB holds two open events, so a burst must overflow it.
@@ -249,7 +240,7 @@ fn a_full_ring_buffer_drops_are_counted_and_logged_never_silent() {
 #[test]
 #[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test"]
 fn api_server_connects_over_v4_and_v6_alert_once_each() {
-    let _serial = serialise();
+    let _serial = support::serialise();
     let v4 = TcpListener::bind("127.0.0.1:0").expect("bind v4");
     let v6 = TcpListener::bind("[::1]:0").expect("bind v6 (loopback IPv6 is needed)");
     let elsewhere = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -337,7 +328,7 @@ fn api_server_connects_over_v4_and_v6_alert_once_each() {
 #[test]
 #[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test"]
 fn token_read_then_api_server_connect_raises_the_chain_once() {
-    let _serial = serialise();
+    let _serial = support::serialise();
     let api = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = api.local_addr().expect("addr").port();
     let cgroup = TestCgroup::create("chain");
@@ -370,7 +361,7 @@ fn token_read_then_api_server_connect_raises_the_chain_once() {
 #[test]
 #[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test"]
 fn a_rotated_token_is_still_watched_before_any_rescan() {
-    let _serial = serialise();
+    let _serial = support::serialise();
     let cgroup = TestCgroup::create("rotate");
     let mut actor = Actor::spawn(&cgroup.procs_files());
     // No rescan during the test: only the token volume's watch can match.
@@ -398,18 +389,6 @@ fn a_rotated_token_is_still_watched_before_any_rescan() {
     drop(actor);
 }
 
-/// A kubeconfig for the in-test API server (plain HTTP on loopback).
-fn kubeconfig(dir: &std::path::Path, server: &str) -> String {
-    let path = dir.join("kubeconfig");
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"{server}\"}}}}]\n\
-         users: [{{name: nobody, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: nobody}}}}]\n\
-         current-context: fake\n"
-    );
-    fs::write(&path, text).expect("write kubeconfig");
-    path.display().to_string()
-}
-
 fn api_service(cluster_ip: &str, port: u16) -> k8s_openapi::api::core::v1::Service {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "v1", "kind": "Service",
@@ -435,7 +414,7 @@ fn api_slice(address: &str, port: u16) -> k8s_openapi::api::discovery::v1::Endpo
 #[test]
 #[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test"]
 fn api_server_endpoints_learnt_from_the_cluster_follow_its_endpointslices() {
-    let _serial = serialise();
+    let _serial = support::serialise();
     // Loopback addresses only: the cluster's objects name them, the actor
     // dials them, nothing leaves the machine.
     let bind = |ip: &str| TcpListener::bind((ip, 0)).expect("bind a loopback address");
@@ -450,7 +429,7 @@ fn api_server_endpoints_learnt_from_the_cluster_follow_its_endpointslices() {
     let mut actor = Actor::spawn(&cgroup.procs_files());
     let agent = AgentProcess::start(&args(&[
         "--kubeconfig",
-        &kubeconfig(dir.path(), api.url()),
+        &support::kubeconfig(dir.path(), api.url()),
         "--node-name",
         "n1",
         "--dedup-window-seconds",
@@ -499,7 +478,7 @@ fn api_server_endpoints_learnt_from_the_cluster_follow_its_endpointslices() {
 #[test]
 #[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test"]
 fn a_thousand_identical_reads_are_one_alert_with_count_1000() {
-    let _serial = serialise();
+    let _serial = support::serialise();
     let cgroup = TestCgroup::create("dedup");
     let mut actor = Actor::spawn(&cgroup.procs_files());
     // 8 MiB holds ~3,600 events: the burst cannot overflow it however the

@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::{fs, path::Path, time::Duration};
+use std::{fs, time::Duration};
 
 use k8s_openapi::api::{apps::v1::ReplicaSet, core::v1::Pod as ApiPod};
 use nix::sys::signal::Signal;
@@ -20,13 +20,6 @@ use tokenwatch_proto::v1::{alert::Evidence, Alert, ProcessOrigin, Severity, Work
 
 const ALERT_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// One containerd harness at a time (they share /run/containerd/s and the
-/// kubepods cgroup parents).
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serialise() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 const NODE: &str = "node-under-test";
 
 /// The API's view of a CRI pod: a Deployment's pod on this node.
@@ -72,17 +65,6 @@ fn replicaset_of(namespace: &str, name: &str, deployment: &str) -> ReplicaSet {
     .expect("a ReplicaSet")
 }
 
-fn kubeconfig(dir: &Path, server: &str) -> String {
-    let path = dir.join("kubeconfig");
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"{server}\"}}}}]\n\
-         users: [{{name: nobody, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: nobody}}}}]\n\
-         current-context: fake\n"
-    );
-    fs::write(&path, text).expect("write kubeconfig");
-    path.display().to_string()
-}
-
 fn describe(alerts: &[Alert]) -> String {
     alerts.iter().map(|a| serde_json::to_string(a).unwrap_or_default()).collect::<Vec<_>>().join("\n")
 }
@@ -125,7 +107,7 @@ fn assert_placed(alert: &Alert, pod: &Pod<'_>, deployment: &str, origin: Process
 #[test]
 #[ignore = "needs root: runs containerd pods and loads eBPF; run by cargo xtask test"]
 fn token_reads_in_real_pods_carry_pod_container_image_serviceaccount_workload_and_process() {
-    let _serial = serialise();
+    let _serial = support::serialise();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let api = runtime.block_on(FakeApiServer::start());
     let containerd = Containerd::start();
@@ -143,7 +125,7 @@ fn token_reads_in_real_pods_carry_pod_container_image_serviceaccount_workload_an
     api.add_replicaset(replicaset_of("shop", "batch-5d8f7c9b4", "batch"));
     api.add_pod(api_pod(&doomed, "batch", "batch-5d8f7c9b4"));
 
-    let config = kubeconfig(containerd.dir(), api.url());
+    let config = support::kubeconfig(containerd.dir(), api.url());
     let agent = AgentProcess::start(
         &[
             "--cri-socket",
@@ -248,7 +230,7 @@ fn token_reads_in_real_pods_carry_pod_container_image_serviceaccount_workload_an
 #[test]
 #[ignore = "needs root: runs containerd pods and loads eBPF; run by cargo xtask test"]
 fn a_projected_token_at_its_own_mount_path_is_watched_through_rotations() {
-    let _serial = serialise();
+    let _serial = support::serialise();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let api = runtime.block_on(FakeApiServer::start());
     let containerd = Containerd::start();
@@ -261,7 +243,7 @@ fn a_projected_token_at_its_own_mount_path_is_watched_through_rotations() {
     api.add_replicaset(replicaset_of("vault", "vault-agent-6b8d9f7c5", "vault-agent"));
     // Every read counts here: no merging of repeats.
     api.add_pod(api_pod(&pod, "vault-agent", "vault-agent-6b8d9f7c5"));
-    let config = kubeconfig(containerd.dir(), api.url());
+    let config = support::kubeconfig(containerd.dir(), api.url());
     let agent = AgentProcess::start(
         &[
             "--cri-socket",
@@ -326,7 +308,7 @@ fn a_projected_token_at_its_own_mount_path_is_watched_through_rotations() {
 #[test]
 #[ignore = "needs root: runs containerd pods and loads eBPF; run by cargo xtask test"]
 fn a_policy_exception_silences_exactly_what_it_names() {
-    let _serial = serialise();
+    let _serial = support::serialise();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let api = runtime.block_on(FakeApiServer::start());
     let containerd = Containerd::start();
@@ -346,7 +328,7 @@ fn a_policy_exception_silences_exactly_what_it_names() {
          rules: [token-read]\n    namespaces: [shop]\n    service_accounts: [checkout]\n    exec: false\n",
     )
     .expect("write the policy");
-    let config = kubeconfig(containerd.dir(), api.url());
+    let config = support::kubeconfig(containerd.dir(), api.url());
     let agent = AgentProcess::start(
         &[
             "--cri-socket",

@@ -19,12 +19,6 @@ use tokenwatch_proto::v1::{
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serialise() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 fn strings(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| (*s).to_owned()).collect()
 }
@@ -50,7 +44,7 @@ fn sequences(alerts: &[Alert]) -> Vec<u64> {
 #[test]
 #[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test"]
 fn subscribers_get_real_alerts_filtered_and_resume_exactly_across_restarts() {
-    let _serial = serialise();
+    let _serial = support::serialise();
     let api = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = api.local_addr().expect("addr").port();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -114,7 +108,7 @@ fn subscribers_get_real_alerts_filtered_and_resume_exactly_across_restarts() {
 #[test]
 #[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test"]
 fn a_stalled_subscriber_does_not_delay_another() {
-    let _serial = serialise();
+    let _serial = support::serialise();
     let cgroup = TestCgroup::create("stall");
     let mut actor = Actor::spawn(&cgroup.procs_files());
     let agent = AgentProcess::start(&strings(&["--standalone", "--dedup-window-seconds", "0"]));

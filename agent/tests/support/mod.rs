@@ -13,7 +13,35 @@ pub mod cgroup;
 pub mod cri;
 pub mod fake_apiserver;
 
-use std::time::{Duration, Instant};
+use std::{
+    path::Path,
+    sync::{Mutex, MutexGuard, PoisonError},
+    time::{Duration, Instant},
+};
+
+/// Live tests of one binary run one at a time: each agent watches every
+/// mount namespace on the node (so concurrent tests would move each other's
+/// kernel counters), and containerd harnesses share /run/containerd/s and
+/// the kubepods cgroup parents.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Holds the live-test lock for the caller's scope.
+pub fn serialise() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Writes a kubeconfig for the in-test API server (plain HTTP on loopback,
+/// no credentials) into `dir`; returns its path.
+pub fn kubeconfig(dir: &Path, server: &str) -> String {
+    let path = dir.join("kubeconfig");
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"{server}\"}}}}]\n\
+         users: [{{name: nobody, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: nobody}}}}]\n\
+         current-context: fake\n"
+    );
+    std::fs::write(&path, text).expect("write kubeconfig");
+    path.display().to_string()
+}
 
 /// Polls `check` until it returns `Some` or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
