@@ -147,3 +147,77 @@ fn a_stalled_subscriber_does_not_delay_another() {
     assert!(stopped.status.success(), "shut down cleanly with a stalled subscriber:\n{}", stopped.stderr);
     drop(actor);
 }
+
+#[test]
+#[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test"]
+fn mutual_tls_refuses_clients_without_a_trusted_certificate() {
+    let _serial = support::serialise();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, pem: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).expect("write a PEM file");
+        path.display().to_string()
+    };
+    let (ours, theirs) = (support::pki::Pki::new("tokenwatch test CA"), support::pki::Pki::new("another CA"));
+    let (server_cert, server_key) = ours.server(&["localhost"]);
+    let (client_cert, client_key) = ours.client("siem");
+    let (foreign_cert, foreign_key) = theirs.client("intruder");
+    let files = [
+        ("ca", write("ca.pem", &ours.ca_pem)),
+        ("server.crt", write("server.crt", &server_cert)),
+        ("server.key", write("server.key", &server_key)),
+        ("client.crt", write("client.crt", &client_cert)),
+        ("client.key", write("client.key", &client_key)),
+        ("foreign.crt", write("foreign.crt", &foreign_cert)),
+        ("foreign.key", write("foreign.key", &foreign_key)),
+    ];
+    let file = |name: &str| files.iter().find(|(n, _)| *n == name).map(|(_, p)| p.clone()).expect("a file");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let server = format!("127.0.0.1:{port}");
+
+    let cgroup = TestCgroup::create("mtls");
+    let mut actor = Actor::spawn(&cgroup.procs_files());
+    let agent = AgentProcess::start(&strings(&[
+        "--standalone",
+        "--grpc-listen",
+        &server,
+        "--grpc-tls-cert",
+        &file("server.crt"),
+        "--grpc-tls-key",
+        &file("server.key"),
+        "--grpc-tls-client-ca",
+        &file("ca"),
+    ]));
+    actor.must(&format!("open {SA_DIR}/token"));
+    assert!(agent.wait_for_alerts(TIMEOUT, |alerts| !alerts.is_empty()), "{}", agent.stderr());
+
+    let alerts = |extra: &[String]| {
+        Command::new(env!("CARGO_BIN_EXE_tokenwatch"))
+            .args(["alerts", "--server", &server, "-o", "json", "--server-name", "localhost"])
+            .args(extra)
+            .output()
+            .expect("run tokenwatch alerts")
+    };
+    let trusted = alerts(&strings(&["--ca", &file("ca"), "--cert", &file("client.crt"), "--key", &file("client.key")]));
+    assert!(trusted.status.success(), "{}", String::from_utf8_lossy(&trusted.stderr));
+    assert_eq!(String::from_utf8_lossy(&trusted.stdout).lines().count(), 1, "the trusted client gets the alert");
+    for (what, extra) in [
+        ("no client certificate", strings(&["--ca", &file("ca")])),
+        (
+            "a certificate from another CA",
+            strings(&["--ca", &file("ca"), "--cert", &file("foreign.crt"), "--key", &file("foreign.key")]),
+        ),
+        ("plaintext", Vec::new()),
+    ] {
+        let refused = alerts(&extra);
+        assert!(!refused.status.success(), "{what}: must be refused");
+        assert!(
+            refused.stdout.is_empty(),
+            "{what}: must get nothing, got {}",
+            String::from_utf8_lossy(&refused.stdout)
+        );
+    }
+    let stopped = agent.stop(Signal::SIGTERM);
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    drop(actor);
+}

@@ -12,6 +12,7 @@ pub mod agent;
 pub mod cgroup;
 pub mod cri;
 pub mod fake_apiserver;
+pub mod pki;
 
 use std::{
     path::Path,
