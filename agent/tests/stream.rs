@@ -221,3 +221,43 @@ fn mutual_tls_refuses_clients_without_a_trusted_certificate() {
     assert!(stopped.status.success(), "{}", stopped.stderr);
     drop(actor);
 }
+
+#[test]
+#[ignore = "needs root: loads eBPF; run by cargo xtask test"]
+fn health_and_reflection_let_stock_tools_discover_the_stream() {
+    use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+    use tonic_reflection::pb::v1::{
+        server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
+        server_reflection_response::MessageResponse, ServerReflectionRequest,
+    };
+
+    let _serial = support::serialise();
+    let agent = AgentProcess::start(&strings(&["--standalone"]));
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let socket = agent.grpc_socket();
+    let (status, services) = runtime.block_on(async {
+        let channel = tokenwatch_agent::metadata::cri::channel(&socket).expect("a channel");
+        let request = HealthCheckRequest { service: "tokenwatch.v1.AlertService".into() };
+        let status = HealthClient::new(channel.clone()).check(request).await.expect("health check").into_inner().status;
+        let list = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut replies = ServerReflectionClient::new(channel)
+            .server_reflection_info(futures::stream::iter([list]))
+            .await
+            .expect("reflection")
+            .into_inner();
+        let reply = replies.message().await.expect("a reply").expect("one message");
+        let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+            panic!("not a service list: {reply:?}")
+        };
+        (status, list.service.into_iter().map(|s| s.name).collect::<Vec<_>>())
+    });
+    assert_eq!(status, i32::from(ServingStatus::Serving));
+    for service in ["tokenwatch.v1.AlertService", "grpc.health.v1.Health"] {
+        assert!(services.iter().any(|s| s == service), "{service} not listed: {services:?}");
+    }
+    let stopped = agent.stop(Signal::SIGTERM);
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+}
