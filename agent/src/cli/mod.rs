@@ -9,7 +9,7 @@ pub mod alerts;
 
 use crate::{
     config::{ConfigLayer, Endpoint, RescanSeconds, RingBufferKib, StdoutFormat, TokenPath},
-    deliver::grpc::Listen,
+    deliver::{grpc::Listen, otlp::OtlpEndpoint},
 };
 
 /// tokenwatch: who is using your Kubernetes ServiceAccount tokens.
@@ -23,6 +23,7 @@ pub struct Cli {
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
+#[expect(clippy::large_enum_variant, reason = "parsed once at start; boxing would only complicate the match")]
 pub enum Command {
     /// Run the node agent: watch token reads and API-server connections.
     Agent(AgentArgs),
@@ -119,6 +120,29 @@ pub struct AgentArgs {
     #[arg(long, env = "TOKENWATCH_SPOOL_MAX_MIB", value_name = "MIB")]
     pub spool_max_mib: Option<u64>,
 
+    /// Export alerts as OTLP logs to this OpenTelemetry Collector:
+    /// http://HOST:PORT or https://HOST:PORT (TLS) [default: no export].
+    #[arg(long, env = "TOKENWATCH_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<OtlpEndpoint>,
+
+    /// Accept a plaintext (http://) OTLP endpoint that is not on loopback.
+    #[arg(long, env = "TOKENWATCH_OTLP_ALLOW_INSECURE_REMOTE")]
+    pub otlp_allow_insecure_remote: bool,
+
+    /// CA bundle (PEM) the collector's certificate must chain to
+    /// [default: the system's roots].
+    #[arg(long, env = "TOKENWATCH_OTLP_CA", value_name = "FILE")]
+    pub otlp_ca: Option<PathBuf>,
+
+    /// Client certificate chain (PEM) for a collector that requires mutual
+    /// TLS; with --otlp-key.
+    #[arg(long, env = "TOKENWATCH_OTLP_CERT", value_name = "FILE")]
+    pub otlp_cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "TOKENWATCH_OTLP_KEY", value_name = "FILE")]
+    pub otlp_key: Option<PathBuf>,
+
     /// Log filter for stderr, e.g. `info` or `info,tokenwatch_ebpf=debug`
     /// (the latter turns on the eBPF programs' own diagnostics).
     #[arg(long, env = "TOKENWATCH_LOG", default_value = "info")]
@@ -148,6 +172,11 @@ impl AgentArgs {
             grpc_tls_client_ca: self.grpc_tls_client_ca.clone(),
             spool_dir: self.spool_dir.clone(),
             spool_max_mib: self.spool_max_mib,
+            otlp_endpoint: self.otlp_endpoint.clone(),
+            otlp_allow_insecure_remote: self.otlp_allow_insecure_remote.then_some(true),
+            otlp_ca: self.otlp_ca.clone(),
+            otlp_cert: self.otlp_cert.clone(),
+            otlp_key: self.otlp_key.clone(),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::{
-    super::deliver::grpc::Listen,
+    super::deliver::{grpc::Listen, otlp::OtlpEndpoint},
     endpoint::Endpoint,
     values::{RescanSeconds, RingBufferKib, TokenPath},
 };
@@ -65,6 +65,16 @@ pub struct ConfigLayer {
     pub spool_dir: Option<PathBuf>,
     /// The delivery log's size bound in MiB.
     pub spool_max_mib: Option<u64>,
+    /// The OpenTelemetry Collector to export alerts to (OTLP/gRPC).
+    pub otlp_endpoint: Option<OtlpEndpoint>,
+    /// Allow a plaintext (`http://`) OTLP endpoint off this machine.
+    pub otlp_allow_insecure_remote: Option<bool>,
+    /// CA bundle (PEM) for the collector's certificate.
+    pub otlp_ca: Option<PathBuf>,
+    /// The agent's client certificate chain (PEM) for the collector.
+    pub otlp_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub otlp_key: Option<PathBuf>,
 }
 
 impl ConfigLayer {
@@ -90,6 +100,11 @@ impl ConfigLayer {
             grpc_tls_client_ca: self.grpc_tls_client_ca.or(lower.grpc_tls_client_ca),
             spool_dir: self.spool_dir.or(lower.spool_dir),
             spool_max_mib: self.spool_max_mib.or(lower.spool_max_mib),
+            otlp_endpoint: self.otlp_endpoint.or(lower.otlp_endpoint),
+            otlp_allow_insecure_remote: self.otlp_allow_insecure_remote.or(lower.otlp_allow_insecure_remote),
+            otlp_ca: self.otlp_ca.or(lower.otlp_ca),
+            otlp_cert: self.otlp_cert.or(lower.otlp_cert),
+            otlp_key: self.otlp_key.or(lower.otlp_key),
         }
     }
 }

@@ -16,7 +16,10 @@ pub use endpoint::{Endpoint, EndpointError, DEFAULT_API_SERVER_PORT};
 pub use layer::{ConfigLayer, StdoutFormat};
 pub use values::{RescanSeconds, RingBufferKib, TokenPath, ValueError};
 
-use crate::deliver::grpc::{listen::DEFAULT_LISTEN, Listen, TlsFiles};
+use crate::deliver::{
+    grpc::{listen::DEFAULT_LISTEN, Listen, TlsFiles},
+    otlp::{IdentityFiles, OtlpConfig, OtlpEndpoint},
+};
 
 /// Where kubelet mounts a pod's ServiceAccount token.
 pub const DEFAULT_TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
@@ -67,6 +70,8 @@ pub struct Config {
     pub spool_dir: PathBuf,
     /// The delivery log's size bound in bytes.
     pub spool_max_bytes: u64,
+    /// Where to export alerts as OTLP logs; `None` turns the exporter off.
+    pub otlp: Option<OtlpConfig>,
 }
 
 /// Why the settings were refused. Each names the source and the value.
@@ -101,6 +106,18 @@ pub enum ConfigError {
     /// Half a TLS configuration.
     #[error("--grpc-tls-cert and --grpc-tls-key go together (and --grpc-tls-client-ca needs both)")]
     PartialTls,
+    /// A plaintext OTLP endpoint off this machine.
+    #[error(
+        "--otlp-endpoint {0} sends alerts in plaintext over the network: use https:// (with --otlp-ca as needed), \
+         or --otlp-allow-insecure-remote to accept plaintext"
+    )]
+    OtlpInsecureRemote(OtlpEndpoint),
+    /// Half a client identity for the collector.
+    #[error("--otlp-cert and --otlp-key go together")]
+    OtlpPartialIdentity,
+    /// TLS files without a TLS endpoint (or without any endpoint).
+    #[error("--otlp-ca, --otlp-cert and --otlp-key need an https:// --otlp-endpoint")]
+    OtlpTlsWithoutHttps,
     /// `KUBERNETES_SERVICE_HOST`/`_PORT` do not make an endpoint.
     #[error("KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT ({host}:{port}): {source}")]
     ServiceEnv {
@@ -180,6 +197,7 @@ impl ServiceEnv {
 impl Config {
     /// Builds the settings from the merged layers and the pod environment.
     pub fn resolve(layer: ConfigLayer, service_env: &ServiceEnv, hostname: &str) -> Result<Config, ConfigError> {
+        let otlp = otlp(&layer)?;
         let mut token_paths = vec![PathBuf::from(DEFAULT_TOKEN_PATH), PathBuf::from(DEFAULT_TOKEN_PATH_RUN)];
         for TokenPath(path) in layer.token_paths.unwrap_or_default() {
             if !token_paths.contains(&path) {
@@ -221,8 +239,31 @@ impl Config {
             grpc_tls,
             spool_dir: layer.spool_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_SPOOL_DIR)),
             spool_max_bytes: layer.spool_max_mib.unwrap_or(DEFAULT_SPOOL_MAX_MIB).saturating_mul(1 << 20),
+            otlp,
         })
     }
+}
+
+/// The exporter's settings, checked the way `--grpc-listen` is: TLS files
+/// only with `https://`, certificate and key together, and plaintext only on
+/// loopback unless explicitly allowed.
+fn otlp(layer: &ConfigLayer) -> Result<Option<OtlpConfig>, ConfigError> {
+    let identity = match (&layer.otlp_cert, &layer.otlp_key) {
+        (Some(cert), Some(key)) => Some(IdentityFiles { cert: cert.clone(), key: key.clone() }),
+        (None, None) => None,
+        _ => return Err(ConfigError::OtlpPartialIdentity),
+    };
+    let tls_files = identity.is_some() || layer.otlp_ca.is_some();
+    let Some(endpoint) = &layer.otlp_endpoint else {
+        return if tls_files { Err(ConfigError::OtlpTlsWithoutHttps) } else { Ok(None) };
+    };
+    if tls_files && !endpoint.is_tls() {
+        return Err(ConfigError::OtlpTlsWithoutHttps);
+    }
+    if !endpoint.is_tls() && !endpoint.is_local() && layer.otlp_allow_insecure_remote != Some(true) {
+        return Err(ConfigError::OtlpInsecureRemote(endpoint.clone()));
+    }
+    Ok(Some(OtlpConfig { endpoint: endpoint.clone(), ca: layer.otlp_ca.clone(), identity }))
 }
 
 #[cfg(test)]

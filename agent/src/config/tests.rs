@@ -115,3 +115,46 @@ fn grpc_is_loopback_by_default_and_remote_plaintext_needs_consent() {
 fn empty_file_is_an_empty_layer() {
     assert_eq!(yaml("\n").expect("empty"), ConfigLayer::default());
 }
+
+#[test]
+fn otlp_is_off_by_default_and_checked_like_the_grpc_listener() {
+    let resolve = |layer| Config::resolve(layer, &ServiceEnv::default(), "h");
+    assert_eq!(resolve(ConfigLayer::default()).expect("defaults").otlp, None);
+    let endpoint = |url: &str| ConfigLayer { otlp_endpoint: Some(url.parse().expect("url")), ..ConfigLayer::default() };
+
+    let local = resolve(endpoint("http://127.0.0.1:4317")).expect("plaintext on loopback").otlp.expect("on");
+    assert_eq!((local.endpoint.to_string(), local.ca, local.identity), ("http://127.0.0.1:4317".into(), None, None));
+
+    let error = resolve(endpoint("http://collector.observability:4317")).expect_err("plaintext on the network");
+    assert!(error.to_string().contains("--otlp-allow-insecure-remote"), "{error}");
+    let allowed = ConfigLayer { otlp_allow_insecure_remote: Some(true), ..endpoint("http://10.0.0.9:4317") };
+    assert!(resolve(allowed).expect("consented").otlp.is_some());
+
+    let mtls = ConfigLayer {
+        otlp_ca: Some("/ca.pem".into()),
+        otlp_cert: Some("/c.pem".into()),
+        otlp_key: Some("/k.pem".into()),
+        ..endpoint("https://collector:4317")
+    };
+    let config = resolve(mtls.clone()).expect("mtls").otlp.expect("on");
+    assert_eq!(config.ca, Some(PathBuf::from("/ca.pem")));
+    assert_eq!(config.identity.map(|i| (i.cert, i.key)), Some(("/c.pem".into(), "/k.pem".into())));
+    assert!(resolve(endpoint("https://collector:4317")).is_ok(), "https with the system's roots");
+
+    let half = ConfigLayer { otlp_key: None, ..mtls.clone() };
+    assert!(matches!(resolve(half), Err(ConfigError::OtlpPartialIdentity)));
+    let plaintext_with_ca = ConfigLayer { otlp_ca: Some("/ca.pem".into()), ..endpoint("http://127.0.0.1:4317") };
+    assert!(matches!(resolve(plaintext_with_ca), Err(ConfigError::OtlpTlsWithoutHttps)));
+    let no_endpoint = ConfigLayer { otlp_endpoint: None, ..mtls };
+    assert!(matches!(resolve(no_endpoint), Err(ConfigError::OtlpTlsWithoutHttps)));
+}
+
+#[test]
+fn otlp_settings_come_from_the_file_and_a_bad_url_names_its_place() {
+    let layer = yaml("otlp-endpoint: https://collector:4317\notlp-ca: /etc/ca.pem\n").expect("valid");
+    let config = Config::resolve(layer, &ServiceEnv::default(), "h").expect("valid").otlp.expect("on");
+    assert_eq!(config.endpoint.to_string(), "https://collector:4317");
+    let error = yaml("stdout: json\notlp-endpoint: collector:4317\n").expect_err("no scheme").to_string();
+    assert!(error.starts_with("/etc/tokenwatch.yaml:2:"), "{error}");
+    assert!(error.contains("is not http://HOST:PORT or https://HOST:PORT"), "{error}");
+}

@@ -65,6 +65,9 @@ pub enum DaemonError {
     /// The gRPC server failed.
     #[error(transparent)]
     Grpc(#[from] crate::deliver::grpc::GrpcError),
+    /// The OTLP exporter failed (not the collector: its failures are retried).
+    #[error(transparent)]
+    Otlp(#[from] crate::deliver::otlp::OtlpError),
     /// A task panicked.
     #[error("task {0} panicked")]
     Panic(String),
@@ -131,6 +134,10 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     let (listen, tls, log, token) =
         (config.grpc_listen.clone(), config.grpc_tls.clone(), spool.clone(), cancel.clone());
     set.spawn(async move { ("grpc", crate::deliver::grpc::serve(listen, tls, log, token).await.map_err(Into::into)) });
+    if let Some(otlp) = config.otlp.clone() {
+        let (log, token) = (spool.clone(), cancel.clone());
+        set.spawn(async move { ("otlp", crate::deliver::otlp::export(log, otlp, token).await.map_err(Into::into)) });
+    }
     let (log, token) = (spool.clone(), cancel.clone());
     set.spawn(async move { ("spool-sync", tasks::sync_spool(log, token).await) });
     if let Some(logger) = logger {

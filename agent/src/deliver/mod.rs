@@ -1,6 +1,8 @@
-//! The deliver stage: where alerts go. So far, stdout; the gRPC stream and
-//! the collector push come next.
+//! The deliver stage: where alerts go. Every alert is appended to the
+//! delivery log (`spool`) and printed (`stdout`); the gRPC stream (`grpc`)
+//! and the OTLP exporter (`otlp`) read the log, each at its own pace.
 
 pub mod grpc;
+pub mod otlp;
 pub mod spool;
 pub mod stdout;

@@ -265,6 +265,12 @@ impl Spool {
         reader::read_after(&self.inner.shared, after, max)
     }
 
+    /// The spool's directory: readers that keep state of their own (the OTLP
+    /// exporter's position) keep it next to the log it refers to.
+    pub fn dir(&self) -> &Path {
+        &self.inner.shared.dir
+    }
+
     /// The sequence of the last alert appended, or the last one skipped at open; 0 for a spool never written.
     pub fn last_sequence(&self) -> u64 {
         self.inner.shared.last.load(Ordering::Acquire)
