@@ -118,3 +118,59 @@ fn every_alert_reaches_the_collector_across_an_outage_and_an_agent_restart() {
     assert!(stopped.status.success(), "{}", stopped.stderr);
     drop(actor);
 }
+
+#[test]
+#[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test"]
+fn the_exporter_speaks_mutual_tls_and_an_untrusted_exporter_delivers_nothing() {
+    let _serial = support::serialise();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, pem: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).expect("write a PEM file");
+        path.display().to_string()
+    };
+    let (ours, theirs) = (support::pki::Pki::new("collector CA"), support::pki::Pki::new("another CA"));
+    let (server_cert, server_key) = ours.server(&["127.0.0.1"]);
+    let collector = Collector::start_tls(&server_cert, &server_key, Some(&ours.ca_pem));
+    let ca = write("ca.pem", &ours.ca_pem);
+    let cgroup = TestCgroup::create("otlp-tls");
+    let mut actor = Actor::spawn(&cgroup.procs_files());
+    let run = |cert: (String, String), tag: &str| {
+        let (cert, key) = (write(&format!("{tag}.crt"), &cert.0), write(&format!("{tag}.key"), &cert.1));
+        AgentProcess::start(
+            &[
+                "--standalone",
+                "--dedup-window-seconds",
+                "0",
+                "--otlp-endpoint",
+                &collector.endpoint(),
+                "--otlp-ca",
+                &ca,
+                "--otlp-cert",
+                &cert,
+                "--otlp-key",
+                &key,
+            ]
+            .map(str::to_owned),
+        )
+    };
+
+    let trusted = run(ours.client("tokenwatch"), "trusted");
+    actor.must(&format!("open {SA_DIR}/token"));
+    let delivered = support::wait_for(TIMEOUT, || (!collector.records().is_empty()).then_some(()));
+    let stopped = trusted.stop(Signal::SIGTERM);
+    assert!(delivered.is_some(), "nothing reached the collector over mTLS:\n{}", stopped.stderr);
+    assert_eq!(collector.records().len(), 1);
+
+    let untrusted = run(theirs.client("intruder"), "untrusted");
+    actor.must(&format!("open {SA_DIR}/token"));
+    assert!(untrusted.wait_for_log(&["attempt=2"], TIMEOUT), "the refused exporter retries:\n{}", untrusted.stderr());
+    let stopped = untrusted.stop(Signal::SIGTERM);
+    assert_eq!(
+        collector.records().len(),
+        1,
+        "a client certificate from another CA delivers nothing:\n{}",
+        stopped.stderr
+    );
+    drop(actor);
+}

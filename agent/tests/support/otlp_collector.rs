@@ -26,6 +26,7 @@ pub struct Collector {
     records: Arc<Mutex<Vec<LogRecord>>>,
     requests: Arc<Mutex<u64>>,
     running: Option<(Runtime, oneshot::Sender<()>)>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 struct Recorder {
@@ -50,20 +51,37 @@ impl LogsService for Recorder {
 impl Collector {
     /// Starts on a free loopback port.
     pub fn start() -> Collector {
+        Self::start_with(None)
+    }
+
+    /// Starts with TLS: the server's certificate and key (PEM), and with a
+    /// client CA (PEM) mutual TLS, refusing clients it did not sign.
+    pub fn start_tls(cert: &str, key: &str, client_ca: Option<&str>) -> Collector {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+        if let Some(ca) = client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(ca)).client_auth_optional(false);
+        }
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<tonic::transport::ServerTlsConfig>) -> Collector {
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
         let mut collector = Collector {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             records: Arc::default(),
             requests: Arc::default(),
             running: None,
+            tls,
         };
         collector.restart();
         collector
     }
 
-    /// `http://127.0.0.1:PORT`, for `--otlp-endpoint`.
+    /// `http(s)://127.0.0.1:PORT`, for `--otlp-endpoint`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Stops serving: the listener is closed and open connections are cut,
@@ -96,9 +114,13 @@ impl Collector {
             requests: Arc::clone(&self.requests),
         });
         let (shutdown, stopped) = oneshot::channel::<()>();
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &self.tls {
+            builder = builder.tls_config(tls.clone()).expect("the collector's TLS configuration");
+        }
         runtime.spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            let _ = tonic::transport::Server::builder()
+            let _ = builder
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stopped.await;
