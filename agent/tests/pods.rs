@@ -65,6 +65,15 @@ fn replicaset_of(namespace: &str, name: &str, deployment: &str) -> ReplicaSet {
     .expect("a ReplicaSet")
 }
 
+/// The agent on this node of the test's cluster: the harness's runtime, the
+/// in-test API server (through `kubeconfig`), rescans every second.
+fn start_agent(containerd: &Containerd, kubeconfig: &str, extra: &[&str]) -> AgentProcess {
+    let socket = containerd.socket().display().to_string();
+    let base =
+        ["--cri-socket", &socket, "--kubeconfig", kubeconfig, "--node-name", NODE, "--rescan-interval-seconds", "1"];
+    AgentProcess::start(&base.iter().chain(extra).map(|a| (*a).to_owned()).collect::<Vec<_>>())
+}
+
 fn describe(alerts: &[Alert]) -> String {
     alerts.iter().map(|a| serde_json::to_string(a).unwrap_or_default()).collect::<Vec<_>>().join("\n")
 }
@@ -126,19 +135,7 @@ fn token_reads_in_real_pods_carry_pod_container_image_serviceaccount_workload_an
     api.add_pod(api_pod(&doomed, "batch", "batch-5d8f7c9b4"));
 
     let config = support::kubeconfig(containerd.dir(), api.url());
-    let agent = AgentProcess::start(
-        &[
-            "--cri-socket",
-            &containerd.socket().display().to_string(),
-            "--kubeconfig",
-            &config,
-            "--node-name",
-            NODE,
-            "--rescan-interval-seconds",
-            "1",
-        ]
-        .map(str::to_owned),
-    );
+    let agent = start_agent(&containerd, &config, &[]);
     for pod in [&checkout, &doomed] {
         assert!(
             agent.wait_for_log(&["watching token file", &format!("pid={}", pod.pid())], ALERT_TIMEOUT),
@@ -244,21 +241,7 @@ fn a_projected_token_at_its_own_mount_path_is_watched_through_rotations() {
     // Every read counts here: no merging of repeats.
     api.add_pod(api_pod(&pod, "vault-agent", "vault-agent-6b8d9f7c5"));
     let config = support::kubeconfig(containerd.dir(), api.url());
-    let agent = AgentProcess::start(
-        &[
-            "--cri-socket",
-            &containerd.socket().display().to_string(),
-            "--kubeconfig",
-            &config,
-            "--node-name",
-            NODE,
-            "--rescan-interval-seconds",
-            "1",
-            "--dedup-window-seconds",
-            "0",
-        ]
-        .map(str::to_owned),
-    );
+    let agent = start_agent(&containerd, &config, &["--dedup-window-seconds", "0"]);
     // Learnt from the pod spec: the projected volume's mountPath.
     assert!(
         agent.wait_for_log(&["watching token file", "path=/var/run/secrets/tokens/vault-token"], ALERT_TIMEOUT),
@@ -329,21 +312,7 @@ fn a_policy_exception_silences_exactly_what_it_names() {
     )
     .expect("write the policy");
     let config = support::kubeconfig(containerd.dir(), api.url());
-    let agent = AgentProcess::start(
-        &[
-            "--cri-socket",
-            &containerd.socket().display().to_string(),
-            "--kubeconfig",
-            &config,
-            "--node-name",
-            NODE,
-            "--policy",
-            &policy.display().to_string(),
-            "--rescan-interval-seconds",
-            "1",
-        ]
-        .map(str::to_owned),
-    );
+    let agent = start_agent(&containerd, &config, &["--policy", &policy.display().to_string()]);
     for pod in [&checkout, &cart] {
         assert!(
             agent.wait_for_log(&["watching token file", &format!("pid={}", pod.pid())], ALERT_TIMEOUT),
