@@ -93,7 +93,7 @@ fn token_reads_by_every_path_alert_once_each() {
         PROJECTED_TOKEN,
     ]));
     assert!(
-        agent.wait_for_log(&["watching token file", &format!("pid={}", actor.pid)], ALERT_TIMEOUT),
+        agent.wait_for_log(&["watching token file", &support::mount_ns_of(actor.pid)], ALERT_TIMEOUT),
         "the agent never found the actor's token:\n{}",
         agent.stderr()
     );

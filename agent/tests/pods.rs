@@ -138,7 +138,7 @@ fn token_reads_in_real_pods_carry_pod_container_image_serviceaccount_workload_an
     let agent = start_agent(&containerd, &config, &[]);
     for pod in [&checkout, &doomed] {
         assert!(
-            agent.wait_for_log(&["watching token file", &format!("pid={}", pod.pid())], ALERT_TIMEOUT),
+            agent.wait_for_log(&["watching token file", &support::mount_ns_of(pod.pid())], ALERT_TIMEOUT),
             "the agent never found the token of pod {}:\n{}",
             pod.spec().name,
             agent.stderr()
@@ -315,7 +315,7 @@ fn a_policy_exception_silences_exactly_what_it_names() {
     let agent = start_agent(&containerd, &config, &["--policy", &policy.display().to_string()]);
     for pod in [&checkout, &cart] {
         assert!(
-            agent.wait_for_log(&["watching token file", &format!("pid={}", pod.pid())], ALERT_TIMEOUT),
+            agent.wait_for_log(&["watching token file", &support::mount_ns_of(pod.pid())], ALERT_TIMEOUT),
             "{}",
             agent.stderr()
         );

@@ -32,6 +32,15 @@ pub fn serialise() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The `mount_ns=<inode>` the agent logs when it watches a token found in
+/// the mount namespace of `pid`. (The log names the lowest pid it met in
+/// that namespace, which after pid wrap-around need not be `pid`.)
+pub fn mount_ns_of(pid: u32) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let ns = std::fs::metadata(format!("/proc/{pid}/ns/mnt")).expect("the process's mount namespace");
+    format!("mount_ns={}", ns.ino())
+}
+
 /// Writes a kubeconfig for the in-test API server (plain HTTP on loopback,
 /// no credentials) into `dir`; returns its path.
 pub fn kubeconfig(dir: &Path, server: &str) -> String {
