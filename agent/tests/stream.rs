@@ -111,7 +111,10 @@ fn a_stalled_subscriber_does_not_delay_another() {
     let _serial = support::serialise();
     let cgroup = TestCgroup::create("stall");
     let mut actor = Actor::spawn(&cgroup.procs_files());
-    let agent = AgentProcess::start(&strings(&["--standalone", "--dedup-window-seconds", "0"]));
+    // 8 MiB of ring buffer holds the whole burst: every read becomes an
+    // alert however the agent is scheduled, so the count below is exact.
+    let agent =
+        AgentProcess::start(&strings(&["--standalone", "--dedup-window-seconds", "0", "--ring-buffer-kib", "8192"]));
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let socket = agent.grpc_socket();
     let follow = SubscribeRequest { follow: true, ..SubscribeRequest::default() };
@@ -141,9 +144,9 @@ fn a_stalled_subscriber_does_not_delay_another() {
         }
         count
     });
-    assert_eq!(received, READS, "the reading subscriber got every alert while the other stalled");
     drop(stalled);
     let stopped = agent.stop(Signal::SIGTERM);
+    assert_eq!(received, READS, "the reading subscriber got every alert while the other stalled:\n{}", stopped.stderr);
     assert!(stopped.status.success(), "shut down cleanly with a stalled subscriber:\n{}", stopped.stderr);
     drop(actor);
 }

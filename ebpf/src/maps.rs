@@ -7,7 +7,8 @@ use aya_ebpf::{
 };
 use tokenwatch_common::{Counter, DevWatch, EndpointKey, FileKey, KernelOffsets};
 
-/// Matched events for userspace. 1 MiB holds about 450 open events.
+/// Matched events for userspace; the agent sets the size at load
+/// (`--ring-buffer-kib`, 8 MiB by default: about 3,600 open events).
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 

@@ -67,7 +67,7 @@ pub struct AgentArgs {
     pub node_name: Option<String>,
 
     /// Size of the kernel-to-agent ring buffer in KiB (a power of two);
-    /// matched events beyond it are dropped and counted [default: 1024].
+    /// matched events beyond it are dropped and counted [default: 8192].
     #[arg(long, env = "TOKENWATCH_RING_BUFFER_KIB", value_name = "KIB")]
     pub ring_buffer_kib: Option<RingBufferKib>,
 
