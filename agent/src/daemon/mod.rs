@@ -27,7 +27,6 @@ use crate::{
         cri::CriCache,
         enrich::{Enricher, PodSource},
         kube::KubeError,
-        token_files,
     },
 };
 
@@ -188,6 +187,3 @@ fn run_id() -> String {
     let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     format!("{:x}-{:x}", nanos, std::process::id())
 }
-
-/// Re-exported for the scanner's callers.
-pub use token_files::TokenFiles;
