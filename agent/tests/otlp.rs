@@ -124,11 +124,7 @@ fn every_alert_reaches_the_collector_across_an_outage_and_an_agent_restart() {
 fn the_exporter_speaks_mutual_tls_and_an_untrusted_exporter_delivers_nothing() {
     let _serial = support::serialise();
     let dir = tempfile::tempdir().expect("tempdir");
-    let write = |name: &str, pem: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, pem).expect("write a PEM file");
-        path.display().to_string()
-    };
+    let write = |name: &str, pem: &str| support::pki::write_pem(dir.path(), name, pem);
     let (ours, theirs) = (support::pki::Pki::new("collector CA"), support::pki::Pki::new("another CA"));
     let (server_cert, server_key) = ours.server(&["127.0.0.1"]);
     let collector = Collector::start_tls(&server_cert, &server_key, Some(&ours.ca_pem));

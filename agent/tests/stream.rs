@@ -156,11 +156,7 @@ fn a_stalled_subscriber_does_not_delay_another() {
 fn mutual_tls_refuses_clients_without_a_trusted_certificate() {
     let _serial = support::serialise();
     let dir = tempfile::tempdir().expect("tempdir");
-    let write = |name: &str, pem: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, pem).expect("write a PEM file");
-        path.display().to_string()
-    };
+    let write = |name: &str, pem: &str| support::pki::write_pem(dir.path(), name, pem);
     let (ours, theirs) = (support::pki::Pki::new("tokenwatch test CA"), support::pki::Pki::new("another CA"));
     let (server_cert, server_key) = ours.server(&["localhost"]);
     let (client_cert, client_key) = ours.client("siem");

@@ -43,3 +43,10 @@ impl Pki {
         (cert.pem(), key.serialize_pem())
     }
 }
+
+/// Writes `pem` to `dir/name` for a flag that takes a file; returns the path.
+pub fn write_pem(dir: &std::path::Path, name: &str, pem: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, pem).expect("write a PEM file");
+    path.display().to_string()
+}
