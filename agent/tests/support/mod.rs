@@ -16,20 +16,39 @@ pub mod otlp_collector;
 pub mod pki;
 
 use std::{
+    fs::File,
     path::Path,
     sync::{Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
 };
 
-/// Live tests of one binary run one at a time: each agent watches every
-/// mount namespace on the node (so concurrent tests would move each other's
-/// kernel counters), and containerd harnesses share /run/containerd/s and
-/// the kubepods cgroup parents.
+/// Live tests run one at a time, within a test binary and across every
+/// test process on the machine (two checkouts testing at once included):
+/// each agent watches every mount namespace on the node, so concurrent tests
+/// would see each other's tokens and move each other's kernel counters, and
+/// containerd harnesses share /run/containerd/s and the kubepods cgroup
+/// parents.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// The machine-wide lock file behind [`serialise`].
+const LOCK_FILE: &str = "/run/tokenwatch-live-tests.lock";
+
+/// Holds the live-test lock (in-process and machine-wide) for its lifetime.
+pub struct Serial {
+    /// Released when dropped; `flock` locks end with the file.
+    _file: nix::fcntl::Flock<File>,
+    /// The in-process half, so threads of one binary queue without polling.
+    _guard: MutexGuard<'static, ()>,
+}
+
 /// Holds the live-test lock for the caller's scope.
-pub fn serialise() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+pub fn serialise() -> Serial {
+    let guard = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let file = File::options().create(true).truncate(false).write(true).open(LOCK_FILE).expect("the live-test lock file");
+    let file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| errno)
+        .expect("flock on the live-test lock file");
+    Serial { _file: file, _guard: guard }
 }
 
 /// The `mount_ns=<inode>` the agent logs when it watches a token found in
