@@ -1,5 +1,49 @@
 //! Per-CPU counters the programs keep, so operators can see what the kernel
-//! side saw, matched, sent and lost without any event reaching userspace.
+//! side saw, matched, sent and lost, per hook, without any event reaching
+//! userspace. The `COUNTERS` array holds one row of [`Counter`]s per
+//! [`Hook`]: slot `hook * Counter::COUNT + counter` ([`counter_slot`]).
+
+/// The hook a counter row belongs to: one per syscall family the programs
+/// watch, so a drop or a missing entry can be traced to the hook that saw it.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// `open(2)` (entry and exit tracepoints).
+    Open = 0,
+    /// `openat(2)`.
+    Openat = 1,
+    /// `openat2(2)`.
+    Openat2 = 2,
+    /// `connect(2)`.
+    Connect = 3,
+}
+
+impl Hook {
+    /// Rows reserved in `COUNTERS`: room for hooks yet to come, so adding
+    /// one does not change the map's size or any existing slot.
+    pub const ROWS: u32 = 16;
+    /// Every hook, in index order.
+    pub const ALL: [Hook; 4] = [Hook::Open, Hook::Openat, Hook::Openat2, Hook::Connect];
+
+    /// A stable name for logs and metric labels.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Hook::Open => "open",
+            Hook::Openat => "openat",
+            Hook::Openat2 => "openat2",
+            Hook::Connect => "connect",
+        }
+    }
+}
+
+/// Number of slots of the per-CPU `COUNTERS` array.
+pub const COUNTER_SLOTS: u32 = Hook::ROWS * Counter::COUNT;
+
+/// The `COUNTERS` slot of `counter` in `hook`'s row.
+#[inline(always)]
+pub const fn counter_slot(hook: Hook, counter: Counter) -> u32 {
+    hook as u32 * Counter::COUNT + counter as u32
+}
 
 /// One slot of the per-CPU `COUNTERS` array. The discriminant is the index.
 #[repr(u32)]

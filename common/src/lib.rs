@@ -12,7 +12,7 @@ pub mod event;
 pub mod keys;
 pub mod offsets;
 
-pub use counters::Counter;
+pub use counters::{counter_slot, Counter, Hook, COUNTER_SLOTS};
 pub use event::{
     CgroupNames, ConnectEvent, EventHeader, EventKind, OpenEvent, OpenSyscall, ResolvedPath, TaskRef, UnknownValue,
 };

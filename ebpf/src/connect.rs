@@ -7,7 +7,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use aya_log_ebpf::debug;
-use tokenwatch_common::{ConnectEvent, Counter, EndpointKey, EventKind, AF_INET, AF_INET6};
+use tokenwatch_common::{ConnectEvent, Counter, EndpointKey, EventKind, Hook, AF_INET, AF_INET6};
 
 use crate::{
     identity::fill_header,
@@ -30,7 +30,7 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     if is_agent((pid_tgid >> 32) as u32) {
         return 0;
     }
-    count(Counter::ConnectsSeen);
+    count(Hook::Connect, Counter::ConnectsSeen);
     // SAFETY: offsets from the tracepoint's format.
     let (fd, sockaddr) = unsafe { (ctx.read_at::<u64>(16), ctx.read_at::<u64>(24)) };
     let sockaddr = sockaddr.unwrap_or(0);
@@ -68,7 +68,7 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     if unsafe { WATCHED_ENDPOINTS.get(key) }.is_none() {
         return 0;
     }
-    count(Counter::ConnectsMatched);
+    count(Hook::Connect, Counter::ConnectsMatched);
     if PENDING_CONNECTS.insert(pid_tgid as u32, pending, 0).is_err() {
         debug!(&ctx, "pending-connect map update refused for tid {}", pid_tgid as u32);
     }
@@ -87,7 +87,7 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
-        count(Counter::EventsDropped);
+        count(Hook::Connect, Counter::EventsDropped);
         debug!(&ctx, "ring buffer full: API-server connect by tgid {} dropped", (pid_tgid >> 32) as u32);
         return 0;
     };
@@ -103,7 +103,7 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     event.result = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0);
     event.addr = pending.addr;
     entry.submit(0);
-    count(Counter::EventsSent);
+    count(Hook::Connect, Counter::EventsSent);
     0
 }
 

@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     Global,
 };
-use tokenwatch_common::{Counter, DevWatch, EndpointKey, FileKey, KernelOffsets};
+use tokenwatch_common::{counter_slot, Counter, DevWatch, EndpointKey, FileKey, Hook, KernelOffsets, COUNTER_SLOTS};
 
 /// Matched events for userspace; the agent sets the size at load
 /// (`--ring-buffer-kib`, 8 MiB by default: about 3,600 open events).
@@ -25,9 +25,9 @@ pub static WATCHED_FILES: HashMap<FileKey, u32> = HashMap::with_max_entries(1638
 #[map(name = "WATCHED_ENDPOINTS")]
 pub static WATCHED_ENDPOINTS: HashMap<EndpointKey, u32> = HashMap::with_max_entries(1024, 0);
 
-/// Per-CPU counters, indexed by `Counter`.
+/// Per-CPU counters, one row of `Counter`s per `Hook` (`counter_slot`).
 #[map(name = "COUNTERS")]
-pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
 /// Arguments of an open in flight, by thread id. LRU so a thread killed
 /// inside the syscall cannot leak its entry.
@@ -78,10 +78,10 @@ pub struct PendingConnect {
     pub addr: [u8; 16],
 }
 
-/// Adds one to a per-CPU counter.
+/// Adds one to `hook`'s per-CPU `counter`.
 #[inline(always)]
-pub fn count(counter: Counter) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+pub fn count(hook: Hook, counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter_slot(hook, counter)) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *slot += 1 };
     }

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use tokenwatch_common::{
-    Counter, EventKind, FileKey, KernelOffsets, OpenEvent, OpenSyscall, ResolvedPath, DEV_EXACT_FILES,
+    Counter, EventKind, FileKey, Hook, KernelOffsets, OpenEvent, OpenSyscall, ResolvedPath, DEV_EXACT_FILES,
     DEV_TOKEN_VOLUME, TOKEN_NAME_LEN,
 };
 
@@ -57,19 +57,19 @@ pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
-    judge(&ctx);
+    judge(&ctx, Hook::Open);
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
-    judge(&ctx);
+    judge(&ctx, Hook::Openat);
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
-    judge(&ctx);
+    judge(&ctx, Hook::Openat2);
     0
 }
 
@@ -89,7 +89,7 @@ fn remember(ctx: &TracePointContext, syscall: OpenSyscall, dirfd: i32, filename:
 
 /// On exit: resolve the fd, look the file up, and send an event on a hit.
 #[inline(always)]
-fn judge(ctx: &TracePointContext) {
+fn judge(ctx: &TracePointContext, hook: Hook) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     if is_agent((pid_tgid >> 32) as u32) {
@@ -97,11 +97,11 @@ fn judge(ctx: &TracePointContext) {
     }
     // SAFETY: the value is copied out before the entry is removed.
     let Some(pending) = (unsafe { PENDING_OPENS.get(tid) }).copied() else {
-        count(Counter::EntriesMissing);
+        count(hook, Counter::EntriesMissing);
         return;
     };
     let _ = PENDING_OPENS.remove(tid);
-    count(Counter::OpensSeen);
+    count(hook, Counter::OpensSeen);
     // SAFETY: `ret` offset from the tracepoint format.
     let ret = unsafe { ctx.read_at::<i64>(RET) }.unwrap_or(-1);
     if ret < 0 {
@@ -125,9 +125,9 @@ fn judge(ctx: &TracePointContext) {
     if !by_name && (watch.mode & DEV_EXACT_FILES == 0 || unsafe { WATCHED_FILES.get(key) }.is_none()) {
         return;
     }
-    count(Counter::OpensMatched);
+    count(hook, Counter::OpensMatched);
     let Some(mut entry) = EVENTS.reserve::<OpenEvent>(0) else {
-        count(Counter::EventsDropped);
+        count(hook, Counter::EventsDropped);
         debug!(ctx, "ring buffer full: token open by tgid {} dropped", (pid_tgid >> 32) as u32);
         return;
     };
@@ -152,7 +152,7 @@ fn judge(ctx: &TracePointContext) {
     }
     rebuild_path(task, file, &offsets, &mut event.path);
     entry.submit(0);
-    count(Counter::EventsSent);
+    count(hook, Counter::EventsSent);
 }
 
 /// Whether the opened file's name (its dentry's) is `name`.

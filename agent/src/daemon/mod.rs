@@ -151,10 +151,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
         tracing::warn!(%error, "closing the delivery log");
     }
     match hooks.counters() {
-        Ok(counters) => {
-            let summary: Vec<String> = counters.iter().map(|(c, v)| format!("{}={v}", c.name())).collect();
-            tracing::info!(counters = %summary.join(" "), "kernel counters");
-        }
+        Ok(counters) => tracing::info!(counters = %counters.summary(), "kernel counters"),
         Err(error) => tracing::warn!(%error, "reading kernel counters"),
     }
     drop(hooks);

@@ -9,10 +9,11 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use tokenwatch_common::{
-    Counter, EndpointKey, KernelOffsets, AGENT_TGID_GLOBAL, COUNTERS_MAP, EVENTS_MAP, OFFSETS_GLOBAL, WATCHED_DEVS_MAP,
-    WATCHED_ENDPOINTS_MAP, WATCHED_FILES_MAP,
+    counter_slot, Counter, EndpointKey, Hook, KernelOffsets, AGENT_TGID_GLOBAL, COUNTERS_MAP, EVENTS_MAP,
+    OFFSETS_GLOBAL, WATCHED_DEVS_MAP, WATCHED_ENDPOINTS_MAP, WATCHED_FILES_MAP,
 };
 
+use super::counters::{CounterReading, KernelCounters};
 use super::watchlist::FileMaps;
 
 /// The eBPF object built by `build.rs`.
@@ -153,19 +154,21 @@ impl Hooks {
         Ok(&self.attached)
     }
 
-    /// Sums each per-CPU counter.
-    pub fn counters(&self) -> Result<Vec<(Counter, u64)>, LoadError> {
+    /// Every counter of every hook, per CPU, as the kernel has it now.
+    pub fn counters(&self) -> Result<KernelCounters, LoadError> {
         let map = self.ebpf.map(COUNTERS_MAP).ok_or(LoadError::MissingMap(COUNTERS_MAP))?;
         let array =
             PerCpuArray::<_, u64>::try_from(map).map_err(|source| LoadError::Map { name: COUNTERS_MAP, source })?;
-        Counter::ALL
-            .iter()
-            .map(|&counter| {
-                let values =
-                    array.get(&(counter as u32), 0).map_err(|source| LoadError::Map { name: COUNTERS_MAP, source })?;
-                Ok((counter, values.iter().sum()))
-            })
-            .collect()
+        let mut readings = Vec::with_capacity(Hook::ALL.len() * Counter::ALL.len());
+        for hook in Hook::ALL {
+            for counter in Counter::ALL {
+                let values = array
+                    .get(&counter_slot(hook, counter), 0)
+                    .map_err(|source| LoadError::Map { name: COUNTERS_MAP, source })?;
+                readings.push(CounterReading { hook, counter, per_cpu: values.iter().copied().collect() });
+            }
+        }
+        Ok(KernelCounters { readings })
     }
 }
 

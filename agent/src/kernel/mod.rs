@@ -4,11 +4,13 @@
 
 pub mod btf;
 pub mod clock;
+pub mod counters;
 pub mod decode;
 pub mod loader;
 pub mod offsets;
 pub mod reader;
 pub mod watchlist;
 
+pub use counters::{CounterReading, KernelCounters};
 pub use decode::{decode, ConnectRecord, DecodeError, Identity, KernelAncestor, KernelEvent, OpenRecord};
 pub use loader::{Hooks, LoadError};

@@ -1,0 +1,69 @@
+//! The kernel programs' per-CPU counters as the agent reads them: per hook,
+//! per CPU, so a drop can be traced to the hook and the CPU that lost it.
+
+use tokenwatch_common::{Counter, Hook};
+
+/// One counter of one hook, per CPU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CounterReading {
+    /// The hook whose row this is.
+    pub hook: Hook,
+    /// Which counter.
+    pub counter: Counter,
+    /// The value on each possible CPU, in CPU order.
+    pub per_cpu: Vec<u64>,
+}
+
+impl CounterReading {
+    /// The sum over CPUs.
+    pub fn total(&self) -> u64 {
+        self.per_cpu.iter().sum()
+    }
+}
+
+/// A snapshot of every counter of every hook.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    /// One reading per (hook, counter), hooks in index order.
+    pub readings: Vec<CounterReading>,
+}
+
+impl KernelCounters {
+    /// `counter` summed over every hook and CPU.
+    pub fn total(&self, counter: Counter) -> u64 {
+        self.readings.iter().filter(|r| r.counter == counter).map(CounterReading::total).sum()
+    }
+
+    /// `counter=total` for each counter, then `hook.counter=total` for each
+    /// non-zero reading: one log line that answers "what did the kernel see".
+    pub fn summary(&self) -> String {
+        let totals = Counter::ALL.iter().map(|&c| format!("{}={}", c.name(), self.total(c)));
+        let per_hook = self
+            .readings
+            .iter()
+            .filter(|r| r.total() != 0)
+            .map(|r| format!("{}.{}={}", r.hook.name(), r.counter.name(), r.total()));
+        totals.chain(per_hook).collect::<Vec<_>>().join(" ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_sum_over_hooks_and_cpus_and_the_summary_names_nonzero_rows() {
+        let counters = KernelCounters {
+            readings: vec![
+                CounterReading { hook: Hook::Openat, counter: Counter::EventsDropped, per_cpu: vec![2, 3] },
+                CounterReading { hook: Hook::Connect, counter: Counter::EventsDropped, per_cpu: vec![0, 1] },
+                CounterReading { hook: Hook::Open, counter: Counter::EventsSent, per_cpu: vec![0, 0] },
+            ],
+        };
+        assert_eq!(counters.total(Counter::EventsDropped), 6);
+        let summary = counters.summary();
+        assert!(summary.starts_with("opens_seen=0 "), "{summary}");
+        assert!(summary.contains(" events_dropped=6 "), "{summary}");
+        assert!(summary.ends_with("openat.events_dropped=5 connect.events_dropped=1"), "{summary}");
+    }
+}
