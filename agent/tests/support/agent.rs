@@ -85,6 +85,11 @@ impl AgentProcess {
         }
     }
 
+    /// The agent's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The gRPC socket, when the test did not choose the address.
     pub fn grpc_socket(&self) -> std::path::PathBuf {
         self.dir.path().join("grpc.sock")

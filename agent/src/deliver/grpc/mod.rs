@@ -84,6 +84,7 @@ pub async fn serve(
                 .await
                 .map_err(|source| GrpcError::Listen { listen: listen.clone(), source })?;
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            serving(true);
             router.serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()).await?;
         }
         Listen::Unix(path) => {
@@ -91,10 +92,18 @@ pub async fn serve(
             let listener = tokio::net::UnixListener::bind(path)
                 .map_err(|source| GrpcError::Listen { listen: listen.clone(), source })?;
             let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+            serving(true);
             router.serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()).await?;
         }
     }
+    serving(false);
     Ok(())
+}
+
+/// Tells the probes (`/readyz`) whether the listener is bound and serving;
+/// the health service says SERVING from the same moment.
+fn serving(up: bool) {
+    crate::metrics::global().grpc_serving.store(up, std::sync::atomic::Ordering::Relaxed);
 }
 
 fn tls_config(tls: &TlsFiles) -> Result<ServerTlsConfig, GrpcError> {
