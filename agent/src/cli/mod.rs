@@ -82,7 +82,7 @@ pub struct AgentArgs {
     pub kubeconfig: Option<PathBuf>,
 
     /// The detection policy (YAML: per-rule settings and exceptions)
-    /// [default: the shipped deploy/policy/default.yaml].
+    /// [default: the shipped deploy/base/policy/default.yaml].
     #[arg(long, env = "TOKENWATCH_POLICY", value_name = "FILE")]
     pub policy: Option<PathBuf>,
 

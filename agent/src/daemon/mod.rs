@@ -41,7 +41,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Offsets(#[from] OffsetsError),
     /// The hooks could not be loaded or attached.
-    #[error("{0} (the agent needs root, or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN)")]
+    #[error("{0} (the agent needs CAP_BPF and CAP_PERFMON; see deploy/README.md)")]
     Load(#[from] LoadError),
     /// A watch map update was refused.
     #[error(transparent)]

@@ -12,6 +12,7 @@ pub mod agent;
 pub mod cgroup;
 pub mod cri;
 pub mod fake_apiserver;
+pub mod manifests;
 pub mod otlp_collector;
 pub mod pki;
 
