@@ -5,6 +5,7 @@ use std::{fmt::Write, sync::atomic::Ordering};
 use tokenwatch_common::Counter;
 
 use super::Metrics;
+use crate::{deliver::spool::Spool, detect::policy::Policy};
 
 /// Renders every metric. Families with no samples yet are still declared,
 /// so a dashboard sees the name before the first alert.
@@ -15,19 +16,12 @@ pub fn render(metrics: &Metrics) -> String {
     for ((rule, severity), count) in metrics.alerts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter() {
         out.sample("tokenwatch_alerts_total", &[("rule", rule), ("severity", severity)], *count);
     }
-    out.family(
-        "tokenwatch_policy_suppressed_total",
-        "counter",
-        "Alerts dropped by a policy exception, by exception id.",
-    );
     if let Some(sources) = metrics.sources.get() {
-        for (id, _reason, count) in sources.policy.suppression_counts() {
-            out.sample("tokenwatch_policy_suppressed_total", &[("exception", &id)], count);
-        }
+        policy(&sources.policy, &mut out);
+        spool(metrics, &sources.spool, &mut out);
     }
     out.family("tokenwatch_grpc_subscribers", "gauge", "gRPC subscribers connected now.");
     out.sample("tokenwatch_grpc_subscribers", &[], metrics.subscribers.load(Ordering::Relaxed));
-    spool(metrics, &mut out);
     caches(metrics, &mut out);
     out.family("tokenwatch_ready", "gauge", "1 when the hooks are attached and the gRPC server serves.");
     out.sample("tokenwatch_ready", &[], u64::from(metrics.ready()));
@@ -63,10 +57,17 @@ fn kernel(metrics: &Metrics, out: &mut Out) {
     }
 }
 
+/// Suppressions per policy exception.
+fn policy(policy: &Policy, out: &mut Out) {
+    const NAME: &str = "tokenwatch_policy_suppressed_total";
+    out.family(NAME, "counter", "Alerts dropped by a policy exception, by exception id.");
+    for (id, _reason, count) in policy.suppression_counts() {
+        out.sample(NAME, &[("exception", &id)], count);
+    }
+}
+
 /// The delivery log's depth and health, and the OTLP exporter's lag.
-fn spool(metrics: &Metrics, out: &mut Out) {
-    let Some(sources) = metrics.sources.get() else { return };
-    let log = &sources.spool;
+fn spool(metrics: &Metrics, log: &Spool, out: &mut Out) {
     let (last, oldest, stats) = (log.last_sequence(), log.oldest_sequence(), log.stats());
     let held = oldest.map_or(0, |oldest| last.saturating_sub(oldest) + 1);
     let gauges = [
@@ -141,6 +142,37 @@ fn escape(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn suppressions_spool_depth_and_export_lag_are_read_from_their_sources() {
+        let text = "exceptions:\n  - id: ci-bots\n    reason: r\n    namespaces: [ci]\n";
+        let policy = Policy::parse(std::path::Path::new("p.yaml"), text).expect("a policy");
+        let mut alert = tokenwatch_proto::v1::Alert {
+            rule: "token-read".to_owned(),
+            kubernetes: Some(tokenwatch_proto::v1::KubernetesContext {
+                namespace: "ci".to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(matches!(policy.judge(&alert), crate::detect::policy::Verdict::Suppressed { .. }));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = Spool::open(dir.path(), 1 << 20, 1 << 16, "boot").expect("a spool");
+        for _ in 0..3 {
+            log.append(&mut alert).expect("append");
+        }
+        let metrics = Metrics::default();
+        metrics.otlp_enabled.store(true, Ordering::Relaxed);
+        metrics.otlp_acknowledged.store(1, Ordering::Relaxed);
+        let mut out = Out(String::new());
+        super::policy(&policy, &mut out);
+        spool(&metrics, &log, &mut out);
+        let text = out.0;
+        assert!(text.contains("tokenwatch_policy_suppressed_total{exception=\"ci-bots\"} 1\n"), "{text}");
+        assert!(text.contains("tokenwatch_spool_alerts 3\n"), "{text}");
+        assert!(text.contains("tokenwatch_spool_last_sequence 3\n"), "{text}");
+        assert!(text.contains("tokenwatch_otlp_export_lag 2\n"), "{text}");
+    }
 
     #[test]
     fn label_values_are_escaped() {
