@@ -42,6 +42,7 @@ impl AlertService for AlertStream {
 
     async fn subscribe(&self, request: Request<SubscribeRequest>) -> Result<Response<Responses>, Status> {
         let request = request.into_inner();
+        super::filter::validate(&request).map_err(Status::invalid_argument)?;
         let (tx, rx) = mpsc::channel(BUFFER);
         let (spool, cancel) = (self.spool.clone(), self.cancel.clone());
         tracing::debug!(after = request.after_sequence, follow = request.follow, "subscriber connected");
