@@ -75,6 +75,14 @@ pub enum DaemonError {
     Panic(String),
 }
 
+impl DaemonError {
+    /// Whether the error is the user's input (the policy file), not a
+    /// failure of the agent: the CLI exits 2 for it.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, DaemonError::Policy(_))
+    }
+}
+
 /// The agent's tasks; each reports its name with its result.
 type Tasks = JoinSet<(&'static str, Result<(), DaemonError>)>;
 

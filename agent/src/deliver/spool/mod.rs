@@ -181,6 +181,10 @@ impl Spool {
         }
         let segment_bytes = segment_bytes.clamp(MIN_SEGMENT_BYTES, max_bytes / 2);
         fs::create_dir_all(dir).map_err(|e| SpoolError::io("creating", dir, e))?;
+        // Alerts name pods, processes and paths: readable by the agent alone,
+        // even in a directory someone created with a wider mode.
+        fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(|e| SpoolError::io("restricting", dir, e))?;
         let saved = state::load(dir)?;
         let mut rec = recover::recover(dir)?;
         let mut next = rec.next;
