@@ -146,3 +146,56 @@ fn no_token_value_reaches_a_log_an_alert_or_a_file_and_the_files_are_the_agents_
     assert_eq!(socket_mode.map(|m| m & 0o077), Some(0), "the gRPC socket is the agent's alone: {socket_mode:?}");
     drop(actor);
 }
+
+#[test]
+#[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test"]
+fn a_policy_reload_with_an_error_keeps_the_old_policy_and_says_why() {
+    let _serial = support::serialise();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("policy.yaml");
+    // The actor is this test binary, re-executed: excepted by its exe.
+    let exe = std::env::current_exe().expect("the test binary");
+    let excepting = format!("exceptions:\n  - id: the-actor\n    reason: test\n    binaries: ['{}']\n", exe.display());
+    std::fs::write(&policy, &excepting).expect("write the policy");
+    let cgroup = TestCgroup::create("reload");
+    let mut actor = Actor::spawn(&cgroup.procs_files());
+    let agent = AgentProcess::start(&[
+        "--standalone".into(),
+        "--dedup-window-seconds".into(),
+        "0".into(),
+        "--policy".into(),
+        policy.display().to_string(),
+        "--log".into(),
+        "info,tokenwatch_agent::daemon=debug".into(),
+    ]);
+    let hangup =
+        || nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.pid() as i32), Signal::SIGHUP).expect("SIGHUP");
+    let timeout = Duration::from_secs(15);
+    let suppressed = |n: usize| {
+        support::wait_for(timeout, || (agent.stderr().matches("suppressed by policy").count() >= n).then_some(()))
+            .is_some()
+    };
+    actor.must(&format!("open {SA_DIR}/token"));
+    assert!(suppressed(1), "the exception holds:\n{}", agent.stderr());
+
+    std::fs::write(&policy, "exceptions:\n  - id: broken\n    binaries: [\n").expect("write a broken policy");
+    hangup();
+    let refused = format!("{}:", policy.display());
+    assert!(agent.wait_for_log(&["policy reload refused", &refused], timeout), "{}", agent.stderr());
+    actor.must(&format!("open {SA_DIR}/token"));
+    assert!(suppressed(2), "the old policy stays in force after a bad reload:\n{}", agent.stderr());
+
+    std::fs::write(&policy, "exceptions: []\n").expect("write a policy without exceptions");
+    hangup();
+    assert!(agent.wait_for_log(&["policy reloaded"], timeout), "{}", agent.stderr());
+    actor.must(&format!("open {SA_DIR}/token"));
+    let alerted = agent.wait_for_alerts(timeout, |alerts| {
+        alerts.iter().any(|a| a.process.as_ref().is_some_and(|p| p.pid == actor.pid))
+    });
+    let stopped = agent.stop(Signal::SIGTERM);
+    assert!(alerted, "the new policy alerts on the actor:\n{}", stopped.stderr);
+    let mine = stopped.alerts.iter().filter(|a| a.process.as_ref().is_some_and(|p| p.pid == actor.pid)).count();
+    assert_eq!(mine, 1, "only the read after the good reload alerts");
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    drop(actor);
+}

@@ -3,6 +3,7 @@
 //! failing task cancels it too, and its error is returned).
 
 mod cluster;
+mod reload;
 mod tasks;
 
 use std::{path::Path, sync::Arc, time::SystemTime};
@@ -70,6 +71,9 @@ pub enum DaemonError {
     /// The metrics listener failed.
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    /// A signal handler could not be installed.
+    #[error("installing the {0} handler: {1}")]
+    Signal(&'static str, std::io::Error),
     /// A task panicked.
     #[error("task {0} panicked")]
     Panic(String),
@@ -103,7 +107,8 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     let mut hooks = Hooks::load(&offsets, config.ring_buffer_bytes, debug_logs, own_tgid(&config.host_proc))?;
     let HookMaps { events, files, endpoints, counters, logger } = hooks.take_maps()?;
     let counters = Arc::new(counters);
-    crate::metrics::global().register(Arc::clone(&counters), spool.clone(), Arc::clone(&policy));
+    let (policy_tx, policy) = tokio::sync::watch::channel(policy);
+    crate::metrics::global().register(Arc::clone(&counters), spool.clone(), policy.clone());
     let mut set = Tasks::new();
 
     // The first scan fills the map before the hooks go live, so everything
@@ -148,6 +153,8 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     set.spawn(async move {
         ("pipeline", tasks::pipeline(event_rx, enricher, judge, policy, dedup_window, log, stdout).await)
     });
+    let (path, token) = (config.policy.clone(), cancel.clone());
+    set.spawn(async move { ("policy-reload", reload::reload_policy_on_hangup(path, policy_tx, token).await) });
     let (listen, tls, log, token) =
         (config.grpc_listen.clone(), config.grpc_tls.clone(), spool.clone(), cancel.clone());
     set.spawn(async move { ("grpc", crate::deliver::grpc::serve(listen, tls, log, token).await.map_err(Into::into)) });

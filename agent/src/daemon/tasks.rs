@@ -113,7 +113,7 @@ pub async fn pipeline(
     mut events: mpsc::Receiver<KernelEvent>,
     enricher: Enricher,
     mut judge: Judge,
-    policy: Arc<Policy>,
+    policy: watch::Receiver<Arc<Policy>>,
     dedup_window: Duration,
     spool: Spool,
     format: StdoutFormat,
@@ -127,7 +127,7 @@ pub async fn pipeline(
                 let Some(event) = event else { break };
                 let enrichment = enricher.enrich(&event).await;
                 for alert in judge.judge(&event, &enrichment) {
-                    let Some(alert) = apply(&policy, alert) else { continue };
+                    let Some(alert) = apply(&policy.borrow(), alert) else { continue };
                     let out = match dedup.as_mut() {
                         Some(dedup) => dedup.offer(alert, Instant::now()),
                         None => Some(alert),
@@ -147,7 +147,7 @@ pub async fn pipeline(
     for alert in dedup.as_mut().map(Deduper::flush_all).unwrap_or_default() {
         sink.write(&alert).await?;
     }
-    for (id, reason, count) in policy.suppression_counts() {
+    for (id, reason, count) in policy.borrow().suppression_counts() {
         tracing::info!(exception = %id, %reason, suppressed = count, "policy exception");
     }
     Ok(())

@@ -57,8 +57,8 @@ struct Sources {
     kernel: Arc<CounterMap>,
     /// The delivery log (depth, size, damage).
     spool: Spool,
-    /// The policy (suppressions per exception).
-    policy: Arc<Policy>,
+    /// The policy in force (suppressions per exception); a reload replaces it.
+    policy: tokio::sync::watch::Receiver<Arc<Policy>>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
@@ -77,7 +77,7 @@ impl Metrics {
 
     /// Registers the sources read at scrape time. The first registration
     /// wins: one daemon runs per process.
-    pub fn register(&self, kernel: Arc<CounterMap>, spool: Spool, policy: Arc<Policy>) {
+    pub fn register(&self, kernel: Arc<CounterMap>, spool: Spool, policy: tokio::sync::watch::Receiver<Arc<Policy>>) {
         let _ = self.sources.set(Sources { kernel, spool, policy });
     }
 

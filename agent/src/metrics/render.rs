@@ -17,7 +17,7 @@ pub fn render(metrics: &Metrics) -> String {
         out.sample("tokenwatch_alerts_total", &[("rule", rule), ("severity", severity)], *count);
     }
     if let Some(sources) = metrics.sources.get() {
-        policy(&sources.policy, &mut out);
+        policy(&sources.policy.borrow(), &mut out);
         spool(metrics, &sources.spool, &mut out);
     }
     out.family("tokenwatch_grpc_subscribers", "gauge", "gRPC subscribers connected now.");
