@@ -199,3 +199,51 @@ fn a_policy_reload_with_an_error_keeps_the_old_policy_and_says_why() {
     assert!(stopped.status.success(), "{}", stopped.stderr);
     drop(actor);
 }
+
+#[test]
+#[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test"]
+fn after_sigkill_mid_flow_every_alert_written_is_delivered_and_numbering_goes_on() {
+    let _serial = support::serialise();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool").display().to_string();
+    let cgroup = TestCgroup::create("crash");
+    let mut actor = Actor::spawn(&cgroup.procs_files());
+    let start = |socket: &str| {
+        AgentProcess::start(&[
+            "--standalone".into(),
+            "--dedup-window-seconds".into(),
+            "0".into(),
+            "--spool-dir".into(),
+            spool.clone(),
+            "--grpc-listen".into(),
+            format!("unix:{}", dir.path().join(socket).display()),
+        ])
+    };
+    let first = start("first.sock");
+    actor.must(&format!("open-many {SA_DIR}/token 3000"));
+    let flowing = first.wait_for_alerts(Duration::from_secs(15), |alerts| alerts.len() >= 100);
+    let killed = first.stop(Signal::SIGKILL);
+    assert!(flowing, "alerts were flowing:\n{}", killed.stderr);
+    let printed = killed.alerts.len();
+    assert!(printed < 3000, "the kill came while alerts were still flowing ({printed} of 3000 printed)");
+    // Printed on stdout means appended to the delivery log first.
+    let printed_ids: Vec<(u64, String)> = killed.alerts.iter().map(|a| (a.sequence, a.id.clone())).collect();
+
+    let second = start("second.sock");
+    let held = support::agent::held_alerts(&dir.path().join("second.sock"), &[]);
+    let held_ids: std::collections::BTreeMap<u64, &str> = held.iter().map(|a| (a.sequence, a.id.as_str())).collect();
+    for (sequence, id) in &printed_ids {
+        assert_eq!(held_ids.get(sequence), Some(&id.as_str()), "alert {sequence} was written, then lost by SIGKILL");
+    }
+    let sequences: Vec<u64> = held.iter().map(|a| a.sequence).collect();
+    let expected: Vec<u64> = (1..=sequences.len() as u64).collect();
+    assert_eq!(sequences, expected, "the log reads back whole, without gaps ({printed} printed before the kill)");
+    actor.must(&format!("open {SA_DIR}/token"));
+    let mine = |a: &tokenwatch_proto::v1::Alert| {
+        a.process.as_ref().is_some_and(|p| p.pid == actor.pid) && a.sequence > sequences.len() as u64
+    };
+    let resumed = second.wait_for_alerts(Duration::from_secs(15), |alerts| alerts.iter().any(mine));
+    let stopped = second.stop(Signal::SIGTERM);
+    assert!(resumed, "after the restart new alerts number on from {}:\n{}", sequences.len(), stopped.stderr);
+    drop(actor);
+}

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
 use nix::sys::signal::Signal;
 use support::{
@@ -23,19 +23,7 @@ fn strings(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| (*s).to_owned()).collect()
 }
 
-/// `tokenwatch alerts --server unix:<socket> -o json <args>`: what is held.
-fn cli(socket: &Path, args: &[&str]) -> Vec<Alert> {
-    let output = Command::new(env!("CARGO_BIN_EXE_tokenwatch"))
-        .args(["alerts", "--server", &format!("unix:{}", socket.display()), "-o", "json"])
-        .args(args)
-        .output()
-        .expect("run tokenwatch alerts");
-    assert!(output.status.success(), "tokenwatch alerts failed: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not an alert ({e}): {line}")))
-        .collect()
-}
+use support::agent::held_alerts as cli;
 
 fn sequences(alerts: &[Alert]) -> Vec<u64> {
     alerts.iter().map(|a| a.sequence).collect()

@@ -141,6 +141,18 @@ impl Drop for AgentProcess {
     }
 }
 
+/// `tokenwatch alerts --server unix:<socket> -o json <args>`: the alerts
+/// the agent holds (or, with `--follow` and a limit, streams).
+pub fn held_alerts(socket: &std::path::Path, args: &[&str]) -> Vec<Alert> {
+    let output = Command::new(env!("CARGO_BIN_EXE_tokenwatch"))
+        .args(["alerts", "--server", &format!("unix:{}", socket.display()), "-o", "json"])
+        .args(args)
+        .output()
+        .expect("run tokenwatch alerts");
+    assert!(output.status.success(), "tokenwatch alerts failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).lines().map(parse).collect()
+}
+
 fn parse(line: &str) -> Alert {
     serde_json::from_str(line).unwrap_or_else(|e| panic!("stdout line is not an alert ({e}): {line}"))
 }
