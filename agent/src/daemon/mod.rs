@@ -3,6 +3,7 @@
 //! failing task cancels it too, and its error is returned).
 
 mod cluster;
+mod health;
 mod reload;
 mod tasks;
 
@@ -15,7 +16,7 @@ use crate::{
     config::Config,
     deliver::spool::Spool,
     deliver::stdout::StdoutError,
-    detect::{policy::Policy, Judge},
+    detect::{health::HealthAlerts, policy::Policy, Judge},
     kernel::{
         clock::BootClock,
         loader::HookMaps,
@@ -34,6 +35,9 @@ use crate::{
 /// Events queued between the reader and the pipeline. When full, the reader
 /// waits and the kernel ring buffer absorbs (and counts) the excess.
 const EVENT_QUEUE: usize = 4096;
+/// Loss alerts queued for the pipeline: one a second at most, so a few
+/// suffice; the watcher waits when it is full.
+const LOSS_QUEUE: usize = 16;
 
 /// Why the agent stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +131,8 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
         Err(reason) => tracing::warn!(%reason, "no container runtime: alerts will lack container metadata"),
     }
     let enricher = Enricher::new(cri, pods, snapshot_rx, config.host_proc.clone());
+    let spool_health = HealthAlerts::new(config.node_name.clone(), format!("{boot_id}-spool"));
+    let loss_alerts = HealthAlerts::new(config.node_name.clone(), format!("{boot_id}-loss"));
     let judge =
         Judge::new(config.node_name.clone(), boot_id, BootClock::measure(), crate::detect::chain::DEFAULT_WINDOW);
 
@@ -149,10 +155,15 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     });
     let token = cancel.clone();
     set.spawn(async move { ("scanner", scanner.run(config.rescan_interval, snapshot_tx, token).await) });
-    let (dedup_window, stdout, log) = (config.dedup_window, config.stdout, spool.clone());
-    set.spawn(async move {
-        ("pipeline", tasks::pipeline(event_rx, enricher, judge, policy, dedup_window, log, stdout).await)
-    });
+    let (loss_tx, loss_rx) = mpsc::channel(LOSS_QUEUE);
+    let (counters_for_losses, token) = (Arc::clone(&counters), cancel.clone());
+    set.spawn(async move { ("losses", health::watch_losses(counters_for_losses, loss_alerts, loss_tx, token).await) });
+    let dedup_window = config.dedup_window;
+    let health = tasks::Health { losses: loss_rx, alerts: spool_health };
+    let delivery = tasks::Delivery { spool: spool.clone(), format: config.stdout, health };
+    set.spawn(
+        async move { ("pipeline", tasks::pipeline(event_rx, enricher, judge, policy, dedup_window, delivery).await) },
+    );
     let (path, token) = (config.policy.clone(), cancel.clone());
     set.spawn(async move { ("policy-reload", reload::reload_policy_on_hangup(path, policy_tx, token).await) });
     let (listen, tls, log, token) =

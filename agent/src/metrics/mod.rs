@@ -37,6 +37,8 @@ pub struct Metrics {
     pub pod_store_hits: AtomicU64,
     /// Pod lookups for a pod the store does not (yet) know.
     pub pod_store_misses: AtomicU64,
+    /// Alerts the delivery log refused (a full disk): they went to stdout only.
+    pub spool_write_failures: AtomicU64,
     /// gRPC subscribers connected now.
     pub subscribers: AtomicI64,
     /// The last sequence the OTLP collector acknowledged; 0 before any.

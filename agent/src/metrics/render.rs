@@ -83,6 +83,11 @@ fn spool(metrics: &Metrics, log: &Spool, out: &mut Out) {
     let counters = [
         ("tokenwatch_spool_corrupt_reads_total", "Unreadable records met by readers.", stats.corrupt_reads),
         ("tokenwatch_spool_deleted_segments_total", "Segments deleted by the size bound.", stats.deleted_segments),
+        (
+            "tokenwatch_spool_write_failures_total",
+            "Alerts the delivery log refused (disk full?): on stdout only.",
+            metrics.spool_write_failures.load(Ordering::Relaxed),
+        ),
     ];
     for (name, help, value) in counters {
         out.family(name, "counter", help);
