@@ -3,6 +3,7 @@
 //! failing task cancels it too, and its error is returned).
 
 mod cluster;
+mod inventory;
 mod tasks;
 
 use std::{path::Path, sync::Arc, time::SystemTime};
@@ -67,6 +68,9 @@ pub enum DaemonError {
     /// The OTLP exporter failed (not the collector: its failures are retried).
     #[error(transparent)]
     Otlp(#[from] crate::deliver::otlp::OtlpError),
+    /// The inventory's state directory is unusable.
+    #[error(transparent)]
+    Inventory(#[from] crate::inventory::InventoryError),
     /// A task panicked.
     #[error("task {0} panicked")]
     Panic(String),
@@ -87,6 +91,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     let boot_id = run_id();
     let spool = Spool::open(&config.spool_dir, config.spool_max_bytes, SPOOL_SEGMENT_BYTES, &boot_id)?;
     tracing::info!(dir = %config.spool_dir.display(), last_sequence = spool.last_sequence(), "delivery log open");
+    let inventory = crate::inventory::Inventory::open(&config.state_dir, &config.node_name)?;
     let offsets = resolve_running_kernel()?;
     let debug_logs = tracing::enabled!(target: "tokenwatch_ebpf", tracing::Level::DEBUG);
     let mut hooks = Hooks::load(&offsets, config.ring_buffer_bytes, debug_logs)?;
@@ -100,6 +105,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
         PodSource::Api(store) => Some(store.clone()),
         PodSource::Standalone => None,
     };
+    let store_for_inventory = store.clone();
     let mut scanner = tasks::Scanner::new(config.token_paths.clone(), Path::new("/proc").to_owned(), files, store);
     let initial = scanner.scan_once().await?;
     let (snapshot_tx, snapshot_rx) = tokio::sync::watch::channel(Arc::new(initial));
@@ -126,13 +132,18 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     });
     let token = cancel.clone();
     set.spawn(async move { ("scanner", scanner.run(config.rescan_interval, snapshot_tx, token).await) });
-    let (dedup_window, stdout, log) = (config.dedup_window, config.stdout, spool.clone());
+    let (dedup_window, stdout, log, book) = (config.dedup_window, config.stdout, spool.clone(), inventory.clone());
     set.spawn(async move {
-        ("pipeline", tasks::pipeline(event_rx, enricher, judge, policy, dedup_window, log, stdout).await)
+        ("pipeline", tasks::pipeline(event_rx, enricher, judge, policy, dedup_window, log, stdout, book).await)
     });
+    let (book, token) = (inventory.clone(), cancel.clone());
+    set.spawn(async move { ("inventory", inventory::keep(book, store_for_inventory, token).await) });
     let (listen, tls, log, token) =
         (config.grpc_listen.clone(), config.grpc_tls.clone(), spool.clone(), cancel.clone());
-    set.spawn(async move { ("grpc", crate::deliver::grpc::serve(listen, tls, log, token).await.map_err(Into::into)) });
+    let book = inventory.clone();
+    set.spawn(
+        async move { ("grpc", crate::deliver::grpc::serve(listen, tls, log, book, token).await.map_err(Into::into)) },
+    );
     if let Some(otlp) = config.otlp.clone() {
         let (log, token) = (spool.clone(), cancel.clone());
         set.spawn(async move { ("otlp", crate::deliver::otlp::export(log, otlp, token).await.map_err(Into::into)) });
@@ -145,6 +156,10 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     }
 
     let first_error = supervise(set, &cancel).await;
+    // The pipeline has counted its last event: keep all of it.
+    if let Err(error) = inventory.save() {
+        tracing::warn!(%error, "saving the inventory");
+    }
     // Every writer has stopped: mark the log cleanly closed, so the next
     // start continues its sequence exactly.
     if let Err(error) = spool.close() {

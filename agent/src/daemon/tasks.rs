@@ -21,6 +21,7 @@ use crate::{
         policy::{Policy, Verdict},
         Judge,
     },
+    inventory::Inventory,
     kernel::{
         watchlist::{self, FileMaps, Wanted},
         KernelEvent,
@@ -108,7 +109,10 @@ impl Scanner {
 
 /// Enriches, judges, applies the policy, merges repeats and delivers each
 /// event until the reader is done; then delivers the merged counts still
-/// open, so nothing accepted is lost at shutdown.
+/// open, so nothing accepted is lost at shutdown. Every judged event is
+/// counted in the inventory first, before policy and merging, so its counts
+/// are the true ones.
+#[expect(clippy::too_many_arguments, reason = "the pipeline's stages, each handed over once at start")]
 pub async fn pipeline(
     mut events: mpsc::Receiver<KernelEvent>,
     enricher: Enricher,
@@ -117,6 +121,7 @@ pub async fn pipeline(
     dedup_window: Duration,
     spool: Spool,
     format: StdoutFormat,
+    inventory: Inventory,
 ) -> Result<(), DaemonError> {
     let mut sink = Sinks { spool, stdout: StdoutSink::new(format, tokio::io::stdout()) };
     let mut dedup = (!dedup_window.is_zero()).then(|| Deduper::new(dedup_window, dedup::DEFAULT_MAX_KEYS));
@@ -127,6 +132,7 @@ pub async fn pipeline(
                 let Some(event) = event else { break };
                 let enrichment = enricher.enrich(&event).await;
                 for alert in judge.judge(&event, &enrichment) {
+                    inventory.record(&alert);
                     let Some(alert) = apply(&policy, alert) else { continue };
                     let out = match dedup.as_mut() {
                         Some(dedup) => dedup.offer(alert, Instant::now()),

@@ -44,7 +44,8 @@ pub struct Serial {
 /// Holds the live-test lock for the caller's scope.
 pub fn serialise() -> Serial {
     let guard = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
-    let file = File::options().create(true).truncate(false).write(true).open(LOCK_FILE).expect("the live-test lock file");
+    let file =
+        File::options().create(true).truncate(false).write(true).open(LOCK_FILE).expect("the live-test lock file");
     let file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, errno)| errno)
         .expect("flock on the live-test lock file");
