@@ -12,6 +12,9 @@
 //!   their own containerd (own socket, root and state); a system one is never
 //!   used.
 //! * tracefs, where the agent's tracepoints are listed.
+//! * `kubernetes-validate` from PyPI (with pip, and python3 from Debian if
+//!   missing): the advise tests check every Kubernetes object
+//!   `tokenwatch advise` emits against the API's schemas with it.
 
 use std::path::Path;
 use std::process::Command;
@@ -110,6 +113,7 @@ pub fn setup() -> Result<()> {
     install_packages(&missing, &reasons.join("; "), &mut report)?;
     bpf_linker(route, &mut report)?;
     tracefs(&mut report)?;
+    schema_validator(&mut report)?;
 
     let list = |items: &[String]| if items.is_empty() { "nothing".to_owned() } else { items.join(", ") };
     say(format!(
@@ -262,5 +266,50 @@ fn tracefs(report: &mut Report) -> Result<()> {
         bail!("mounted tracefs at {TRACEFS_MOUNT}, but {} is still missing", TRACEFS_EVENTS[0]);
     }
     report.installed.push(format!("tracefs ({TRACEFS_MOUNT})"));
+    Ok(())
+}
+
+/// The PyPI package the advise tests validate Kubernetes objects with.
+const SCHEMA_VALIDATOR: &str = "kubernetes-validate";
+
+/// Whether `python3` can import the schema validator.
+fn schema_validator_present() -> bool {
+    util::probe(Command::new("python3").args(["-c", "import kubernetes_validate"])).is_some_and(|o| o.status.success())
+}
+
+/// Install `kubernetes-validate` with pip unless python3 has it (python3
+/// and pip from Debian first if they are missing).
+fn schema_validator(report: &mut Report) -> Result<()> {
+    if schema_validator_present() {
+        report.present.push(format!("{SCHEMA_VALIDATOR} (PyPI)"));
+        return Ok(());
+    }
+    let why = "the advise tests check every Kubernetes object `tokenwatch advise` emits with kubernetes-validate \
+               --strict, a schema validator from PyPI";
+    let has_pip =
+        util::probe(Command::new("python3").args(["-m", "pip", "--version"])).is_some_and(|o| o.status.success());
+    if !has_pip {
+        install_packages(&["python3", "python3-pip"], why, report)?;
+    }
+    let pip = |extra: &[&str]| {
+        util::probe(Command::new("python3").args(["-m", "pip", "install", "--quiet"]).args(extra).arg(SCHEMA_VALIDATOR))
+    };
+    say(format!("installing {SCHEMA_VALIDATOR} with pip ({why})"));
+    let output = pip(&[]).context("running python3 -m pip")?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if !stderr.contains("externally-managed-environment") {
+            bail!("pip install {SCHEMA_VALIDATOR} failed:\n{stderr}");
+        }
+        // Debian's own python3 refuses pip (PEP 668); this machine is a build box.
+        let output = pip(&["--break-system-packages"]).context("running python3 -m pip")?;
+        if !output.status.success() {
+            bail!("pip install {SCHEMA_VALIDATOR} failed:\n{}", String::from_utf8_lossy(&output.stderr));
+        }
+    }
+    if !schema_validator_present() {
+        bail!("pip installed {SCHEMA_VALIDATOR}, but python3 cannot import kubernetes_validate");
+    }
+    report.installed.push(format!("{SCHEMA_VALIDATOR} (PyPI)"));
     Ok(())
 }

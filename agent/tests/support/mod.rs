@@ -14,6 +14,7 @@ pub mod cri;
 pub mod fake_apiserver;
 pub mod otlp_collector;
 pub mod pki;
+pub mod validate;
 
 use std::{
     fs::File,
