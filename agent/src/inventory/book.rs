@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use pbjson_types::Timestamp;
-use tokenwatch_proto::v1::{Alert, Inventory as InventoryMessage, Usage, WorkloadInventory};
+use tokenwatch_proto::v1::{Alert, Inventory as InventoryMessage, TokenMount, Usage, WorkloadInventory};
 
 use super::merge::{later, max_time, min_time};
 use super::pods::{self, Key};
@@ -16,6 +16,8 @@ use crate::metadata::kube::PodInfo;
 pub const MAX_WORKLOADS: usize = 10_000;
 /// Binaries remembered per kind of use.
 pub const MAX_BINARIES: usize = 32;
+/// How stale a saved `last_pod_seen` may get before a pod sync saves it.
+const LAST_SEEN_SAVE_SECONDS: i64 = 60;
 /// Pod UIDs remembered per workload, so a pod seen again (after a restart of
 /// the agent too) is not counted twice.
 pub const MAX_POD_UIDS: usize = 512;
@@ -116,7 +118,8 @@ impl Book {
             entry.usage.automount_service_account_token = k8s.automount_service_account_token;
         }
         let usage = if reads {
-            entry.usage.token_mounted = true;
+            // Without pods to say how (standalone), a read proves a token.
+            entry.usage.token_mounted |= entry.running == 0 && entry.usage.token_mounts.is_empty();
             entry.usage.token_reads.get_or_insert_with(Usage::default)
         } else {
             entry.usage.api_server_connects.get_or_insert_with(Usage::default)
@@ -126,36 +129,63 @@ impl Book {
         self.dirty = true;
     }
 
-    /// See [`super::Inventory::observe_pods`].
+    /// See [`super::Inventory::observe_pods`]. How the token is mounted is
+    /// what the pods running now say (so a workload already hardened is not
+    /// advised again); a workload with none running keeps what its last
+    /// pods said.
     pub fn observe_pods(&mut self, pods: &[Arc<PodInfo>], now: Timestamp) {
-        let mut running: BTreeMap<Key, u64> = BTreeMap::new();
+        let mut running: BTreeMap<Key, (u64, Vec<TokenMount>, Option<bool>)> = BTreeMap::new();
         let node = self.node.clone();
+        let mut dirty = false;
         for pod in pods {
             let key = Key::of_pod(pod);
             let alive = pod.deleted_at.is_none();
             let Some(entry) = self.entry(key.clone(), now) else { continue };
-            let before = entry.usage.clone();
             let uids_before = entry.pod_uids.len();
+            let labels_before = entry.usage.selector_labels.clone();
             add_pod(entry, &pod.uid, &pod.labels);
-            for mount in pods::token_mounts(pod) {
-                pods::add_mount(&mut entry.usage.token_mounts, mount);
+            dirty |= entry.pod_uids.len() != uids_before || entry.usage.selector_labels != labels_before;
+            if !entry.usage.nodes.contains(&node) {
+                add_node(&mut entry.usage.nodes, &node);
+                dirty = true;
             }
-            entry.usage.token_mounted |= !entry.usage.token_mounts.is_empty();
-            if pod.automount_service_account_token.is_some() {
-                entry.usage.automount_service_account_token = pod.automount_service_account_token;
-            }
-            add_node(&mut entry.usage.nodes, &node);
-            let changed = entry.usage != before || entry.pod_uids.len() != uids_before;
             if alive {
+                // Saved now and then, not at every sync.
+                let stale =
+                    entry.usage.last_pod_seen.is_none_or(|seen| now.seconds - seen.seconds >= LAST_SEEN_SAVE_SECONDS);
+                dirty |= stale;
                 entry.usage.last_pod_seen = Some(now);
-                *running.entry(key).or_default() += 1;
+                let (count, mounts, automount) = running.entry(key).or_default();
+                *count += 1;
+                for mount in pods::token_mounts(pod) {
+                    pods::add_mount(mounts, mount);
+                }
+                *automount = automount.or(pod.automount_service_account_token);
+            } else if entry.running == 0 && entry.usage.token_mounts.is_empty() {
+                // A pod seen only after its deletion still tells how it got its token.
+                for mount in pods::token_mounts(pod) {
+                    pods::add_mount(&mut entry.usage.token_mounts, mount);
+                }
+                entry.usage.token_mounted |= !entry.usage.token_mounts.is_empty();
             }
-            self.dirty |= changed;
         }
+        self.dirty |= dirty;
         for (key, entry) in &mut self.entries {
-            let now_running = running.get(key).copied().unwrap_or(0);
-            self.dirty |= now_running != entry.running;
-            entry.running = now_running;
+            let Some((count, mounts, automount)) = running.remove(key) else {
+                self.dirty |= entry.running != 0;
+                entry.running = 0;
+                continue;
+            };
+            let token_mounted = !mounts.is_empty();
+            let changed = entry.running != count
+                || entry.usage.token_mounts != mounts
+                || entry.usage.token_mounted != token_mounted
+                || entry.usage.automount_service_account_token != automount;
+            self.dirty |= changed;
+            entry.running = count;
+            entry.usage.token_mounts = mounts;
+            entry.usage.token_mounted = token_mounted;
+            entry.usage.automount_service_account_token = automount;
         }
     }
 

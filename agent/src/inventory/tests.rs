@@ -162,10 +162,19 @@ fn pods_make_workloads_that_never_use_their_token_appear_with_how_it_is_mounted(
             (i32::from(TokenMountKind::LegacySecret), "", "ctl-token-ab1cd", 0),
         ]
     );
+    // web is hardened: its new pods come without a token, and say so.
+    let mut hardened = pod("web-def-1", "web", "default", &[]);
+    hardened.containers.iter_mut().for_each(|c| c.token_mounts.clear());
+    hardened.automount_service_account_token = Some(false);
+    inventory.observe_pods(&[Arc::new(hardened)], at(T0 + 8));
+    let web = find(&inventory.snapshot(&[], at(T0 + 9)), "web").clone();
+    assert!(!web.token_mounted && web.token_mounts.is_empty(), "{web:?}");
+    assert_eq!((web.automount_service_account_token, web.pods_seen, web.pods_running), (Some(false), 4, 1));
     // The pods go: nothing runs, the counts stay.
     inventory.observe_pods(&[], at(T0 + 20));
     let snapshot = inventory.snapshot(&["shop".to_owned()], at(T0 + 30));
-    assert_eq!((find(&snapshot, "web").pods_seen, find(&snapshot, "web").pods_running), (3, 0));
+    assert_eq!((find(&snapshot, "web").pods_seen, find(&snapshot, "web").pods_running), (4, 0));
+    assert!(!find(&snapshot, "web").token_mounted, "what the last pods said");
     assert!(inventory.snapshot(&["other".to_owned()], at(T0 + 30)).workloads.is_empty(), "namespace filter");
 }
 

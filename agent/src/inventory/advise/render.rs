@@ -110,12 +110,13 @@ fn header(inventory: &Inventory, options: &AdviseOptions) -> String {
          # Apply one step at a time, in this order (a ServiceAccount change restarts no pod: running pods keep\n\
          # the token they have until they restart, so nothing breaks before step 2):\n\
          #   kubectl apply --server-side --field-manager=tokenwatch-advise -f advice.yaml -l {STEP_LABEL}=STEP\n\
-         #  1. {STEP_SERVICE_ACCOUNTS}: create the dedicated ServiceAccounts, turn automount off where nobody uses it.\n\
-         #  2. Canary: restart ONE pod of each changed workload (kubectl -n NS delete pod POD) and watch it: readiness,\n\
-         #     logs (\"unable to load in-cluster configuration\", \"no configuration has been provided\" mean it needs\n\
-         #     the token), and `tokenwatch alerts --rule token-read`.\n\
-         #  3. {STEP_WORKLOADS}: the pod-template patches roll the rest (kubectl rollout status; kubectl rollout undo\n\
-         #     to go back). Each sets only the fields shown; fold them into the manifests your CD tool applies.\n\
+         #  1. {STEP_SERVICE_ACCOUNTS}: create the dedicated ServiceAccounts, turn automount off on those nobody uses.\n\
+         #  2. Canary: where a ServiceAccount now has automount off, restart ONE pod of each of its workloads\n\
+         #     (kubectl -n NS delete pod POD) and watch it: readiness, logs (\"unable to load in-cluster configuration\",\n\
+         #     \"no configuration has been provided\" mean it needs the token), `tokenwatch alerts --rule token-read`.\n\
+         #  3. {STEP_WORKLOADS}: the pod-template patches (which also move workloads off `default`) roll the rest\n\
+         #     one pod at a time: the first new pod is the canary of the others (kubectl rollout status; kubectl\n\
+         #     rollout undo to go back). Each sets only the fields shown; fold them into the manifests your CD applies.\n\
          #  4. {STEP_NETWORK}: after the token change holds, namespace by namespace. They allow DNS only: tokenwatch\n\
          #     sees API-server connects, not other egress, so add the workload's other destinations first.\n\
          #  5. {STEP_ADMISSION}: the Kyverno ClusterPolicy, last (set validationFailureAction: Audit to try it first).\n",
