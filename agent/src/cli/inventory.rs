@@ -61,11 +61,16 @@ pub enum InventoryCliError {
     Write(#[from] std::io::Error),
 }
 
+/// The largest answer taken from an agent: a full inventory (10,000
+/// workloads) is well past gRPC's default 4 MiB.
+const MAX_ANSWER_BYTES: usize = 64 << 20;
+
 /// Asks every agent for its inventory and merges the answers.
 pub async fn fetch(servers: &[Listen], tls: &TlsArgs, namespaces: &[String]) -> Result<Inventory, InventoryCliError> {
     let mut parts = Vec::new();
     for server in servers {
-        let mut client = InventoryServiceClient::new(connect::channel(server, tls).await?);
+        let mut client = InventoryServiceClient::new(connect::channel(server, tls).await?)
+            .max_decoding_message_size(MAX_ANSWER_BYTES);
         let request = GetInventoryRequest { namespaces: namespaces.to_vec() };
         let answer = client
             .get_inventory(request)
