@@ -62,7 +62,9 @@ pub(super) fn render(inventory: &Inventory, options: &AdviseOptions) -> String {
                 objects::projected_token(&decision.project_legacy, &options.audience, options.token_expiration_seconds);
             if let Some(object) = objects::template_patch(workload, spec) {
                 let why = "uses the API with a legacy Secret token that never expires: a projected token \
-                           (audience, short expiry) at the same path";
+                           (audience, short expiry) at the same path. The mount there changes volume, a field \
+                           another manager owns: apply this one with --force-conflicts, then drop the unmounted \
+                           Secret volume from the manifests";
                 steps[1].push(Document { comments: beside(why), object });
             }
         }
