@@ -18,6 +18,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Agent(args) => run_agent(&args),
         Command::Alerts(args) => run_alerts(&args),
+        Command::Inventory(args) => client(tokenwatch_agent::cli::inventory::run(&args)),
+        Command::Advise(args) => client(tokenwatch_agent::cli::advise::run(&args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -99,6 +101,20 @@ fn run_alerts(args: &tokenwatch_agent::cli::alerts::AlertsArgs) -> anyhow::Resul
         .try_init()?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(tokenwatch_agent::cli::alerts::run(args))?;
+    Ok(())
+}
+
+/// Runs a client command (warnings on stderr, its output on stdout).
+fn client<E: std::error::Error + Send + Sync + 'static>(
+    command: impl std::future::Future<Output = Result<(), E>>,
+) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .finish()
+        .try_init()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(command)?;
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 
 mod cluster;
 mod health;
+mod inventory;
 mod reload;
 mod tasks;
 
@@ -78,6 +79,9 @@ pub enum DaemonError {
     /// A signal handler could not be installed.
     #[error("installing the {0} handler: {1}")]
     Signal(&'static str, std::io::Error),
+    /// The inventory's state directory is unusable.
+    #[error(transparent)]
+    Inventory(#[from] crate::inventory::InventoryError),
     /// A task panicked.
     #[error("task {0} panicked")]
     Panic(String),
@@ -106,6 +110,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     let boot_id = run_id();
     let spool = Spool::open(&config.spool_dir, config.spool_max_bytes, SPOOL_SEGMENT_BYTES, &boot_id)?;
     tracing::info!(dir = %config.spool_dir.display(), last_sequence = spool.last_sequence(), "delivery log open");
+    let inventory = crate::inventory::Inventory::open(&config.state_dir, &config.node_name)?;
     let offsets = resolve_running_kernel()?;
     let debug_logs = tracing::enabled!(target: "tokenwatch_ebpf", tracing::Level::DEBUG);
     let mut hooks = Hooks::load(&offsets, config.ring_buffer_bytes, debug_logs, own_tgid(&config.host_proc))?;
@@ -122,6 +127,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
         PodSource::Api(store) => Some(store.clone()),
         PodSource::Standalone => None,
     };
+    let store_for_inventory = store.clone();
     let mut scanner = tasks::Scanner::new(config.token_paths.clone(), config.host_proc.clone(), files, store);
     let initial = scanner.scan_once().await?;
     let (snapshot_tx, snapshot_rx) = tokio::sync::watch::channel(Arc::new(initial));
@@ -160,15 +166,21 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     set.spawn(async move { ("losses", health::watch_losses(counters_for_losses, loss_alerts, loss_tx, token).await) });
     let dedup_window = config.dedup_window;
     let health = tasks::Health { losses: loss_rx, alerts: spool_health };
-    let delivery = tasks::Delivery { spool: spool.clone(), format: config.stdout, health };
+    let delivery =
+        tasks::Delivery { spool: spool.clone(), format: config.stdout, health, inventory: inventory.clone() };
     set.spawn(
         async move { ("pipeline", tasks::pipeline(event_rx, enricher, judge, policy, dedup_window, delivery).await) },
     );
     let (path, token) = (config.policy.clone(), cancel.clone());
     set.spawn(async move { ("policy-reload", reload::reload_policy_on_hangup(path, policy_tx, token).await) });
+    let (book, token) = (inventory.clone(), cancel.clone());
+    set.spawn(async move { ("inventory", inventory::keep(book, store_for_inventory, token).await) });
     let (listen, tls, log, token) =
         (config.grpc_listen.clone(), config.grpc_tls.clone(), spool.clone(), cancel.clone());
-    set.spawn(async move { ("grpc", crate::deliver::grpc::serve(listen, tls, log, token).await.map_err(Into::into)) });
+    let book = inventory.clone();
+    set.spawn(
+        async move { ("grpc", crate::deliver::grpc::serve(listen, tls, log, book, token).await.map_err(Into::into)) },
+    );
     if let Some(otlp) = config.otlp.clone() {
         crate::metrics::global().otlp_enabled.store(true, std::sync::atomic::Ordering::Relaxed);
         let (log, token) = (spool.clone(), cancel.clone());
@@ -182,6 +194,10 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     }
 
     let first_error = supervise(set, &cancel).await;
+    // The pipeline has counted its last event: keep all of it.
+    if let Err(error) = inventory.save() {
+        tracing::warn!(%error, "saving the inventory");
+    }
     // Every writer has stopped: mark the log cleanly closed, so the next
     // start continues its sequence exactly.
     if let Err(error) = spool.close() {

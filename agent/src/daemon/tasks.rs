@@ -22,6 +22,7 @@ use crate::{
         policy::{Policy, Verdict},
         Judge,
     },
+    inventory::Inventory,
     kernel::{
         watchlist::{self, FileMaps, Wanted},
         KernelEvent,
@@ -109,7 +110,9 @@ impl Scanner {
 
 /// Enriches, judges, applies the policy, merges repeats and delivers each
 /// event until the reader is done; then delivers the merged counts still
-/// open, so nothing accepted is lost at shutdown.
+/// open, so nothing accepted is lost at shutdown. Every judged event is
+/// counted in the inventory first, before policy and merging, so its counts
+/// are the true ones.
 pub async fn pipeline(
     mut events: mpsc::Receiver<KernelEvent>,
     enricher: Enricher,
@@ -118,7 +121,7 @@ pub async fn pipeline(
     dedup_window: Duration,
     delivery: Delivery,
 ) -> Result<(), DaemonError> {
-    let Delivery { spool, format, mut health } = delivery;
+    let Delivery { spool, format, mut health, inventory } = delivery;
     let mut sink = Sinks { spool, stdout: StdoutSink::new(format, tokio::io::stdout()), failing: None };
     let mut dedup = (!dedup_window.is_zero()).then(|| Deduper::new(dedup_window, dedup::DEFAULT_MAX_KEYS));
     loop {
@@ -128,6 +131,7 @@ pub async fn pipeline(
                 let Some(event) = event else { break };
                 let enrichment = enricher.enrich(&event).await;
                 for alert in judge.judge(&event, &enrichment) {
+                    inventory.record(&alert);
                     let Some(alert) = apply(&policy.borrow(), alert) else { continue };
                     let out = match dedup.as_mut() {
                         Some(dedup) => dedup.offer(alert, Instant::now()),
@@ -181,6 +185,9 @@ pub struct Delivery {
     pub format: StdoutFormat,
     /// Loss alerts in, delivery-log alerts out.
     pub health: Health,
+    /// Counts every judged event (before policy and dedup) for the
+    /// token usage inventory.
+    pub inventory: Inventory,
 }
 
 /// What the pipeline needs to report on the agent itself.

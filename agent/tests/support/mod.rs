@@ -15,6 +15,7 @@ pub mod fake_apiserver;
 pub mod manifests;
 pub mod otlp_collector;
 pub mod pki;
+pub mod validate;
 
 use std::{
     fs::File,
