@@ -213,6 +213,7 @@ fn a_full_ring_buffer_drops_are_counted_and_logged_never_silent() {
         "info,tokenwatch_ebpf=debug",
     ]));
     const READS: u64 = 2000;
+    let rss_before = support::rss_kib(agent.pid());
     actor.must(&format!("open-many {SA_DIR}/token {READS}"));
     // Let the pipeline finish what the ring buffer delivered.
     let mut last = usize::MAX;
@@ -226,6 +227,7 @@ fn a_full_ring_buffer_drops_are_counted_and_logged_never_silent() {
     let lost = |alerts: &[Alert]| alerts.iter().any(|a| a.rule == "agent-degraded");
     let reported = agent.wait_for_alerts(ALERT_TIMEOUT, lost);
     std::thread::sleep(Duration::from_millis(1500));
+    let rss_after = support::rss_kib(agent.pid());
     let stopped = agent.stop(Signal::SIGTERM);
     assert!(stopped.status.success(), "agent exit {:?}:\n{}", stopped.status, stopped.stderr);
     assert!(reported, "no agent-degraded alert for the drops:\n{}", stopped.stderr);
@@ -250,6 +252,8 @@ fn a_full_ring_buffer_drops_are_counted_and_logged_never_silent() {
     assert_eq!(delivered, sent, "everything sent reached stdout, including what was queued at shutdown");
     assert_eq!(lost_by_hook.values().sum::<u64>(), dropped, "the alerts account for every drop: {lost_by_hook:?}");
     assert!(lost_by_hook.keys().all(|hook| hook.starts_with("open")), "only the open hooks lost: {lost_by_hook:?}");
+    // Bounded queues and windows: a flood does not grow the agent.
+    assert!(rss_after < rss_before + 32 * 1024, "RSS grew from {rss_before} KiB to {rss_after} KiB in a flood");
     let diagnostic = format!("ring buffer full: token open by tgid {} dropped", actor.pid);
     assert!(stopped.stderr.contains(&diagnostic), "the programs' own debug log reaches the agent's log");
     drop(actor);

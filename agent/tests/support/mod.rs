@@ -121,3 +121,12 @@ pub fn metrics_addr(stderr: &str) -> Option<String> {
     let line = stderr.lines().find(|l| l.contains("metrics and health endpoints listening"))?;
     line.split("addr=").nth(1)?.split_whitespace().next().map(str::to_owned)
 }
+
+/// The resident set of `pid` in KiB (`VmRSS` in /proc/<pid>/status).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process's status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:")?.split_whitespace().next()?.parse().ok())
+        .expect("a VmRSS line")
+}
