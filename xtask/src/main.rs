@@ -5,6 +5,8 @@
 //! * `build [--release]`: setup, then build everything.
 //! * `run [--release] [-- AGENT_ARGS]`: setup, build, run the agent as root.
 //! * `fixtures`: fetch the second kernel's BTF the tests use.
+//! * `soak [--minutes N]`: the release agent under mixed load, sampled for
+//!   memory and file descriptors; fails unless both are flat at the end.
 //! * `image [--tag T] [--archive FILE]`: the agent's container image, from
 //!   scratch with buildah (deploy/image/build.sh).
 //! * `test [--no-lint] [-- CARGO_TEST_ARGS]`: every test, as CI runs it.
@@ -16,6 +18,7 @@ mod compile;
 mod fixtures;
 mod run;
 mod setup;
+mod soak;
 mod test;
 mod util;
 
@@ -67,6 +70,9 @@ enum Task {
     },
     /// Run every test, as CI does (needs root).
     Test(test::TestArgs),
+    /// Setup, build the release agent, then run it under mixed load for a
+    /// bounded time and check its memory and descriptors stay flat (root).
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> ExitCode {
@@ -108,6 +114,14 @@ fn dispatch(task: Task) -> Result<ExitCode> {
             util::say(format!("image {tag} built; publish it with: buildah push {tag} docker://REGISTRY/{tag}"));
         }
         Task::Test(args) => test::test(&args)?,
+        Task::Soak(args) => {
+            if !util::is_root() {
+                anyhow::bail!("cargo xtask soak needs root: the agent loads eBPF programs");
+            }
+            setup::setup()?;
+            let binary = compile::build(true)?;
+            soak::soak(&binary, &args)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
