@@ -169,3 +169,40 @@ fn five_hundred_subscribers_coming_and_going_leave_no_trace_and_the_stream_serve
     assert!(stopped.status.success(), "{}", stopped.stderr);
     drop(actor);
 }
+
+#[test]
+#[ignore = "needs root: runs containerd pods and loads eBPF; run by cargo xtask test"]
+fn after_containerd_restarts_new_containers_are_still_named() {
+    use support::cri::{Containerd, PodSpec};
+    let _serial = support::serialise();
+    let mut containerd = Containerd::start();
+    let agent = AgentProcess::start(&[
+        "--standalone".into(),
+        "--dedup-window-seconds".into(),
+        "0".into(),
+        "--cri-socket".into(),
+        containerd.socket().display().to_string(),
+    ]);
+    let read_in = |pod: &support::cri::Pod<'_>| {
+        assert!(agent.wait_for_log(&[&support::mount_ns_of(pod.pid())], TIMEOUT), "{}", agent.stderr());
+        let (code, _, stderr) = pod.exec(&["cat", "/var/run/secrets/kubernetes.io/serviceaccount/token"]);
+        assert_eq!(code, 0, "{stderr}");
+        let name = pod.spec().name.clone();
+        let of_pod = move |a: &Alert| a.kubernetes.as_ref().is_some_and(|k| k.pod == name);
+        assert!(agent.wait_for_alerts(TIMEOUT, |alerts| alerts.iter().any(&of_pod)), "{}", agent.stderr());
+        agent.alerts().into_iter().find(of_pod).expect("the pod's alert")
+    };
+    let before = containerd.run_pod(&PodSpec::new("before-restart"));
+    let first = read_in(&before);
+    assert!(first.missing.iter().all(|m| !m.starts_with("cri")), "CRI answered: {:?}", first.missing);
+    drop(before);
+    containerd.restart();
+    let after = containerd.run_pod(&PodSpec::new("after-restart"));
+    let second = read_in(&after);
+    let container = second.kubernetes.as_ref().expect("kubernetes context");
+    assert_eq!((container.container.as_str(), container.image.is_empty()), ("main", false), "{second:?}");
+    assert!(second.missing.iter().all(|m| !m.starts_with("cri")), "CRI answered again: {:?}", second.missing);
+    drop(after);
+    let stopped = agent.stop(Signal::SIGTERM);
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+}

@@ -169,6 +169,27 @@ impl Containerd {
         }
     }
 
+    /// Kills containerd (SIGKILL, as a crash) and starts it again on the same
+    /// configuration, socket and state; waits until CRI answers. Running
+    /// containers are left to their shims, as on a real node.
+    pub fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let log = File::options().append(true).open(self.dir.join("containerd.log")).expect("containerd.log");
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(self.dir.join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("cloning the log file"))
+            .stderr(log)
+            .spawn()
+            .expect("restarting containerd");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
     /// The CRI socket (also containerd's own API, for `ctr -a`).
     pub fn socket(&self) -> &Path {
         &self.socket
