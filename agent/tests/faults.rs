@@ -101,11 +101,6 @@ fn a_full_disk_is_reported_in_an_alert_and_a_metric_and_the_log_stays_readable()
     drop(actor);
 }
 
-/// Open file descriptors of `pid`.
-fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(Iterator::count).unwrap_or(0)
-}
-
 #[test]
 #[ignore = "needs root: loads eBPF; run by cargo xtask test"]
 fn five_hundred_subscribers_coming_and_going_leave_no_trace_and_the_stream_serves_on() {
@@ -121,7 +116,7 @@ fn five_hundred_subscribers_coming_and_going_leave_no_trace_and_the_stream_serve
     ]);
     actor.must(&format!("open-many {SA_DIR}/token 20"));
     assert!(agent.wait_for_alerts(TIMEOUT, |a| a.len() >= 20), "{}", agent.stderr());
-    let before = fds(agent.pid());
+    let before = support::fd_count(agent.pid());
     let socket = agent.grpc_socket();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let received: usize = runtime.block_on(async {
@@ -159,8 +154,8 @@ fn five_hundred_subscribers_coming_and_going_leave_no_trace_and_the_stream_serve
         (metric_sample(&text, "tokenwatch_grpc_subscribers") == Some(0)).then_some(())
     });
     assert!(gone.is_some(), "the subscribers gauge returns to 0");
-    let settled = support::wait_for(TIMEOUT, || (fds(agent.pid()) <= before + 2).then_some(()));
-    assert!(settled.is_some(), "file descriptors leaked: {before} before, {} after", fds(agent.pid()));
+    let settled = support::wait_for(TIMEOUT, || (support::fd_count(agent.pid()) <= before + 2).then_some(()));
+    assert!(settled.is_some(), "file descriptors leaked: {before} before, {} after", support::fd_count(agent.pid()));
     // The stream still serves a newcomer, and new alerts still flow.
     actor.must(&format!("openat2 {SA_DIR}/token"));
     let held = held_alerts(&socket, &[]);

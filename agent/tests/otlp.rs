@@ -170,3 +170,46 @@ fn the_exporter_speaks_mutual_tls_and_an_untrusted_exporter_delivers_nothing() {
     );
     drop(actor);
 }
+
+#[test]
+#[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test"]
+fn a_collector_down_for_two_minutes_gets_everything_soon_after_it_returns_and_the_agent_stays_flat() {
+    let _serial = support::serialise();
+    let mut collector = Collector::start();
+    let cgroup = TestCgroup::create("otlp-long");
+    let mut actor = Actor::spawn(&cgroup.procs_files());
+    let agent = AgentProcess::start(&[
+        "--standalone".into(),
+        "--dedup-window-seconds".into(),
+        "0".into(),
+        "--otlp-endpoint".into(),
+        collector.endpoint(),
+    ]);
+    assert!(agent.wait_for_log(&["exporting alerts as OTLP logs"], TIMEOUT), "{}", agent.stderr());
+    collector.stop();
+    let (rss_before, fds_before) = (support::rss_kib(agent.pid()), support::fd_count(agent.pid()));
+    // Two minutes down, alerts coming all along.
+    let mut written = 0;
+    for _ in 0..12 {
+        actor.must(&format!("open-many {SA_DIR}/token {READS}"));
+        written += READS;
+        std::thread::sleep(Duration::from_secs(10));
+    }
+    let (rss_after, fds_after) = (support::rss_kib(agent.pid()), support::fd_count(agent.pid()));
+    assert!(agent.wait_for_alerts(TIMEOUT, |a| a.len() as u64 >= written), "{}", agent.stderr());
+    assert!(collector.sequences().is_empty(), "nothing arrives while the collector is down");
+    collector.restart();
+    // The backoff is capped at 30 s: everything arrives within a minute.
+    let delivered =
+        wait_for(Duration::from_secs(60), || (collector.sequences().len() as u64 >= written).then_some(())).is_some();
+    let stopped = agent.stop(Signal::SIGTERM);
+    assert!(
+        delivered,
+        "after the outage the collector has {} of {written}:\n{}",
+        collector.sequences().len(),
+        stopped.stderr
+    );
+    assert!(rss_after < rss_before + 16 * 1024, "RSS grew from {rss_before} to {rss_after} KiB while retrying");
+    assert!(fds_after <= fds_before + 2, "fds grew from {fds_before} to {fds_after} while retrying");
+    drop(actor);
+}
