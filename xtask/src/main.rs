@@ -5,6 +5,8 @@
 //! * `build [--release]`: setup, then build everything.
 //! * `run [--release] [-- AGENT_ARGS]`: setup, build, run the agent as root.
 //! * `fixtures`: fetch the second kernel's BTF the tests use.
+//! * `bench [--repeats N]`: cost per operation side by side with the floor,
+//!   bpftrace and auditd; writes BENCHMARKS.md.
 //! * `soak [--minutes N]`: the release agent under mixed load, sampled for
 //!   memory and file descriptors; fails unless both are flat at the end.
 //! * `image [--tag T] [--archive FILE]`: the agent's container image, from
@@ -14,6 +16,7 @@
 //! Every step says on stderr what it does and why.
 #![expect(clippy::print_stderr, reason = "xtask's output is its progress report")]
 
+mod bench;
 mod compile;
 mod fixtures;
 mod run;
@@ -70,6 +73,9 @@ enum Task {
     },
     /// Run every test, as CI does (needs root).
     Test(test::TestArgs),
+    /// Setup, build the release agent, then measure what it costs per
+    /// operation side by side with the floor, bpftrace and auditd (root).
+    Bench(bench::BenchArgs),
     /// Setup, build the release agent, then run it under mixed load for a
     /// bounded time and check its memory and descriptors stay flat (root).
     Soak(soak::SoakArgs),
@@ -114,6 +120,15 @@ fn dispatch(task: Task) -> Result<ExitCode> {
             util::say(format!("image {tag} built; publish it with: buildah push {tag} docker://REGISTRY/{tag}"));
         }
         Task::Test(args) => test::test(&args)?,
+        Task::Bench(args) => {
+            if !util::is_root() {
+                anyhow::bail!("cargo xtask bench needs root: it loads eBPF programs and audit rules");
+            }
+            setup::setup()?;
+            setup::bench_tools()?;
+            let binary = compile::build(true)?;
+            bench::bench(&binary, &args)?;
+        }
         Task::Soak(args) => {
             if !util::is_root() {
                 anyhow::bail!("cargo xtask soak needs root: the agent loads eBPF programs");

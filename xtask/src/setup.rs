@@ -41,6 +41,8 @@ const DEPLOY_TEST_PACKAGES: [&str; 1] = ["buildah"];
 /// The Kubernetes schema validator the deploy and advise tests run (from
 /// PyPI), pinned so CI validates against a known schema set.
 const SCHEMA_VALIDATOR: &str = "kubernetes-validate==1.37.0";
+/// The peers `cargo xtask bench` measures tokenwatch against.
+const BENCH_PACKAGES: [&str; 2] = ["bpftrace", "auditd"];
 /// Where the LLVM of `llvm-22-dev` lives.
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// The bpf-linker release line that links aya-ebpf 0.2 objects.
@@ -159,6 +161,15 @@ fn deploy_tools(report: &mut Report) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// What `cargo xtask bench` compares against: bpftrace and auditd, from
+/// Debian. Not part of `setup` itself: tests do not need them.
+pub fn bench_tools() -> Result<()> {
+    let mut report = Report::default();
+    let missing: Vec<&str> =
+        BENCH_PACKAGES.iter().copied().filter(|p| !package_installed(p).unwrap_or(false)).collect();
+    install_packages(&missing, "the benchmark measures bpftrace and auditd side by side with tokenwatch", &mut report)
 }
 
 /// Nightly if rustup's nightly has rust-src, else Debian; says which and why.

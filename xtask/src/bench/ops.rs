@@ -1,0 +1,106 @@
+//! The operations whose cost the hooks add to: each a tight loop of real
+//! syscalls on this machine, timed as a whole and divided.
+
+use std::{
+    ffi::CString,
+    net::{SocketAddr, TcpListener},
+    time::Instant,
+};
+
+/// One operation a workload does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// open(2)+close(2) of a file no hook watches.
+    OpenPlain,
+    /// open+close of the watched token file (every one is a match).
+    OpenToken,
+    /// connect(2)+close to a loopback port nobody watches.
+    ConnectPlain,
+    /// connect+close to the watched API-server address.
+    ConnectApi,
+    /// getpid(2): a syscall none of the hooks is on.
+    Getpid,
+}
+
+impl Op {
+    /// Every operation, in table order.
+    pub const ALL: [Op; 5] = [Op::OpenPlain, Op::OpenToken, Op::ConnectPlain, Op::ConnectApi, Op::Getpid];
+
+    /// The table's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::OpenPlain => "open+close, not watched",
+            Op::OpenToken => "open+close, token file",
+            Op::ConnectPlain => "connect, not watched",
+            Op::ConnectApi => "connect, API server",
+            Op::Getpid => "getpid",
+        }
+    }
+
+    /// How many times one measurement repeats it.
+    fn iterations(self) -> u32 {
+        match self {
+            Op::ConnectPlain | Op::ConnectApi => 20_000,
+            Op::OpenPlain | Op::OpenToken => 100_000,
+            Op::Getpid => 1_000_000,
+        }
+    }
+}
+
+/// What the operations act on.
+pub struct Targets {
+    /// A file nobody watches.
+    pub plain: CString,
+    /// The watched token file.
+    pub token: CString,
+    /// A loopback listener nobody watches.
+    pub plain_listener: TcpListener,
+    /// The watched "API server" (a loopback listener).
+    pub api_listener: TcpListener,
+}
+
+/// Nanoseconds per operation of `op`, one measurement.
+pub fn measure(op: Op, targets: &Targets) -> f64 {
+    let n = op.iterations();
+    let started = Instant::now();
+    match op {
+        Op::OpenPlain => open_close(&targets.plain, n),
+        Op::OpenToken => open_close(&targets.token, n),
+        Op::ConnectPlain => connect_close(&targets.plain_listener, n),
+        Op::ConnectApi => connect_close(&targets.api_listener, n),
+        Op::Getpid => {
+            for _ in 0..n {
+                // SAFETY: getpid has no arguments and cannot fail.
+                unsafe { libc::syscall(libc::SYS_getpid) };
+            }
+        }
+    }
+    started.elapsed().as_nanos() as f64 / f64::from(n)
+}
+
+fn open_close(path: &CString, n: u32) {
+    for _ in 0..n {
+        // SAFETY: a NUL-terminated path; the fd is closed at once.
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        if fd >= 0 {
+            // SAFETY: fd was just opened by us.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+/// Connects and closes `n` times; accepts and drops what queued, so the
+/// backlog never fills.
+fn connect_close(listener: &TcpListener, n: u32) {
+    let addr: SocketAddr = listener.local_addr().expect("a listener address");
+    listener.set_nonblocking(true).expect("non-blocking listener");
+    for i in 0..n {
+        if let Ok(stream) = std::net::TcpStream::connect(addr) {
+            drop(stream);
+        }
+        if i % 64 == 0 {
+            while listener.accept().is_ok() {}
+        }
+    }
+    while listener.accept().is_ok() {}
+}
