@@ -76,6 +76,22 @@ pub struct Running {
 }
 
 impl Running {
+    /// Waits until the configuration's processes have gone idle (their CPU
+    /// time stops moving for 300 ms, at most 20 s): the work an operation
+    /// caused in userspace must not be billed to the next one.
+    pub fn settle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut last = cpu_ticks(&self.children);
+        while Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(300));
+            let now = cpu_ticks(&self.children);
+            if now == last {
+                return;
+            }
+            last = now;
+        }
+    }
+
     /// Stops what was started, in reverse order, and waits for it.
     pub fn stop(mut self) -> Result<()> {
         if self.auditd_rules {
@@ -198,6 +214,20 @@ fn wait_for_line(path: &Path, needle: &str, timeout: Duration) -> Result<()> {
         thread::sleep(Duration::from_millis(100));
     }
     bail!("`{needle}` did not appear in {} within {timeout:?}", path.display())
+}
+
+/// User plus system clock ticks of `children` so far.
+fn cpu_ticks(children: &[Child]) -> u64 {
+    children
+        .iter()
+        .filter_map(|child| fs::read_to_string(format!("/proc/{}/stat", child.id())).ok())
+        .filter_map(|stat| {
+            // Fields after the `(comm)`; utime and stime are the 12th and 13th.
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum()
 }
 
 /// Runs a command, quietly, failing with its stderr.

@@ -96,6 +96,7 @@ pub fn bench(binary: &Path, args: &BenchArgs) -> Result<()> {
             say(format!("bench: repeat {repeat}/{}: {}", args.repeats, config.name()));
             let running = configs::start(config, &setup).with_context(|| format!("starting {}", config.name()))?;
             for op in Op::ALL {
+                running.settle();
                 let value = ops::measure(op, &targets);
                 if let Some(cell) = cells.iter_mut().find(|c| c.config == config && c.op == op) {
                     cell.ns.push(value);
