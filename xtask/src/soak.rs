@@ -135,8 +135,10 @@ pub fn soak(binary: &Path, args: &SoakArgs) -> Result<()> {
     }
 }
 
-/// Whether memory and descriptors stopped growing: the last sample against
-/// the peak of the first half (after a minute of warm-up).
+/// Whether memory and descriptors stopped growing: over the second half,
+/// RSS may not climb faster than 64 KiB a minute (a least-squares slope),
+/// and the last sample may not exceed the first half's peak by more than
+/// 5% and 1 MiB; descriptors may not exceed it by more than 4.
 fn flat(samples: &[Sample]) -> Result<String, String> {
     let (Some(last), true) = (samples.last(), samples.len() >= 4) else {
         return Err(format!("too few samples ({}) to judge; soak longer", samples.len()));
@@ -150,10 +152,28 @@ fn flat(samples: &[Sample]) -> Result<String, String> {
          {} events sent and {} dropped in the kernel",
         last.rss_kib, last.fds, last.operations, last.sent, last.dropped
     );
-    if last.rss_kib > rss_peak + rss_peak / 10 + 4096 || last.fds > fds_peak + 4 {
+    let slope = slope_kib_per_minute(&samples[samples.len() / 2..]);
+    let summary = format!("{summary}; RSS slope over the second half {slope:.0} KiB/min");
+    if slope > 64.0 || last.rss_kib > rss_peak + rss_peak / 20 + 1024 || last.fds > fds_peak + 4 {
         return Err(summary);
     }
     Ok(summary)
+}
+
+/// The least-squares slope of RSS over time, in KiB per minute.
+fn slope_kib_per_minute(samples: &[Sample]) -> f64 {
+    let n = samples.len() as f64;
+    let (sx, sy) = samples.iter().fold((0.0, 0.0), |(x, y), s| (x + s.at as f64, y + s.rss_kib as f64));
+    let (mx, my) = (sx / n, sy / n);
+    let (cov, var) = samples.iter().fold((0.0, 0.0), |(c, v), s| {
+        let dx = s.at as f64 - mx;
+        (c + dx * (s.rss_kib as f64 - my), v + dx * dx)
+    });
+    if var == 0.0 {
+        0.0
+    } else {
+        cov / var * 60.0
+    }
 }
 
 /// The samples as a JSON array.
