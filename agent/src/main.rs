@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Agent(args) => run_agent(&args),
-        Command::Alerts(args) => run_alerts(&args),
+        Command::Alerts(args) => client(tokenwatch_agent::cli::alerts::run(&args)),
         Command::Inventory(args) => client(tokenwatch_agent::cli::inventory::run(&args)),
         Command::Advise(args) => client(tokenwatch_agent::cli::advise::run(&args)),
     };
@@ -109,17 +109,6 @@ fn run_agent(args: &AgentArgs) -> anyhow::Result<()> {
         tokio::spawn(cancel_on_signal(cancel.clone()));
         daemon::run(config, cancel).await
     })?;
-    Ok(())
-}
-
-fn run_alerts(args: &tokenwatch_agent::cli::alerts::AlertsArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::new("warn"))
-        .with_writer(std::io::stderr)
-        .finish()
-        .try_init()?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(tokenwatch_agent::cli::alerts::run(args))?;
     Ok(())
 }
 
