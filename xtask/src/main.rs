@@ -7,13 +7,17 @@
 //! * `fixtures`: fetch the second kernel's BTF the tests use.
 //! * `image [--tag T] [--archive FILE]`: the agent's container image, from
 //!   scratch with buildah (deploy/image/build.sh).
-//! * `test [--no-lint] [-- CARGO_TEST_ARGS]`: every test, as CI runs it.
+//! * `fuzz [--seconds N] [TARGET...]`: the cargo-fuzz targets in `fuzz/`, each
+//!   for N seconds (nightly; installs cargo-fuzz if missing).
+//! * `test [--no-lint] [--no-fuzz] [-- CARGO_TEST_ARGS]`: every test, as CI
+//!   runs it, the fuzz targets briefly included.
 //!
 //! Every step says on stderr what it does and why.
 #![expect(clippy::print_stderr, reason = "xtask's output is its progress report")]
 
 mod compile;
 mod fixtures;
+mod fuzz;
 mod run;
 mod setup;
 mod test;
@@ -67,6 +71,10 @@ enum Task {
     },
     /// Run every test, as CI does (needs root).
     Test(test::TestArgs),
+    /// Fuzz the parsers of hostile input (kernel records, cgroup names,
+    /// policy and configuration files, gRPC requests), each target for a
+    /// bounded time; fails naming the input that crashed one.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> ExitCode {
@@ -108,6 +116,7 @@ fn dispatch(task: Task) -> Result<ExitCode> {
             util::say(format!("image {tag} built; publish it with: buildah push {tag} docker://REGISTRY/{tag}"));
         }
         Task::Test(args) => test::test(&args)?,
+        Task::Fuzz(args) => fuzz::fuzz(&args)?,
     }
     Ok(ExitCode::SUCCESS)
 }
