@@ -94,9 +94,10 @@ pub fn fuzz(args: &FuzzArgs) -> Result<()> {
     for outcome in &outcomes {
         let executions = outcome.executions.map_or_else(|| "?".to_owned(), |n| n.to_string());
         let verdict = match (&outcome.artifact, &outcome.failure) {
-            (Some(artifact), _) => {
-                format!("CRASHED, reproduce with `cargo +nightly fuzz run {} {artifact}`", outcome.target)
-            }
+            (Some(artifact), _) => format!(
+                "CRASHED on {artifact}; reproduce (with the build xtask made) with `{} {artifact}`",
+                util::shell_line(cargo_fuzz(&placeholder, "run").arg(&outcome.target))
+            ),
             (None, Some(failure)) => format!("FAILED: {failure}"),
             (None, None) => "no crash".to_owned(),
         };
