@@ -116,8 +116,22 @@ pub fn fuzz(args: &FuzzArgs) -> Result<()> {
     Ok(())
 }
 
-/// cargo-fuzz on PATH (installed if missing) and rustup's nightly present.
+/// cargo-fuzz on PATH (installed if missing), a C++ compiler (g++ from
+/// Debian if missing) and rustup's nightly present.
 fn ensure_tools() -> Result<()> {
+    if util::which("c++").is_none() {
+        let what = "installing g++";
+        util::run(
+            util::privileged("apt-get", &[], what)?.arg("update"),
+            "refreshing apt's package lists once before installing",
+        )?;
+        util::run(
+            util::privileged("apt-get", &[("DEBIAN_FRONTEND", "noninteractive")], what)?
+                .args(["install", "-y", "--no-install-recommends"])
+                .arg("g++"),
+            "c++ is not on PATH; libfuzzer-sys compiles libFuzzer, which is C++, with it",
+        )?;
+    }
     if util::which("cargo-fuzz").is_none() {
         util::run(
             util::cargo().args(["install", "cargo-fuzz", "--locked"]),
