@@ -11,7 +11,10 @@
 //!   memory and file descriptors; fails unless both are flat at the end.
 //! * `image [--tag T] [--archive FILE]`: the agent's container image, from
 //!   scratch with buildah (deploy/image/build.sh).
-//! * `test [--no-lint] [-- CARGO_TEST_ARGS]`: every test, as CI runs it.
+//! * `fuzz [--seconds N] [TARGET...]`: the cargo-fuzz targets in `fuzz/`, each
+//!   for N seconds (nightly; installs cargo-fuzz if missing).
+//! * `test [--no-lint] [--no-fuzz] [-- CARGO_TEST_ARGS]`: every test, as CI
+//!   runs it, the fuzz targets briefly included.
 //!
 //! Every step says on stderr what it does and why.
 #![expect(clippy::print_stderr, reason = "xtask's output is its progress report")]
@@ -19,6 +22,7 @@
 mod bench;
 mod compile;
 mod fixtures;
+mod fuzz;
 mod run;
 mod setup;
 mod soak;
@@ -79,6 +83,10 @@ enum Task {
     /// Setup, build the release agent, then run it under mixed load for a
     /// bounded time and check its memory and descriptors stay flat (root).
     Soak(soak::SoakArgs),
+    /// Fuzz the parsers of hostile input (kernel records, cgroup names,
+    /// policy and configuration files, gRPC requests), each target for a
+    /// bounded time; fails naming the input that crashed one.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> ExitCode {
@@ -137,6 +145,7 @@ fn dispatch(task: Task) -> Result<ExitCode> {
             let binary = compile::build(true)?;
             soak::soak(&binary, &args)?;
         }
+        Task::Fuzz(args) => fuzz::fuzz(&args)?,
     }
     Ok(ExitCode::SUCCESS)
 }

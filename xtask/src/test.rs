@@ -3,8 +3,10 @@
 //! Steps, each announced, stopping at the first failure: setup, the second
 //! kernel's BTF fixture, `cargo fmt --check`, clippy with warnings denied, and
 //! `cargo test --workspace -- --include-ignored` (the ignored tests are the
-//! ones that need root and the live kernel). The eBPF crate is left out of
-//! `--workspace` (see [`util::HOST_WORKSPACE`]) and linted on its own.
+//! ones that need root and the live kernel), then every fuzz target for
+//! [`CI_FUZZ_SECONDS`] (`cargo xtask fuzz`). The eBPF crate is left out of
+//! `--workspace` (see [`util::HOST_WORKSPACE`]) and linted on its own; the
+//! fuzz crate, a workspace of its own, is format-checked on its own.
 
 use std::path::Path;
 use std::time::Instant;
@@ -12,10 +14,15 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use crate::util::{self, say};
-use crate::{fixtures, setup};
+use crate::{fixtures, fuzz, setup};
 
 /// The environment variable that hands the tests the second kernel's BTF.
 const SECOND_KERNEL_BTF_ENV: &str = "TOKENWATCH_SECOND_KERNEL_BTF";
+
+/// Seconds CI fuzzes each target: enough to run the seeds and some
+/// thousands of mutations of each, so a parser change that panics on
+/// hostile input fails CI; the long runs are `cargo xtask fuzz`'s.
+const CI_FUZZ_SECONDS: u64 = 10;
 
 /// Options of `cargo xtask test`.
 #[derive(clap::Args)]
@@ -23,6 +30,9 @@ pub struct TestArgs {
     /// Skip `cargo fmt --check` and `cargo clippy`.
     #[arg(long)]
     pub no_lint: bool,
+    /// Skip the brief run of the fuzz targets.
+    #[arg(long)]
+    pub no_fuzz: bool,
     /// Arguments for `cargo test`, after `--`: e.g. a test name filter. A
     /// second `--` among them passes what follows to the test binaries.
     #[arg(last = true)]
@@ -65,7 +75,8 @@ pub fn test(args: &TestArgs) -> Result<()> {
 /// The steps, in order.
 fn steps(args: &TestArgs) -> Result<()> {
     let root = util::workspace_root();
-    let mut steps = Steps { current: 0, total: if args.no_lint { 3 } else { 5 } };
+    let total = 3 + if args.no_lint { 0 } else { 2 } + usize::from(!args.no_fuzz);
+    let mut steps = Steps { current: 0, total };
 
     let label = steps.next("setup", "the build needs a BPF compiler and bpf-linker, the tests need tracefs");
     setup::setup().with_context(|| format!("{label} failed"))?;
@@ -79,6 +90,13 @@ fn steps(args: &TestArgs) -> Result<()> {
         let label = steps.next("format", "every file must be as `cargo fmt` leaves it");
         util::run(util::cargo().args(["fmt", "--all", "--", "--check"]), "checking formatting")
             .with_context(|| format!("{label} failed: run `cargo fmt --all` and look at the diff"))?;
+        util::run(
+            util::cargo().args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--", "--check"]),
+            "checking the fuzz crate's formatting (a workspace of its own)",
+        )
+        .with_context(|| {
+            format!("{label} failed: run `cargo fmt --manifest-path fuzz/Cargo.toml` and look at the diff")
+        })?;
 
         let label = steps.next("clippy", "lints of every crate and target, warnings denied");
         util::run(
@@ -95,7 +113,21 @@ fn steps(args: &TestArgs) -> Result<()> {
     }
 
     let label = steps.next("tests", "unit, integration and the ignored root/live-kernel tests");
-    cargo_test(&btf, &args.cargo_test_args).with_context(|| format!("{label} failed: see the test output above"))
+    cargo_test(&btf, &args.cargo_test_args).with_context(|| format!("{label} failed: see the test output above"))?;
+
+    if args.no_fuzz {
+        say("--no-fuzz: skipping the fuzz targets");
+        return Ok(());
+    }
+    let label = steps.next(
+        "fuzz",
+        &format!(
+            "every parser of hostile input, fuzzed {CI_FUZZ_SECONDS} s per target (`cargo xtask fuzz` runs longer)"
+        ),
+    );
+    let targets = fuzz::TARGETS.iter().map(|t| (*t).to_owned()).collect();
+    fuzz::fuzz(&fuzz::FuzzArgs { seconds: CI_FUZZ_SECONDS, targets })
+        .with_context(|| format!("{label} failed: a fuzz target crashed; fix it and add the input as a unit test"))
 }
 
 /// `cargo test --workspace --exclude tokenwatch-ebpf [ARGS] -- --include-ignored [TEST BINARY ARGS]`.
