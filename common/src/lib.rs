@@ -32,8 +32,14 @@ pub const MAX_PATH_COMPONENTS: usize = 20;
 /// Ancestors (parent, grandparent, ...) recorded in the kernel with each
 /// event, so the chain survives processes that exit at once.
 pub const MAX_ANCESTORS: usize = 8;
-/// Bytes kept of a cgroup directory name (a container id is 64 hex digits).
-pub const CGROUP_NAME_LEN: usize = 72;
+/// Bytes kept of a cgroup directory name, NUL included. The systemd cgroup
+/// driver (kubeadm's default) names a container's cgroup
+/// `cri-containerd-<64 hex>.scope` (85 bytes), `crio-<id>.scope` or
+/// `docker-<id>.scope`: all must fit whole, or no container id is found.
+pub const CGROUP_NAME_LEN: usize = 128;
+
+// The longest container cgroup name a runtime makes, with its NUL.
+const _: () = assert!("cri-containerd-".len() + 64 + ".scope".len() < CGROUP_NAME_LEN);
 
 /// `AF_INET`, as every Linux ABI defines it.
 pub const AF_INET: u16 = 2;

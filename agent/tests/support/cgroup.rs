@@ -18,7 +18,12 @@ pub struct TestCgroup {
 impl TestCgroup {
     /// Makes `tokenwatch-test-<pid>-<tag>` in every hierarchy present.
     pub fn create(tag: &str) -> TestCgroup {
-        let name = format!("tokenwatch-test-{}-{tag}", std::process::id());
+        TestCgroup::create_at(&format!("tokenwatch-test-{}-{tag}", std::process::id()))
+    }
+
+    /// A cgroup at `name` (a path relative to each hierarchy's root).
+    fn create_at(name: &str) -> TestCgroup {
+        let name = name.to_owned();
         let unified = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
             .into_iter()
             .map(PathBuf::from)
@@ -39,6 +44,18 @@ impl TestCgroup {
         }
         assert!(!cgroup.dirs.is_empty(), "no cgroup hierarchy found under /sys/fs/cgroup");
         cgroup
+    }
+
+    /// A cgroup `leaf` inside a cgroup `parent`, both named exactly so (as a
+    /// runtime with the systemd driver names them), on every hierarchy
+    /// found. `dirs` lists the parents, then the leaves: a process joins
+    /// the leaf last, and drop removes the leaves first.
+    pub fn create_nested(parent: &str, leaf: &str) -> TestCgroup {
+        let mut outer = TestCgroup::create_at(parent);
+        let mut inner = TestCgroup::create_at(&format!("{parent}/{leaf}"));
+        let mut dirs = std::mem::take(&mut outer.dirs);
+        dirs.append(&mut inner.dirs);
+        TestCgroup { name: leaf.to_owned(), dirs, has_v2: outer.has_v2, has_v1_memory: outer.has_v1_memory }
     }
 
     /// The `cgroup.procs` files a process writes itself into, joined by ':'.
