@@ -1,9 +1,14 @@
-//! tokenwatch's eBPF programs. Syscall tracepoints only: this is what every
-//! kernel the DaemonSet meets can load (no LSM, fentry or kprobes needed).
+//! tokenwatch's eBPF programs. Tracepoints and cgroup socket-address
+//! programs only: what every kernel the DaemonSet meets can load (no LSM,
+//! fentry or kprobes needed).
 //!
 //! * `open`, `openat`, `openat2`: the entry records the arguments per thread;
 //!   the exit resolves the returned fd to its file and looks the file's
 //!   (device, inode) up in `WATCHED_FILES`. Only a hit sends an event.
+//! * `io_uring_submit_req`/`io_uring_complete` (`uring`): opens submitted to
+//!   an io_uring, judged like the syscalls' on completion.
+//! * `connect4`/`connect6` (`sock_addr`, cgroup programs): connects made
+//!   without `connect(2)` (io_uring, TCP Fast Open).
 //! * `connect`: the entry reads the destination and looks it up in
 //!   `WATCHED_ENDPOINTS`; only a hit is remembered, and the exit sends it with
 //!   the result.
@@ -19,6 +24,8 @@ mod identity;
 mod kernel;
 mod maps;
 mod open;
+mod sock_addr;
+mod uring;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -38,6 +38,12 @@ pub static PENDING_OPENS: LruHashMap<u32, PendingOpen> = LruHashMap::with_max_en
 #[map(name = "PENDING_CONNECTS")]
 pub static PENDING_CONNECTS: LruHashMap<u32, PendingConnect> = LruHashMap::with_max_entries(4096, 0);
 
+/// io_uring opens between submission and completion, by request pointer.
+/// LRU: an open whose completion is skipped (`IOSQE_CQE_SKIP_SUCCESS`)
+/// never removes its entry.
+#[map(name = "PENDING_URING_OPENS")]
+pub static PENDING_URING_OPENS: LruHashMap<u64, PendingUringOpen> = LruHashMap::with_max_entries(4096, 0);
+
 /// Kernel struct offsets, written by the agent from BTF before load.
 #[unsafe(no_mangle)]
 pub static KERNEL_OFFSETS: Global<KernelOffsets> =
@@ -62,6 +68,22 @@ pub struct PendingOpen {
     pub dirfd: i32,
     /// `OpenSyscall` discriminant.
     pub syscall: u32,
+}
+
+/// An io_uring open between submission and completion; kernel-only.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingUringOpen {
+    /// What the process passed, as for a syscall.
+    pub open: PendingOpen,
+    /// The ring (`struct io_ring_ctx *`), to tell a recycled request apart.
+    pub ring: u64,
+    /// The request's `user_data`, for the same reason.
+    pub user_data: u64,
+    /// `io_open.file_slot`: non-zero for a direct descriptor.
+    pub file_slot: u32,
+    /// Explicit padding.
+    pub _pad: u32,
 }
 
 /// A watched connect in flight; kernel-only.

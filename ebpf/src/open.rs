@@ -2,9 +2,13 @@
 //! string passed, by resolving the returned fd to its (device, inode).
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user, bpf_probe_read_user_str_bytes},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_probe_read_user_str_bytes,
+    },
     macros::tracepoint,
     programs::TracePointContext,
+    EbpfContext,
 };
 use aya_log_ebpf::debug;
 use tokenwatch_common::{
@@ -107,6 +111,14 @@ fn judge(ctx: &TracePointContext, hook: Hook) {
     if ret < 0 {
         return;
     }
+    report(ctx, hook, &pending, ret);
+}
+
+/// Resolves the new fd `ret` of the current task to its file, looks it up,
+/// and sends an event on a hit. Shared by the syscall exits and io_uring's
+/// completion (whose task shares the submitter's file table).
+#[inline(always)]
+pub fn report<C: EbpfContext>(ctx: &C, hook: Hook, pending: &PendingOpen, ret: i64) {
     let offsets = KERNEL_OFFSETS.load();
     if offsets.ready == 0 {
         return;
@@ -114,6 +126,18 @@ fn judge(ctx: &TracePointContext, hook: Hook) {
     // SAFETY: returns the current task_struct pointer, read only via probes.
     let task = unsafe { bpf_get_current_task() };
     let Some(file) = fd_to_file(task, ret as u64, &offsets) else { return };
+    report_file(ctx, hook, pending, ret, task, file);
+}
+
+/// Looks `file` up and sends an event on a hit; `ret` is what the open
+/// returned (an fd, or a direct descriptor's slot for io_uring).
+#[inline(always)]
+pub fn report_file<C: EbpfContext>(ctx: &C, hook: Hook, pending: &PendingOpen, ret: i64, task: u64, file: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let offsets = KERNEL_OFFSETS.load();
+    if offsets.ready == 0 {
+        return;
+    }
     let Ok(inode) = read_ptr(file, offsets.file_f_inode) else { return };
     let sb = read_ptr(inode, offsets.inode_i_sb).unwrap_or(0);
     let dev = read_u32(sb, offsets.sb_s_dev).unwrap_or(0);
@@ -151,6 +175,14 @@ fn judge(ctx: &TracePointContext, hook: Hook) {
         event.requested_path[0] = 0;
     }
     rebuild_path(task, file, &offsets, &mut event.path);
+    if hook == Hook::IoUring {
+        // An io-wq worker (`iou-wrk-<pid>`) may complete it: name the process.
+        let leader = read_ptr(task, offsets.task_group_leader).unwrap_or(task);
+        // SAFETY: kernel pointer read through the checked helper.
+        if let Ok(comm) = unsafe { bpf_probe_read_kernel((leader + u64::from(offsets.task_comm)) as *const [u8; 16]) } {
+            event.header.comm = comm;
+        }
+    }
     entry.submit(0);
     count(hook, Counter::EventsSent);
 }

@@ -13,23 +13,27 @@ use tokenwatch_common::{
     OFFSETS_GLOBAL, WATCHED_DEVS_MAP, WATCHED_ENDPOINTS_MAP, WATCHED_FILES_MAP,
 };
 
+use super::cgroup_hooks;
 use super::counters::{CounterReading, KernelCounters};
 use super::watchlist::FileMaps;
 
 /// The eBPF object built by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tokenwatch-ebpf"));
 
-/// Every tracepoint, exits first so no exit misses an entry made after it.
-/// `open` is missing on architectures without `open(2)` (arm64): optional.
-const TRACEPOINTS: &[(&str, bool)] = &[
-    ("sys_exit_openat", true),
-    ("sys_exit_openat2", true),
-    ("sys_exit_open", false),
-    ("sys_exit_connect", true),
-    ("sys_enter_openat", true),
-    ("sys_enter_openat2", true),
-    ("sys_enter_open", false),
-    ("sys_enter_connect", true),
+/// Every tracepoint (category, name, required), exits first so no exit
+/// misses an entry made after it. `open` is missing on architectures without
+/// `open(2)` (arm64); io_uring's on kernels built without it: optional.
+const TRACEPOINTS: &[(&str, &str, bool)] = &[
+    ("syscalls", "sys_exit_openat", true),
+    ("syscalls", "sys_exit_openat2", true),
+    ("syscalls", "sys_exit_open", false),
+    ("syscalls", "sys_exit_connect", true),
+    ("io_uring", "io_uring_complete", false),
+    ("syscalls", "sys_enter_openat", true),
+    ("syscalls", "sys_enter_openat2", true),
+    ("syscalls", "sys_enter_open", false),
+    ("syscalls", "sys_enter_connect", true),
+    ("io_uring", "io_uring_submit_req", false),
 ];
 
 /// Where the kernel's trace events are listed, mounted or not.
@@ -49,7 +53,7 @@ pub enum LoadError {
     #[error("the eBPF object has no program `{0}`")]
     MissingProgram(&'static str),
     /// A program failed to load or attach.
-    #[error("tracepoint syscalls/{name}: {source}")]
+    #[error("program {name}: {source}")]
     Program {
         /// The tracepoint.
         name: &'static str,
@@ -57,7 +61,7 @@ pub enum LoadError {
         source: ProgramError,
     },
     /// A required tracepoint does not exist on this kernel.
-    #[error("tracepoint syscalls/{0} does not exist on this kernel")]
+    #[error("tracepoint {0} does not exist on this kernel")]
     MissingTracepoint(&'static str),
     /// A map is missing or of the wrong type.
     #[error("map {name}: {source}")]
@@ -66,6 +70,14 @@ pub enum LoadError {
         name: &'static str,
         /// Why.
         source: MapError,
+    },
+    /// The cgroup2 root could not be opened to attach the connect hooks.
+    #[error("opening the cgroup2 root {path}: {source}")]
+    CgroupRoot {
+        /// The mount point.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
     },
     /// A map is missing from the object.
     #[error("the eBPF object has no map `{0}`")]
@@ -109,9 +121,10 @@ impl Hooks {
         let mut hooks = Hooks { ebpf, attached: Vec::new() };
         // Programs are verified and loaded now, while every map fd they refer
         // to is open; the maps can then be handed to tasks that own them.
-        for &(name, _) in TRACEPOINTS {
+        for &(_, name, _) in TRACEPOINTS {
             hooks.program(name)?.load().map_err(|source| LoadError::Program { name, source })?;
         }
+        cgroup_hooks::load(&mut hooks.ebpf)?;
         Ok(hooks)
     }
 
@@ -140,17 +153,18 @@ impl Hooks {
     /// Attaches every loaded program; returns the tracepoints attached.
     pub fn attach(&mut self) -> Result<&[&'static str], LoadError> {
         ensure_tracefs()?;
-        for &(name, required) in TRACEPOINTS {
-            if !tracepoint_exists(name) {
+        for &(category, name, required) in TRACEPOINTS {
+            if !tracepoint_exists(category, name) {
                 if required {
                     return Err(LoadError::MissingTracepoint(name));
                 }
                 tracing::info!(tracepoint = name, "tracepoint absent on this kernel; skipped");
                 continue;
             }
-            self.program(name)?.attach("syscalls", name).map_err(|source| LoadError::Program { name, source })?;
+            self.program(name)?.attach(category, name).map_err(|source| LoadError::Program { name, source })?;
             self.attached.push(name);
         }
+        self.attached.extend(cgroup_hooks::attach(&mut self.ebpf)?);
         Ok(&self.attached)
     }
 
@@ -180,8 +194,8 @@ where
     T::try_from(map).map_err(|source| LoadError::Map { name, source })
 }
 
-fn tracepoint_exists(name: &str) -> bool {
-    [TRACEFS, DEBUGFS_TRACING].iter().any(|root| Path::new(root).join("events/syscalls").join(name).exists())
+fn tracepoint_exists(category: &str, name: &str) -> bool {
+    [TRACEFS, DEBUGFS_TRACING].iter().any(|root| Path::new(root).join("events").join(category).join(name).exists())
 }
 
 /// Tracepoints are attached by id, read from tracefs; mount it if no one has.
