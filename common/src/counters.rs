@@ -22,6 +22,10 @@ pub enum Hook {
     /// The cgroup `connect4`/`connect6` programs: connects made without
     /// `connect(2)` (io_uring, TCP Fast Open).
     CgroupConnect = 5,
+    /// `open_by_handle_at(2)`.
+    OpenByHandleAt = 6,
+    /// `pidfd_getfd(2)`.
+    PidfdGetfd = 7,
 }
 
 impl Hook {
@@ -29,8 +33,16 @@ impl Hook {
     /// one does not change the map's size or any existing slot.
     pub const ROWS: u32 = 16;
     /// Every hook, in index order.
-    pub const ALL: [Hook; 6] =
-        [Hook::Open, Hook::Openat, Hook::Openat2, Hook::Connect, Hook::IoUring, Hook::CgroupConnect];
+    pub const ALL: [Hook; 8] = [
+        Hook::Open,
+        Hook::Openat,
+        Hook::Openat2,
+        Hook::Connect,
+        Hook::IoUring,
+        Hook::CgroupConnect,
+        Hook::OpenByHandleAt,
+        Hook::PidfdGetfd,
+    ];
 
     /// A stable name for logs and metric labels.
     pub const fn name(self) -> &'static str {
@@ -41,6 +53,8 @@ impl Hook {
             Hook::Connect => "connect",
             Hook::IoUring => "io_uring",
             Hook::CgroupConnect => "cgroup_connect",
+            Hook::OpenByHandleAt => "open_by_handle_at",
+            Hook::PidfdGetfd => "pidfd_getfd",
         }
     }
 }

@@ -43,6 +43,11 @@ pub enum OpenSyscall {
     IoUringOpenat = 4,
     /// `IORING_OP_OPENAT2` submitted to an io_uring.
     IoUringOpenat2 = 5,
+    /// `open_by_handle_at(2)`: no path; `dirfd` is the mount fd.
+    OpenByHandleAt = 6,
+    /// `pidfd_getfd(2)`: an fd copied out of another process; `dirfd` is
+    /// the pidfd.
+    PidfdGetfd = 7,
 }
 
 impl TryFrom<u32> for OpenSyscall {
@@ -54,6 +59,8 @@ impl TryFrom<u32> for OpenSyscall {
             3 => Ok(OpenSyscall::Openat2),
             4 => Ok(OpenSyscall::IoUringOpenat),
             5 => Ok(OpenSyscall::IoUringOpenat2),
+            6 => Ok(OpenSyscall::OpenByHandleAt),
+            7 => Ok(OpenSyscall::PidfdGetfd),
             other => Err(UnknownValue(other)),
         }
     }

@@ -5,6 +5,8 @@
 //! * `open`, `openat`, `openat2`: the entry records the arguments per thread;
 //!   the exit resolves the returned fd to its file and looks the file's
 //!   (device, inode) up in `WATCHED_FILES`. Only a hit sends an event.
+//! * `open_by_handle_at`, `pidfd_getfd` (`fd_sources`): new fds of existing
+//!   files without an open; judged as opens.
 //! * `io_uring_submit_req`/`io_uring_complete` (`uring`): opens submitted to
 //!   an io_uring, judged like the syscalls' on completion.
 //! * `connect4`/`connect6` (`sock_addr`, cgroup programs): connects made
@@ -20,6 +22,7 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 mod connect;
+mod fd_sources;
 mod identity;
 mod kernel;
 mod maps;

@@ -25,9 +25,9 @@ use crate::{
 /// `AT_FDCWD`, reported as the dirfd of `open(2)`.
 const AT_FDCWD: i32 = -100;
 /// Offsets of syscall arguments in the `sys_enter_*` tracepoint record.
-const ARG0: usize = 16;
-const ARG1: usize = 24;
-const ARG2: usize = 32;
+pub const ARG0: usize = 16;
+pub const ARG1: usize = 24;
+pub const ARG2: usize = 32;
 /// Offset of `ret` in the `sys_exit_*` tracepoint record.
 const RET: usize = 16;
 
@@ -80,7 +80,7 @@ pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
 /// Records the arguments for the exit; pointers only, nothing read yet, so
 /// the entry of every open on the node stays a single map update.
 #[inline(always)]
-fn remember(ctx: &TracePointContext, syscall: OpenSyscall, dirfd: i32, filename: u64, flags: u64, how: u64) {
+pub fn remember(ctx: &TracePointContext, syscall: OpenSyscall, dirfd: i32, filename: u64, flags: u64, how: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     if is_agent((pid_tgid >> 32) as u32) {
         return;
@@ -93,7 +93,7 @@ fn remember(ctx: &TracePointContext, syscall: OpenSyscall, dirfd: i32, filename:
 
 /// On exit: resolve the fd, look the file up, and send an event on a hit.
 #[inline(always)]
-fn judge(ctx: &TracePointContext, hook: Hook) {
+pub fn judge(ctx: &TracePointContext, hook: Hook) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     if is_agent((pid_tgid >> 32) as u32) {

@@ -38,6 +38,8 @@ pub fn token_read(open: &OpenRecord, enrichment: &Enrichment) -> Evidence {
             OpenSyscall::Openat2 => "openat2",
             OpenSyscall::IoUringOpenat => "io_uring_openat",
             OpenSyscall::IoUringOpenat2 => "io_uring_openat2",
+            OpenSyscall::OpenByHandleAt => "open_by_handle_at",
+            OpenSyscall::PidfdGetfd => "pidfd_getfd",
         }
         .to_owned(),
         dirfd: open.dirfd,

@@ -29,11 +29,15 @@ const TRACEPOINTS: &[(&str, &str, bool)] = &[
     ("syscalls", "sys_exit_open", false),
     ("syscalls", "sys_exit_connect", true),
     ("io_uring", "io_uring_complete", false),
+    ("syscalls", "sys_exit_open_by_handle_at", false),
+    ("syscalls", "sys_exit_pidfd_getfd", false),
     ("syscalls", "sys_enter_openat", true),
     ("syscalls", "sys_enter_openat2", true),
     ("syscalls", "sys_enter_open", false),
     ("syscalls", "sys_enter_connect", true),
     ("io_uring", "io_uring_submit_req", false),
+    ("syscalls", "sys_enter_open_by_handle_at", false),
+    ("syscalls", "sys_enter_pidfd_getfd", false),
 ];
 
 /// Where the kernel's trace events are listed, mounted or not.

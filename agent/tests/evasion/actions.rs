@@ -57,6 +57,8 @@ fn run(args: &[String]) -> Result<(), String> {
                 .map_err(|_| "the reading thread panicked".to_owned())?
         }
         "fork-read-exit" => fork_read_exit(&arg(1)?),
+        "opath-reopen" => opath_reopen(&arg(1)?),
+        "steal-fd" => steal_fd(&arg(1)?),
         other => Err(format!("unknown action {other}")),
     }
 }
@@ -233,4 +235,69 @@ fn fork_read_exit(path: &str) -> Result<(), String> {
                 .ok_or_else(|| format!("the child failed: status {status}"))
         }
     }
+}
+
+/// An `O_PATH` fd (no read access) reopened for reading through
+/// `/proc/self/fd/N`.
+fn opath_reopen(path: &str) -> Result<(), String> {
+    let c_path = CString::new(path).map_err(|e| e.to_string())?;
+    // SAFETY: valid C string; the fd is owned below.
+    let fd = unsafe { libc::open(c_path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!("open O_PATH: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: fresh descriptor we own.
+    let _owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    std::fs::read(format!("/proc/self/fd/{fd}")).map(drop).map_err(|e| format!("reopen: {e}"))
+}
+
+/// A child opens the token and waits; the parent copies that fd out of it
+/// with `pidfd_getfd(2)` and reads it: the parent never opens anything.
+fn steal_fd(path: &str) -> Result<(), String> {
+    let c_path = CString::new(path).map_err(|e| e.to_string())?;
+    let mut pipe = [0i32; 2];
+    // SAFETY: valid array of two fds.
+    if unsafe { libc::pipe(pipe.as_mut_ptr()) } != 0 {
+        return Err(format!("pipe: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: the child only makes async-signal-safe calls.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        // SAFETY: async-signal-safe calls only, then pause until killed.
+        unsafe {
+            let fd = libc::open(c_path.as_ptr(), libc::O_RDONLY);
+            libc::write(pipe[1], (&raw const fd).cast(), 4);
+            loop {
+                libc::pause();
+            }
+        }
+    }
+    let mut target = -1i32;
+    // SAFETY: reading 4 bytes into an i32.
+    let got = unsafe { libc::read(pipe[0], (&raw mut target).cast(), 4) };
+    let result = (|| {
+        if got != 4 || target < 0 {
+            return Err("the child could not open the token".to_owned());
+        }
+        // SAFETY: plain syscalls with integer arguments.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, child, 0) };
+        if pidfd < 0 {
+            return Err(format!("pidfd_open: {}", std::io::Error::last_os_error()));
+        }
+        // SAFETY: as above.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, target, 0) };
+        if fd < 0 {
+            return Err(format!("pidfd_getfd: {}", std::io::Error::last_os_error()));
+        }
+        let mut buf = [0u8; 16];
+        // SAFETY: valid fd and buffer.
+        let n = unsafe { libc::pread(fd as i32, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        (n > 0).then_some(()).ok_or_else(|| format!("read the stolen fd: {}", std::io::Error::last_os_error()))
+    })();
+    // SAFETY: our own child.
+    unsafe {
+        libc::kill(child, libc::SIGKILL);
+        libc::waitpid(child, std::ptr::null_mut(), 0);
+    }
+    result
 }

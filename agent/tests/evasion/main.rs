@@ -15,6 +15,9 @@
 mod support;
 
 mod actions;
+mod network;
+mod others;
+mod paths;
 mod scene;
 
 use std::time::Duration;

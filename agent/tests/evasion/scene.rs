@@ -31,6 +31,9 @@ pub struct Scene {
     pub api_v4: SocketAddr,
     /// The same on IPv6 loopback.
     pub api_v6: SocketAddr,
+    /// An API-server endpoint address the agent learns only from the
+    /// `default/kubernetes` EndpointSlice (on `127.0.0.2`, loopback too).
+    pub api_endpoint: SocketAddr,
     _listeners: Vec<TcpListener>,
     kubeconfig: String,
 }
@@ -43,9 +46,12 @@ impl Scene {
         let containerd = Containerd::start();
         let v4 = TcpListener::bind("127.0.0.1:0").expect("listen on 127.0.0.1");
         let v6 = TcpListener::bind("[::1]:0").expect("listen on ::1");
+        let endpoint = TcpListener::bind("127.0.0.2:0").expect("listen on 127.0.0.2");
         let (api_v4, api_v6) = (v4.local_addr().expect("addr"), v6.local_addr().expect("addr"));
+        let api_endpoint = endpoint.local_addr().expect("addr");
         let kubeconfig = support::kubeconfig(containerd.dir(), api.url());
-        Scene { _runtime: runtime, api, containerd, api_v4, api_v6, _listeners: vec![v4, v6], kubeconfig }
+        let _listeners = vec![v4, v6, endpoint];
+        Scene { _runtime: runtime, api, containerd, api_v4, api_v6, api_endpoint, _listeners, kubeconfig }
     }
 
     /// Runs `spec` with the helper mounted (plus the host's libraries it
@@ -106,19 +112,23 @@ impl Scene {
     pub fn act(&self, pod: &Pod<'_>, action: &[&str]) -> u32 {
         let mut cmd = vec![HELPER, "__evade"];
         cmd.extend(action);
-        let (code, stdout, stderr) = pod.exec(&cmd);
-        assert_eq!(code, 0, "{action:?} failed: {stdout}{stderr}");
-        stdout
-            .trim()
-            .strip_prefix("ok ")
-            .and_then(|pid| pid.parse().ok())
-            .unwrap_or_else(|| panic!("{action:?}: unexpected output {stdout:?}"))
+        helper_pid(action, pod.exec(&cmd))
     }
+}
+
+/// The helper's pid from its `ok <pid>` line; panics on anything else.
+pub fn helper_pid(action: &[&str], (code, stdout, stderr): (i32, String, String)) -> u32 {
+    assert_eq!(code, 0, "{action:?} failed: {stdout}{stderr}");
+    stdout
+        .trim()
+        .strip_prefix("ok ")
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("{action:?}: unexpected output {stdout:?}"))
 }
 
 /// This test binary at [`HELPER`], and the host's library directories it
 /// was linked against at the paths its loader looks in.
-fn helper_mounts() -> Vec<(String, String)> {
+pub fn helper_mounts() -> Vec<(String, String)> {
     let exe = std::env::current_exe().expect("the test binary's path").display().to_string();
     let mut mounts = vec![(exe, HELPER.to_owned())];
     for (host, container) in [("/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu"), ("/lib64", "/lib64")] {

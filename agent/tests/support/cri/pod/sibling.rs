@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, ContainerStatusRequest, CreateContainerRequest, ImageSpec,
+    ContainerConfig, ContainerMetadata, ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, ImageSpec,
     LinuxContainerConfig, LinuxContainerSecurityContext, Mount, StartContainerRequest,
 };
 
@@ -68,5 +68,24 @@ impl Pod<'_> {
         );
         let pid = info_pid(&status.info).unwrap_or_else(|| panic!("ContainerStatus gives no pid: {:?}", status.info));
         Sibling { id, name: name.to_owned(), pid }
+    }
+}
+
+impl Sibling {
+    /// Runs `cmd` in this container with CRI ExecSync: (exit code, stdout,
+    /// stderr).
+    pub fn exec(&self, pod: &Pod<'_>, cmd: &[&str]) -> (i32, String, String) {
+        let mut c = pod.containerd.client();
+        let request = ExecSyncRequest {
+            container_id: self.id.clone(),
+            cmd: cmd.iter().map(|s| (*s).to_owned()).collect(),
+            timeout: super::EXEC_TIMEOUT_SECONDS,
+        };
+        let answer = pod.containerd.call("ExecSync", c.exec_sync(request));
+        (
+            answer.exit_code,
+            String::from_utf8_lossy(&answer.stdout).into_owned(),
+            String::from_utf8_lossy(&answer.stderr).into_owned(),
+        )
     }
 }
