@@ -120,6 +120,10 @@ pub struct KernelOffsets {
     pub io_file_table_indirect: u32,
     /// `io_rsrc_node.file_ptr` (6.13+).
     pub io_rsrc_node_file_ptr: u32,
+    /// `io_kiocb.flags` (its low 32 bits hold `REQ_F_CQE_SKIP`).
+    pub io_kiocb_flags: u32,
+    /// `files_struct.next_fd`: one above the fd the last allocation gave.
+    pub files_next_fd: u32,
 }
 
 #[cfg(feature = "user")]

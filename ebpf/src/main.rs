@@ -29,6 +29,7 @@ mod maps;
 mod open;
 mod sock_addr;
 mod uring;
+mod uring_skip;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -44,6 +44,11 @@ pub static PENDING_CONNECTS: LruHashMap<u32, PendingConnect> = LruHashMap::with_
 #[map(name = "PENDING_URING_OPENS")]
 pub static PENDING_URING_OPENS: LruHashMap<u64, PendingUringOpen> = LruHashMap::with_max_entries(4096, 0);
 
+/// io_uring opens submitted with `IOSQE_CQE_SKIP_SUCCESS`, by tgid, until
+/// the process's next io_uring event judges them (`_pad` counts the checks).
+#[map(name = "SKIPPED_URING_OPENS")]
+pub static SKIPPED_URING_OPENS: LruHashMap<u32, PendingUringOpen> = LruHashMap::with_max_entries(1024, 0);
+
 /// Kernel struct offsets, written by the agent from BTF before load.
 #[unsafe(no_mangle)]
 pub static KERNEL_OFFSETS: Global<KernelOffsets> =
@@ -82,7 +87,7 @@ pub struct PendingUringOpen {
     pub user_data: u64,
     /// `io_open.file_slot`: non-zero for a direct descriptor.
     pub file_slot: u32,
-    /// Explicit padding.
+    /// Explicit padding; in `SKIPPED_URING_OPENS`, how often it was checked.
     pub _pad: u32,
 }
 

@@ -138,17 +138,7 @@ pub fn report_file<C: EbpfContext>(ctx: &C, hook: Hook, pending: &PendingOpen, r
     if offsets.ready == 0 {
         return;
     }
-    let Ok(inode) = read_ptr(file, offsets.file_f_inode) else { return };
-    let sb = read_ptr(inode, offsets.inode_i_sb).unwrap_or(0);
-    let dev = read_u32(sb, offsets.sb_s_dev).unwrap_or(0);
-    // SAFETY: the value is copied out at once.
-    let Some(watch) = (unsafe { WATCHED_DEVS.get(dev) }).copied() else { return };
-    let key = FileKey { dev, _pad: 0, ino: read_ptr(inode, offsets.inode_i_ino).unwrap_or(0) };
-    let by_name = watch.mode & DEV_TOKEN_VOLUME != 0 && has_name(file, &offsets, &watch.name);
-    // SAFETY: value not used beyond presence.
-    if !by_name && (watch.mode & DEV_EXACT_FILES == 0 || unsafe { WATCHED_FILES.get(key) }.is_none()) {
-        return;
-    }
+    let Some(key) = watched(file, &offsets) else { return };
     count(hook, Counter::OpensMatched);
     let Some(mut entry) = EVENTS.reserve::<OpenEvent>(0) else {
         count(hook, Counter::EventsDropped);
@@ -187,6 +177,22 @@ pub fn report_file<C: EbpfContext>(ctx: &C, hook: Hook, pending: &PendingOpen, r
     count(hook, Counter::EventsSent);
 }
 
+/// The file's key when it is a watched token file: its device is watched and
+/// either its inode is (`WATCHED_FILES`) or, on a token volume, its name.
+#[inline(always)]
+pub fn watched(file: u64, offsets: &KernelOffsets) -> Option<FileKey> {
+    let inode = read_ptr(file, offsets.file_f_inode).ok()?;
+    let sb = read_ptr(inode, offsets.inode_i_sb).unwrap_or(0);
+    let dev = read_u32(sb, offsets.sb_s_dev).unwrap_or(0);
+    // SAFETY: the value is copied out at once.
+    let watch = (unsafe { WATCHED_DEVS.get(dev) }).copied()?;
+    let key = FileKey { dev, _pad: 0, ino: read_ptr(inode, offsets.inode_i_ino).unwrap_or(0) };
+    let by_name = watch.mode & DEV_TOKEN_VOLUME != 0 && has_name(file, offsets, &watch.name);
+    // SAFETY: value not used beyond presence.
+    let by_inode = watch.mode & DEV_EXACT_FILES != 0 && unsafe { WATCHED_FILES.get(key) }.is_some();
+    (by_name || by_inode).then_some(key)
+}
+
 /// Whether the opened file's name (its dentry's) is `name`.
 #[inline(always)]
 fn has_name(file: u64, offsets: &KernelOffsets, name: &[u8; TOKEN_NAME_LEN]) -> bool {
@@ -199,7 +205,7 @@ fn has_name(file: u64, offsets: &KernelOffsets, name: &[u8; TOKEN_NAME_LEN]) -> 
 
 /// `task->files->fdt->fd[fd]`.
 #[inline(always)]
-fn fd_to_file(task: u64, fd: u64, offsets: &KernelOffsets) -> Option<u64> {
+pub fn fd_to_file(task: u64, fd: u64, offsets: &KernelOffsets) -> Option<u64> {
     let files = read_ptr(task, offsets.task_files).ok()?;
     let fdt = read_ptr(files, offsets.files_fdt).ok()?;
     let max_fds = read_u32(fdt, offsets.fdtable_max_fds).ok()?;

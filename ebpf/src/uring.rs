@@ -12,8 +12,9 @@
 //!   [`crate::open::report`]. A direct descriptor (`file_index` set) is
 //!   resolved in the ring's fixed-file table instead.
 //!
-//! Not seen: a request submitted with `IOSQE_CQE_SKIP_SUCCESS` posts no
-//! completion when it succeeds, so it is never judged (README, coverage).
+//! A request submitted with `IOSQE_CQE_SKIP_SUCCESS` posts no completion
+//! when it succeeds: [`crate::uring_skip`] judges it at the process's next
+//! io_uring event instead.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
@@ -27,6 +28,7 @@ use crate::{
     kernel::{read_ptr, read_u32},
     maps::{count, is_agent, PendingOpen, PendingUringOpen, KERNEL_OFFSETS, PENDING_URING_OPENS},
     open::{report, report_file},
+    uring_skip,
 };
 
 /// `IORING_OP_OPENAT`.
@@ -84,6 +86,10 @@ pub fn io_uring_submit_req(ctx: TracePointContext) -> u32 {
         pending.open.filename = read_ptr(filename, offsets.filename_uptr).unwrap_or(0);
         pending.open.flags = read_ptr(open, offsets.io_open_how + offsets.open_how_flags).unwrap_or(0);
     }
+    if pending.file_slot != IORING_FILE_INDEX_ALLOC && uring_skip::skips_completion(req, &offsets) {
+        uring_skip::remember(&pending);
+        return 0;
+    }
     if PENDING_URING_OPENS.insert(req, pending, 0).is_err() {
         debug!(&ctx, "pending io_uring open map update refused");
     }
@@ -129,7 +135,7 @@ pub fn io_uring_complete(ctx: TracePointContext) -> u32 {
 
 /// The file in slot `slot` of the ring's fixed-file table.
 #[inline(always)]
-fn fixed_file(ring: u64, slot: u64, offsets: &KernelOffsets) -> Option<u64> {
+pub fn fixed_file(ring: u64, slot: u64, offsets: &KernelOffsets) -> Option<u64> {
     if slot >= MAX_FIXED_SLOT {
         return None;
     }

@@ -20,24 +20,28 @@ use super::watchlist::FileMaps;
 /// The eBPF object built by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tokenwatch-ebpf"));
 
-/// Every tracepoint (category, name, required), exits first so no exit
-/// misses an entry made after it. `open` is missing on architectures without
-/// `open(2)` (arm64); io_uring's on kernels built without it: optional.
-const TRACEPOINTS: &[(&str, &str, bool)] = &[
-    ("syscalls", "sys_exit_openat", true),
-    ("syscalls", "sys_exit_openat2", true),
-    ("syscalls", "sys_exit_open", false),
-    ("syscalls", "sys_exit_connect", true),
-    ("io_uring", "io_uring_complete", false),
-    ("syscalls", "sys_exit_open_by_handle_at", false),
-    ("syscalls", "sys_exit_pidfd_getfd", false),
-    ("syscalls", "sys_enter_openat", true),
-    ("syscalls", "sys_enter_openat2", true),
-    ("syscalls", "sys_enter_open", false),
-    ("syscalls", "sys_enter_connect", true),
-    ("io_uring", "io_uring_submit_req", false),
-    ("syscalls", "sys_enter_open_by_handle_at", false),
-    ("syscalls", "sys_enter_pidfd_getfd", false),
+/// Every tracepoint program (category, tracepoint, program, required), exits
+/// first so no exit misses an entry made after it. `open` is missing on
+/// architectures without `open(2)` (arm64); io_uring's on kernels built
+/// without it: optional. `io_uring_complete` carries two programs, each
+/// within the verifier's budget.
+const TRACEPOINTS: &[(&str, &str, &str, bool)] = &[
+    ("syscalls", "sys_exit_openat", "sys_exit_openat", true),
+    ("syscalls", "sys_exit_openat2", "sys_exit_openat2", true),
+    ("syscalls", "sys_exit_open", "sys_exit_open", false),
+    ("syscalls", "sys_exit_connect", "sys_exit_connect", true),
+    ("io_uring", "io_uring_complete", "io_uring_complete", false),
+    ("io_uring", "io_uring_complete", "io_uring_complete_skipped", false),
+    ("syscalls", "sys_exit_io_uring_enter", "sys_exit_io_uring_enter", false),
+    ("syscalls", "sys_exit_open_by_handle_at", "sys_exit_open_by_handle_at", false),
+    ("syscalls", "sys_exit_pidfd_getfd", "sys_exit_pidfd_getfd", false),
+    ("syscalls", "sys_enter_openat", "sys_enter_openat", true),
+    ("syscalls", "sys_enter_openat2", "sys_enter_openat2", true),
+    ("syscalls", "sys_enter_open", "sys_enter_open", false),
+    ("syscalls", "sys_enter_connect", "sys_enter_connect", true),
+    ("io_uring", "io_uring_submit_req", "io_uring_submit_req", false),
+    ("syscalls", "sys_enter_open_by_handle_at", "sys_enter_open_by_handle_at", false),
+    ("syscalls", "sys_enter_pidfd_getfd", "sys_enter_pidfd_getfd", false),
 ];
 
 /// Where the kernel's trace events are listed, mounted or not.
@@ -125,7 +129,7 @@ impl Hooks {
         let mut hooks = Hooks { ebpf, attached: Vec::new() };
         // Programs are verified and loaded now, while every map fd they refer
         // to is open; the maps can then be handed to tasks that own them.
-        for &(_, name, _) in TRACEPOINTS {
+        for &(_, _, name, _) in TRACEPOINTS {
             hooks.program(name)?.load().map_err(|source| LoadError::Program { name, source })?;
         }
         cgroup_hooks::load(&mut hooks.ebpf)?;
@@ -157,15 +161,15 @@ impl Hooks {
     /// Attaches every loaded program; returns the tracepoints attached.
     pub fn attach(&mut self) -> Result<&[&'static str], LoadError> {
         ensure_tracefs()?;
-        for &(category, name, required) in TRACEPOINTS {
-            if !tracepoint_exists(category, name) {
+        for &(category, tracepoint, name, required) in TRACEPOINTS {
+            if !tracepoint_exists(category, tracepoint) {
                 if required {
                     return Err(LoadError::MissingTracepoint(name));
                 }
                 tracing::info!(tracepoint = name, "tracepoint absent on this kernel; skipped");
                 continue;
             }
-            self.program(name)?.attach(category, name).map_err(|source| LoadError::Program { name, source })?;
+            self.program(name)?.attach(category, tracepoint).map_err(|source| LoadError::Program { name, source })?;
             self.attached.push(name);
         }
         self.attached.extend(cgroup_hooks::attach(&mut self.ebpf)?);

@@ -170,7 +170,7 @@ mod tests {
         assert_eq!(o.io_kiocb_cmd, 0, "io_kiocb starts with the union holding cmd");
         assert_eq!((o.io_open_dfd, o.io_open_file_slot, o.io_open_filename), (8, 12, 16), "struct io_open");
         assert_eq!((o.filename_uptr, o.open_how_flags), (8, 0), "filename.uptr, open_how.flags");
-        assert!(o.io_ring_ctx_file_table > 0, "{o:?}");
+        assert!(o.io_ring_ctx_file_table > 0 && o.io_kiocb_flags > 0 && o.files_next_fd > 0, "{o:?}");
     }
 
     #[test]

@@ -45,6 +45,7 @@ fn run(args: &[String]) -> Result<(), String> {
         "uring-openat" => uring_open(&arg(1)?, false, false),
         "uring-openat2" => uring_open(&arg(1)?, true, false),
         "uring-openat-direct" => uring_open(&arg(1)?, false, true),
+        "uring-openat-skip" => uring_open_skip(&arg(1)?),
         "uring-connect" => uring_connect(&parse(&arg(1)?)?),
         "tfo-sendto" => fastopen(&parse(&arg(1)?)?, false),
         "tfo-sendmsg" => fastopen(&parse(&arg(1)?)?, true),
@@ -110,6 +111,30 @@ fn uring_open(path: &str, openat2: bool, direct: bool) -> Result<(), String> {
         return Err(format!("io_uring read: {n}"));
     }
     Ok(())
+}
+
+/// IORING_OP_OPENAT with IOSQE_CQE_SKIP_SUCCESS, linked to a NOP: the open
+/// posts no completion; the fd is the lowest free one, read with read(2).
+fn uring_open_skip(path: &str) -> Result<(), String> {
+    let mut ring = IoUring::new(4).map_err(|e| format!("io_uring_setup: {e}"))?;
+    let c_path = CString::new(path).map_err(|e| e.to_string())?;
+    // SAFETY: plain syscalls: learn the lowest free fd.
+    let guess = unsafe { libc::dup(0) };
+    // SAFETY: as above.
+    unsafe { libc::close(guess) };
+    let open = opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), c_path.as_ptr())
+        .flags(libc::O_RDONLY)
+        .build()
+        .flags(squeue::Flags::SKIP_SUCCESS | squeue::Flags::IO_LINK);
+    // SAFETY: the path outlives the wait.
+    unsafe { ring.submission().push(&open) }.map_err(|e| format!("queue full: {e}"))?;
+    if submit(&mut ring, opcode::Nop::new().build())? != 0 {
+        return Err("the linked NOP failed".to_owned());
+    }
+    let mut buf = [0u8; 16];
+    // SAFETY: reading into a valid buffer from the guessed fd.
+    let n = unsafe { libc::read(guess, buf.as_mut_ptr().cast(), buf.len()) };
+    (n > 0).then_some(()).ok_or_else(|| format!("read fd {guess}: {}", std::io::Error::last_os_error()))
 }
 
 fn socket_for(addr: &SocketAddr) -> Result<OwnedFd, String> {

@@ -34,6 +34,8 @@ pub fn fill(btf: &Btf, offsets: &mut KernelOffsets) -> Result<(), String> {
         io_file_table_array: array,
         io_file_table_indirect: indirect,
         io_rsrc_node_file_ptr: file_ptr,
+        io_kiocb_flags: field("io_kiocb", "flags")?,
+        files_next_fd: field("files_struct", "next_fd")?,
         ..*offsets
     };
     Ok(())
