@@ -2,7 +2,7 @@
 //!
 //! The event's path reads top to bottom: [`kernel`] (load, attach, read,
 //! decode) -> [`metadata`] (process, cgroup, token files) -> [`detect`]
-//! (alerts) -> [`deliver`] (sinks). [`daemon`] wires the stages into tasks
+//! (alerts) -> [`deliver`] (sinks); [`metrics`] counts along the way. [`daemon`] wires the stages into tasks
 //! with one shutdown path.
 
 pub mod cli;
@@ -12,3 +12,4 @@ pub mod deliver;
 pub mod detect;
 pub mod kernel;
 pub mod metadata;
+pub mod metrics;

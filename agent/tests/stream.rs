@@ -260,3 +260,28 @@ fn health_and_reflection_let_stock_tools_discover_the_stream() {
     let stopped = agent.stop(Signal::SIGTERM);
     assert!(stopped.status.success(), "{}", stopped.stderr);
 }
+
+#[test]
+#[ignore = "needs root: loads eBPF; run by cargo xtask test"]
+fn bad_and_oversized_requests_are_refused_and_the_agent_serves_on() {
+    let _serial = support::serialise();
+    let agent = AgentProcess::start(&strings(&["--standalone"]));
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let socket = agent.grpc_socket();
+    runtime.block_on(async {
+        let channel = tokenwatch_agent::metadata::cri::channel(&socket).expect("a channel");
+        let mut client = AlertServiceClient::new(channel);
+        let bad = SubscribeRequest { rules: vec!["no-such-rule".into()], ..SubscribeRequest::default() };
+        let status = client.subscribe(bad).await.expect_err("an unknown rule is refused");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("rules: `no-such-rule` is not a rule id"), "{status:?}");
+        let huge = SubscribeRequest { pods: vec!["p".repeat(200); 1000], ..SubscribeRequest::default() };
+        let status = client.subscribe(huge).await.expect_err("a 200 KB request is refused");
+        assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+        assert!(status.message().contains("the limit is: 65536 bytes"), "{status:?}");
+        let good = SubscribeRequest { rules: vec!["token-read".into()], ..SubscribeRequest::default() };
+        client.subscribe(good).await.expect("a good request still works after the bad ones");
+    });
+    let stopped = agent.stop(Signal::SIGTERM);
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+}

@@ -5,6 +5,8 @@
 //! * `build [--release]`: setup, then build everything.
 //! * `run [--release] [-- AGENT_ARGS]`: setup, build, run the agent as root.
 //! * `fixtures`: fetch the second kernel's BTF the tests use.
+//! * `image [--tag T] [--archive FILE]`: the agent's container image, from
+//!   scratch with buildah (deploy/image/build.sh).
 //! * `test [--no-lint] [-- CARGO_TEST_ARGS]`: every test, as CI runs it.
 //!
 //! Every step says on stderr what it does and why.
@@ -53,6 +55,16 @@ enum Task {
     },
     /// Build the test fixtures (the BTF of a second kernel, Debian's 6.1).
     Fixtures,
+    /// Setup, build the release agent, then its container image with
+    /// buildah (no registry, no Docker daemon).
+    Image {
+        /// The image's name [default: tokenwatch:<the agent's version>].
+        #[arg(long)]
+        tag: Option<String>,
+        /// Also write the image to this OCI archive (for `ctr images import`).
+        #[arg(long, value_name = "FILE")]
+        archive: Option<std::path::PathBuf>,
+    },
     /// Run every test, as CI does (needs root).
     Test(test::TestArgs),
 }
@@ -84,6 +96,16 @@ fn dispatch(task: Task) -> Result<ExitCode> {
         }
         Task::Fixtures => {
             fixtures::second_kernel_btf(&util::workspace_root())?;
+        }
+        Task::Image { tag, archive } => {
+            setup::setup()?;
+            let binary = compile::build(true)?;
+            let tag = tag.unwrap_or_else(|| format!("tokenwatch:{}", env!("CARGO_PKG_VERSION")));
+            let script = util::workspace_root().join("deploy/image/build.sh");
+            let mut command = std::process::Command::new(script);
+            command.arg(&binary).arg(&tag).args(archive.iter());
+            util::run(&mut command, "building the image from scratch with buildah")?;
+            util::say(format!("image {tag} built; publish it with: buildah push {tag} docker://REGISTRY/{tag}"));
         }
         Task::Test(args) => test::test(&args)?,
     }

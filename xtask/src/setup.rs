@@ -11,6 +11,9 @@
 //!   `busybox-static` to build their image without a registry. The tests start
 //!   their own containerd (own socket, root and state); a system one is never
 //!   used.
+//! * For the deploy tests: `buildah` (the image, built from scratch), and
+//!   `kubectl` (its kustomize renders deploy/) and `kubernetes-validate` (from
+//!   PyPI) to check the manifests against the Kubernetes schemas.
 //! * tracefs, where the agent's tracepoints are listed.
 
 use std::path::Path;
@@ -29,6 +32,12 @@ const COMMON_PACKAGES: [&str; 1] = ["protobuf-compiler"];
 /// What the CRI tests need to run real pods without a cluster or a registry
 /// (DESIGN.md, "Real pods here, without a cluster").
 const CRI_TEST_PACKAGES: [&str; 4] = ["containerd", "runc", "umoci", "busybox-static"];
+/// What the deploy tests need: `buildah` builds the agent's image from
+/// scratch with neither a registry nor a Docker daemon.
+const DEPLOY_TEST_PACKAGES: [&str; 1] = ["buildah"];
+/// The Kubernetes schema validator the deploy tests run on every rendered
+/// manifest (from PyPI), pinned so CI validates against a known schema set.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 /// Where the LLVM of `llvm-22-dev` lives.
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// The bpf-linker release line that links aya-ebpf 0.2 objects.
@@ -103,6 +112,18 @@ pub fn setup() -> Result<()> {
              busybox-static with umoci, since no registry is reachable",
         );
     }
+    let mut deploy_missing = false;
+    for package in DEPLOY_TEST_PACKAGES {
+        if package_installed(package)? {
+            report.present.push(package.to_owned());
+        } else {
+            missing.push(package);
+            deploy_missing = true;
+        }
+    }
+    if deploy_missing {
+        reasons.push("the deploy tests build the agent's image from scratch with buildah (no registry, no Docker)");
+    }
     if util::which("cc").is_none() {
         missing.extend(["gcc", "libc6-dev"]);
         reasons.push("rustc links host binaries, and llvm-sys its wrappers, through cc, which is not on PATH");
@@ -110,6 +131,7 @@ pub fn setup() -> Result<()> {
     install_packages(&missing, &reasons.join("; "), &mut report)?;
     bpf_linker(route, &mut report)?;
     tracefs(&mut report)?;
+    deploy_tools(&mut report)?;
 
     let list = |items: &[String]| if items.is_empty() { "nothing".to_owned() } else { items.join(", ") };
     say(format!(
@@ -118,6 +140,41 @@ pub fn setup() -> Result<()> {
         list(&report.present),
         list(&report.installed)
     ));
+    Ok(())
+}
+
+/// `kubectl kustomize` renders the manifests (kubectl comes with this kind
+/// of machine; Debian's kubernetes-client is too old for the kustomizations)
+/// and `kubernetes-validate` checks them against the Kubernetes schemas.
+fn deploy_tools(report: &mut Report) -> Result<()> {
+    if util::probe(Command::new("kubectl").args(["kustomize", "--help"])).is_some_and(|o| o.status.success()) {
+        report.present.push("kubectl (kustomize)".to_owned());
+    } else {
+        bail!(
+            "kubectl with its built-in kustomize (v5) is needed to render deploy/ and is not on PATH; \
+             install kubectl from the Kubernetes project's packages"
+        );
+    }
+    if util::probe(Command::new("kubernetes-validate").arg("--version")).is_some_and(|o| o.status.success()) {
+        report.present.push("kubernetes-validate".to_owned());
+        return Ok(());
+    }
+    say(format!("installing {KUBERNETES_VALIDATE} from PyPI (the deploy tests validate every rendered manifest)"));
+    util::run(
+        Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--root-user-action=ignore",
+            KUBERNETES_VALIDATE,
+        ]),
+        "installing the Kubernetes schema validator",
+    )?;
+    if util::which("kubernetes-validate").is_none() {
+        bail!("pip installed {KUBERNETES_VALIDATE}, but `kubernetes-validate` is not on PATH");
+    }
+    report.installed.push(KUBERNETES_VALIDATE.to_owned());
     Ok(())
 }
 

@@ -82,7 +82,7 @@ pub struct AgentArgs {
     pub kubeconfig: Option<PathBuf>,
 
     /// The detection policy (YAML: per-rule settings and exceptions)
-    /// [default: the shipped deploy/policy/default.yaml].
+    /// [default: the shipped deploy/base/policy/default.yaml].
     #[arg(long, env = "TOKENWATCH_POLICY", value_name = "FILE")]
     pub policy: Option<PathBuf>,
 
@@ -143,6 +143,17 @@ pub struct AgentArgs {
     #[arg(long, env = "TOKENWATCH_OTLP_KEY", value_name = "FILE")]
     pub otlp_key: Option<PathBuf>,
 
+    /// Serve Prometheus metrics (`/metrics`) and the probes (`/healthz`,
+    /// `/readyz`) on this address, e.g. 0.0.0.0:9090 [default: off].
+    #[arg(long, env = "TOKENWATCH_METRICS_LISTEN", value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+
+    /// The host's /proc: where the node's processes are seen. In a pod
+    /// without hostPID, mount the host's /proc here (e.g. /host/proc)
+    /// [default: /proc].
+    #[arg(long, env = "TOKENWATCH_HOST_PROC", value_name = "DIR")]
+    pub host_proc: Option<PathBuf>,
+
     /// Log filter for stderr, e.g. `info` or `info,tokenwatch_ebpf=debug`
     /// (the latter turns on the eBPF programs' own diagnostics).
     #[arg(long, env = "TOKENWATCH_LOG", default_value = "info")]
@@ -177,6 +188,8 @@ impl AgentArgs {
             otlp_ca: self.otlp_ca.clone(),
             otlp_cert: self.otlp_cert.clone(),
             otlp_key: self.otlp_key.clone(),
+            metrics_listen: self.metrics_listen,
+            host_proc: self.host_proc.clone(),
         }
     }
 }

@@ -75,6 +75,10 @@ pub struct ConfigLayer {
     pub otlp_cert: Option<PathBuf>,
     /// Its private key (PEM).
     pub otlp_key: Option<PathBuf>,
+    /// Where the metrics and probe endpoints listen.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The host's /proc.
+    pub host_proc: Option<PathBuf>,
 }
 
 impl ConfigLayer {
@@ -105,6 +109,8 @@ impl ConfigLayer {
             otlp_ca: self.otlp_ca.or(lower.otlp_ca),
             otlp_cert: self.otlp_cert.or(lower.otlp_cert),
             otlp_key: self.otlp_key.or(lower.otlp_key),
+            metrics_listen: self.metrics_listen.or(lower.metrics_listen),
+            host_proc: self.host_proc.or(lower.host_proc),
         }
     }
 }

@@ -72,6 +72,11 @@ pub struct Config {
     pub spool_max_bytes: u64,
     /// Where to export alerts as OTLP logs; `None` turns the exporter off.
     pub otlp: Option<OtlpConfig>,
+    /// Where the metrics and probe endpoints listen; `None`: not served.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The host's /proc (the node's processes, their roots and the agent's
+    /// own pid as the kernel knows it).
+    pub host_proc: PathBuf,
 }
 
 /// Why the settings were refused. Each names the source and the value.
@@ -240,6 +245,8 @@ impl Config {
             spool_dir: layer.spool_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_SPOOL_DIR)),
             spool_max_bytes: layer.spool_max_mib.unwrap_or(DEFAULT_SPOOL_MAX_MIB).saturating_mul(1 << 20),
             otlp,
+            metrics_listen: layer.metrics_listen,
+            host_proc: layer.host_proc.unwrap_or_else(|| PathBuf::from("/proc")),
         })
     }
 }

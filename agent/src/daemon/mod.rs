@@ -41,7 +41,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Offsets(#[from] OffsetsError),
     /// The hooks could not be loaded or attached.
-    #[error("{0} (the agent needs root, or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN)")]
+    #[error("{0} (the agent needs CAP_BPF and CAP_PERFMON; see deploy/README.md)")]
     Load(#[from] LoadError),
     /// A watch map update was refused.
     #[error(transparent)]
@@ -67,6 +67,9 @@ pub enum DaemonError {
     /// The OTLP exporter failed (not the collector: its failures are retried).
     #[error(transparent)]
     Otlp(#[from] crate::deliver::otlp::OtlpError),
+    /// The metrics listener failed.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     /// A task panicked.
     #[error("task {0} panicked")]
     Panic(String),
@@ -89,8 +92,10 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     tracing::info!(dir = %config.spool_dir.display(), last_sequence = spool.last_sequence(), "delivery log open");
     let offsets = resolve_running_kernel()?;
     let debug_logs = tracing::enabled!(target: "tokenwatch_ebpf", tracing::Level::DEBUG);
-    let mut hooks = Hooks::load(&offsets, config.ring_buffer_bytes, debug_logs)?;
-    let HookMaps { events, files, endpoints, logger } = hooks.take_maps()?;
+    let mut hooks = Hooks::load(&offsets, config.ring_buffer_bytes, debug_logs, own_tgid(&config.host_proc))?;
+    let HookMaps { events, files, endpoints, counters, logger } = hooks.take_maps()?;
+    let counters = Arc::new(counters);
+    crate::metrics::global().register(Arc::clone(&counters), spool.clone(), Arc::clone(&policy));
     let mut set = Tasks::new();
 
     // The first scan fills the map before the hooks go live, so everything
@@ -100,7 +105,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
         PodSource::Api(store) => Some(store.clone()),
         PodSource::Standalone => None,
     };
-    let mut scanner = tasks::Scanner::new(config.token_paths.clone(), Path::new("/proc").to_owned(), files, store);
+    let mut scanner = tasks::Scanner::new(config.token_paths.clone(), config.host_proc.clone(), files, store);
     let initial = scanner.scan_once().await?;
     let (snapshot_tx, snapshot_rx) = tokio::sync::watch::channel(Arc::new(initial));
     let cri = CriCache::new(config.cri_socket.clone());
@@ -108,12 +113,17 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
         Ok(socket) => tracing::info!(socket = %socket.display(), "container metadata from the runtime over CRI"),
         Err(reason) => tracing::warn!(%reason, "no container runtime: alerts will lack container metadata"),
     }
-    let enricher = Enricher::new(cri, pods, snapshot_rx);
+    let enricher = Enricher::new(cri, pods, snapshot_rx, config.host_proc.clone());
     let judge =
         Judge::new(config.node_name.clone(), boot_id, BootClock::measure(), crate::detect::chain::DEFAULT_WINDOW);
 
     let attached = hooks.attach()?.join(",");
     tracing::info!(hooks = %attached, "hooks attached");
+    crate::metrics::global().hooks_attached.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(addr) = config.metrics_listen {
+        let token = cancel.clone();
+        set.spawn(async move { ("metrics", crate::metrics::serve(addr, token).await.map_err(Into::into)) });
+    }
 
     let (event_tx, event_rx) = mpsc::channel(EVENT_QUEUE);
     let token = cancel.clone();
@@ -134,6 +144,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
         (config.grpc_listen.clone(), config.grpc_tls.clone(), spool.clone(), cancel.clone());
     set.spawn(async move { ("grpc", crate::deliver::grpc::serve(listen, tls, log, token).await.map_err(Into::into)) });
     if let Some(otlp) = config.otlp.clone() {
+        crate::metrics::global().otlp_enabled.store(true, std::sync::atomic::Ordering::Relaxed);
         let (log, token) = (spool.clone(), cancel.clone());
         set.spawn(async move { ("otlp", crate::deliver::otlp::export(log, otlp, token).await.map_err(Into::into)) });
     }
@@ -150,7 +161,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     if let Err(error) = spool.close() {
         tracing::warn!(%error, "closing the delivery log");
     }
-    match hooks.counters() {
+    match counters.read() {
         Ok(counters) => tracing::info!(counters = %counters.summary(), "kernel counters"),
         Err(error) => tracing::warn!(%error, "reading kernel counters"),
     }
@@ -183,4 +194,19 @@ const SPOOL_SEGMENT_BYTES: u64 = 4 << 20;
 fn run_id() -> String {
     let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     format!("{:x}-{:x}", nanos, std::process::id())
+}
+
+/// The agent's own tgid as the kernel (the host's pid namespace) knows it,
+/// so the programs skip its own token reads and API calls. In a pod without
+/// hostPID, `std::process::id()` is the pid in the pod's namespace; the
+/// host's /proc names the host's pid in its `self` link.
+fn own_tgid(host_proc: &Path) -> u32 {
+    let link = host_proc.join("self");
+    match std::fs::read_link(&link).ok().and_then(|target| target.to_str()?.parse().ok()) {
+        Some(tgid) => tgid,
+        None => {
+            tracing::warn!(link = %link.display(), "cannot read the agent's host pid; assuming this pid namespace is the host's");
+            std::process::id()
+        }
+    }
 }

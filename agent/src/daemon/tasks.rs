@@ -164,6 +164,8 @@ impl<W: tokio::io::AsyncWrite + Unpin> Sinks<W> {
     async fn write(&mut self, alert: &Alert) -> Result<(), DaemonError> {
         let mut alert = alert.clone();
         self.spool.append(&mut alert)?;
+        let severity = tokenwatch_proto::v1::Severity::try_from(alert.severity).unwrap_or_default();
+        crate::metrics::global().alert_delivered(&alert.rule, severity.as_str_name());
         self.stdout.write(&alert).await?;
         Ok(())
     }

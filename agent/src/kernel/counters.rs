@@ -1,7 +1,33 @@
 //! The kernel programs' per-CPU counters as the agent reads them: per hook,
 //! per CPU, so a drop can be traced to the hook and the CPU that lost it.
 
-use tokenwatch_common::{Counter, Hook};
+use aya::maps::{MapData, MapError, PerCpuArray};
+use tokenwatch_common::{counter_slot, Counter, Hook};
+
+/// The programs' `COUNTERS` map, taken from the loaded object so the
+/// shutdown summary and every metrics scrape read the same map.
+pub struct CounterMap {
+    array: PerCpuArray<MapData, u64>,
+}
+
+impl CounterMap {
+    /// Wraps the taken map.
+    pub fn new(array: PerCpuArray<MapData, u64>) -> Self {
+        CounterMap { array }
+    }
+
+    /// Every counter of every hook, per CPU, as the kernel has it now.
+    pub fn read(&self) -> Result<KernelCounters, MapError> {
+        let mut readings = Vec::with_capacity(Hook::ALL.len() * Counter::ALL.len());
+        for hook in Hook::ALL {
+            for counter in Counter::ALL {
+                let values = self.array.get(&counter_slot(hook, counter), 0)?;
+                readings.push(CounterReading { hook, counter, per_cpu: values.iter().copied().collect() });
+            }
+        }
+        Ok(KernelCounters { readings })
+    }
+}
 
 /// One counter of one hook, per CPU.
 #[derive(Clone, Debug, PartialEq, Eq)]

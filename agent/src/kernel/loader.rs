@@ -3,18 +3,18 @@
 use std::path::Path;
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{HashMap as BpfHashMap, MapData, MapError, RingBuf},
     programs::{ProgramError, TracePoint},
     Ebpf, EbpfError, EbpfLoader,
 };
 use aya_log::EbpfLogger;
 use tokenwatch_common::{
-    counter_slot, Counter, EndpointKey, Hook, KernelOffsets, AGENT_TGID_GLOBAL, COUNTERS_MAP, EVENTS_MAP,
-    OFFSETS_GLOBAL, WATCHED_DEVS_MAP, WATCHED_ENDPOINTS_MAP, WATCHED_FILES_MAP,
+    EndpointKey, KernelOffsets, AGENT_TGID_GLOBAL, COUNTERS_MAP, EVENTS_MAP, OFFSETS_GLOBAL, WATCHED_DEVS_MAP,
+    WATCHED_ENDPOINTS_MAP, WATCHED_FILES_MAP,
 };
 
 use super::cgroup_hooks;
-use super::counters::{CounterReading, KernelCounters};
+use super::counters::CounterMap;
 use super::watchlist::FileMaps;
 
 /// The eBPF object built by `build.rs`.
@@ -106,17 +106,24 @@ pub struct HookMaps {
     pub files: FileMaps,
     /// Watched API-server endpoints.
     pub endpoints: BpfHashMap<MapData, EndpointKey, u32>,
+    /// The programs' per-hook, per-CPU counters.
+    pub counters: CounterMap,
     /// The programs' own log records; `None` when the object has no log map.
     pub logger: Option<EbpfLogger<&'static dyn log::Log>>,
 }
 
 impl Hooks {
-    /// Loads the object with the resolved offsets, the agent's tgid, the
+    /// Loads the object with the resolved offsets, the agent's tgid (as the host sees it), the
     /// ring buffer size and the programs' log level (`debug_logs`: emit
     /// aya-log debug records at all). Nothing is attached yet: fill the watch
     /// maps first.
-    pub fn load(offsets: &KernelOffsets, ring_buffer_bytes: u32, debug_logs: bool) -> Result<Self, LoadError> {
-        let tgid = std::process::id();
+    pub fn load(
+        offsets: &KernelOffsets,
+        ring_buffer_bytes: u32,
+        debug_logs: bool,
+        agent_tgid: u32,
+    ) -> Result<Self, LoadError> {
+        let tgid = agent_tgid;
         // aya-log levels: 0 disables every record, 4 is Debug. The verifier
         // removes disabled log calls, so they cost nothing when off.
         let log_level: u8 = if debug_logs { aya_log::Level::Debug as u8 } else { 0 };
@@ -154,6 +161,7 @@ impl Hooks {
                 files: take(&mut self.ebpf, WATCHED_FILES_MAP)?,
             },
             endpoints: take(&mut self.ebpf, WATCHED_ENDPOINTS_MAP)?,
+            counters: CounterMap::new(take(&mut self.ebpf, COUNTERS_MAP)?),
             logger,
         })
     }
@@ -174,23 +182,6 @@ impl Hooks {
         }
         self.attached.extend(cgroup_hooks::attach(&mut self.ebpf)?);
         Ok(&self.attached)
-    }
-
-    /// Every counter of every hook, per CPU, as the kernel has it now.
-    pub fn counters(&self) -> Result<KernelCounters, LoadError> {
-        let map = self.ebpf.map(COUNTERS_MAP).ok_or(LoadError::MissingMap(COUNTERS_MAP))?;
-        let array =
-            PerCpuArray::<_, u64>::try_from(map).map_err(|source| LoadError::Map { name: COUNTERS_MAP, source })?;
-        let mut readings = Vec::with_capacity(Hook::ALL.len() * Counter::ALL.len());
-        for hook in Hook::ALL {
-            for counter in Counter::ALL {
-                let values = array
-                    .get(&counter_slot(hook, counter), 0)
-                    .map_err(|source| LoadError::Map { name: COUNTERS_MAP, source })?;
-                readings.push(CounterReading { hook, counter, per_cpu: values.iter().copied().collect() });
-            }
-        }
-        Ok(KernelCounters { readings })
     }
 }
 

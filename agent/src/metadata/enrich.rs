@@ -57,10 +57,11 @@ pub struct Enricher {
 }
 
 impl Enricher {
-    /// An enricher reading `/proc`, the runtime through `cri`, pods from
-    /// `pods`, and the scanner's latest token files.
-    pub fn new(cri: CriCache, pods: PodSource, token_files: watch::Receiver<Arc<TokenFiles>>) -> Self {
-        Enricher { proc: PathBuf::from("/proc"), cri, pods, token_files }
+    /// An enricher reading the node's processes under `proc` (the host's
+    /// /proc), the runtime through `cri`, pods from `pods`, and the
+    /// scanner's latest token files.
+    pub fn new(cri: CriCache, pods: PodSource, token_files: watch::Receiver<Arc<TokenFiles>>, proc: PathBuf) -> Self {
+        Enricher { proc, cri, pods, token_files }
     }
 
     /// Everything known about `event`.

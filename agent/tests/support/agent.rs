@@ -85,6 +85,11 @@ impl AgentProcess {
         }
     }
 
+    /// The agent's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The gRPC socket, when the test did not choose the address.
     pub fn grpc_socket(&self) -> std::path::PathBuf {
         self.dir.path().join("grpc.sock")
@@ -143,24 +148,7 @@ fn parse(line: &str) -> Alert {
 fn collect(stream: impl std::io::Read + Send + 'static, into: Arc<Mutex<Vec<String>>>) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            into.lock().expect("lock").push(strip_ansi(&line));
+            into.lock().expect("lock").push(line);
         }
     })
-}
-
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }

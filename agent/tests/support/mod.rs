@@ -12,6 +12,7 @@ pub mod agent;
 pub mod cgroup;
 pub mod cri;
 pub mod fake_apiserver;
+pub mod manifests;
 pub mod otlp_collector;
 pub mod pki;
 
@@ -64,10 +65,16 @@ pub fn mount_ns_of(pid: u32) -> String {
 /// Writes a kubeconfig for the in-test API server (plain HTTP on loopback,
 /// no credentials) into `dir`; returns its path.
 pub fn kubeconfig(dir: &Path, server: &str) -> String {
+    kubeconfig_with_user(dir, server, "{}")
+}
+
+/// [`kubeconfig`] with the user's credentials given as YAML flow mapping,
+/// e.g. `{tokenFile: /path}`.
+pub fn kubeconfig_with_user(dir: &Path, server: &str, user: &str) -> String {
     let path = dir.join("kubeconfig");
     let text = format!(
         "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"{server}\"}}}}]\n\
-         users: [{{name: nobody, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: nobody}}}}]\n\
+         users: [{{name: nobody, user: {user}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: nobody}}}}]\n\
          current-context: fake\n"
     );
     std::fs::write(&path, text).expect("write kubeconfig");

@@ -55,6 +55,11 @@ pub enum GrpcError {
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
+/// The largest request a client may send: a subscription with every
+/// filter list full is far smaller; anything bigger is refused
+/// (OUT_OF_RANGE, naming the limit) before it is decoded.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
 /// Serves until `cancel`, then drains gracefully.
 pub async fn serve(
     listen: Listen,
@@ -72,10 +77,10 @@ pub async fn serve(
     if let Some(tls) = &tls {
         builder = builder.tls_config(tls_config(tls)?)?;
     }
-    let router = builder
-        .add_service(health)
-        .add_service(reflection)
-        .add_service(AlertServiceServer::new(service::AlertStream::new(spool, cancel.clone())));
+    let router = builder.add_service(health).add_service(reflection).add_service(
+        AlertServiceServer::new(service::AlertStream::new(spool, cancel.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+    );
     tracing::info!(%listen, tls = tls.is_some(), mtls = tls.as_ref().is_some_and(|t| t.client_ca.is_some()), "gRPC alert stream listening");
     let shutdown = cancel.clone();
     match &listen {
@@ -84,6 +89,7 @@ pub async fn serve(
                 .await
                 .map_err(|source| GrpcError::Listen { listen: listen.clone(), source })?;
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            serving(true);
             router.serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()).await?;
         }
         Listen::Unix(path) => {
@@ -91,10 +97,18 @@ pub async fn serve(
             let listener = tokio::net::UnixListener::bind(path)
                 .map_err(|source| GrpcError::Listen { listen: listen.clone(), source })?;
             let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+            serving(true);
             router.serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()).await?;
         }
     }
+    serving(false);
     Ok(())
+}
+
+/// Tells the probes (`/readyz`) whether the listener is bound and serving;
+/// the health service says SERVING from the same moment.
+fn serving(up: bool) {
+    crate::metrics::global().grpc_serving.store(up, std::sync::atomic::Ordering::Relaxed);
 }
 
 fn tls_config(tls: &TlsFiles) -> Result<ServerTlsConfig, GrpcError> {

@@ -42,15 +42,34 @@ impl AlertService for AlertStream {
 
     async fn subscribe(&self, request: Request<SubscribeRequest>) -> Result<Response<Responses>, Status> {
         let request = request.into_inner();
+        super::filter::validate(&request).map_err(Status::invalid_argument)?;
         let (tx, rx) = mpsc::channel(BUFFER);
         let (spool, cancel) = (self.spool.clone(), self.cancel.clone());
         tracing::debug!(after = request.after_sequence, follow = request.follow, "subscriber connected");
         tokio::spawn(async move {
+            let _counted = Subscribed::new();
             if let Err(status) = feed(spool, request, &tx, cancel).await {
                 let _ = tx.send(Err(status)).await;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Counts a subscriber in the `tokenwatch_grpc_subscribers` gauge while it
+/// lives, however its feed ends.
+struct Subscribed;
+
+impl Subscribed {
+    fn new() -> Self {
+        crate::metrics::global().subscribers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Subscribed
+    }
+}
+
+impl Drop for Subscribed {
+    fn drop(&mut self) {
+        crate::metrics::global().subscribers.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

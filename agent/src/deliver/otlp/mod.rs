@@ -292,6 +292,7 @@ fn start_after(spool: &Spool, position: &Position) -> u64 {
 }
 
 async fn store(position: &Position, sequence: u64) -> Result<(), OtlpError> {
+    crate::metrics::global().otlp_acknowledged.store(sequence, std::sync::atomic::Ordering::Relaxed);
     let position = position.clone();
     Ok(tokio::task::spawn_blocking(move || position.store(sequence)).await??)
 }

@@ -5,7 +5,7 @@
 //! every in-cluster client does, so a cluster needs a way to say "this
 //! controller is expected to" without giving anything else a free pass.
 //! A policy is a YAML file (the same text can live in a ConfigMap); see
-//! `deploy/policy/README.md` for the schema and `deploy/policy/default.yaml`
+//! `deploy/base/policy/README.md` for the schema and `deploy/base/policy/default.yaml`
 //! for the shipped default. Every check runs while the file is parsed, so a
 //! bad policy is refused at start-up with `file:line:column`, never
 //! half-applied.
@@ -33,10 +33,10 @@ pub use self::matcher::Glob;
 /// The one list of rule ids, so the detector, the policy and the docs agree.
 pub const RULE_IDS: &[&str] = &["token-read", "apiserver-connect", "token-theft-chain", "node-token-harvest"];
 
-/// The shipped default policy (`deploy/policy/default.yaml`), built in so the
+/// The shipped default policy (`deploy/base/policy/default.yaml`), built in so the
 /// agent behaves the same with or without a policy file, and so a command
 /// can print it as a starting point.
-pub const DEFAULT_POLICY_YAML: &str = include_str!("../../../../deploy/policy/default.yaml");
+pub const DEFAULT_POLICY_YAML: &str = include_str!("../../../../deploy/base/policy/default.yaml");
 
 /// Why a policy was refused. Each names the file and, for a bad value, the
 /// line and column and the YAML path of what is wrong.
@@ -126,10 +126,12 @@ impl Policy {
     /// parse, and should it ever not, the agent logs it and runs with every
     /// rule on and no exceptions (alerting more, never less).
     pub fn default_policy() -> Policy {
-        Policy::parse(Path::new("deploy/policy/default.yaml (built in)"), DEFAULT_POLICY_YAML).unwrap_or_else(|error| {
-            tracing::error!(%error, "built-in default policy is invalid; every rule on, no exceptions");
-            Policy::default()
-        })
+        Policy::parse(Path::new("deploy/base/policy/default.yaml (built in)"), DEFAULT_POLICY_YAML).unwrap_or_else(
+            |error| {
+                tracing::error!(%error, "built-in default policy is invalid; every rule on, no exceptions");
+                Policy::default()
+            },
+        )
     }
 
     /// Applies per-rule settings and exceptions to a freshly built alert.

@@ -37,7 +37,7 @@ fn open_from(leaf: &str, parent: &str) -> KernelEvent {
 
 fn enricher(pods: PodSource) -> Enricher {
     let (_tx, rx) = watch::channel(Arc::new(TokenFiles::new()));
-    Enricher::new(CriCache::new(Some("/nonexistent/cri.sock".into())), pods, rx)
+    Enricher::new(CriCache::new(Some("/nonexistent/cri.sock".into())), pods, rx, "/proc".into())
 }
 
 #[tokio::test]

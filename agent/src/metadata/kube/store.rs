@@ -37,7 +37,14 @@ impl PodStore {
     /// the grace period ago.
     pub fn get(&self, uid: &str) -> Option<Arc<PodInfo>> {
         let now = Instant::now();
-        self.read().get(uid).filter(|pod| self.visible(pod, now)).cloned()
+        let found = self.read().get(uid).filter(|pod| self.visible(pod, now)).cloned();
+        let metrics = crate::metrics::global();
+        crate::metrics::Metrics::bump(if found.is_some() {
+            &metrics.pod_store_hits
+        } else {
+            &metrics.pod_store_misses
+        });
+        found
     }
 
     /// How many pods [`PodStore::get`] would resolve now.

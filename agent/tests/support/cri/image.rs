@@ -108,7 +108,20 @@ pub(super) fn build_and_import(containerd: &Containerd) {
 
     // CRI learns of images through containerd's events: wait until it knows
     // both names, or RunPodSandbox would try to pull the sandbox image.
-    for name in [IMAGE, SANDBOX_IMAGE] {
+    wait_until_listed(containerd, &[IMAGE, SANDBOX_IMAGE]);
+}
+
+/// Imports an OCI archive holding image `name` (as `buildah push
+/// oci-archive:FILE:NAME` writes it) and waits until CRI lists it.
+pub fn import_archive(containerd: &Containerd, archive: &std::path::Path, name: &str) {
+    let socket = containerd.socket().to_str().expect("a UTF-8 path");
+    run("ctr", &["-a", socket, "-n", "k8s.io", "images", "import", archive.to_str().expect("a UTF-8 path")]);
+    wait_until_listed(containerd, &[name]);
+}
+
+/// Waits until CRI's ImageStatus knows every name.
+fn wait_until_listed(containerd: &Containerd, names: &[&str]) {
+    for &name in names {
         let known = wait_for(Duration::from_secs(10), || {
             let mut images = containerd.image_client();
             let request = ImageStatusRequest {

@@ -21,11 +21,13 @@
 
 pub mod cleanup;
 mod config;
+pub mod custom;
 pub mod daemon;
 pub mod image;
 pub mod pod;
 pub mod token;
 
+pub use custom::CustomContainer;
 pub use daemon::Containerd;
 pub use pod::{Pod, PodSpec, Qos, Sibling};
 

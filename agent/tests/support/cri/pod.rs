@@ -33,7 +33,7 @@ use k8s_cri::v1::{
 use super::super::wait_for;
 
 mod sibling;
-use super::{cleanup, daemon::Containerd, token::TokenVolume, IMAGE, SA_MOUNT};
+use super::{cleanup, custom::CustomContainer, daemon::Containerd, token::TokenVolume, IMAGE, SA_MOUNT};
 pub use sibling::Sibling;
 
 /// How long [`Pod::trigger`] waits for the entrypoint to read the token.
@@ -102,6 +102,9 @@ pub struct PodSpec {
     /// `shareProcessNamespace: true`: the pod's containers share one pid
     /// namespace (the sandbox's).
     pub share_process_namespace: bool,
+    /// Another image, arguments, environment, mounts and security context
+    /// for the container (e.g. the agent's own, as its DaemonSet asks).
+    pub custom: Option<CustomContainer>,
 }
 
 impl PodSpec {
@@ -119,6 +122,7 @@ impl PodSpec {
             qos: Qos::BestEffort,
             extra_mounts: Vec::new(),
             share_process_namespace: false,
+            custom: None,
         }
     }
 }
@@ -231,7 +235,7 @@ impl Containerd {
 
         let mut labels = pod_labels(spec);
         labels.insert("io.kubernetes.container.name".to_owned(), spec.container_name.clone());
-        let config = ContainerConfig {
+        let mut config = ContainerConfig {
             metadata: Some(ContainerMetadata { name: spec.container_name.clone(), attempt: 0 }),
             image: Some(ImageSpec { image: IMAGE.to_owned(), ..Default::default() }),
             command: spec.command.clone(),
@@ -252,6 +256,9 @@ impl Containerd {
             }),
             ..Default::default()
         };
+        if let Some(custom) = &spec.custom {
+            custom.apply(&mut config);
+        }
         let request = CreateContainerRequest {
             pod_sandbox_id: sandbox_id.clone(),
             config: Some(config),
@@ -303,6 +310,17 @@ impl Pod<'_> {
     /// The host pid of the container's init process (its entrypoint).
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// The container's log file (CRI format: time, stream, tag, line).
+    pub fn log_path(&self) -> PathBuf {
+        let spec = &self.spec;
+        self.containerd
+            .dir()
+            .join("logs")
+            .join(format!("{}_{}_{}", spec.namespace, spec.name, spec.uid))
+            .join(&spec.container_name)
+            .join("0.log")
     }
 
     /// The host pid of the sandbox's (pause) process.

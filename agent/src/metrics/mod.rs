@@ -1,0 +1,93 @@
+//! Prometheus metrics and the health endpoints, on one small HTTP listener.
+//!
+//! The figures live in one process-wide [`Metrics`] ([`global`]): the stages
+//! that count (the pipeline, the metadata caches, the gRPC stream, the OTLP
+//! exporter) bump atomics without being handed a registry, and the sources
+//! that already keep their own numbers (kernel counters, the delivery log,
+//! the policy's per-exception counts) are read when Prometheus scrapes, so
+//! nothing is counted twice. Kubelet's gRPC probes cannot speak TLS, so the
+//! probes read the gRPC server's health state here instead (`/readyz`).
+
+mod render;
+mod server;
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+        Arc, LazyLock, Mutex, OnceLock, PoisonError,
+    },
+};
+
+pub use render::render;
+pub use server::{serve, MetricsError};
+
+use crate::{deliver::spool::Spool, detect::policy::Policy, kernel::counters::CounterMap};
+
+/// Everything the agent counts for Prometheus.
+#[derive(Default)]
+pub struct Metrics {
+    /// Alerts delivered, by (rule, severity).
+    alerts: Mutex<BTreeMap<(String, String), u64>>,
+    /// Container lookups answered from the CRI cache.
+    pub cri_cache_hits: AtomicU64,
+    /// Container lookups that had to ask the runtime.
+    pub cri_cache_misses: AtomicU64,
+    /// Pod lookups answered from the pod store.
+    pub pod_store_hits: AtomicU64,
+    /// Pod lookups for a pod the store does not (yet) know.
+    pub pod_store_misses: AtomicU64,
+    /// gRPC subscribers connected now.
+    pub subscribers: AtomicI64,
+    /// The last sequence the OTLP collector acknowledged; 0 before any.
+    pub otlp_acknowledged: AtomicU64,
+    /// Whether an OTLP exporter runs (export lag is only meaningful then).
+    pub otlp_enabled: AtomicBool,
+    /// The kernel hooks are attached: events are being seen.
+    pub hooks_attached: AtomicBool,
+    /// The gRPC server is serving (its health service says SERVING).
+    pub grpc_serving: AtomicBool,
+    /// Sources read at scrape time, registered once by the daemon.
+    sources: OnceLock<Sources>,
+}
+
+/// Figures other components keep themselves; read when scraped.
+struct Sources {
+    /// The programs' per-hook, per-CPU counters.
+    kernel: Arc<CounterMap>,
+    /// The delivery log (depth, size, damage).
+    spool: Spool,
+    /// The policy (suppressions per exception).
+    policy: Arc<Policy>,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
+
+/// The process's metrics.
+pub fn global() -> &'static Metrics {
+    &METRICS
+}
+
+impl Metrics {
+    /// Counts one delivered alert of `rule` at `severity`.
+    pub fn alert_delivered(&self, rule: &str, severity: &str) {
+        let mut alerts = self.alerts.lock().unwrap_or_else(PoisonError::into_inner);
+        *alerts.entry((rule.to_owned(), severity.to_owned())).or_default() += 1;
+    }
+
+    /// Registers the sources read at scrape time. The first registration
+    /// wins: one daemon runs per process.
+    pub fn register(&self, kernel: Arc<CounterMap>, spool: Spool, policy: Arc<Policy>) {
+        let _ = self.sources.set(Sources { kernel, spool, policy });
+    }
+
+    /// Ready: hooks attached and the gRPC server serving.
+    pub fn ready(&self) -> bool {
+        self.hooks_attached.load(Ordering::Relaxed) && self.grpc_serving.load(Ordering::Relaxed)
+    }
+
+    /// Adds one to `counter`.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,120 @@
+//! The metrics and probe endpoints of a live agent, and the agent's own
+//! token reads and API-server calls, which must never alert. Root only; run
+//! by `cargo xtask test`. The Kubernetes API is the in-test server (no
+//! kube-apiserver can run here), dialled on loopback.
+
+mod support;
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    time::Duration,
+};
+
+use nix::sys::signal::Signal;
+use support::{
+    actor::{Actor, SA_DIR},
+    agent::AgentProcess,
+    cgroup::TestCgroup,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// `GET path` over plain HTTP/1.1; the status code and the body.
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect to the metrics listener");
+    stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: tokenwatch\r\nConnection: close\r\n\r\n").expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the sample `series` (name with labels, as rendered).
+fn sample(text: &str, series: &str) -> Option<u64> {
+    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+#[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test"]
+fn metrics_count_what_happened_and_the_agents_own_token_and_api_calls_never_alert() {
+    let _serial = support::serialise();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let api = runtime.block_on(support::fake_apiserver::FakeApiServer::start());
+    let api_addr = api.url().trim_start_matches("http://").to_owned();
+    // The agent's own credentials: a token file it watches (it is a token
+    // path) and reads (its kubeconfig names it), for an API server it
+    // watches (its address is an API-server endpoint).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let own_token = dir.path().join("agent-token");
+    std::fs::write(&own_token, "not-a-real-token").expect("write the agent's token");
+    let own_token = own_token.display().to_string();
+    let kubeconfig = support::kubeconfig_with_user(dir.path(), api.url(), &format!("{{tokenFile: \"{own_token}\"}}"));
+    let cgroup = TestCgroup::create("metrics");
+    let mut actor = Actor::spawn(&cgroup.procs_files());
+    let agent = AgentProcess::start(&[
+        "--kubeconfig".into(),
+        kubeconfig,
+        "--node-name".into(),
+        "n1".into(),
+        "--token-path".into(),
+        own_token.clone(),
+        "--api-server".into(),
+        api_addr.clone(),
+        "--rescan-interval-seconds".into(),
+        "1".into(),
+        "--metrics-listen".into(),
+        "127.0.0.1:0".into(),
+    ]);
+    assert!(agent.wait_for_log(&["metrics and health endpoints listening"], TIMEOUT), "{}", agent.stderr());
+    let stderr = agent.stderr();
+    let line = stderr.lines().find(|l| l.contains("metrics and health endpoints listening")).expect("the line");
+    let addr = line.split("addr=").nth(1).and_then(|s| s.split_whitespace().next()).expect("addr=").to_owned();
+    assert!(agent.wait_for_log(&["watching token file", &own_token], TIMEOUT), "{}", agent.stderr());
+
+    actor.must(&format!("open {SA_DIR}/token"));
+    let arrived = agent.wait_for_alerts(TIMEOUT, |alerts| {
+        alerts.iter().any(|a| a.process.as_ref().is_some_and(|p| p.pid == actor.pid))
+    });
+    assert!(arrived, "the actor's read was missed:\n{}", agent.stderr());
+
+    let (status, text) = get(&addr, "/metrics");
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(sample(&text, "tokenwatch_ready"), Some(1), "{text}");
+    let reads = sample(&text, "tokenwatch_alerts_total{rule=\"token-read\",severity=\"SEVERITY_MEDIUM\"}")
+        .or_else(|| sample(&text, "tokenwatch_alerts_total{rule=\"token-read\",severity=\"SEVERITY_HIGH\"}"));
+    assert!(reads >= Some(1), "the actor's read is counted by rule and severity:\n{text}");
+    let matched: u64 = ["open", "openat", "openat2"]
+        .iter()
+        .filter_map(|hook| {
+            sample(&text, &format!("tokenwatch_kernel_events_total{{hook=\"{hook}\",stage=\"matched\"}}"))
+        })
+        .sum();
+    assert!(matched >= 1, "the kernel's match is counted per hook:\n{text}");
+    assert!(sample(&text, "tokenwatch_spool_alerts") >= Some(1), "{text}");
+    assert_eq!(sample(&text, "tokenwatch_grpc_subscribers"), Some(0), "{text}");
+    assert!(text.contains("# TYPE tokenwatch_metadata_cache_misses_total counter"), "{text}");
+    assert_eq!(get(&addr, "/readyz").0, 200);
+    assert_eq!(get(&addr, "/healthz").0, 200);
+    assert_eq!(get(&addr, "/nothing-here").0, 404);
+
+    // Make the agent dial its API server again while its hooks are live:
+    // the watches are dropped and re-established.
+    let watches = api.watch_requests();
+    api.drop_watches();
+    assert!(support::wait_for(TIMEOUT, || (api.watch_requests() > watches).then_some(())).is_some(), "no re-watch");
+    // Two rescans (each opens every token file, the agent's own included).
+    std::thread::sleep(Duration::from_millis(2500));
+    let agent_pid = agent.pid();
+    let stopped = agent.stop(Signal::SIGTERM);
+    let own: Vec<_> =
+        stopped.alerts.iter().filter(|a| a.process.as_ref().is_some_and(|p| p.pid == agent_pid)).collect();
+    assert!(own.is_empty(), "the agent alerted on itself: {own:?}");
+    assert!(
+        !stopped.alerts.iter().any(|a| serde_json::to_string(a).unwrap_or_default().contains(&own_token)),
+        "no alert names the agent's own token file"
+    );
+    drop(actor);
+}
