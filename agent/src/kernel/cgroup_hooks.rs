@@ -6,10 +6,12 @@
 //! The root is found at run time from `/proc/self/mountinfo` (the first
 //! `cgroup2` mount: `/sys/fs/cgroup` on a unified host,
 //! `/sys/fs/cgroup/unified` on a hybrid one). A host without cgroup2 gets a
-//! warning and the tracepoints only. The agent must see the host's cgroup
-//! namespace (the DaemonSet's `hostPID` pod with the host's
-//! `/sys/fs/cgroup`): attached under a private namespace's root, the
-//! programs would cover only the agent's own cgroup; that is warned about.
+//! warning and the tracepoints only. The agent must see the host's
+//! cgroup tree (the DaemonSet mounts the host's `/sys/fs/cgroup`): attached
+//! under a private namespace's root, the programs would cover only the
+//! agent's own cgroup; that is warned about when it can be told. Missing
+//! `CAP_NET_ADMIN`, no cgroup2, or a refused attach cost these programs
+//! only: the agent warns and keeps its tracepoints.
 
 use std::{fs, path::PathBuf};
 
@@ -23,17 +25,30 @@ use super::loader::LoadError;
 /// The programs, by name in the object; their section says the attach type.
 const PROGRAMS: [&str; 2] = ["connect4", "connect6"];
 
-/// Loads (verifies) both programs.
+/// Loads (verifies) both programs. The kernel asks for `CAP_NET_ADMIN`
+/// (besides `CAP_BPF`) for any networking program type: without it the
+/// agent warns and runs with the syscall tracepoints only, rather than not
+/// at all.
 pub fn load(ebpf: &mut Ebpf) -> Result<(), LoadError> {
     for name in PROGRAMS {
-        program(ebpf, name)?.load().map_err(|source| LoadError::Program { name, source })?;
+        if let Err(error) = program(ebpf, name)?.load() {
+            tracing::warn!(
+                program = name,
+                %error,
+                "cgroup connect hook not loaded (it needs CAP_NET_ADMIN): connects made without connect(2) \
+                 (io_uring, TCP Fast Open) go unseen"
+            );
+        }
     }
     Ok(())
 }
 
 /// Attaches both programs to the cgroup2 root; returns their names, or
-/// nothing when the host has no cgroup2 hierarchy.
+/// nothing when the host has no cgroup2 hierarchy or they did not load.
 pub fn attach(ebpf: &mut Ebpf) -> Result<Vec<&'static str>, LoadError> {
+    if PROGRAMS.iter().any(|name| program(ebpf, name).map(|p| p.fd().is_err()).unwrap_or(true)) {
+        return Ok(Vec::new());
+    }
     let Some(root) = cgroup2_root(&fs::read_to_string("/proc/self/mountinfo").unwrap_or_default()) else {
         tracing::warn!(
             "no cgroup2 hierarchy is mounted: connects made without connect(2) (io_uring, TCP Fast Open) go unseen"
@@ -50,14 +65,21 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<Vec<&'static str>, LoadError> {
     let dir = fs::File::open(&root).map_err(|source| LoadError::CgroupRoot { path: root.clone(), source })?;
     let mut attached = Vec::new();
     for name in PROGRAMS {
-        program(ebpf, name)?
-            // A bpf_link (what aya makes on 5.7+) always lets other programs
-            // run beside it; the kernel refuses any flag on it.
-            .attach(&dir, CgroupAttachMode::Single)
-            .map_err(|source| LoadError::Program { name, source })?;
-        attached.push(name);
+        // A bpf_link (what aya makes on 5.7+) always lets other programs run
+        // beside it; the kernel refuses any flag on it.
+        match program(ebpf, name)?.attach(&dir, CgroupAttachMode::Single) {
+            Ok(_) => attached.push(name),
+            Err(error) => tracing::warn!(
+                program = name,
+                root = %root.display(),
+                %error,
+                "cgroup connect hook not attached: connects made without connect(2) go unseen"
+            ),
+        }
     }
-    tracing::debug!(root = %root.display(), "cgroup connect hooks attached");
+    if !attached.is_empty() {
+        tracing::info!(root = %root.display(), "cgroup connect hooks attached");
+    }
     Ok(attached)
 }
 
