@@ -2,26 +2,28 @@
 //! posts no completion, so `io_uring_complete` never fires for it and the
 //! process reads the fd it guesses (the lowest free one) with `read(2)`.
 //!
-//! Such an open is remembered per process at submission. It is judged at
-//! the process's next io_uring event after it (a completion of any request
-//! of the process, e.g. a NOP linked behind the open, or the return of
-//! `io_uring_enter`, which is where an inline open has already finished):
-//! the fds just below `files->next_fd` (the allocator's hint, one above the
-//! fd it last gave) are looked up; a direct descriptor is read from its
-//! fixed-file slot. Residual gap (README): an open punted to an io-wq
-//! worker and never followed by another io_uring event of the process.
+//! Such an open is remembered per process at submission, and judged when a
+//! thread of the process next stops running (`sched_switch`, a raw
+//! tracepoint: an io-wq worker that finished the open goes idle, the
+//! submitter waits or sleeps before its `read(2)`), at the return of
+//! `io_uring_enter` and at any completion of the process: the fds just
+//! below `files->next_fd` (the allocator's hint, one above the fd it last
+//! gave) are looked up; a direct descriptor is read from its fixed-file
+//! slot. The `sched_switch` program costs one array lookup per context
+//! switch, and a hash lookup only within [`WINDOW_NS`] of a completion-less
+//! open anywhere on the node; entries expire after the same window.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
-    macros::tracepoint,
-    programs::TracePointContext,
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns},
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
     EbpfContext,
 };
 use tokenwatch_common::{Counter, Hook, KernelOffsets};
 
 use crate::{
     kernel::{read_ptr, read_u32},
-    maps::{count, PendingUringOpen, KERNEL_OFFSETS, SKIPPED_URING_OPENS},
+    maps::{count, SkippedUringOpen, KERNEL_OFFSETS, LAST_SKIPPED_OPEN, SKIPPED_URING_OPENS},
     open::{fd_to_file, report_file, watched},
     uring::fixed_file,
 };
@@ -30,9 +32,9 @@ use crate::{
 pub const REQ_F_CQE_SKIP: u32 = 1 << 6;
 /// How many fds below `next_fd` are looked at.
 const CANDIDATES: u32 = 4;
-/// After this many events without a match the open is forgotten (it opened
-/// something else, or failed).
-const MAX_CHECKS: u32 = 8;
+/// How long a completion-less open is looked for (it opened something
+/// else, or failed, or the process is gone): 2 s.
+pub const WINDOW_NS: u64 = 2_000_000_000;
 
 /// Whether the request `req` asked for no completion on success.
 #[inline(always)]
@@ -42,9 +44,23 @@ pub fn skips_completion(req: u64, offsets: &KernelOffsets) -> bool {
 
 /// Remembers a completion-less open of the current process.
 #[inline(always)]
-pub fn remember(pending: &PendingUringOpen) {
+pub fn remember(pending: &crate::maps::PendingUringOpen) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let _ = SKIPPED_URING_OPENS.insert(tgid, *pending, 0);
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let _ = SKIPPED_URING_OPENS.insert(tgid, SkippedUringOpen { open: *pending, since_ns: now }, 0);
+    if let Some(last) = LAST_SKIPPED_OPEN.get_ptr_mut(0) {
+        // SAFETY: the array's only slot; a racing writer also writes "now".
+        unsafe { *last = now };
+    }
+}
+
+/// A thread stops running: the cheapest moment that surely follows an
+/// io-wq worker's open (it goes idle) and precedes the submitter's read.
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn sched_switch_skipped(ctx: RawTracePointContext) -> i32 {
+    check(&ctx);
+    0
 }
 
 #[tracepoint]
@@ -64,12 +80,16 @@ pub fn io_uring_complete_skipped(ctx: TracePointContext) -> u32 {
 /// Judges the current process's completion-less open, if it has one.
 #[inline(always)]
 fn check<C: EbpfContext>(ctx: &C) {
+    // The gate: one array read unless such an open happened lately.
+    let last = LAST_SKIPPED_OPEN.get(0).copied().unwrap_or(0);
+    // SAFETY: helper without preconditions.
+    if last == 0 || unsafe { bpf_ktime_get_ns() }.saturating_sub(last) > WINDOW_NS {
+        return;
+    }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let Some(entry) = SKIPPED_URING_OPENS.get_ptr_mut(tgid) else { return };
-    // SAFETY: a map value pointer, valid for this program's run.
-    let pending = unsafe { &mut *entry };
-    pending._pad += 1;
-    let (checks, found) = (pending._pad, *pending);
+    // SAFETY: copied out at once.
+    let Some(skipped) = (unsafe { SKIPPED_URING_OPENS.get(tgid) }).copied() else { return };
+    let found = skipped.open;
     let offsets = KERNEL_OFFSETS.load();
     // SAFETY: current task pointer, read only via probes.
     let task = unsafe { bpf_get_current_task() };
@@ -84,7 +104,8 @@ fn check<C: EbpfContext>(ctx: &C) {
         let _ = SKIPPED_URING_OPENS.remove(tgid);
         count(Hook::IoUring, Counter::OpensSeen);
         report_file(ctx, Hook::IoUring, &found.open, ret, task, file);
-    } else if checks >= MAX_CHECKS {
+    // SAFETY: helper without preconditions.
+    } else if unsafe { bpf_ktime_get_ns() }.saturating_sub(skipped.since_ns) > WINDOW_NS {
         let _ = SKIPPED_URING_OPENS.remove(tgid);
     }
 }

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, MapError, RingBuf},
-    programs::{ProgramError, TracePoint},
+    programs::{ProgramError, RawTracePoint, TracePoint},
     Ebpf, EbpfError, EbpfLoader,
 };
 use aya_log::EbpfLogger;
@@ -43,6 +43,12 @@ const TRACEPOINTS: &[(&str, &str, &str, bool)] = &[
     ("syscalls", "sys_enter_open_by_handle_at", "sys_enter_open_by_handle_at", false),
     ("syscalls", "sys_enter_pidfd_getfd", "sys_enter_pidfd_getfd", false),
 ];
+
+/// Raw tracepoints (tracepoint, program): no trace record is formatted, so
+/// they suit events as frequent as `sched_switch`, where the program reads
+/// one array slot and returns unless a completion-less io_uring open
+/// happened in the last 2 s (`ebpf/src/uring_skip.rs`). Optional.
+const RAW_TRACEPOINTS: &[(&str, &str)] = &[("sched_switch", "sched_switch_skipped")];
 
 /// Where the kernel's trace events are listed, mounted or not.
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -140,6 +146,9 @@ impl Hooks {
             hooks.program(name)?.load().map_err(|source| LoadError::Program { name, source })?;
         }
         cgroup_hooks::load(&mut hooks.ebpf)?;
+        for &(_, name) in RAW_TRACEPOINTS {
+            raw_program(&mut hooks.ebpf, name)?.load().map_err(|source| LoadError::Program { name, source })?;
+        }
         Ok(hooks)
     }
 
@@ -180,9 +189,22 @@ impl Hooks {
             self.program(name)?.attach(category, tracepoint).map_err(|source| LoadError::Program { name, source })?;
             self.attached.push(name);
         }
+        for &(tracepoint, name) in RAW_TRACEPOINTS {
+            match raw_program(&mut self.ebpf, name)?.attach(tracepoint) {
+                Ok(_) => self.attached.push(name),
+                Err(error) => tracing::warn!(program = name, %error, "raw tracepoint not attached"),
+            }
+        }
         self.attached.extend(cgroup_hooks::attach(&mut self.ebpf)?);
         Ok(&self.attached)
     }
+}
+
+fn raw_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut RawTracePoint, LoadError> {
+    ebpf.program_mut(name)
+        .ok_or(LoadError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| LoadError::Program { name, source })
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>

@@ -46,6 +46,7 @@ fn run(args: &[String]) -> Result<(), String> {
         "uring-openat2" => uring_open(&arg(1)?, true, false),
         "uring-openat-direct" => uring_open(&arg(1)?, false, true),
         "uring-openat-skip" => uring_open_skip(&arg(1)?),
+        "uring-openat-skip-async" => uring_open_skip_async(&arg(1)?),
         "uring-connect" => uring_connect(&parse(&arg(1)?)?),
         "tfo-sendto" => fastopen(&parse(&arg(1)?)?, false),
         "tfo-sendmsg" => fastopen(&parse(&arg(1)?)?, true),
@@ -131,6 +132,29 @@ fn uring_open_skip(path: &str) -> Result<(), String> {
     if submit(&mut ring, opcode::Nop::new().build())? != 0 {
         return Err("the linked NOP failed".to_owned());
     }
+    let mut buf = [0u8; 16];
+    // SAFETY: reading into a valid buffer from the guessed fd.
+    let n = unsafe { libc::read(guess, buf.as_mut_ptr().cast(), buf.len()) };
+    (n > 0).then_some(()).ok_or_else(|| format!("read fd {guess}: {}", std::io::Error::last_os_error()))
+}
+
+/// IORING_OP_OPENAT with IOSQE_CQE_SKIP_SUCCESS and IOSQE_ASYNC alone: an
+/// io-wq worker opens it; the process never calls io_uring again, and
+/// reads the guessed fd after a pause.
+fn uring_open_skip_async(path: &str) -> Result<(), String> {
+    let mut ring = IoUring::new(4).map_err(|e| format!("io_uring_setup: {e}"))?;
+    let c_path = CString::new(path).map_err(|e| e.to_string())?;
+    // SAFETY: plain syscalls: learn the lowest free fd.
+    let guess = unsafe { libc::dup(0) };
+    // SAFETY: as above.
+    unsafe { libc::close(guess) };
+    let flags = squeue::Flags::SKIP_SUCCESS | squeue::Flags::ASYNC;
+    let open =
+        opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), c_path.as_ptr()).flags(libc::O_RDONLY).build().flags(flags);
+    // SAFETY: the path outlives the pause below.
+    unsafe { ring.submission().push(&open) }.map_err(|e| format!("queue full: {e}"))?;
+    ring.submit().map_err(|e| format!("io_uring_enter: {e}"))?;
+    std::thread::sleep(std::time::Duration::from_millis(50));
     let mut buf = [0u8; 16];
     // SAFETY: reading into a valid buffer from the guessed fd.
     let n = unsafe { libc::read(guess, buf.as_mut_ptr().cast(), buf.len()) };

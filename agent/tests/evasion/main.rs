@@ -41,11 +41,12 @@ fn io_uring_opens_and_connects_are_caught() {
     let openat2 = scene.act(&pod, &["uring-openat2", &token]);
     let direct = scene.act(&pod, &["uring-openat-direct", &token]);
     let skip = scene.act(&pod, &["uring-openat-skip", &token]);
+    let skip_async = scene.act(&pod, &["uring-openat-skip-async", &token]);
     let v4 = scene.api_v4.to_string();
     let connect = scene.act(&pod, &["uring-connect", &v4]);
 
     let arrived = agent.wait_for_alerts(ALERT_TIMEOUT, |alerts| {
-        reads_in(alerts, &pod).len() >= 4 && !connects_in(alerts, &pod).is_empty()
+        reads_in(alerts, &pod).len() >= 5 && !connects_in(alerts, &pod).is_empty()
     });
     std::thread::sleep(Duration::from_millis(500));
     let stopped = agent.stop(nix::sys::signal::Signal::SIGTERM);
@@ -56,7 +57,8 @@ fn io_uring_opens_and_connects_are_caught() {
         (openat, "io_uring_openat", "IORING_OP_OPENAT"),
         (openat2, "io_uring_openat2", "IORING_OP_OPENAT2"),
         (direct, "io_uring_openat", "IORING_OP_OPENAT into a direct descriptor"),
-        (skip, "io_uring_openat", "IORING_OP_OPENAT with IOSQE_CQE_SKIP_SUCCESS"),
+        (skip, "io_uring_openat", "IORING_OP_OPENAT with IOSQE_CQE_SKIP_SUCCESS, a NOP linked behind"),
+        (skip_async, "io_uring_openat", "IORING_OP_OPENAT with IOSQE_CQE_SKIP_SUCCESS|IOSQE_ASYNC, then read(2)"),
     ] {
         let found: Vec<_> = by_pid(pid).collect();
         assert_eq!(found.len(), 1, "{what}: one alert\n{}", scene::describe(&stopped.alerts));
