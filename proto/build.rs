@@ -7,7 +7,7 @@ use std::{env, fs, path::PathBuf};
 use anyhow::Context;
 
 fn main() -> anyhow::Result<()> {
-    let protos = ["tokenwatch/v1/alert.proto", "tokenwatch/v1/service.proto"];
+    let protos = ["tokenwatch/v1/alert.proto", "tokenwatch/v1/service.proto", "tokenwatch/v1/inventory.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

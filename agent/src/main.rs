@@ -18,6 +18,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Agent(args) => run_agent(&args),
         Command::Alerts(args) => run_alerts(&args),
+        Command::Inventory(args) => client(tokenwatch_agent::cli::inventory::run(&args)),
+        Command::Advise(args) => client(tokenwatch_agent::cli::advise::run(&args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -27,12 +29,33 @@ fn main() -> ExitCode {
             {
                 eprintln!("tokenwatch: {error:#}");
             }
-            ExitCode::FAILURE
+            if is_bad_input(&error) {
+                ExitCode::from(BAD_INPUT)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
 
+/// The exit code for configuration or policy the agent refuses (clap uses
+/// the same for bad flags), so a supervisor can tell "fix your input" from
+/// "the agent failed".
+const BAD_INPUT: u8 = 2;
+
+/// Whether the agent stopped because its configuration or policy is wrong.
+fn is_bad_input(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause.is::<config::ConfigError>()
+            || cause.is::<tokenwatch_agent::detect::policy::PolicyError>()
+            || cause.downcast_ref::<daemon::DaemonError>().is_some_and(daemon::DaemonError::is_bad_input)
+    })
+}
+
 fn run_agent(args: &AgentArgs) -> anyhow::Result<()> {
+    // Everything the agent creates (delivery log, state, its unix socket)
+    // is its own alone.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let filter = EnvFilter::try_new(&args.log).with_context(|| format!("--log `{}`", args.log))?;
     // Colours only on a terminal: `kubectl logs` and log shippers get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -78,6 +101,20 @@ fn run_alerts(args: &tokenwatch_agent::cli::alerts::AlertsArgs) -> anyhow::Resul
         .try_init()?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(tokenwatch_agent::cli::alerts::run(args))?;
+    Ok(())
+}
+
+/// Runs a client command (warnings on stderr, its output on stdout).
+fn client<E: std::error::Error + Send + Sync + 'static>(
+    command: impl std::future::Future<Output = Result<(), E>>,
+) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .finish()
+        .try_init()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(command)?;
     Ok(())
 }
 

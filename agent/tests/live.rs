@@ -213,6 +213,7 @@ fn a_full_ring_buffer_drops_are_counted_and_logged_never_silent() {
         "info,tokenwatch_ebpf=debug",
     ]));
     const READS: u64 = 2000;
+    let rss_before = support::rss_kib(agent.pid());
     actor.must(&format!("open-many {SA_DIR}/token {READS}"));
     // Let the pipeline finish what the ring buffer delivered.
     let mut last = usize::MAX;
@@ -221,8 +222,25 @@ fn a_full_ring_buffer_drops_are_counted_and_logged_never_silent() {
         let now = agent.alerts().len();
         std::mem::replace(&mut last, now).eq(&now).then_some(())
     });
+    // The loss is itself an alert (checked every second): wait for it, and a
+    // second more so every dropped event is in one.
+    let lost = |alerts: &[Alert]| alerts.iter().any(|a| a.rule == "agent-degraded");
+    let reported = agent.wait_for_alerts(ALERT_TIMEOUT, lost);
+    std::thread::sleep(Duration::from_millis(1500));
+    let rss_after = support::rss_kib(agent.pid());
     let stopped = agent.stop(Signal::SIGTERM);
     assert!(stopped.status.success(), "agent exit {:?}:\n{}", stopped.status, stopped.stderr);
+    assert!(reported, "no agent-degraded alert for the drops:\n{}", stopped.stderr);
+    let mut lost_by_hook = std::collections::BTreeMap::new();
+    for alert in stopped.alerts.iter().filter(|a| a.rule == "agent-degraded") {
+        let Some(Evidence::AgentHealth(health)) = &alert.evidence else { panic!("health evidence: {alert:?}") };
+        assert_eq!(health.problem, "events-lost");
+        assert!(health.window_start.is_some() && health.window_end.is_some(), "when: {health:?}");
+        assert_eq!(health.events_lost, health.events_lost_by_hook.values().sum::<u64>(), "{health:?}");
+        for (hook, n) in &health.events_lost_by_hook {
+            *lost_by_hook.entry(hook.clone()).or_insert(0) += n;
+        }
+    }
 
     let delivered = stopped.alerts.iter().filter(|a| pid_of(a) == actor.pid).count() as u64;
     let matched = counter(&stopped.stderr, "opens_matched");
@@ -232,6 +250,10 @@ fn a_full_ring_buffer_drops_are_counted_and_logged_never_silent() {
     assert_eq!(matched, READS, "every read matched in the kernel");
     assert_eq!(sent + dropped, matched, "each match is sent or counted as dropped");
     assert_eq!(delivered, sent, "everything sent reached stdout, including what was queued at shutdown");
+    assert_eq!(lost_by_hook.values().sum::<u64>(), dropped, "the alerts account for every drop: {lost_by_hook:?}");
+    assert!(lost_by_hook.keys().all(|hook| hook.starts_with("open")), "only the open hooks lost: {lost_by_hook:?}");
+    // Bounded queues and windows: a flood does not grow the agent.
+    assert!(rss_after < rss_before + 32 * 1024, "RSS grew from {rss_before} KiB to {rss_after} KiB in a flood");
     let diagnostic = format!("ring buffer full: token open by tgid {} dropped", actor.pid);
     assert!(stopped.stderr.contains(&diagnostic), "the programs' own debug log reaches the agent's log");
     drop(actor);

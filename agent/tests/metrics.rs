@@ -5,37 +5,17 @@
 
 mod support;
 
-use std::{
-    io::{Read, Write},
-    net::TcpStream,
-    time::Duration,
-};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use support::{
     actor::{Actor, SA_DIR},
     agent::AgentProcess,
     cgroup::TestCgroup,
+    http_get as get, metric_sample as sample,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(15);
-
-/// `GET path` over plain HTTP/1.1; the status code and the body.
-fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect to the metrics listener");
-    stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: tokenwatch\r\nConnection: close\r\n\r\n").expect("request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
-    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, body)
-}
-
-/// The value of the sample `series` (name with labels, as rendered).
-fn sample(text: &str, series: &str) -> Option<u64> {
-    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
 
 #[test]
 #[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test"]
@@ -69,9 +49,7 @@ fn metrics_count_what_happened_and_the_agents_own_token_and_api_calls_never_aler
         "127.0.0.1:0".into(),
     ]);
     assert!(agent.wait_for_log(&["metrics and health endpoints listening"], TIMEOUT), "{}", agent.stderr());
-    let stderr = agent.stderr();
-    let line = stderr.lines().find(|l| l.contains("metrics and health endpoints listening")).expect("the line");
-    let addr = line.split("addr=").nth(1).and_then(|s| s.split_whitespace().next()).expect("addr=").to_owned();
+    let addr = support::metrics_addr(&agent.stderr()).expect("the metrics address in the log");
     assert!(agent.wait_for_log(&["watching token file", &own_token], TIMEOUT), "{}", agent.stderr());
 
     actor.must(&format!("open {SA_DIR}/token"));

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
 use nix::sys::signal::Signal;
 use support::{
@@ -23,19 +23,7 @@ fn strings(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| (*s).to_owned()).collect()
 }
 
-/// `tokenwatch alerts --server unix:<socket> -o json <args>`: what is held.
-fn cli(socket: &Path, args: &[&str]) -> Vec<Alert> {
-    let output = Command::new(env!("CARGO_BIN_EXE_tokenwatch"))
-        .args(["alerts", "--server", &format!("unix:{}", socket.display()), "-o", "json"])
-        .args(args)
-        .output()
-        .expect("run tokenwatch alerts");
-    assert!(output.status.success(), "tokenwatch alerts failed: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not an alert ({e}): {line}")))
-        .collect()
-}
+use support::agent::held_alerts as cli;
 
 fn sequences(alerts: &[Alert]) -> Vec<u64> {
     alerts.iter().map(|a| a.sequence).collect()
@@ -236,8 +224,13 @@ fn health_and_reflection_let_stock_tools_discover_the_stream() {
     let socket = agent.grpc_socket();
     let (status, services) = runtime.block_on(async {
         let channel = tokenwatch_agent::metadata::cri::channel(&socket).expect("a channel");
-        let request = HealthCheckRequest { service: "tokenwatch.v1.AlertService".into() };
-        let status = HealthClient::new(channel.clone()).check(request).await.expect("health check").into_inner().status;
+        let mut status = Vec::new();
+        for service in ["tokenwatch.v1.AlertService", "tokenwatch.v1.InventoryService"] {
+            let request = HealthCheckRequest { service: service.into() };
+            status.push(
+                HealthClient::new(channel.clone()).check(request).await.expect("health check").into_inner().status,
+            );
+        }
         let list = ServerReflectionRequest {
             host: String::new(),
             message_request: Some(MessageRequest::ListServices(String::new())),
@@ -253,8 +246,8 @@ fn health_and_reflection_let_stock_tools_discover_the_stream() {
         };
         (status, list.service.into_iter().map(|s| s.name).collect::<Vec<_>>())
     });
-    assert_eq!(status, i32::from(ServingStatus::Serving));
-    for service in ["tokenwatch.v1.AlertService", "grpc.health.v1.Health"] {
+    assert_eq!(status, [i32::from(ServingStatus::Serving); 2]);
+    for service in ["tokenwatch.v1.AlertService", "tokenwatch.v1.InventoryService", "grpc.health.v1.Health"] {
         assert!(services.iter().any(|s| s == service), "{service} not listed: {services:?}");
     }
     let stopped = agent.stop(Signal::SIGTERM);

@@ -15,6 +15,9 @@
 //!   `kubectl` (its kustomize renders deploy/) and `kubernetes-validate` (from
 //!   PyPI) to check the manifests against the Kubernetes schemas.
 //! * tracefs, where the agent's tracepoints are listed.
+//! * `kubernetes-validate` from PyPI (with pip, and python3 from Debian if
+//!   missing): the advise tests check every Kubernetes object
+//!   `tokenwatch advise` emits against the API's schemas with it.
 
 use std::path::Path;
 use std::process::Command;
@@ -35,9 +38,9 @@ const CRI_TEST_PACKAGES: [&str; 4] = ["containerd", "runc", "umoci", "busybox-st
 /// What the deploy tests need: `buildah` builds the agent's image from
 /// scratch with neither a registry nor a Docker daemon.
 const DEPLOY_TEST_PACKAGES: [&str; 1] = ["buildah"];
-/// The Kubernetes schema validator the deploy tests run on every rendered
-/// manifest (from PyPI), pinned so CI validates against a known schema set.
-const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+/// The Kubernetes schema validator the deploy and advise tests run (from
+/// PyPI), pinned so CI validates against a known schema set.
+const SCHEMA_VALIDATOR: &str = "kubernetes-validate==1.37.0";
 /// Where the LLVM of `llvm-22-dev` lives.
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// The bpf-linker release line that links aya-ebpf 0.2 objects.
@@ -132,6 +135,7 @@ pub fn setup() -> Result<()> {
     bpf_linker(route, &mut report)?;
     tracefs(&mut report)?;
     deploy_tools(&mut report)?;
+    schema_validator(&mut report)?;
 
     let list = |items: &[String]| if items.is_empty() { "nothing".to_owned() } else { items.join(", ") };
     say(format!(
@@ -144,8 +148,7 @@ pub fn setup() -> Result<()> {
 }
 
 /// `kubectl kustomize` renders the manifests (kubectl comes with this kind
-/// of machine; Debian's kubernetes-client is too old for the kustomizations)
-/// and `kubernetes-validate` checks them against the Kubernetes schemas.
+/// of machine; Debian's kubernetes-client is too old for the kustomizations).
 fn deploy_tools(report: &mut Report) -> Result<()> {
     if util::probe(Command::new("kubectl").args(["kustomize", "--help"])).is_some_and(|o| o.status.success()) {
         report.present.push("kubectl (kustomize)".to_owned());
@@ -155,26 +158,6 @@ fn deploy_tools(report: &mut Report) -> Result<()> {
              install kubectl from the Kubernetes project's packages"
         );
     }
-    if util::probe(Command::new("kubernetes-validate").arg("--version")).is_some_and(|o| o.status.success()) {
-        report.present.push("kubernetes-validate".to_owned());
-        return Ok(());
-    }
-    say(format!("installing {KUBERNETES_VALIDATE} from PyPI (the deploy tests validate every rendered manifest)"));
-    util::run(
-        Command::new("python3").args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--root-user-action=ignore",
-            KUBERNETES_VALIDATE,
-        ]),
-        "installing the Kubernetes schema validator",
-    )?;
-    if util::which("kubernetes-validate").is_none() {
-        bail!("pip installed {KUBERNETES_VALIDATE}, but `kubernetes-validate` is not on PATH");
-    }
-    report.installed.push(KUBERNETES_VALIDATE.to_owned());
     Ok(())
 }
 
@@ -319,5 +302,49 @@ fn tracefs(report: &mut Report) -> Result<()> {
         bail!("mounted tracefs at {TRACEFS_MOUNT}, but {} is still missing", TRACEFS_EVENTS[0]);
     }
     report.installed.push(format!("tracefs ({TRACEFS_MOUNT})"));
+    Ok(())
+}
+
+/// Whether `python3` can import the schema validator and its command is on
+/// PATH (the deploy tests run the command, the advise tests both).
+fn schema_validator_present() -> bool {
+    util::probe(Command::new("python3").args(["-c", "import kubernetes_validate"])).is_some_and(|o| o.status.success())
+        && util::which("kubernetes-validate").is_some()
+}
+
+/// Install `kubernetes-validate` with pip unless python3 has it (python3
+/// and pip from Debian first if they are missing).
+fn schema_validator(report: &mut Report) -> Result<()> {
+    if schema_validator_present() {
+        report.present.push(format!("{SCHEMA_VALIDATOR} (PyPI)"));
+        return Ok(());
+    }
+    let why = "the deploy and advise tests check every rendered manifest and every object `tokenwatch advise` \
+               emits with kubernetes-validate --strict, a schema validator from PyPI";
+    let has_pip =
+        util::probe(Command::new("python3").args(["-m", "pip", "--version"])).is_some_and(|o| o.status.success());
+    if !has_pip {
+        install_packages(&["python3", "python3-pip"], why, report)?;
+    }
+    let pip = |extra: &[&str]| {
+        util::probe(Command::new("python3").args(["-m", "pip", "install", "--quiet"]).args(extra).arg(SCHEMA_VALIDATOR))
+    };
+    say(format!("installing {SCHEMA_VALIDATOR} with pip ({why})"));
+    let output = pip(&[]).context("running python3 -m pip")?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if !stderr.contains("externally-managed-environment") {
+            bail!("pip install {SCHEMA_VALIDATOR} failed:\n{stderr}");
+        }
+        // Debian's own python3 refuses pip (PEP 668); this machine is a build box.
+        let output = pip(&["--break-system-packages"]).context("running python3 -m pip")?;
+        if !output.status.success() {
+            bail!("pip install {SCHEMA_VALIDATOR} failed:\n{}", String::from_utf8_lossy(&output.stderr));
+        }
+    }
+    if !schema_validator_present() {
+        bail!("pip installed {SCHEMA_VALIDATOR}, but python3 cannot import it or `kubernetes-validate` is not on PATH");
+    }
+    report.installed.push(format!("{SCHEMA_VALIDATOR} (PyPI)"));
     Ok(())
 }

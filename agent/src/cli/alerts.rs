@@ -1,14 +1,11 @@
 //! `tokenwatch alerts`: read the agent's alert stream, the way
 //! `kubectl logs -f` feels: what is there, then (with `--follow`) what comes.
 
-use std::path::PathBuf;
-
-use hyper_util::rt::TokioIo;
 use tokenwatch_proto::v1::{
     alert_service_client::AlertServiceClient, subscribe_response::Item, Severity, SubscribeRequest,
 };
 use tokio::io::AsyncWriteExt;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
+use tonic::transport::Channel;
 
 use crate::deliver::{grpc::Listen, stdout};
 
@@ -39,39 +36,17 @@ pub struct AlertsArgs {
     /// Output: one JSON object per line, or one readable line.
     #[arg(short, long, value_enum, default_value = "text")]
     pub output: crate::config::StdoutFormat,
-    /// CA bundle (PEM) to verify the agent's certificate: turns on TLS.
-    #[arg(long, value_name = "FILE")]
-    pub ca: Option<PathBuf>,
-    /// Client certificate (PEM) for mutual TLS; with --key.
-    #[arg(long, value_name = "FILE", requires = "key")]
-    pub cert: Option<PathBuf>,
-    /// Client key (PEM).
-    #[arg(long, value_name = "FILE", requires = "cert")]
-    pub key: Option<PathBuf>,
-    /// Name to expect in the agent's certificate [default: the host].
-    #[arg(long)]
-    pub server_name: Option<String>,
+    /// TLS to the agent.
+    #[command(flatten)]
+    pub tls: super::connect::TlsArgs,
 }
 
 /// Why the stream could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum AlertsError {
-    /// A TLS file could not be read.
-    #[error("reading {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The connection failed.
-    #[error("connecting to {server}: {source}")]
-    Connect {
-        /// Where.
-        server: String,
-        /// Why.
-        source: tonic::transport::Error,
-    },
+    /// No connection to the agent.
+    #[error(transparent)]
+    Connect(#[from] super::connect::ConnectError),
     /// The agent answered with an error.
     #[error("the agent said: {0}")]
     Status(#[from] tonic::Status),
@@ -120,36 +95,5 @@ pub async fn run(args: &AlertsArgs) -> Result<(), AlertsError> {
 }
 
 async fn channel(args: &AlertsArgs) -> Result<Channel, AlertsError> {
-    let server = args.server.to_string();
-    let connect_error = |source| AlertsError::Connect { server: server.clone(), source };
-    match &args.server {
-        Listen::Unix(path) => {
-            let path = path.clone();
-            Endpoint::from_static("http://[::1]:0")
-                .connect_with_connector(tower::service_fn(move |_: Uri| {
-                    let path = path.clone();
-                    async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
-                }))
-                .await
-                .map_err(connect_error)
-        }
-        Listen::Tcp(addr) => {
-            let scheme = if args.ca.is_some() { "https" } else { "http" };
-            let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(connect_error)?;
-            if let Some(ca) = &args.ca {
-                let read = |path: &PathBuf| {
-                    std::fs::read(path).map_err(|source| AlertsError::Read { path: path.clone(), source })
-                };
-                let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
-                if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
-                    tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
-                }
-                if let Some(name) = &args.server_name {
-                    tls = tls.domain_name(name.clone());
-                }
-                endpoint = endpoint.tls_config(tls).map_err(connect_error)?;
-            }
-            endpoint.connect().await.map_err(connect_error)
-        }
-    }
+    Ok(super::connect::channel(&args.server, &args.tls).await?)
 }

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+pub mod advise;
 pub mod alerts;
+pub mod connect;
+pub mod inventory;
 
 use crate::{
     config::{ConfigLayer, Endpoint, RescanSeconds, RingBufferKib, StdoutFormat, TokenPath},
@@ -29,6 +32,11 @@ pub enum Command {
     Agent(AgentArgs),
     /// Read the agent's alert stream (gRPC), like `kubectl logs -f`.
     Alerts(alerts::AlertsArgs),
+    /// Show which workloads have a token, read it, dial the API server
+    /// (one or more agents, merged).
+    Inventory(inventory::InventoryArgs),
+    /// Turn the inventory into hardening advice: YAML to apply.
+    Advise(advise::AdviseArgs),
 }
 
 /// Flags of `tokenwatch agent`.
@@ -120,6 +128,11 @@ pub struct AgentArgs {
     #[arg(long, env = "TOKENWATCH_SPOOL_MAX_MIB", value_name = "MIB")]
     pub spool_max_mib: Option<u64>,
 
+    /// Where the token usage inventory is kept across restarts
+    /// (inventory.json, mode 0600) [default: /var/lib/tokenwatch].
+    #[arg(long, env = "TOKENWATCH_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
     /// Export alerts as OTLP logs to this OpenTelemetry Collector:
     /// http://HOST:PORT or https://HOST:PORT (TLS) [default: no export].
     #[arg(long, env = "TOKENWATCH_OTLP_ENDPOINT", value_name = "URL")]
@@ -183,6 +196,7 @@ impl AgentArgs {
             grpc_tls_client_ca: self.grpc_tls_client_ca.clone(),
             spool_dir: self.spool_dir.clone(),
             spool_max_mib: self.spool_max_mib,
+            state_dir: self.state_dir.clone(),
             otlp_endpoint: self.otlp_endpoint.clone(),
             otlp_allow_insecure_remote: self.otlp_allow_insecure_remote.then_some(true),
             otlp_ca: self.otlp_ca.clone(),
@@ -202,7 +216,7 @@ mod tests {
         let cli = Cli::try_parse_from([&["tokenwatch", "agent"], args].concat())?;
         match cli.command {
             Command::Agent(agent) => Ok(agent),
-            Command::Alerts(_) => panic!("parsed as alerts"),
+            _ => panic!("parsed as another command"),
         }
     }
 

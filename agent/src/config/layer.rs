@@ -65,6 +65,8 @@ pub struct ConfigLayer {
     pub spool_dir: Option<PathBuf>,
     /// The delivery log's size bound in MiB.
     pub spool_max_mib: Option<u64>,
+    /// Where the token usage inventory is kept.
+    pub state_dir: Option<PathBuf>,
     /// The OpenTelemetry Collector to export alerts to (OTLP/gRPC).
     pub otlp_endpoint: Option<OtlpEndpoint>,
     /// Allow a plaintext (`http://`) OTLP endpoint off this machine.
@@ -104,6 +106,7 @@ impl ConfigLayer {
             grpc_tls_client_ca: self.grpc_tls_client_ca.or(lower.grpc_tls_client_ca),
             spool_dir: self.spool_dir.or(lower.spool_dir),
             spool_max_mib: self.spool_max_mib.or(lower.spool_max_mib),
+            state_dir: self.state_dir.or(lower.state_dir),
             otlp_endpoint: self.otlp_endpoint.or(lower.otlp_endpoint),
             otlp_allow_insecure_remote: self.otlp_allow_insecure_remote.or(lower.otlp_allow_insecure_remote),
             otlp_ca: self.otlp_ca.or(lower.otlp_ca),

@@ -28,6 +28,8 @@ pub const DEFAULT_TOKEN_PATH_RUN: &str = "/run/secrets/kubernetes.io/serviceacco
 /// Where the delivery log lives by default (a hostPath in the DaemonSet, so
 /// it survives restarts).
 pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/tokenwatch/spool";
+/// Where the token usage inventory is kept by default (beside the spool).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/tokenwatch";
 /// Default bound of the delivery log.
 pub const DEFAULT_SPOOL_MAX_MIB: u64 = 256;
 /// Default seconds over which identical alerts are merged.
@@ -70,6 +72,8 @@ pub struct Config {
     pub spool_dir: PathBuf,
     /// The delivery log's size bound in bytes.
     pub spool_max_bytes: u64,
+    /// Where the token usage inventory is kept across restarts.
+    pub state_dir: PathBuf,
     /// Where to export alerts as OTLP logs; `None` turns the exporter off.
     pub otlp: Option<OtlpConfig>,
     /// Where the metrics and probe endpoints listen; `None`: not served.
@@ -244,6 +248,7 @@ impl Config {
             grpc_tls,
             spool_dir: layer.spool_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_SPOOL_DIR)),
             spool_max_bytes: layer.spool_max_mib.unwrap_or(DEFAULT_SPOOL_MAX_MIB).saturating_mul(1 << 20),
+            state_dir: layer.state_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
             otlp,
             metrics_listen: layer.metrics_listen,
             host_proc: layer.host_proc.unwrap_or_else(|| PathBuf::from("/proc")),

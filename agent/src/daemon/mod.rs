@@ -3,6 +3,9 @@
 //! failing task cancels it too, and its error is returned).
 
 mod cluster;
+mod health;
+mod inventory;
+mod reload;
 mod tasks;
 
 use std::{path::Path, sync::Arc, time::SystemTime};
@@ -14,7 +17,7 @@ use crate::{
     config::Config,
     deliver::spool::Spool,
     deliver::stdout::StdoutError,
-    detect::{policy::Policy, Judge},
+    detect::{health::HealthAlerts, policy::Policy, Judge},
     kernel::{
         clock::BootClock,
         loader::HookMaps,
@@ -33,6 +36,9 @@ use crate::{
 /// Events queued between the reader and the pipeline. When full, the reader
 /// waits and the kernel ring buffer absorbs (and counts) the excess.
 const EVENT_QUEUE: usize = 4096;
+/// Loss alerts queued for the pipeline: one a second at most, so a few
+/// suffice; the watcher waits when it is full.
+const LOSS_QUEUE: usize = 16;
 
 /// Why the agent stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -70,9 +76,23 @@ pub enum DaemonError {
     /// The metrics listener failed.
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    /// A signal handler could not be installed.
+    #[error("installing the {0} handler: {1}")]
+    Signal(&'static str, std::io::Error),
+    /// The inventory's state directory is unusable.
+    #[error(transparent)]
+    Inventory(#[from] crate::inventory::InventoryError),
     /// A task panicked.
     #[error("task {0} panicked")]
     Panic(String),
+}
+
+impl DaemonError {
+    /// Whether the error is the user's input (the policy file), not a
+    /// failure of the agent: the CLI exits 2 for it.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, DaemonError::Policy(_))
+    }
 }
 
 /// The agent's tasks; each reports its name with its result.
@@ -90,12 +110,14 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     let boot_id = run_id();
     let spool = Spool::open(&config.spool_dir, config.spool_max_bytes, SPOOL_SEGMENT_BYTES, &boot_id)?;
     tracing::info!(dir = %config.spool_dir.display(), last_sequence = spool.last_sequence(), "delivery log open");
+    let inventory = crate::inventory::Inventory::open(&config.state_dir, &config.node_name)?;
     let offsets = resolve_running_kernel()?;
     let debug_logs = tracing::enabled!(target: "tokenwatch_ebpf", tracing::Level::DEBUG);
     let mut hooks = Hooks::load(&offsets, config.ring_buffer_bytes, debug_logs, own_tgid(&config.host_proc))?;
     let HookMaps { events, files, endpoints, counters, logger } = hooks.take_maps()?;
     let counters = Arc::new(counters);
-    crate::metrics::global().register(Arc::clone(&counters), spool.clone(), Arc::clone(&policy));
+    let (policy_tx, policy) = tokio::sync::watch::channel(policy);
+    crate::metrics::global().register(Arc::clone(&counters), spool.clone(), policy.clone());
     let mut set = Tasks::new();
 
     // The first scan fills the map before the hooks go live, so everything
@@ -105,6 +127,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
         PodSource::Api(store) => Some(store.clone()),
         PodSource::Standalone => None,
     };
+    let store_for_inventory = store.clone();
     let mut scanner = tasks::Scanner::new(config.token_paths.clone(), config.host_proc.clone(), files, store);
     let initial = scanner.scan_once().await?;
     let (snapshot_tx, snapshot_rx) = tokio::sync::watch::channel(Arc::new(initial));
@@ -114,6 +137,8 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
         Err(reason) => tracing::warn!(%reason, "no container runtime: alerts will lack container metadata"),
     }
     let enricher = Enricher::new(cri, pods, snapshot_rx, config.host_proc.clone());
+    let spool_health = HealthAlerts::new(config.node_name.clone(), format!("{boot_id}-spool"));
+    let loss_alerts = HealthAlerts::new(config.node_name.clone(), format!("{boot_id}-loss"));
     let judge =
         Judge::new(config.node_name.clone(), boot_id, BootClock::measure(), crate::detect::chain::DEFAULT_WINDOW);
 
@@ -136,13 +161,26 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     });
     let token = cancel.clone();
     set.spawn(async move { ("scanner", scanner.run(config.rescan_interval, snapshot_tx, token).await) });
-    let (dedup_window, stdout, log) = (config.dedup_window, config.stdout, spool.clone());
-    set.spawn(async move {
-        ("pipeline", tasks::pipeline(event_rx, enricher, judge, policy, dedup_window, log, stdout).await)
-    });
+    let (loss_tx, loss_rx) = mpsc::channel(LOSS_QUEUE);
+    let (counters_for_losses, token) = (Arc::clone(&counters), cancel.clone());
+    set.spawn(async move { ("losses", health::watch_losses(counters_for_losses, loss_alerts, loss_tx, token).await) });
+    let dedup_window = config.dedup_window;
+    let health = tasks::Health { losses: loss_rx, alerts: spool_health };
+    let delivery =
+        tasks::Delivery { spool: spool.clone(), format: config.stdout, health, inventory: inventory.clone() };
+    set.spawn(
+        async move { ("pipeline", tasks::pipeline(event_rx, enricher, judge, policy, dedup_window, delivery).await) },
+    );
+    let (path, token) = (config.policy.clone(), cancel.clone());
+    set.spawn(async move { ("policy-reload", reload::reload_policy_on_hangup(path, policy_tx, token).await) });
+    let (book, token) = (inventory.clone(), cancel.clone());
+    set.spawn(async move { ("inventory", inventory::keep(book, store_for_inventory, token).await) });
     let (listen, tls, log, token) =
         (config.grpc_listen.clone(), config.grpc_tls.clone(), spool.clone(), cancel.clone());
-    set.spawn(async move { ("grpc", crate::deliver::grpc::serve(listen, tls, log, token).await.map_err(Into::into)) });
+    let book = inventory.clone();
+    set.spawn(
+        async move { ("grpc", crate::deliver::grpc::serve(listen, tls, log, book, token).await.map_err(Into::into)) },
+    );
     if let Some(otlp) = config.otlp.clone() {
         crate::metrics::global().otlp_enabled.store(true, std::sync::atomic::Ordering::Relaxed);
         let (log, token) = (spool.clone(), cancel.clone());
@@ -156,6 +194,10 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     }
 
     let first_error = supervise(set, &cancel).await;
+    // The pipeline has counted its last event: keep all of it.
+    if let Err(error) = inventory.save() {
+        tracing::warn!(%error, "saving the inventory");
+    }
     // Every writer has stopped: mark the log cleanly closed, so the next
     // start continues its sequence exactly.
     if let Err(error) = spool.close() {

@@ -18,9 +18,11 @@ use crate::{
     deliver::{spool::Spool, stdout::StdoutSink},
     detect::{
         dedup::{self, Deduper},
+        health::{HealthAlerts, Problem},
         policy::{Policy, Verdict},
         Judge,
     },
+    inventory::Inventory,
     kernel::{
         watchlist::{self, FileMaps, Wanted},
         KernelEvent,
@@ -108,17 +110,19 @@ impl Scanner {
 
 /// Enriches, judges, applies the policy, merges repeats and delivers each
 /// event until the reader is done; then delivers the merged counts still
-/// open, so nothing accepted is lost at shutdown.
+/// open, so nothing accepted is lost at shutdown. Every judged event is
+/// counted in the inventory first, before policy and merging, so its counts
+/// are the true ones.
 pub async fn pipeline(
     mut events: mpsc::Receiver<KernelEvent>,
     enricher: Enricher,
     mut judge: Judge,
-    policy: Arc<Policy>,
+    policy: watch::Receiver<Arc<Policy>>,
     dedup_window: Duration,
-    spool: Spool,
-    format: StdoutFormat,
+    delivery: Delivery,
 ) -> Result<(), DaemonError> {
-    let mut sink = Sinks { spool, stdout: StdoutSink::new(format, tokio::io::stdout()) };
+    let Delivery { spool, format, mut health, inventory } = delivery;
+    let mut sink = Sinks { spool, stdout: StdoutSink::new(format, tokio::io::stdout()), failing: None };
     let mut dedup = (!dedup_window.is_zero()).then(|| Deduper::new(dedup_window, dedup::DEFAULT_MAX_KEYS));
     loop {
         let deadline = dedup.as_ref().and_then(Deduper::next_deadline);
@@ -127,7 +131,8 @@ pub async fn pipeline(
                 let Some(event) = event else { break };
                 let enrichment = enricher.enrich(&event).await;
                 for alert in judge.judge(&event, &enrichment) {
-                    let Some(alert) = apply(&policy, alert) else { continue };
+                    inventory.record(&alert);
+                    let Some(alert) = apply(&policy.borrow(), alert) else { continue };
                     let out = match dedup.as_mut() {
                         Some(dedup) => dedup.offer(alert, Instant::now()),
                         None => Some(alert),
@@ -142,30 +147,103 @@ pub async fn pipeline(
                     sink.write(&alert).await?;
                 }
             }
+            Some(alert) = health.losses.recv() => {
+                let judged = apply(&policy.borrow(), alert);
+                if let Some(alert) = judged {
+                    sink.write(&alert).await?;
+                }
+            }
+        }
+        if let Some(error) = sink.failing.as_mut().and_then(|f| f.unreported.take()) {
+            let alert = health.alerts.alert(&Problem::DeliveryLogFailing { error });
+            let judged = apply(&policy.borrow(), alert);
+            if let Some(alert) = judged {
+                sink.stdout.write(&alert).await?;
+            }
+        }
+    }
+    while let Ok(alert) = health.losses.try_recv() {
+        let judged = apply(&policy.borrow(), alert);
+        if let Some(alert) = judged {
+            sink.write(&alert).await?;
         }
     }
     for alert in dedup.as_mut().map(Deduper::flush_all).unwrap_or_default() {
         sink.write(&alert).await?;
     }
-    for (id, reason, count) in policy.suppression_counts() {
+    for (id, reason, count) in policy.borrow().suppression_counts() {
         tracing::info!(exception = %id, %reason, suppressed = count, "policy exception");
     }
     Ok(())
 }
 
+/// Where the pipeline delivers, and what it reports on the agent itself.
+pub struct Delivery {
+    /// The delivery log.
+    pub spool: Spool,
+    /// The stdout format.
+    pub format: StdoutFormat,
+    /// Loss alerts in, delivery-log alerts out.
+    pub health: Health,
+    /// Counts every judged event (before policy and dedup) for the
+    /// token usage inventory.
+    pub inventory: Inventory,
+}
+
+/// What the pipeline needs to report on the agent itself.
+pub struct Health {
+    /// Loss alerts from [`super::health::watch_losses`].
+    pub losses: mpsc::Receiver<Alert>,
+    /// Builds the delivery-log alerts.
+    pub alerts: HealthAlerts,
+}
+
 /// Every alert goes to the delivery log first (which gives it its
-/// sequence), then to stdout.
+/// sequence), then to stdout. When the log cannot be written (a full disk),
+/// the alert still goes to stdout, the failure is counted, and one
+/// `agent-degraded` alert per episode says so; the agent keeps watching.
 struct Sinks<W> {
     spool: Spool,
     stdout: StdoutSink<W>,
+    /// Set while appends fail.
+    failing: Option<Failing>,
+}
+
+/// A run of failed appends.
+struct Failing {
+    /// The first error, until the pipeline has raised its alert.
+    unreported: Option<String>,
+    /// Appends refused so far.
+    refused: u64,
 }
 
 impl<W: tokio::io::AsyncWrite + Unpin> Sinks<W> {
     async fn write(&mut self, alert: &Alert) -> Result<(), DaemonError> {
         let mut alert = alert.clone();
-        self.spool.append(&mut alert)?;
+        let metrics = crate::metrics::global();
+        match self.spool.append(&mut alert) {
+            Ok(_) => {
+                if let Some(failing) = self.failing.take() {
+                    tracing::warn!(refused = failing.refused, "the delivery log is writable again");
+                }
+            }
+            Err(error) => {
+                crate::metrics::Metrics::bump(&metrics.spool_write_failures);
+                match self.failing.as_mut() {
+                    Some(failing) => failing.refused += 1,
+                    None => {
+                        tracing::error!(
+                            %error,
+                            "the delivery log cannot be written: alerts go to stdout only, and subscribers and the \
+                             collector miss them until it recovers"
+                        );
+                        self.failing = Some(Failing { unreported: Some(error.to_string()), refused: 1 });
+                    }
+                }
+            }
+        }
         let severity = tokenwatch_proto::v1::Severity::try_from(alert.severity).unwrap_or_default();
-        crate::metrics::global().alert_delivered(&alert.rule, severity.as_str_name());
+        metrics.alert_delivered(&alert.rule, severity.as_str_name());
         self.stdout.write(&alert).await?;
         Ok(())
     }

@@ -39,6 +39,7 @@ fn text(alert: &Alert) -> Result<String, StdoutError> {
     let evidence = match &alert.evidence {
         Some(Evidence::TokenRead(read)) => format!("requested={:?} flags={}", read.requested_path, read.flags),
         Some(Evidence::ApiServerConnect(connect)) => format!("outcome={}", connect.outcome),
+        Some(Evidence::AgentHealth(health)) => format!("problem={} lost={}", health.problem, health.events_lost),
         None => String::new(),
     };
     Ok(format!(

@@ -6,6 +6,7 @@ pub mod context;
 pub mod dedup;
 pub mod describe;
 pub mod evidence;
+pub mod health;
 pub mod origin;
 pub mod policy;
 pub mod rules;

@@ -53,8 +53,18 @@ pub const NODE_TOKEN_HARVEST: Rule = Rule {
     mitre: &["T1528", "T1552"],
 };
 
+/// The agent lost matched events (a full ring buffer) or cannot write its
+/// delivery log: flooding or filling the node to blind the monitor is
+/// itself an attack on defences.
+pub const AGENT_DEGRADED: Rule = Rule {
+    id: "agent-degraded",
+    name: "The agent lost events or cannot store alerts",
+    severity: Severity::High,
+    mitre: &["T1562"],
+};
+
 /// Every rule, for validation of policy files.
-pub const ALL: [Rule; 4] = [TOKEN_READ, API_SERVER_CONNECT, TOKEN_THEFT_CHAIN, NODE_TOKEN_HARVEST];
+pub const ALL: [Rule; 5] = [TOKEN_READ, API_SERVER_CONNECT, TOKEN_THEFT_CHAIN, NODE_TOKEN_HARVEST, AGENT_DEGRADED];
 
 /// Interactive shells, by executable name.
 const SHELLS: &[&str] = &["sh", "bash", "dash", "ash", "zsh", "ksh", "mksh", "fish"];

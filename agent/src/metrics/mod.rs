@@ -37,6 +37,8 @@ pub struct Metrics {
     pub pod_store_hits: AtomicU64,
     /// Pod lookups for a pod the store does not (yet) know.
     pub pod_store_misses: AtomicU64,
+    /// Alerts the delivery log refused (a full disk): they went to stdout only.
+    pub spool_write_failures: AtomicU64,
     /// gRPC subscribers connected now.
     pub subscribers: AtomicI64,
     /// The last sequence the OTLP collector acknowledged; 0 before any.
@@ -57,8 +59,8 @@ struct Sources {
     kernel: Arc<CounterMap>,
     /// The delivery log (depth, size, damage).
     spool: Spool,
-    /// The policy (suppressions per exception).
-    policy: Arc<Policy>,
+    /// The policy in force (suppressions per exception); a reload replaces it.
+    policy: tokio::sync::watch::Receiver<Arc<Policy>>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
@@ -77,7 +79,7 @@ impl Metrics {
 
     /// Registers the sources read at scrape time. The first registration
     /// wins: one daemon runs per process.
-    pub fn register(&self, kernel: Arc<CounterMap>, spool: Spool, policy: Arc<Policy>) {
+    pub fn register(&self, kernel: Arc<CounterMap>, spool: Spool, policy: tokio::sync::watch::Receiver<Arc<Policy>>) {
         let _ = self.sources.set(Sources { kernel, spool, policy });
     }
 

@@ -17,7 +17,7 @@ pub fn render(metrics: &Metrics) -> String {
         out.sample("tokenwatch_alerts_total", &[("rule", rule), ("severity", severity)], *count);
     }
     if let Some(sources) = metrics.sources.get() {
-        policy(&sources.policy, &mut out);
+        policy(&sources.policy.borrow(), &mut out);
         spool(metrics, &sources.spool, &mut out);
     }
     out.family("tokenwatch_grpc_subscribers", "gauge", "gRPC subscribers connected now.");
@@ -36,7 +36,8 @@ fn kernel(metrics: &Metrics, out: &mut Out) {
     let Some(sources) = metrics.sources.get() else { return };
     let Ok(counters) = sources.kernel.read() else { return };
     for reading in &counters.readings {
-        let is_connect = reading.hook == tokenwatch_common::Hook::Connect;
+        let is_connect =
+            matches!(reading.hook, tokenwatch_common::Hook::Connect | tokenwatch_common::Hook::CgroupConnect);
         let stage = match reading.counter {
             Counter::OpensSeen if !is_connect => "seen",
             Counter::ConnectsSeen if is_connect => "seen",
@@ -83,6 +84,11 @@ fn spool(metrics: &Metrics, log: &Spool, out: &mut Out) {
     let counters = [
         ("tokenwatch_spool_corrupt_reads_total", "Unreadable records met by readers.", stats.corrupt_reads),
         ("tokenwatch_spool_deleted_segments_total", "Segments deleted by the size bound.", stats.deleted_segments),
+        (
+            "tokenwatch_spool_write_failures_total",
+            "Alerts the delivery log refused (disk full?): on stdout only.",
+            metrics.spool_write_failures.load(Ordering::Relaxed),
+        ),
     ];
     for (name, help, value) in counters {
         out.family(name, "counter", help);

@@ -33,7 +33,7 @@ pub const PROJECTED_TOKEN: &str = "/var/run/secrets/tokens/vault-token";
 /// A symlink to the token from elsewhere.
 pub const STOLEN_LINK: &str = "/tmp/stolen-token";
 /// What the fake token holds (not a credential).
-const FAKE_TOKEN: &str = "eyJhbGciOiJub25lIn0.not-a-real-token.test";
+pub const FAKE_TOKEN: &str = "eyJhbGciOiJub25lIn0.not-a-real-token.test";
 
 #[ctor::ctor(unsafe)]
 fn actor_entry() {

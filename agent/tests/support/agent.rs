@@ -20,8 +20,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A running agent.
 pub struct AgentProcess {
-    /// Holds the agent's delivery log and gRPC socket unless the test gave
-    /// its own.
+    /// Holds the agent's delivery log, inventory state and gRPC socket
+    /// unless the test gave its own.
     dir: tempfile::TempDir,
     child: Child,
     stdout_lines: Arc<Mutex<Vec<String>>>,
@@ -41,13 +41,16 @@ pub struct StoppedAgent {
 
 impl AgentProcess {
     /// Starts `tokenwatch agent` with `args` and waits for `hooks attached`.
-    /// Unless `args` say otherwise, the delivery log and the gRPC socket
-    /// (`unix:`) live in a directory of this agent's own.
+    /// Unless `args` say otherwise, the delivery log, the inventory's state
+    /// and the gRPC socket (`unix:`) live in a directory of this agent's own.
     pub fn start(args: &[String]) -> AgentProcess {
         let dir = tempfile::tempdir().expect("agent tempdir");
         let mut own = Vec::new();
         if !args.iter().any(|a| a == "--spool-dir") {
             own.extend(["--spool-dir".to_owned(), dir.path().join("spool").display().to_string()]);
+        }
+        if !args.iter().any(|a| a == "--state-dir") {
+            own.extend(["--state-dir".to_owned(), dir.path().join("state").display().to_string()]);
         }
         if !args.iter().any(|a| a == "--grpc-listen") {
             own.extend(["--grpc-listen".to_owned(), format!("unix:{}", dir.path().join("grpc.sock").display())]);
@@ -139,6 +142,18 @@ impl Drop for AgentProcess {
             let _ = self.child.wait();
         }
     }
+}
+
+/// `tokenwatch alerts --server unix:<socket> -o json <args>`: the alerts
+/// the agent holds (or, with `--follow` and a limit, streams).
+pub fn held_alerts(socket: &std::path::Path, args: &[&str]) -> Vec<Alert> {
+    let output = Command::new(env!("CARGO_BIN_EXE_tokenwatch"))
+        .args(["alerts", "--server", &format!("unix:{}", socket.display()), "-o", "json"])
+        .args(args)
+        .output()
+        .expect("run tokenwatch alerts");
+    assert!(output.status.success(), "tokenwatch alerts failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).lines().map(parse).collect()
 }
 
 fn parse(line: &str) -> Alert {

@@ -15,6 +15,7 @@ pub mod fake_apiserver;
 pub mod manifests;
 pub mod otlp_collector;
 pub mod pki;
+pub mod validate;
 
 use std::{
     fs::File,
@@ -93,4 +94,39 @@ pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> O
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// `GET path` over plain HTTP/1.1 to `addr` (host:port); the status code and
+/// the body.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the metrics listener");
+    stream.set_read_timeout(Some(Duration::from_secs(15))).expect("timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: tokenwatch\r\nConnection: close\r\n\r\n").expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the Prometheus sample `series` (name with labels, as
+/// rendered) in `text`.
+pub fn metric_sample(text: &str, series: &str) -> Option<u64> {
+    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The address the agent's metrics listener logged (`addr=HOST:PORT`).
+pub fn metrics_addr(stderr: &str) -> Option<String> {
+    let line = stderr.lines().find(|l| l.contains("metrics and health endpoints listening"))?;
+    line.split("addr=").nth(1)?.split_whitespace().next().map(str::to_owned)
+}
+
+/// The resident set of `pid` in KiB (`VmRSS` in /proc/<pid>/status).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process's status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:")?.split_whitespace().next()?.parse().ok())
+        .expect("a VmRSS line")
 }

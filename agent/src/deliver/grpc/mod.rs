@@ -1,20 +1,24 @@
 //! The gRPC server: `tokenwatch.v1.AlertService` for subscribers, plus
 //! `grpc.health.v1` and server reflection so stock tools (grpcurl, load
-//! balancers) can discover and probe it. TLS and mutual TLS with rustls.
+//! balancers) can discover and probe it; `tokenwatch.v1.InventoryService`
+//! (the token usage inventory) beside it. TLS and mutual TLS with rustls.
 
 pub mod filter;
+pub mod inventory;
 pub mod listen;
 pub mod service;
 
 use std::path::PathBuf;
 
-use tokenwatch_proto::v1::alert_service_server::AlertServiceServer;
+use tokenwatch_proto::v1::{
+    alert_service_server::AlertServiceServer, inventory_service_server::InventoryServiceServer,
+};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 pub use listen::{Listen, ListenError};
 
-use crate::deliver::spool::Spool;
+use crate::{deliver::spool::Spool, inventory::Inventory};
 
 /// PEM files for the server's TLS.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,10 +69,12 @@ pub async fn serve(
     listen: Listen,
     tls: Option<TlsFiles>,
     spool: Spool,
+    inventory: Inventory,
     cancel: CancellationToken,
 ) -> Result<(), GrpcError> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<AlertServiceServer<service::AlertStream>>().await;
+    health_reporter.set_serving::<InventoryServiceServer<inventory::InventoryServer>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tokenwatch_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -77,10 +83,17 @@ pub async fn serve(
     if let Some(tls) = &tls {
         builder = builder.tls_config(tls_config(tls)?)?;
     }
-    let router = builder.add_service(health).add_service(reflection).add_service(
-        AlertServiceServer::new(service::AlertStream::new(spool, cancel.clone()))
-            .max_decoding_message_size(MAX_REQUEST_BYTES),
-    );
+    let router = builder
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(
+            AlertServiceServer::new(service::AlertStream::new(spool, cancel.clone()))
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add_service(
+            InventoryServiceServer::new(inventory::InventoryServer::new(inventory))
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        );
     tracing::info!(%listen, tls = tls.is_some(), mtls = tls.as_ref().is_some_and(|t| t.client_ca.is_some()), "gRPC alert stream listening");
     let shutdown = cancel.clone();
     match &listen {

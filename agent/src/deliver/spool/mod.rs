@@ -181,6 +181,10 @@ impl Spool {
         }
         let segment_bytes = segment_bytes.clamp(MIN_SEGMENT_BYTES, max_bytes / 2);
         fs::create_dir_all(dir).map_err(|e| SpoolError::io("creating", dir, e))?;
+        // Alerts name pods, processes and paths: readable by the agent alone,
+        // even in a directory someone created with a wider mode.
+        fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(|e| SpoolError::io("restricting", dir, e))?;
         let saved = state::load(dir)?;
         let mut rec = recover::recover(dir)?;
         let mut next = rec.next;
@@ -203,7 +207,7 @@ impl Spool {
                 let io = |e| SpoolError::io("opening", &seg.path, e);
                 let mut file = OpenOptions::new().write(true).open(&seg.path).map_err(io)?;
                 file.seek(SeekFrom::Start(seg.end)).map_err(io)?;
-                (file, seg.path.clone(), seg.end)
+                (Some(file), seg.path.clone(), seg.end)
             }
             newest => {
                 if newest.is_some_and(|seg| seg.next == seg.first) {
@@ -213,9 +217,19 @@ impl Spool {
                         fs::remove_file(&seg.path).map_err(|e| SpoolError::io("removing", &seg.path, e))?;
                     }
                 }
-                let (file, path) = writer::create_segment(dir, next)?;
-                rec.index.push_segment(index::SegMeta::empty(next, path.clone(), segment::FILE_HEADER_LEN));
-                (file, path, segment::FILE_HEADER_LEN)
+                match writer::create_segment(dir, next) {
+                    Ok((file, path)) => {
+                        rec.index.push_segment(index::SegMeta::empty(next, path.clone(), segment::FILE_HEADER_LEN));
+                        (Some(file), path, segment::FILE_HEADER_LEN)
+                    }
+                    Err(error) => {
+                        // A full disk must not keep the agent from starting:
+                        // what is held stays readable, and the first append
+                        // tries again.
+                        tracing::warn!(%error, "spool: no new segment can be made now; appends will retry");
+                        (None, dir.join(segment::file_name(next)), segment::FILE_HEADER_LEN)
+                    }
+                }
             }
         };
         let victims = rec.index.retain(max_bytes, segment_bytes);
@@ -243,9 +257,13 @@ impl Spool {
 
     /// Gives `alert` the next sequence and this run's boot id, appends it, wakes subscribers and returns the
     /// sequence. Durable against an agent crash on return (one `write(2)`); against power loss after the next roll
-    /// (fdatasync), [`Spool::sync`] or [`Spool::close`]. On error nothing was appended and the sequence is not used.
+    /// (fdatasync), [`Spool::sync`] or [`Spool::close`]. On error nothing was appended, the sequence is not used and `alert.sequence` is 0.
     pub fn append(&self, alert: &mut Alert) -> Result<u64, SpoolError> {
-        let sequence = lock(&self.inner.writer).append(&self.inner.shared, alert)?;
+        let sequence = lock(&self.inner.writer).append(&self.inner.shared, alert).inspect_err(|_| {
+            // Not stored, so not numbered: a sequence on stdout is a promise
+            // that subscribers can read it.
+            alert.sequence = 0;
+        })?;
         // Appends from several tasks may finish out of order here: only ever move the value forwards.
         self.inner.shared.notify.send_if_modified(|last| {
             let newer = sequence > *last;
@@ -294,7 +312,7 @@ impl Spool {
             let writer = lock(&self.inner.writer);
             (writer.sync_handle()?, writer.path().to_owned())
         };
-        file.sync_data().map_err(|e| SpoolError::io("syncing", &path, e))
+        file.map_or(Ok(()), |file| file.sync_data().map_err(|e| SpoolError::io("syncing", &path, e)))
     }
 
     /// Syncs and records a clean shutdown, so the next open continues at exactly the next sequence even if the node

@@ -7,7 +7,7 @@
 //! sequences that segment should have held are lost.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 
 use super::index::{Index, SegMeta};
@@ -28,8 +28,12 @@ pub(super) struct Recovered {
     pub truncated: u64,
 }
 
+#[derive(Debug, PartialEq, Eq)]
 enum Outcome {
     Clean,
+    /// The newest segment never got its whole header: it holds no record
+    /// and was removed (rewriting it would need space a full disk lacks).
+    Removed,
     Truncated,
     /// The segment ends early; `bound` is past any sequence its remaining bytes can have held (each record takes
     /// at least a header), so counting on from there never reuses one.
@@ -57,6 +61,7 @@ pub(super) fn recover(dir: &Path) -> Result<Recovered, SpoolError> {
         rec.next = rec.next.max(meta.next);
         rec.newest_writable = false;
         match outcome {
+            Outcome::Removed => continue,
             Outcome::Clean => rec.newest_writable = true,
             Outcome::Truncated => {
                 rec.truncated += 1;
@@ -84,14 +89,12 @@ fn scan(path: &Path, first: u64, following: Option<u64>) -> Result<(SegMeta, Out
     File::open(path).and_then(|f| f.take(FILE_HEADER_LEN).read_to_end(&mut head)).map_err(io("reading"))?;
     if head != MAGIC {
         if newest && MAGIC.starts_with(&head) {
-            // Created, but the agent died before its header was written.
-            let mut file = OpenOptions::new().write(true).open(path).map_err(io("repairing"))?;
-            file.set_len(0)
-                .and_then(|()| file.write_all(&MAGIC))
-                .and_then(|()| file.sync_data())
-                .map_err(io("repairing"))?;
-            tracing::warn!(path = %path.display(), "spool segment header was torn; rewritten");
-            return Ok((SegMeta::empty(first, path.to_owned(), FILE_HEADER_LEN), Outcome::Truncated));
+            // Created, but the agent died (or the disk filled) before its
+            // header was written: it holds nothing; a new one is made when
+            // there is room.
+            fs::remove_file(path).map_err(io("removing"))?;
+            tracing::warn!(path = %path.display(), "spool segment header was torn; the empty segment is removed");
+            return Ok((SegMeta::empty(first, path.to_owned(), FILE_HEADER_LEN), Outcome::Removed));
         }
         tracing::warn!(path = %path.display(), "not a spool segment (bad header); its records are lost");
         let bound = first + disk / RECORD_HEADER_LEN;

@@ -16,9 +16,10 @@ use super::{lock, Shared, SpoolError};
 
 /// The newest segment's open file and the numbering.
 pub(super) struct Writer {
-    file: File,
+    file: Option<File>,
     path: PathBuf,
-    /// The bytes written to `file` (records end here).
+    /// The bytes written to `file` (records end here). `file` is `None`
+    /// while no segment could be made (a full disk); the next append retries.
     end: u64,
     /// The sequence the next alert gets.
     next: u64,
@@ -34,8 +35,9 @@ pub(super) struct Writer {
 impl Writer {
     /// Continues writing `file` (at `path`, `end` bytes long) with sequence `next`. `reserved` is what the state file
     /// already promises; `next` itself makes the first append write a reservation.
-    pub fn new(file: File, path: PathBuf, end: u64, next: u64, reserved: u64) -> Writer {
-        Writer { file, path, end, next, reserved, buf: Vec::new(), needs_roll: false, closed: false }
+    pub fn new(file: Option<File>, path: PathBuf, end: u64, next: u64, reserved: u64) -> Writer {
+        let needs_roll = file.is_none();
+        Writer { file, path, end, next, reserved, buf: Vec::new(), needs_roll, closed: false }
     }
 
     /// The file being written.
@@ -61,11 +63,14 @@ impl Writer {
         if self.needs_roll || (self.end > FILE_HEADER_LEN && self.end + len > shared.segment_bytes) {
             self.roll(shared, sequence)?;
         }
-        if let Err(e) = self.file.write_all(&self.buf) {
+        let Some(file) = self.file.as_mut() else {
+            return Err(SpoolError::io("appending to", &self.path, std::io::ErrorKind::NotFound.into()));
+        };
+        if let Err(e) = file.write_all(&self.buf) {
             // A short write (disk full) leaves part of a record; cut it off, and start afresh next time anyway.
             self.needs_roll = true;
             let end = self.end;
-            if let Err(cut) = self.file.set_len(end).and_then(|()| self.file.seek(SeekFrom::Start(end))) {
+            if let Err(cut) = file.set_len(end).and_then(|()| file.seek(SeekFrom::Start(end))) {
                 tracing::warn!(path = %self.path.display(), error = %cut, "spool: cutting off a failed write");
             }
             return Err(SpoolError::io("appending to", &self.path, e));
@@ -85,21 +90,24 @@ impl Writer {
     /// Seals the current segment (fdatasync) and starts one whose first record will be `first`; then drops the
     /// oldest segments beyond the size bound.
     fn roll(&mut self, shared: &Shared, first: u64) -> Result<(), SpoolError> {
-        self.file.sync_data().map_err(|e| SpoolError::io("syncing", &self.path, e))?;
+        if let Some(file) = &self.file {
+            file.sync_data().map_err(|e| SpoolError::io("syncing", &self.path, e))?;
+        }
         let (file, path) = create_segment(&shared.dir, first)?;
         let victims = {
             let mut index = lock(&shared.index);
             index.push_segment(SegMeta::empty(first, path.clone(), FILE_HEADER_LEN));
             index.retain(shared.max_bytes, shared.segment_bytes)
         };
-        (self.file, self.path, self.end, self.needs_roll) = (file, path, FILE_HEADER_LEN, false);
+        (self.file, self.path, self.end, self.needs_roll) = (Some(file), path, FILE_HEADER_LEN, false);
         remove_segments(shared, victims);
         Ok(())
     }
 
-    /// A handle on the current segment, for syncing without holding the writer.
-    pub fn sync_handle(&self) -> Result<File, SpoolError> {
-        self.file.try_clone().map_err(|e| SpoolError::io("duplicating", &self.path, e))
+    /// A handle on the current segment, for syncing without holding the
+    /// writer; `None` while no segment could be made (a full disk).
+    pub fn sync_handle(&self) -> Result<Option<File>, SpoolError> {
+        self.file.as_ref().map(File::try_clone).transpose().map_err(|e| SpoolError::io("duplicating", &self.path, e))
     }
 
     /// Syncs the segment and records the exact next sequence as a clean close; later appends fail.
@@ -107,7 +115,9 @@ impl Writer {
         if self.closed {
             return Ok(());
         }
-        self.file.sync_data().map_err(|e| SpoolError::io("syncing", &self.path, e))?;
+        if let Some(file) = &self.file {
+            file.sync_data().map_err(|e| SpoolError::io("syncing", &self.path, e))?;
+        }
         let clean = State { kernel_boot: shared.kernel_boot.clone(), reserved: self.next, clean: true };
         state::store(&shared.dir, &clean)?;
         self.closed = true;

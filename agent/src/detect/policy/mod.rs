@@ -31,7 +31,8 @@ pub use self::matcher::Glob;
 
 /// Every rule id the detector emits; a policy naming any other is refused.
 /// The one list of rule ids, so the detector, the policy and the docs agree.
-pub const RULE_IDS: &[&str] = &["token-read", "apiserver-connect", "token-theft-chain", "node-token-harvest"];
+pub const RULE_IDS: &[&str] =
+    &["token-read", "apiserver-connect", "token-theft-chain", "node-token-harvest", "agent-degraded"];
 
 /// The shipped default policy (`deploy/base/policy/default.yaml`), built in so the
 /// agent behaves the same with or without a policy file, and so a command
