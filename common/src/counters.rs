@@ -16,6 +16,16 @@ pub enum Hook {
     Openat2 = 2,
     /// `connect(2)`.
     Connect = 3,
+    /// io_uring opens (`io_uring:io_uring_submit_req` and
+    /// `io_uring:io_uring_complete`).
+    IoUring = 4,
+    /// The cgroup `connect4`/`connect6` programs: connects made without
+    /// `connect(2)` (io_uring, TCP Fast Open).
+    CgroupConnect = 5,
+    /// `open_by_handle_at(2)`.
+    OpenByHandleAt = 6,
+    /// `pidfd_getfd(2)`.
+    PidfdGetfd = 7,
 }
 
 impl Hook {
@@ -23,7 +33,16 @@ impl Hook {
     /// one does not change the map's size or any existing slot.
     pub const ROWS: u32 = 16;
     /// Every hook, in index order.
-    pub const ALL: [Hook; 4] = [Hook::Open, Hook::Openat, Hook::Openat2, Hook::Connect];
+    pub const ALL: [Hook; 8] = [
+        Hook::Open,
+        Hook::Openat,
+        Hook::Openat2,
+        Hook::Connect,
+        Hook::IoUring,
+        Hook::CgroupConnect,
+        Hook::OpenByHandleAt,
+        Hook::PidfdGetfd,
+    ];
 
     /// A stable name for logs and metric labels.
     pub const fn name(self) -> &'static str {
@@ -32,6 +51,10 @@ impl Hook {
             Hook::Openat => "openat",
             Hook::Openat2 => "openat2",
             Hook::Connect => "connect",
+            Hook::IoUring => "io_uring",
+            Hook::CgroupConnect => "cgroup_connect",
+            Hook::OpenByHandleAt => "open_by_handle_at",
+            Hook::PidfdGetfd => "pidfd_getfd",
         }
     }
 }

@@ -38,6 +38,16 @@ pub enum OpenSyscall {
     Openat = 2,
     /// `openat2(2)`.
     Openat2 = 3,
+    /// `IORING_OP_OPENAT` submitted to an io_uring: no syscall tracepoint
+    /// sees it; the `io_uring:io_uring_complete` tracepoint does.
+    IoUringOpenat = 4,
+    /// `IORING_OP_OPENAT2` submitted to an io_uring.
+    IoUringOpenat2 = 5,
+    /// `open_by_handle_at(2)`: no path; `dirfd` is the mount fd.
+    OpenByHandleAt = 6,
+    /// `pidfd_getfd(2)`: an fd copied out of another process; `dirfd` is
+    /// the pidfd.
+    PidfdGetfd = 7,
 }
 
 impl TryFrom<u32> for OpenSyscall {
@@ -47,6 +57,35 @@ impl TryFrom<u32> for OpenSyscall {
             1 => Ok(OpenSyscall::Open),
             2 => Ok(OpenSyscall::Openat),
             3 => Ok(OpenSyscall::Openat2),
+            4 => Ok(OpenSyscall::IoUringOpenat),
+            5 => Ok(OpenSyscall::IoUringOpenat2),
+            6 => Ok(OpenSyscall::OpenByHandleAt),
+            7 => Ok(OpenSyscall::PidfdGetfd),
+            other => Err(UnknownValue(other)),
+        }
+    }
+}
+
+/// Which hook saw a connect: the syscall tracepoints see `connect(2)` and
+/// its result; the cgroup `connect4`/`connect6` hook sees every other way a
+/// socket starts connecting (io_uring's `IORING_OP_CONNECT`, TCP Fast Open's
+/// `sendto`/`sendmsg(MSG_FASTOPEN)`), before the result is known.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectVia {
+    /// `sys_enter_connect`/`sys_exit_connect`: `result` is the syscall's.
+    Syscall = 1,
+    /// The cgroup `connect4`/`connect6` program: `fd` is -1 and `result` 0
+    /// (not known when the hook runs).
+    CgroupSockAddr = 2,
+}
+
+impl TryFrom<u32> for ConnectVia {
+    type Error = UnknownValue;
+    fn try_from(value: u32) -> Result<Self, Self::Error> {
+        match value {
+            1 => Ok(ConnectVia::Syscall),
+            2 => Ok(ConnectVia::CgroupSockAddr),
             other => Err(UnknownValue(other)),
         }
     }
@@ -179,6 +218,10 @@ pub struct ConnectEvent {
     pub result: i64,
     /// Destination address, network byte order; IPv4 in the first four bytes.
     pub addr: [u8; 16],
+    /// A [`ConnectVia`] discriminant: which hook saw it.
+    pub via: u32,
+    /// Explicit padding.
+    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]
@@ -206,7 +249,7 @@ mod tests {
             size_of::<OpenEvent>(),
             size_of::<EventHeader>() + 4 + 4 + 8 + 8 + 4 + 4 + 8 + REQUESTED_PATH_LEN + size_of::<ResolvedPath>()
         );
-        assert_eq!(size_of::<ConnectEvent>(), size_of::<EventHeader>() + 2 + 2 + 4 + 8 + 16);
+        assert_eq!(size_of::<ConnectEvent>(), size_of::<EventHeader>() + 2 + 2 + 4 + 8 + 16 + 4 + 4);
     }
 
     #[test]
@@ -216,5 +259,8 @@ mod tests {
         assert_eq!(EventKind::try_from(0), Err(UnknownValue(0)));
         assert_eq!(OpenSyscall::try_from(3), Ok(OpenSyscall::Openat2));
         assert_eq!(OpenSyscall::try_from(9), Err(UnknownValue(9)));
+        assert_eq!(OpenSyscall::try_from(5), Ok(OpenSyscall::IoUringOpenat2));
+        assert_eq!(ConnectVia::try_from(2), Ok(ConnectVia::CgroupSockAddr));
+        assert_eq!(ConnectVia::try_from(0), Err(UnknownValue(0)));
     }
 }

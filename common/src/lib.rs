@@ -14,7 +14,8 @@ pub mod offsets;
 
 pub use counters::{counter_slot, Counter, Hook, COUNTER_SLOTS};
 pub use event::{
-    CgroupNames, ConnectEvent, EventHeader, EventKind, OpenEvent, OpenSyscall, ResolvedPath, TaskRef, UnknownValue,
+    CgroupNames, ConnectEvent, ConnectVia, EventHeader, EventKind, OpenEvent, OpenSyscall, ResolvedPath, TaskRef,
+    UnknownValue,
 };
 pub use keys::{DevWatch, EndpointKey, FileKey, DEV_EXACT_FILES, DEV_TOKEN_VOLUME, TOKEN_NAME_LEN};
 pub use offsets::KernelOffsets;

@@ -91,6 +91,39 @@ pub struct KernelOffsets {
     pub upid_nr: u32,
     /// `sizeof(struct upid)`.
     pub upid_size: u32,
+    /// Non-zero when every io_uring offset below resolved. Without them
+    /// io_uring opens are still matched and reported, but without the path
+    /// string, dirfd and flags the process passed, and direct-descriptor
+    /// opens are not resolved.
+    pub io_uring_ready: u32,
+    /// `io_kiocb.cmd`: where the opcode's own data (`struct io_open`) lives.
+    pub io_kiocb_cmd: u32,
+    /// `io_open.dfd`.
+    pub io_open_dfd: u32,
+    /// `io_open.file_slot`: non-zero for a direct (fixed-file) descriptor.
+    pub io_open_file_slot: u32,
+    /// `io_open.filename` (a `struct filename *`).
+    pub io_open_filename: u32,
+    /// `io_open.how` (a `struct open_how`).
+    pub io_open_how: u32,
+    /// `filename.uptr`: the process's own path pointer.
+    pub filename_uptr: u32,
+    /// `open_how.flags`.
+    pub open_how_flags: u32,
+    /// `io_ring_ctx.file_table`.
+    pub io_ring_ctx_file_table: u32,
+    /// Offset in `io_file_table` of its array of fixed files:
+    /// `data.nodes` (6.13+) or `files` (older).
+    pub io_file_table_array: u32,
+    /// 1 when the array holds pointers to `io_rsrc_node` (6.13+), 0 when it
+    /// holds `io_fixed_file`s (a bare `file_ptr` each, older kernels).
+    pub io_file_table_indirect: u32,
+    /// `io_rsrc_node.file_ptr` (6.13+).
+    pub io_rsrc_node_file_ptr: u32,
+    /// `io_kiocb.flags` (its low 32 bits hold `REQ_F_CQE_SKIP`).
+    pub io_kiocb_flags: u32,
+    /// `files_struct.next_fd`: one above the fd the last allocation gave.
+    pub files_next_fd: u32,
 }
 
 #[cfg(feature = "user")]

@@ -7,7 +7,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use aya_log_ebpf::debug;
-use tokenwatch_common::{ConnectEvent, Counter, EndpointKey, EventKind, Hook, AF_INET, AF_INET6};
+use tokenwatch_common::{ConnectEvent, ConnectVia, Counter, EndpointKey, EventKind, Hook, AF_INET, AF_INET6};
 
 use crate::{
     identity::fill_header,
@@ -102,6 +102,8 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     // SAFETY: `ret` offset from the tracepoint format.
     event.result = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0);
     event.addr = pending.addr;
+    event.via = ConnectVia::Syscall as u32;
+    event._pad = 0;
     entry.submit(0);
     count(Hook::Connect, Counter::EventsSent);
     0

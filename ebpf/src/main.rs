@@ -1,9 +1,16 @@
-//! tokenwatch's eBPF programs. Syscall tracepoints only: this is what every
-//! kernel the DaemonSet meets can load (no LSM, fentry or kprobes needed).
+//! tokenwatch's eBPF programs. Tracepoints and cgroup socket-address
+//! programs only: what every kernel the DaemonSet meets can load (no LSM,
+//! fentry or kprobes needed).
 //!
 //! * `open`, `openat`, `openat2`: the entry records the arguments per thread;
 //!   the exit resolves the returned fd to its file and looks the file's
 //!   (device, inode) up in `WATCHED_FILES`. Only a hit sends an event.
+//! * `open_by_handle_at`, `pidfd_getfd` (`fd_sources`): new fds of existing
+//!   files without an open; judged as opens.
+//! * `io_uring_submit_req`/`io_uring_complete` (`uring`): opens submitted to
+//!   an io_uring, judged like the syscalls' on completion.
+//! * `connect4`/`connect6` (`sock_addr`, cgroup programs): connects made
+//!   without `connect(2)` (io_uring, TCP Fast Open).
 //! * `connect`: the entry reads the destination and looks it up in
 //!   `WATCHED_ENDPOINTS`; only a hit is remembered, and the exit sends it with
 //!   the result.
@@ -15,10 +22,14 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 mod connect;
+mod fd_sources;
 mod identity;
 mod kernel;
 mod maps;
 mod open;
+mod sock_addr;
+mod uring;
+mod uring_skip;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

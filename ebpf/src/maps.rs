@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     Global,
 };
 use tokenwatch_common::{counter_slot, Counter, DevWatch, EndpointKey, FileKey, Hook, KernelOffsets, COUNTER_SLOTS};
@@ -43,6 +43,22 @@ pub static PENDING_OPENS: LruHashMap<u32, PendingOpen> = LruHashMap::with_max_en
 #[map(name = "PENDING_CONNECTS")]
 pub static PENDING_CONNECTS: LruHashMap<u32, PendingConnect> = LruHashMap::with_max_entries(4096, 0);
 
+/// io_uring opens between submission and completion, by request pointer.
+/// LRU: an open whose completion is skipped (`IOSQE_CQE_SKIP_SUCCESS`)
+/// never removes its entry.
+#[map(name = "PENDING_URING_OPENS")]
+pub static PENDING_URING_OPENS: LruHashMap<u64, PendingUringOpen> = LruHashMap::with_max_entries(4096, 0);
+
+/// io_uring opens submitted with `IOSQE_CQE_SKIP_SUCCESS`, by tgid, until
+/// a later event of the process finds their fd (`uring_skip`).
+#[map(name = "SKIPPED_URING_OPENS")]
+pub static SKIPPED_URING_OPENS: LruHashMap<u32, SkippedUringOpen> = LruHashMap::with_max_entries(1024, 0);
+
+/// `bpf_ktime_get_ns()` of the node's latest completion-less io_uring open:
+/// the `sched_switch` program does nothing more than read it otherwise.
+#[map(name = "LAST_SKIPPED_OPEN")]
+pub static LAST_SKIPPED_OPEN: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Kernel struct offsets, written by the agent from BTF before load.
 #[unsafe(no_mangle)]
 pub static KERNEL_OFFSETS: Global<KernelOffsets> =
@@ -67,6 +83,32 @@ pub struct PendingOpen {
     pub dirfd: i32,
     /// `OpenSyscall` discriminant.
     pub syscall: u32,
+}
+
+/// An io_uring open between submission and completion; kernel-only.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingUringOpen {
+    /// What the process passed, as for a syscall.
+    pub open: PendingOpen,
+    /// The ring (`struct io_ring_ctx *`), to tell a recycled request apart.
+    pub ring: u64,
+    /// The request's `user_data`, for the same reason.
+    pub user_data: u64,
+    /// `io_open.file_slot`: non-zero for a direct descriptor.
+    pub file_slot: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
+/// A completion-less io_uring open waiting to be found; kernel-only.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SkippedUringOpen {
+    /// What was submitted.
+    pub open: PendingUringOpen,
+    /// `bpf_ktime_get_ns()` at submission.
+    pub since_ns: u64,
 }
 
 /// A watched connect in flight; kernel-only.

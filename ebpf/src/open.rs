@@ -2,9 +2,13 @@
 //! string passed, by resolving the returned fd to its (device, inode).
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user, bpf_probe_read_user_str_bytes},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_probe_read_user_str_bytes,
+    },
     macros::tracepoint,
     programs::TracePointContext,
+    EbpfContext,
 };
 use aya_log_ebpf::debug;
 use tokenwatch_common::{
@@ -21,9 +25,9 @@ use crate::{
 /// `AT_FDCWD`, reported as the dirfd of `open(2)`.
 const AT_FDCWD: i32 = -100;
 /// Offsets of syscall arguments in the `sys_enter_*` tracepoint record.
-const ARG0: usize = 16;
-const ARG1: usize = 24;
-const ARG2: usize = 32;
+pub const ARG0: usize = 16;
+pub const ARG1: usize = 24;
+pub const ARG2: usize = 32;
 /// Offset of `ret` in the `sys_exit_*` tracepoint record.
 const RET: usize = 16;
 
@@ -76,7 +80,7 @@ pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
 /// Records the arguments for the exit; pointers only, nothing read yet, so
 /// the entry of every open on the node stays a single map update.
 #[inline(always)]
-fn remember(ctx: &TracePointContext, syscall: OpenSyscall, dirfd: i32, filename: u64, flags: u64, how: u64) {
+pub fn remember(ctx: &TracePointContext, syscall: OpenSyscall, dirfd: i32, filename: u64, flags: u64, how: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     if is_agent((pid_tgid >> 32) as u32) {
         return;
@@ -89,7 +93,7 @@ fn remember(ctx: &TracePointContext, syscall: OpenSyscall, dirfd: i32, filename:
 
 /// On exit: resolve the fd, look the file up, and send an event on a hit.
 #[inline(always)]
-fn judge(ctx: &TracePointContext, hook: Hook) {
+pub fn judge(ctx: &TracePointContext, hook: Hook) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     if is_agent((pid_tgid >> 32) as u32) {
@@ -107,6 +111,14 @@ fn judge(ctx: &TracePointContext, hook: Hook) {
     if ret < 0 {
         return;
     }
+    report(ctx, hook, &pending, ret);
+}
+
+/// Resolves the new fd `ret` of the current task to its file, looks it up,
+/// and sends an event on a hit. Shared by the syscall exits and io_uring's
+/// completion (whose task shares the submitter's file table).
+#[inline(always)]
+pub fn report<C: EbpfContext>(ctx: &C, hook: Hook, pending: &PendingOpen, ret: i64) {
     let offsets = KERNEL_OFFSETS.load();
     if offsets.ready == 0 {
         return;
@@ -114,17 +126,19 @@ fn judge(ctx: &TracePointContext, hook: Hook) {
     // SAFETY: returns the current task_struct pointer, read only via probes.
     let task = unsafe { bpf_get_current_task() };
     let Some(file) = fd_to_file(task, ret as u64, &offsets) else { return };
-    let Ok(inode) = read_ptr(file, offsets.file_f_inode) else { return };
-    let sb = read_ptr(inode, offsets.inode_i_sb).unwrap_or(0);
-    let dev = read_u32(sb, offsets.sb_s_dev).unwrap_or(0);
-    // SAFETY: the value is copied out at once.
-    let Some(watch) = (unsafe { WATCHED_DEVS.get(dev) }).copied() else { return };
-    let key = FileKey { dev, _pad: 0, ino: read_ptr(inode, offsets.inode_i_ino).unwrap_or(0) };
-    let by_name = watch.mode & DEV_TOKEN_VOLUME != 0 && has_name(file, &offsets, &watch.name);
-    // SAFETY: value not used beyond presence.
-    if !by_name && (watch.mode & DEV_EXACT_FILES == 0 || unsafe { WATCHED_FILES.get(key) }.is_none()) {
+    report_file(ctx, hook, pending, ret, task, file);
+}
+
+/// Looks `file` up and sends an event on a hit; `ret` is what the open
+/// returned (an fd, or a direct descriptor's slot for io_uring).
+#[inline(always)]
+pub fn report_file<C: EbpfContext>(ctx: &C, hook: Hook, pending: &PendingOpen, ret: i64, task: u64, file: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let offsets = KERNEL_OFFSETS.load();
+    if offsets.ready == 0 {
         return;
     }
+    let Some(key) = watched(file, &offsets) else { return };
     count(hook, Counter::OpensMatched);
     let Some(mut entry) = EVENTS.reserve::<OpenEvent>(0) else {
         count(hook, Counter::EventsDropped);
@@ -151,8 +165,32 @@ fn judge(ctx: &TracePointContext, hook: Hook) {
         event.requested_path[0] = 0;
     }
     rebuild_path(task, file, &offsets, &mut event.path);
+    if hook == Hook::IoUring {
+        // An io-wq worker (`iou-wrk-<pid>`) may complete it: name the process.
+        let leader = read_ptr(task, offsets.task_group_leader).unwrap_or(task);
+        // SAFETY: kernel pointer read through the checked helper.
+        if let Ok(comm) = unsafe { bpf_probe_read_kernel((leader + u64::from(offsets.task_comm)) as *const [u8; 16]) } {
+            event.header.comm = comm;
+        }
+    }
     entry.submit(0);
     count(hook, Counter::EventsSent);
+}
+
+/// The file's key when it is a watched token file: its device is watched and
+/// either its inode is (`WATCHED_FILES`) or, on a token volume, its name.
+#[inline(always)]
+pub fn watched(file: u64, offsets: &KernelOffsets) -> Option<FileKey> {
+    let inode = read_ptr(file, offsets.file_f_inode).ok()?;
+    let sb = read_ptr(inode, offsets.inode_i_sb).unwrap_or(0);
+    let dev = read_u32(sb, offsets.sb_s_dev).unwrap_or(0);
+    // SAFETY: the value is copied out at once.
+    let watch = (unsafe { WATCHED_DEVS.get(dev) }).copied()?;
+    let key = FileKey { dev, _pad: 0, ino: read_ptr(inode, offsets.inode_i_ino).unwrap_or(0) };
+    let by_name = watch.mode & DEV_TOKEN_VOLUME != 0 && has_name(file, offsets, &watch.name);
+    // SAFETY: value not used beyond presence.
+    let by_inode = watch.mode & DEV_EXACT_FILES != 0 && unsafe { WATCHED_FILES.get(key) }.is_some();
+    (by_name || by_inode).then_some(key)
 }
 
 /// Whether the opened file's name (its dentry's) is `name`.
@@ -167,7 +205,7 @@ fn has_name(file: u64, offsets: &KernelOffsets, name: &[u8; TOKEN_NAME_LEN]) -> 
 
 /// `task->files->fdt->fd[fd]`.
 #[inline(always)]
-fn fd_to_file(task: u64, fd: u64, offsets: &KernelOffsets) -> Option<u64> {
+pub fn fd_to_file(task: u64, fd: u64, offsets: &KernelOffsets) -> Option<u64> {
     let files = read_ptr(task, offsets.task_files).ok()?;
     let fdt = read_ptr(files, offsets.files_fdt).ok()?;
     let max_fds = read_u32(fdt, offsets.fdtable_max_fds).ok()?;

@@ -10,7 +10,7 @@ const OPEN_FLAGS: &[(u64, &str)] = &[
     (libc::O_NONBLOCK as u64, "O_NONBLOCK"),
     (libc::O_DSYNC as u64, "O_DSYNC"),
     (libc::O_DIRECT as u64, "O_DIRECT"),
-    (libc::O_LARGEFILE as u64, "O_LARGEFILE"),
+    (KERNEL_O_LARGEFILE, "O_LARGEFILE"),
     (libc::O_DIRECTORY as u64, "O_DIRECTORY"),
     (libc::O_NOFOLLOW as u64, "O_NOFOLLOW"),
     (libc::O_NOATIME as u64, "O_NOATIME"),
@@ -19,6 +19,14 @@ const OPEN_FLAGS: &[(u64, &str)] = &[
     (libc::O_SYNC as u64 & !(libc::O_DSYNC as u64), "O_SYNC"),
     (libc::O_TMPFILE as u64 & !(libc::O_DIRECTORY as u64), "O_TMPFILE"),
 ];
+
+/// The kernel's `O_LARGEFILE`, which it adds itself to 64-bit opens (io_uring's
+/// `struct io_open` holds it); libc defines it as 0 on 64-bit targets.
+#[cfg(target_arch = "aarch64")]
+const KERNEL_O_LARGEFILE: u64 = 0o400_000;
+/// The kernel's `O_LARGEFILE` (see the aarch64 one).
+#[cfg(not(target_arch = "aarch64"))]
+const KERNEL_O_LARGEFILE: u64 = 0o100_000;
 
 /// `O_RDONLY|O_CLOEXEC`-style rendering; unknown bits as hex.
 pub fn open_flags(flags: u64) -> String {

@@ -1,6 +1,6 @@
 //! What was seen, as the alert's evidence, and the one-line summary.
 
-use tokenwatch_common::OpenSyscall;
+use tokenwatch_common::{ConnectVia, OpenSyscall};
 use tokenwatch_proto::v1::{alert::Evidence, ApiServerConnect, TokenRead};
 
 use super::describe;
@@ -36,6 +36,10 @@ pub fn token_read(open: &OpenRecord, enrichment: &Enrichment) -> Evidence {
             OpenSyscall::Open => "open",
             OpenSyscall::Openat => "openat",
             OpenSyscall::Openat2 => "openat2",
+            OpenSyscall::IoUringOpenat => "io_uring_openat",
+            OpenSyscall::IoUringOpenat2 => "io_uring_openat2",
+            OpenSyscall::OpenByHandleAt => "open_by_handle_at",
+            OpenSyscall::PidfdGetfd => "pidfd_getfd",
         }
         .to_owned(),
         dirfd: open.dirfd,
@@ -48,6 +52,7 @@ pub fn token_read(open: &OpenRecord, enrichment: &Enrichment) -> Evidence {
         owner_namespace: owner.map(|p| p.namespace.clone()).unwrap_or_default(),
         owner_pod: owner.map(|p| p.name.clone()).unwrap_or_default(),
         owner_service_account: owner.map(|p| p.service_account.clone()).unwrap_or_default(),
+        owner_containers: enrichment.owner_containers.clone(),
     })
 }
 
@@ -58,9 +63,22 @@ pub fn api_server_connect(connect: &ConnectRecord) -> Evidence {
         port: u32::from(connect.destination.port()),
         family: if connect.destination.is_ipv4() { "ipv4" } else { "ipv6" }.to_owned(),
         result: connect.result,
-        outcome: describe::connect_outcome(connect.result),
+        outcome: outcome(connect),
         fd: connect.fd,
+        hook: match connect.via {
+            ConnectVia::Syscall => "connect",
+            ConnectVia::CgroupSockAddr => "cgroup_connect",
+        }
+        .to_owned(),
     })
+}
+
+/// What became of the connect, as far as the hook that saw it knows.
+fn outcome(connect: &ConnectRecord) -> String {
+    match connect.via {
+        ConnectVia::Syscall => describe::connect_outcome(connect.result),
+        ConnectVia::CgroupSockAddr => "attempted".to_owned(),
+    }
 }
 
 /// One human sentence for an alert.
@@ -85,7 +103,7 @@ pub fn summary(
             )
         }
         (None, Some(connect)) => {
-            let outcome = describe::connect_outcome(connect.result);
+            let outcome = outcome(connect);
             let then = if rule == super::rules::TOKEN_THEFT_CHAIN.id { "read its token, then " } else { "" };
             format!(
                 "{} (pid {}){place} {then}dialled the API server at {} ({outcome})",

@@ -7,8 +7,8 @@ use std::{
 };
 
 use tokenwatch_common::{
-    CgroupNames, ConnectEvent, EventHeader, EventKind, OpenEvent, OpenSyscall, ResolvedPath, UnknownValue, AF_INET,
-    AF_INET6,
+    CgroupNames, ConnectEvent, ConnectVia, EventHeader, EventKind, OpenEvent, OpenSyscall, ResolvedPath, UnknownValue,
+    AF_INET, AF_INET6,
 };
 
 /// Why a record was refused.
@@ -33,6 +33,9 @@ pub enum DecodeError {
     /// Unknown address family.
     #[error("unknown address family {0}")]
     Family(u16),
+    /// Unknown connect hook.
+    #[error("unknown connect hook {}", .0 .0)]
+    Via(UnknownValue),
 }
 
 /// Who made the syscall, from the event header.
@@ -109,8 +112,11 @@ pub struct ConnectRecord {
     pub destination: SocketAddr,
     /// Socket fd.
     pub fd: i32,
-    /// `connect(2)` result: 0 or `-errno`.
+    /// `connect(2)` result: 0 or `-errno` (0 when `via` is the cgroup hook,
+    /// which runs before there is a result).
     pub result: i64,
+    /// Which hook saw it.
+    pub via: ConnectVia,
 }
 
 /// One decoded event.
@@ -181,6 +187,7 @@ fn decode_connect(event: &ConnectEvent) -> Result<ConnectRecord, DecodeError> {
         destination: SocketAddr::new(ip, event.port),
         fd: event.fd,
         result: event.result,
+        via: ConnectVia::try_from(event.via).map_err(DecodeError::Via)?,
     })
 }
 

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, MapError, RingBuf},
-    programs::{ProgramError, TracePoint},
+    programs::{ProgramError, RawTracePoint, TracePoint},
     Ebpf, EbpfError, EbpfLoader,
 };
 use aya_log::EbpfLogger;
@@ -13,24 +13,42 @@ use tokenwatch_common::{
     WATCHED_ENDPOINTS_MAP, WATCHED_FILES_MAP,
 };
 
+use super::cgroup_hooks;
 use super::counters::CounterMap;
 use super::watchlist::FileMaps;
 
 /// The eBPF object built by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tokenwatch-ebpf"));
 
-/// Every tracepoint, exits first so no exit misses an entry made after it.
-/// `open` is missing on architectures without `open(2)` (arm64): optional.
-const TRACEPOINTS: &[(&str, bool)] = &[
-    ("sys_exit_openat", true),
-    ("sys_exit_openat2", true),
-    ("sys_exit_open", false),
-    ("sys_exit_connect", true),
-    ("sys_enter_openat", true),
-    ("sys_enter_openat2", true),
-    ("sys_enter_open", false),
-    ("sys_enter_connect", true),
+/// Every tracepoint program (category, tracepoint, program, required), exits
+/// first so no exit misses an entry made after it. `open` is missing on
+/// architectures without `open(2)` (arm64); io_uring's on kernels built
+/// without it: optional. `io_uring_complete` carries two programs, each
+/// within the verifier's budget.
+const TRACEPOINTS: &[(&str, &str, &str, bool)] = &[
+    ("syscalls", "sys_exit_openat", "sys_exit_openat", true),
+    ("syscalls", "sys_exit_openat2", "sys_exit_openat2", true),
+    ("syscalls", "sys_exit_open", "sys_exit_open", false),
+    ("syscalls", "sys_exit_connect", "sys_exit_connect", true),
+    ("io_uring", "io_uring_complete", "io_uring_complete", false),
+    ("io_uring", "io_uring_complete", "io_uring_complete_skipped", false),
+    ("syscalls", "sys_exit_io_uring_enter", "sys_exit_io_uring_enter", false),
+    ("syscalls", "sys_exit_open_by_handle_at", "sys_exit_open_by_handle_at", false),
+    ("syscalls", "sys_exit_pidfd_getfd", "sys_exit_pidfd_getfd", false),
+    ("syscalls", "sys_enter_openat", "sys_enter_openat", true),
+    ("syscalls", "sys_enter_openat2", "sys_enter_openat2", true),
+    ("syscalls", "sys_enter_open", "sys_enter_open", false),
+    ("syscalls", "sys_enter_connect", "sys_enter_connect", true),
+    ("io_uring", "io_uring_submit_req", "io_uring_submit_req", false),
+    ("syscalls", "sys_enter_open_by_handle_at", "sys_enter_open_by_handle_at", false),
+    ("syscalls", "sys_enter_pidfd_getfd", "sys_enter_pidfd_getfd", false),
 ];
+
+/// Raw tracepoints (tracepoint, program): no trace record is formatted, so
+/// they suit events as frequent as `sched_switch`, where the program reads
+/// one array slot and returns unless a completion-less io_uring open
+/// happened in the last 2 s (`ebpf/src/uring_skip.rs`). Optional.
+const RAW_TRACEPOINTS: &[(&str, &str)] = &[("sched_switch", "sched_switch_skipped")];
 
 /// Where the kernel's trace events are listed, mounted or not.
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -49,7 +67,7 @@ pub enum LoadError {
     #[error("the eBPF object has no program `{0}`")]
     MissingProgram(&'static str),
     /// A program failed to load or attach.
-    #[error("tracepoint syscalls/{name}: {source}")]
+    #[error("program {name}: {source}")]
     Program {
         /// The tracepoint.
         name: &'static str,
@@ -57,7 +75,7 @@ pub enum LoadError {
         source: ProgramError,
     },
     /// A required tracepoint does not exist on this kernel.
-    #[error("tracepoint syscalls/{0} does not exist on this kernel")]
+    #[error("tracepoint {0} does not exist on this kernel")]
     MissingTracepoint(&'static str),
     /// A map is missing or of the wrong type.
     #[error("map {name}: {source}")]
@@ -66,6 +84,14 @@ pub enum LoadError {
         name: &'static str,
         /// Why.
         source: MapError,
+    },
+    /// The cgroup2 root could not be opened to attach the connect hooks.
+    #[error("opening the cgroup2 root {path}: {source}")]
+    CgroupRoot {
+        /// The mount point.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
     },
     /// A map is missing from the object.
     #[error("the eBPF object has no map `{0}`")]
@@ -116,8 +142,12 @@ impl Hooks {
         let mut hooks = Hooks { ebpf, attached: Vec::new() };
         // Programs are verified and loaded now, while every map fd they refer
         // to is open; the maps can then be handed to tasks that own them.
-        for &(name, _) in TRACEPOINTS {
+        for &(_, _, name, _) in TRACEPOINTS {
             hooks.program(name)?.load().map_err(|source| LoadError::Program { name, source })?;
+        }
+        cgroup_hooks::load(&mut hooks.ebpf)?;
+        for &(_, name) in RAW_TRACEPOINTS {
+            raw_program(&mut hooks.ebpf, name)?.load().map_err(|source| LoadError::Program { name, source })?;
         }
         Ok(hooks)
     }
@@ -148,19 +178,33 @@ impl Hooks {
     /// Attaches every loaded program; returns the tracepoints attached.
     pub fn attach(&mut self) -> Result<&[&'static str], LoadError> {
         ensure_tracefs()?;
-        for &(name, required) in TRACEPOINTS {
-            if !tracepoint_exists(name) {
+        for &(category, tracepoint, name, required) in TRACEPOINTS {
+            if !tracepoint_exists(category, tracepoint) {
                 if required {
                     return Err(LoadError::MissingTracepoint(name));
                 }
                 tracing::info!(tracepoint = name, "tracepoint absent on this kernel; skipped");
                 continue;
             }
-            self.program(name)?.attach("syscalls", name).map_err(|source| LoadError::Program { name, source })?;
+            self.program(name)?.attach(category, tracepoint).map_err(|source| LoadError::Program { name, source })?;
             self.attached.push(name);
         }
+        for &(tracepoint, name) in RAW_TRACEPOINTS {
+            match raw_program(&mut self.ebpf, name)?.attach(tracepoint) {
+                Ok(_) => self.attached.push(name),
+                Err(error) => tracing::warn!(program = name, %error, "raw tracepoint not attached"),
+            }
+        }
+        self.attached.extend(cgroup_hooks::attach(&mut self.ebpf)?);
         Ok(&self.attached)
     }
+}
+
+fn raw_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut RawTracePoint, LoadError> {
+    ebpf.program_mut(name)
+        .ok_or(LoadError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| LoadError::Program { name, source })
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
@@ -171,8 +215,8 @@ where
     T::try_from(map).map_err(|source| LoadError::Map { name, source })
 }
 
-fn tracepoint_exists(name: &str) -> bool {
-    [TRACEFS, DEBUGFS_TRACING].iter().any(|root| Path::new(root).join("events/syscalls").join(name).exists())
+fn tracepoint_exists(category: &str, name: &str) -> bool {
+    [TRACEFS, DEBUGFS_TRACING].iter().any(|root| Path::new(root).join("events").join(category).join(name).exists())
 }
 
 /// Tracepoints are attached by id, read from tracefs; mount it if no one has.

@@ -3,6 +3,7 @@
 //! events they send.
 
 pub mod btf;
+pub mod cgroup_hooks;
 pub mod clock;
 pub mod counters;
 pub mod decode;

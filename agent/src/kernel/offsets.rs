@@ -10,6 +10,8 @@ use tokenwatch_common::offsets::KernelOffsets;
 
 use crate::kernel::btf::{Btf, BtfError};
 
+mod uring;
+
 /// Why the offsets could not be resolved. The agent cannot run its programs
 /// without every offset, so the message names the exact field that failed.
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +65,7 @@ fn v1_subsys_index(btf: &Btf) -> u32 {
 /// BTF, so the programs walk the right offsets on whatever kernel the agent
 /// lands on.
 pub fn resolve(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
-    Ok(KernelOffsets {
+    let mut offsets = KernelOffsets {
         ready: 1,
         task_files: field(btf, "task_struct", &["files"])?,
         task_fs: field(btf, "task_struct", &["fs"])?,
@@ -109,7 +111,12 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
             member: "(size)".to_owned(),
             source,
         })?,
-    })
+        ..KernelOffsets::default()
+    };
+    if let Err(missing) = uring::fill(btf, &mut offsets) {
+        tracing::warn!(%missing, "io_uring offsets unresolved: io_uring opens are judged without their arguments and direct descriptors are not resolved");
+    }
+    Ok(offsets)
 }
 
 /// Resolve the offsets for the kernel this process runs on, from
@@ -159,6 +166,11 @@ mod tests {
         assert_distinct("css_set", &[o.css_set_dfl_cgrp, o.css_set_subsys]);
         assert_distinct("kernfs_node", &[o.kernfs_node_name, o.kernfs_node_parent]);
         assert!(o.v1_subsys_index < 64, "cgroup subsystem id {}", o.v1_subsys_index);
+        assert_eq!(o.io_uring_ready, 1, "io_uring offsets resolve: {o:?}");
+        assert_eq!(o.io_kiocb_cmd, 0, "io_kiocb starts with the union holding cmd");
+        assert_eq!((o.io_open_dfd, o.io_open_file_slot, o.io_open_filename), (8, 12, 16), "struct io_open");
+        assert_eq!((o.filename_uptr, o.open_how_flags), (8, 0), "filename.uptr, open_how.flags");
+        assert!(o.io_ring_ctx_file_table > 0 && o.io_kiocb_flags > 0 && o.files_next_fd > 0, "{o:?}");
     }
 
     #[test]
@@ -189,6 +201,11 @@ mod tests {
         let layout = |o: &KernelOffsets| {
             [o.task_files, o.task_fs, o.task_cgroups, o.file_f_path, o.file_f_inode, o.dentry_d_parent, o.dentry_d_name]
         };
+        assert_eq!(
+            (old.io_file_table_indirect, running.io_file_table_indirect),
+            (0, 1),
+            "6.1's fixed files are io_fixed_file, 6.18's io_rsrc_node pointers"
+        );
         assert_ne!(
             layout(&old),
             layout(&running),

@@ -32,6 +32,9 @@ pub struct Enrichment {
     pub pod: Option<Arc<PodInfo>>,
     /// For a token read: the pod the token belongs to, when known.
     pub owner: Option<Arc<PodInfo>>,
+    /// For a token read: the containers the token file is mounted in, by
+    /// name (by id when the runtime cannot name one).
+    pub owner_containers: Vec<String>,
     /// What could not be learnt, and why.
     pub missing: Vec<String>,
 }
@@ -79,6 +82,11 @@ impl Enricher {
         let mut enrichment =
             Enrichment { process, watched, owner, cgroup: identify(identity), ..Enrichment::default() };
 
+        let owner_ids = enrichment.watched.as_ref().map(|w| w.container_ids.clone()).unwrap_or_default();
+        for id in owner_ids {
+            let name = self.cri.lookup(&id).await.ok().map(|meta| meta.name.clone()).filter(|n| !n.is_empty());
+            enrichment.owner_containers.push(name.unwrap_or(id));
+        }
         if let Some(id) = enrichment.cgroup.container_id.clone() {
             match self.cri.lookup(&id).await {
                 Ok(meta) => enrichment.container = Some(meta),

@@ -32,6 +32,11 @@ pub struct WatchedFile {
     pub pid: u32,
     /// The pod whose container that namespace is, from the process's cgroup.
     pub pod_uid: Option<String>,
+    /// Every container whose mount namespace holds this same file (by
+    /// runtime id, from the cgroup of a process there): whom the token was
+    /// given to. A sibling reading it through `/proc/<pid>/root` is not
+    /// among them unless it mounts the same volume.
+    pub container_ids: Vec<String>,
     /// Set when the file lies on a token volume (a tmpfs whose root holds
     /// kubelet's `..data` layout): the file name every token on it has, so
     /// the kernel can match the volume by device and name and a rotation
@@ -75,13 +80,17 @@ pub fn scan(proc: &Path, paths: &[PathBuf]) -> TokenFiles {
         let Ok(root) = open_path(&process.join("root")) else { continue };
         for path in paths {
             if let Some(key) = resolve_in_root(&root, path) {
-                found.entry(key).or_insert_with(|| WatchedFile {
+                let file = found.entry(key).or_insert_with(|| WatchedFile {
                     path: path.clone(),
                     mount_ns: ns.ino(),
                     pid,
                     pod_uid: pod_of(&process),
+                    container_ids: Vec::new(),
                     volume_name: volume_name(&root, path, key.dev),
                 });
+                if let Some(id) = container_of(&process).filter(|id| !file.container_ids.contains(id)) {
+                    file.container_ids.push(id);
+                }
             }
         }
     }
@@ -92,6 +101,12 @@ pub fn scan(proc: &Path, paths: &[PathBuf]) -> TokenFiles {
 fn pod_of(process: &Path) -> Option<String> {
     let text = fs::read_to_string(process.join("cgroup")).ok()?;
     text.lines().filter_map(|line| line.splitn(3, ':').nth(2)).find_map(|path| cgroup::identify_path(path).pod_uid)
+}
+
+/// The container id in `/proc/<pid>/cgroup`, if the process is in one.
+fn container_of(process: &Path) -> Option<String> {
+    let text = fs::read_to_string(process.join("cgroup")).ok()?;
+    text.lines().filter_map(|line| line.splitn(3, ':').nth(2)).find_map(|path| cgroup::identify_path(path).container_id)
 }
 
 /// The token's file name when its directory is a token volume: a tmpfs, the

@@ -36,7 +36,8 @@ fn kernel(metrics: &Metrics, out: &mut Out) {
     let Some(sources) = metrics.sources.get() else { return };
     let Ok(counters) = sources.kernel.read() else { return };
     for reading in &counters.readings {
-        let is_connect = reading.hook == tokenwatch_common::Hook::Connect;
+        let is_connect =
+            matches!(reading.hook, tokenwatch_common::Hook::Connect | tokenwatch_common::Hook::CgroupConnect);
         let stage = match reading.counter {
             Counter::OpensSeen if !is_connect => "seen",
             Counter::ConnectsSeen if is_connect => "seen",

@@ -52,7 +52,8 @@ impl AgentProcess {
         if !args.iter().any(|a| a == "--state-dir") {
             own.extend(["--state-dir".to_owned(), dir.path().join("state").display().to_string()]);
         }
-        if !args.iter().any(|a| a == "--grpc-listen") {
+        let own_socket = !args.iter().any(|a| a == "--grpc-listen");
+        if own_socket {
             own.extend(["--grpc-listen".to_owned(), format!("unix:{}", dir.path().join("grpc.sock").display())]);
         }
         let mut child = Command::new(env!("CARGO_BIN_EXE_tokenwatch"))
@@ -76,7 +77,10 @@ impl AgentProcess {
             if let Ok(Some(status)) = agent.child.try_wait() {
                 return Some(Err(status));
             }
-            agent.log_has(&["hooks attached"]).then_some(Ok(()))
+            // The gRPC server starts after the hooks are attached: a test
+            // that subscribes at once needs its socket there too.
+            let serving = !own_socket || agent.grpc_socket().exists();
+            (agent.log_has(&["hooks attached"]) && serving).then_some(Ok(()))
         });
         match started {
             Some(Ok(())) => agent,

@@ -1,6 +1,6 @@
 use std::mem::{size_of, zeroed};
 
-use tokenwatch_common::{ConnectEvent, EventKind, OpenEvent, OpenSyscall, AF_INET, AF_INET6};
+use tokenwatch_common::{ConnectEvent, ConnectVia, EventKind, OpenEvent, OpenSyscall, AF_INET, AF_INET6};
 
 use super::*;
 
@@ -88,9 +88,17 @@ fn connect_records_decode_v4_and_v6() {
     event.port = 443;
     event.addr[..4].copy_from_slice(&[10, 96, 0, 1]);
     event.result = -115;
+    event.via = ConnectVia::Syscall as u32;
     let KernelEvent::Connect(record) = decode(&bytes_of(&event)).expect("v4") else { panic!("not a connect") };
     assert_eq!(record.destination.to_string(), "10.96.0.1:443");
     assert_eq!(record.result, -115);
+    assert_eq!(record.via, ConnectVia::Syscall);
+    event.via = ConnectVia::CgroupSockAddr as u32;
+    let KernelEvent::Connect(record) = decode(&bytes_of(&event)).expect("hook") else { panic!("not a connect") };
+    assert_eq!(record.via, ConnectVia::CgroupSockAddr);
+    event.via = 7;
+    assert!(matches!(decode(&bytes_of(&event)), Err(DecodeError::Via(_))), "an unknown hook is refused");
+    event.via = ConnectVia::Syscall as u32;
 
     event.family = AF_INET6;
     event.addr = std::net::Ipv6Addr::LOCALHOST.octets();

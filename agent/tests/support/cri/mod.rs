@@ -29,7 +29,7 @@ pub mod token;
 
 pub use custom::CustomContainer;
 pub use daemon::Containerd;
-pub use pod::{Pod, PodSpec, Qos};
+pub use pod::{Pod, PodSpec, Qos, Sibling};
 
 /// Where kubelet mounts the ServiceAccount token volume in every container.
 /// In the harness's image `/var/run` is a symlink to `/run`, so the mount

@@ -31,7 +31,10 @@ use k8s_cri::v1::{
 };
 
 use super::super::wait_for;
+
+mod sibling;
 use super::{cleanup, custom::CustomContainer, daemon::Containerd, token::TokenVolume, IMAGE, SA_MOUNT};
+pub use sibling::Sibling;
 
 /// How long [`Pod::trigger`] waits for the entrypoint to read the token.
 const TRIGGER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -93,6 +96,12 @@ pub struct PodSpec {
     pub command: Vec<String>,
     /// The QoS class (the cgroup parent).
     pub qos: Qos,
+    /// More read-only bind mounts for the container: (host path, container
+    /// path), e.g. a test helper binary and the host's libraries it needs.
+    pub extra_mounts: Vec<(String, String)>,
+    /// `shareProcessNamespace: true`: the pod's containers share one pid
+    /// namespace (the sandbox's).
+    pub share_process_namespace: bool,
     /// Another image, arguments, environment, mounts and security context
     /// for the container (e.g. the agent's own, as its DaemonSet asks).
     pub custom: Option<CustomContainer>,
@@ -111,6 +120,8 @@ impl PodSpec {
             projected: None,
             command: reader_command(),
             qos: Qos::BestEffort,
+            extra_mounts: Vec::new(),
+            share_process_namespace: false,
             custom: None,
         }
     }
@@ -133,6 +144,8 @@ pub fn reader_command() -> Vec<String> {
 /// A running pod; dropping it stops and removes it (best effort, no panic).
 pub struct Pod<'c> {
     containerd: &'c Containerd,
+    /// What the sandbox was run with; a sibling container needs it.
+    sandbox_config: PodSandboxConfig,
     spec: PodSpec,
     sandbox_id: String,
     container_id: String,
@@ -153,10 +166,11 @@ fn pod_labels(spec: &PodSpec) -> HashMap<String, String> {
 
 /// The node's network, the pod's IPC, the container's own PID namespace (as
 /// kubelet sets them for a `hostNetwork` pod).
-fn namespaces() -> NamespaceOption {
+fn namespaces(spec: &PodSpec) -> NamespaceOption {
+    let pid = if spec.share_process_namespace { NamespaceMode::Pod } else { NamespaceMode::Container };
     NamespaceOption {
         network: NamespaceMode::Node as i32,
-        pid: NamespaceMode::Container as i32,
+        pid: pid as i32,
         ipc: NamespaceMode::Pod as i32,
         ..Default::default()
     }
@@ -186,6 +200,14 @@ impl Containerd {
             let host_path = extra.dir.display().to_string();
             mounts.push(Mount { container_path: path.clone(), host_path, readonly: true, ..Default::default() });
         }
+        for (host_path, container_path) in &spec.extra_mounts {
+            mounts.push(Mount {
+                container_path: container_path.clone(),
+                host_path: host_path.clone(),
+                readonly: true,
+                ..Default::default()
+            });
+        }
         let log_dir = self.dir().join("logs").join(format!("{}_{}_{}", spec.namespace, spec.name, spec.uid));
         let sandbox_config = PodSandboxConfig {
             metadata: Some(PodSandboxMetadata {
@@ -200,7 +222,7 @@ impl Containerd {
             linux: Some(LinuxPodSandboxConfig {
                 cgroup_parent: spec.qos.cgroup_parent(&spec.uid),
                 security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(namespaces()),
+                    namespace_options: Some(namespaces(spec)),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -228,7 +250,7 @@ impl Containerd {
                     ..Default::default()
                 }),
                 security_context: Some(LinuxContainerSecurityContext {
-                    namespace_options: Some(namespaces()),
+                    namespace_options: Some(namespaces(spec)),
                     ..Default::default()
                 }),
             }),
@@ -240,12 +262,13 @@ impl Containerd {
         let request = CreateContainerRequest {
             pod_sandbox_id: sandbox_id.clone(),
             config: Some(config),
-            sandbox_config: Some(sandbox_config),
+            sandbox_config: Some(sandbox_config.clone()),
         };
         let container_id = self.call("CreateContainer", c.create_container(request)).container_id;
         self.call("StartContainer", c.start_container(StartContainerRequest { container_id: container_id.clone() }));
 
         let mut pod = Pod {
+            sandbox_config,
             containerd: self,
             spec: spec.clone(),
             sandbox_id,

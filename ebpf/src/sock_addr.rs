@@ -1,0 +1,118 @@
+//! The cgroup `connect4`/`connect6` programs, attached to the root of the
+//! unified (v2) cgroup hierarchy so every socket on the node passes them.
+//!
+//! The kernel runs them from `__inet_stream_connect`'s pre-connect step (and
+//! UDP's connect), whatever started the connect: `connect(2)`, io_uring's
+//! `IORING_OP_CONNECT`, TCP Fast Open's `sendto`/`sendmsg(MSG_FASTOPEN)`.
+//! They see the address the kernel copied, not the process's buffer, so a
+//! thread rewriting that buffer under the syscall tracepoint changes nothing.
+//!
+//! No double alerts: a `connect(2)` to a watched endpoint is reported by the
+//! syscall tracepoints, which know its result. When `sys_enter_connect` has
+//! a watched connect in flight for this thread, these programs stay quiet;
+//! otherwise they report it themselves (`ConnectVia::CgroupSockAddr`: no fd,
+//! no result yet).
+//!
+//! Always allow: tokenwatch observes. [`verdict`] is the one place a later
+//! enforcing mode would decide.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
+use aya_log_ebpf::debug;
+use tokenwatch_common::{ConnectEvent, ConnectVia, Counter, EndpointKey, EventKind, Hook, AF_INET, AF_INET6};
+
+use crate::{
+    identity::fill_header,
+    maps::{count, is_agent, EVENTS, KERNEL_OFFSETS, PENDING_CONNECTS, WATCHED_ENDPOINTS},
+};
+
+/// What a `cgroup/connect*` program returns to let the connect go on.
+const ALLOW: i32 = 1;
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the context the kernel passed; 4-byte loads of its fields.
+    let (ip4, port) = unsafe { ((*ctx.sock_addr).user_ip4, (*ctx.sock_addr).user_port) };
+    let mut addr = [0u8; 16];
+    addr[..4].copy_from_slice(&ip4.to_ne_bytes());
+    let key = EndpointKey { family: AF_INET, port: u16::from_be(port as u16), _pad: 0, addr };
+    on_connect(&ctx, AF_INET, &key.addr, key)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    // SAFETY: as above; user_ip6 is read one u32 at a time, as the verifier
+    // requires.
+    let (words, port) = unsafe {
+        let s = &*ctx.sock_addr;
+        ([s.user_ip6[0], s.user_ip6[1], s.user_ip6[2], s.user_ip6[3]], s.user_port)
+    };
+    let mut addr = [0u8; 16];
+    for (chunk, word) in addr.chunks_exact_mut(4).zip(words) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    let port = u16::from_be(port as u16);
+    let mut key = EndpointKey { family: AF_INET6, port, _pad: 0, addr };
+    if addr[..10].iter().all(|b| *b == 0) && addr[10] == 0xff && addr[11] == 0xff {
+        key.family = AF_INET;
+        key.addr = [0; 16];
+        key.addr[..4].copy_from_slice(&addr[12..16]);
+    }
+    on_connect(&ctx, AF_INET6, &addr, key)
+}
+
+/// Reports a watched destination unless `connect(2)`'s tracepoints already
+/// will; returns the verdict.
+#[inline(always)]
+fn on_connect(ctx: &SockAddrContext, family: u16, addr: &[u8; 16], key: EndpointKey) -> i32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if is_agent((pid_tgid >> 32) as u32) {
+        return ALLOW;
+    }
+    count(Hook::CgroupConnect, Counter::ConnectsSeen);
+    // SAFETY: value not used beyond presence.
+    if unsafe { WATCHED_ENDPOINTS.get(key) }.is_none() {
+        return ALLOW;
+    }
+    // SAFETY: copied at once.
+    if let Some(pending) = unsafe { PENDING_CONNECTS.get(pid_tgid as u32) } {
+        if pending.port == key.port {
+            // `connect(2)` of this thread, to this endpoint: its exit reports.
+            return ALLOW;
+        }
+    }
+    count(Hook::CgroupConnect, Counter::ConnectsMatched);
+    let offsets = KERNEL_OFFSETS.load();
+    if offsets.ready == 0 {
+        return ALLOW;
+    }
+    let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
+        count(Hook::CgroupConnect, Counter::EventsDropped);
+        debug!(ctx, "ring buffer full: API-server connect by tgid {} dropped", (pid_tgid >> 32) as u32);
+        return verdict();
+    };
+    // SAFETY: reserved memory of the right size; every field is written.
+    let event = unsafe { &mut *entry.as_mut_ptr() };
+    // SAFETY: current task pointer, read only via probes.
+    let task = unsafe { bpf_get_current_task() };
+    fill_header(&mut event.header, EventKind::Connect, task, &offsets);
+    event.family = family;
+    event.port = key.port;
+    event.fd = -1;
+    event.result = 0;
+    event.addr = *addr;
+    event.via = ConnectVia::CgroupSockAddr as u32;
+    event._pad = 0;
+    entry.submit(0);
+    count(Hook::CgroupConnect, Counter::EventsSent);
+    verdict()
+}
+
+/// Whether a connect to a watched endpoint may go on: always, for now.
+#[inline(always)]
+fn verdict() -> i32 {
+    ALLOW
+}
