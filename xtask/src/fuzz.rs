@@ -23,7 +23,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::util::{self, say};
+use crate::{
+    setup,
+    util::{self, say},
+};
 
 /// Every fuzz target, as named in `fuzz/Cargo.toml`.
 pub const TARGETS: [&str; 6] = ["decode", "cgroup", "policy", "config", "grpc_subscribe", "grpc_inventory"];
@@ -120,15 +123,8 @@ pub fn fuzz(args: &FuzzArgs) -> Result<()> {
 /// Debian if missing) and rustup's nightly present.
 fn ensure_tools() -> Result<()> {
     if util::which("c++").is_none() {
-        let what = "installing g++";
-        util::run(
-            util::privileged("apt-get", &[], what)?.arg("update"),
-            "refreshing apt's package lists once before installing",
-        )?;
-        util::run(
-            util::privileged("apt-get", &[("DEBIAN_FRONTEND", "noninteractive")], what)?
-                .args(["install", "-y", "--no-install-recommends"])
-                .arg("g++"),
+        setup::install_missing(
+            &["g++"],
             "c++ is not on PATH; libfuzzer-sys compiles libFuzzer, which is C++, with it",
         )?;
     }

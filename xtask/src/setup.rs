@@ -166,10 +166,14 @@ fn deploy_tools(report: &mut Report) -> Result<()> {
 /// What `cargo xtask bench` compares against: bpftrace and auditd, from
 /// Debian. Not part of `setup` itself: tests do not need them.
 pub fn bench_tools() -> Result<()> {
-    let mut report = Report::default();
-    let missing: Vec<&str> =
-        BENCH_PACKAGES.iter().copied().filter(|p| !package_installed(p).unwrap_or(false)).collect();
-    install_packages(&missing, "the benchmark measures bpftrace and auditd side by side with tokenwatch", &mut report)
+    install_missing(&BENCH_PACKAGES, "the benchmark measures bpftrace and auditd side by side with tokenwatch")
+}
+
+/// Installs those of `packages` dpkg does not list, saying `why`: for the
+/// tasks (bench, fuzz) whose tools the tests do not need.
+pub fn install_missing(packages: &[&str], why: &str) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !package_installed(p).unwrap_or(false)).collect();
+    install_packages(&missing, why, &mut Report::default())
 }
 
 /// Nightly if rustup's nightly has rust-src, else Debian; says which and why.
