@@ -144,6 +144,10 @@ pub struct EventHeader {
     pub gid: u32,
     /// Id of the task's cgroup on the unified hierarchy (its inode).
     pub cgroup_id: u64,
+    /// The process's start (`group_leader->start_boottime`). With `tgid` and
+    /// `exec_id` it names one program run of one process, so userspace can
+    /// cache what /proc says about it without mistaking a reused pid.
+    pub process_start_ns: u64,
     /// The task's `comm`, NUL-padded.
     pub comm: [u8; COMM_LEN],
     /// The process id inside its own pid namespace.
@@ -154,8 +158,9 @@ pub struct EventHeader {
     pub ns_level: u32,
     /// How many entries of `ancestors` are filled.
     pub ancestor_count: u32,
-    /// Explicit padding.
-    pub _pad2: u32,
+    /// The task's `self_exec_id` (low 32 bits): bumped by every execve, so
+    /// a process that exec'd another program is told apart from itself.
+    pub exec_id: u32,
     /// Parent first.
     pub ancestors: [TaskRef; MAX_ANCESTORS],
     /// The cgroup directories that identify its container.
@@ -242,7 +247,7 @@ mod tests {
         assert_eq!(size_of::<TaskRef>(), 16 + COMM_LEN);
         assert_eq!(
             size_of::<EventHeader>(),
-            4 + 4 + 8 + 4 * 4 + 8 + COMM_LEN + 16 + MAX_ANCESTORS * size_of::<TaskRef>() + size_of::<CgroupNames>()
+            4 + 4 + 8 + 4 * 4 + 8 + 8 + COMM_LEN + 16 + MAX_ANCESTORS * size_of::<TaskRef>() + size_of::<CgroupNames>()
         );
         assert_eq!(size_of::<ResolvedPath>(), 8 + MAX_PATH_COMPONENTS * PATH_COMPONENT_LEN);
         assert_eq!(

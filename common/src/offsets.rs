@@ -124,6 +124,10 @@ pub struct KernelOffsets {
     pub io_kiocb_flags: u32,
     /// `files_struct.next_fd`: one above the fd the last allocation gave.
     pub files_next_fd: u32,
+    /// `task_struct.start_boottime` (`real_start_time` before 5.5).
+    pub task_start_boottime: u32,
+    /// `task_struct.self_exec_id`.
+    pub task_self_exec_id: u32,
 }
 
 #[cfg(feature = "user")]

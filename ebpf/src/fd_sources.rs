@@ -8,37 +8,21 @@
 //!   may ptrace), e.g. the application's own open token fd.
 //!
 //! Both are judged exactly as an open: the returned fd is resolved to its
-//! file and looked up ([`crate::open`]).
+//! file and looked up ([`crate::open`]), at the exit only.
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tokenwatch_common::{Hook, OpenSyscall};
 
-use crate::open::{judge, remember, ARG0, ARG2};
-
-#[tracepoint]
-pub fn sys_enter_open_by_handle_at(ctx: TracePointContext) -> u32 {
-    // SAFETY: offsets from the tracepoint's format (mount_fd, handle, flags).
-    let (mount_fd, flags) = unsafe { (ctx.read_at::<u64>(ARG0), ctx.read_at::<u64>(ARG2)) };
-    remember(&ctx, OpenSyscall::OpenByHandleAt, mount_fd.unwrap_or(0) as i32, 0, flags.unwrap_or(0), 0);
-    0
-}
+use crate::open::judge;
 
 #[tracepoint]
 pub fn sys_exit_open_by_handle_at(ctx: TracePointContext) -> u32 {
-    judge(&ctx, Hook::OpenByHandleAt);
-    0
-}
-
-#[tracepoint]
-pub fn sys_enter_pidfd_getfd(ctx: TracePointContext) -> u32 {
-    // SAFETY: offsets from the tracepoint's format (pidfd, fd, flags).
-    let pidfd = unsafe { ctx.read_at::<u64>(ARG0) };
-    remember(&ctx, OpenSyscall::PidfdGetfd, pidfd.unwrap_or(0) as i32, 0, 0, 0);
+    judge(&ctx, Hook::OpenByHandleAt, OpenSyscall::OpenByHandleAt);
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_pidfd_getfd(ctx: TracePointContext) -> u32 {
-    judge(&ctx, Hook::PidfdGetfd);
+    judge(&ctx, Hook::PidfdGetfd, OpenSyscall::PidfdGetfd);
     0
 }

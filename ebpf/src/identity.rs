@@ -29,7 +29,9 @@ pub fn fill_header(header: &mut EventHeader, kind: EventKind, task: u64, offsets
     let (ns_pid, ns_level) = pid_in_namespace(task, offsets);
     header.ns_pid = ns_pid;
     header.ns_level = ns_level;
-    header._pad2 = 0;
+    let leader = read_ptr(task, offsets.task_group_leader).unwrap_or(task);
+    header.process_start_ns = read_ptr(leader, offsets.task_start_boottime).unwrap_or(0);
+    header.exec_id = read_u32(task, offsets.task_self_exec_id).unwrap_or(0);
     header.ancestor_count = ancestors(task, offsets, &mut header.ancestors);
 
     let css_set = read_ptr(task, offsets.task_cgroups).unwrap_or(0);

@@ -2,9 +2,10 @@
 //! programs only: what every kernel the DaemonSet meets can load (no LSM,
 //! fentry or kprobes needed).
 //!
-//! * `open`, `openat`, `openat2`: the entry records the arguments per thread;
-//!   the exit resolves the returned fd to its file and looks the file's
-//!   (device, inode) up in `WATCHED_FILES`. Only a hit sends an event.
+//! * `open`, `openat`, `openat2`: exits only. The exit resolves the returned
+//!   fd to its file and looks its device up in `WATCHED_DEVS` (then its
+//!   inode or name). Only a hit reads the arguments (`syscall_args`, from
+//!   the saved registers) and sends an event.
 //! * `open_by_handle_at`, `pidfd_getfd` (`fd_sources`): new fds of existing
 //!   files without an open; judged as opens.
 //! * `io_uring_submit_req`/`io_uring_complete` (`uring`): opens submitted to
@@ -28,6 +29,7 @@ mod kernel;
 mod maps;
 mod open;
 mod sock_addr;
+mod syscall_args;
 mod uring;
 mod uring_skip;
 

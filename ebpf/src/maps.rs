@@ -29,16 +29,6 @@ pub static WATCHED_ENDPOINTS: HashMap<EndpointKey, u32> = HashMap::with_max_entr
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
-/// `BPF_F_NO_COMMON_LRU`: each CPU keeps its own LRU list, so the insert
-/// every open makes on entry takes no lock shared with the other CPUs.
-const NO_COMMON_LRU: u32 = 1 << 1;
-
-/// Arguments of an open in flight, by thread id. LRU so a thread killed
-/// inside the syscall cannot leak its entry; per-CPU LRU lists because this
-/// map is written on every open on the node.
-#[map(name = "PENDING_OPENS")]
-pub static PENDING_OPENS: LruHashMap<u32, PendingOpen> = LruHashMap::with_max_entries(16384, NO_COMMON_LRU);
-
 /// Watched connects in flight, by thread id.
 #[map(name = "PENDING_CONNECTS")]
 pub static PENDING_CONNECTS: LruHashMap<u32, PendingConnect> = LruHashMap::with_max_entries(4096, 0);
@@ -69,7 +59,8 @@ pub static KERNEL_OFFSETS: Global<KernelOffsets> =
 #[unsafe(no_mangle)]
 pub static AGENT_TGID: Global<u32> = Global::new(0);
 
-/// What the entry of an open saw; kernel-only, so defined here.
+/// What an event reports of an open's arguments; kernel-only, so defined
+/// here.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct PendingOpen {

@@ -19,99 +19,64 @@ use tokenwatch_common::{
 use crate::{
     identity::fill_header,
     kernel::{read_ptr, read_str, read_u32},
-    maps::{count, is_agent, PendingOpen, EVENTS, KERNEL_OFFSETS, PENDING_OPENS, WATCHED_DEVS, WATCHED_FILES},
+    maps::{count, is_agent, PendingOpen, EVENTS, KERNEL_OFFSETS, WATCHED_DEVS, WATCHED_FILES},
+    syscall_args::SyscallArgs,
 };
 
 /// `AT_FDCWD`, reported as the dirfd of `open(2)`.
-const AT_FDCWD: i32 = -100;
-/// Offsets of syscall arguments in the `sys_enter_*` tracepoint record.
-pub const ARG0: usize = 16;
-pub const ARG1: usize = 24;
-pub const ARG2: usize = 32;
+pub const AT_FDCWD: i32 = -100;
 /// Offset of `ret` in the `sys_exit_*` tracepoint record.
 const RET: usize = 16;
 
 #[tracepoint]
-pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
-    // SAFETY: offsets from the tracepoint's format, stable syscall ABI.
-    let (filename, flags) = unsafe { (ctx.read_at::<u64>(ARG0), ctx.read_at::<u64>(ARG1)) };
-    remember(&ctx, OpenSyscall::Open, AT_FDCWD, filename.unwrap_or(0), flags.unwrap_or(0), 0);
-    0
-}
-
-#[tracepoint]
-pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
-    // SAFETY: as above.
-    let (dirfd, filename, flags) =
-        unsafe { (ctx.read_at::<u64>(ARG0), ctx.read_at::<u64>(ARG1), ctx.read_at::<u64>(ARG2)) };
-    let dirfd = dirfd.unwrap_or(0) as i32;
-    remember(&ctx, OpenSyscall::Openat, dirfd, filename.unwrap_or(0), flags.unwrap_or(0), 0);
-    0
-}
-
-#[tracepoint]
-pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
-    // SAFETY: as above.
-    let (dirfd, filename, how) =
-        unsafe { (ctx.read_at::<u64>(ARG0), ctx.read_at::<u64>(ARG1), ctx.read_at::<u64>(ARG2)) };
-    let dirfd = dirfd.unwrap_or(0) as i32;
-    remember(&ctx, OpenSyscall::Openat2, dirfd, filename.unwrap_or(0), 0, how.unwrap_or(0));
-    0
-}
-
-#[tracepoint]
 pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
-    judge(&ctx, Hook::Open);
+    judge(&ctx, Hook::Open, OpenSyscall::Open);
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
-    judge(&ctx, Hook::Openat);
+    judge(&ctx, Hook::Openat, OpenSyscall::Openat);
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
-    judge(&ctx, Hook::Openat2);
+    judge(&ctx, Hook::Openat2, OpenSyscall::Openat2);
     0
 }
 
-/// Records the arguments for the exit; pointers only, nothing read yet, so
-/// the entry of every open on the node stays a single map update.
+/// On exit: resolve the returned fd to its file, look the file up, and on a
+/// hit recover the arguments and send an event. No entry program: an open
+/// of an unwatched file costs this one program, a few reads and one hash
+/// lookup, and no map write (see BENCHMARKS.md for what the entry record
+/// used to cost).
 #[inline(always)]
-pub fn remember(ctx: &TracePointContext, syscall: OpenSyscall, dirfd: i32, filename: u64, flags: u64, how: u64) {
+pub fn judge(ctx: &TracePointContext, hook: Hook, syscall: OpenSyscall) {
     let pid_tgid = bpf_get_current_pid_tgid();
     if is_agent((pid_tgid >> 32) as u32) {
         return;
     }
-    let pending = PendingOpen { filename, how, flags, dirfd, syscall: syscall as u32 };
-    if PENDING_OPENS.insert(pid_tgid as u32, pending, 0).is_err() {
-        debug!(ctx, "pending-open map update refused for tid {}", pid_tgid as u32);
-    }
-}
-
-/// On exit: resolve the fd, look the file up, and send an event on a hit.
-#[inline(always)]
-pub fn judge(ctx: &TracePointContext, hook: Hook) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tid = pid_tgid as u32;
-    if is_agent((pid_tgid >> 32) as u32) {
-        return;
-    }
-    // SAFETY: the value is copied out before the entry is removed.
-    let Some(pending) = (unsafe { PENDING_OPENS.get(tid) }).copied() else {
-        count(hook, Counter::EntriesMissing);
-        return;
-    };
-    let _ = PENDING_OPENS.remove(tid);
     count(hook, Counter::OpensSeen);
-    // SAFETY: `ret` offset from the tracepoint format.
-    let ret = unsafe { ctx.read_at::<i64>(RET) }.unwrap_or(-1);
+    // SAFETY: `ret` is within the record (the tracepoint's format); a
+    // direct context load, not a helper call.
+    let ret = unsafe { *(ctx.as_ptr().cast::<u8>().add(RET).cast::<i64>()) };
     if ret < 0 {
         return;
     }
-    report(ctx, hook, &pending, ret);
+    let offsets = KERNEL_OFFSETS.load();
+    if offsets.ready == 0 {
+        return;
+    }
+    // SAFETY: returns the current task_struct pointer, read only via probes.
+    let task = unsafe { bpf_get_current_task() };
+    let Some(file) = new_fd_to_file(task, ret as u64, &offsets) else { return };
+    let Some(key) = watched(file, &offsets) else { return };
+    let pending = SyscallArgs::current()
+        .map_or(PendingOpen { filename: 0, how: 0, flags: 0, dirfd: AT_FDCWD, syscall: syscall as u32 }, |args| {
+            args.open(syscall)
+        });
+    send(ctx, hook, &pending, ret, task, file, key);
 }
 
 /// Resolves the new fd `ret` of the current task to its file, looks it up,
@@ -133,12 +98,19 @@ pub fn report<C: EbpfContext>(ctx: &C, hook: Hook, pending: &PendingOpen, ret: i
 /// returned (an fd, or a direct descriptor's slot for io_uring).
 #[inline(always)]
 pub fn report_file<C: EbpfContext>(ctx: &C, hook: Hook, pending: &PendingOpen, ret: i64, task: u64, file: u64) {
-    let pid_tgid = bpf_get_current_pid_tgid();
     let offsets = KERNEL_OFFSETS.load();
     if offsets.ready == 0 {
         return;
     }
     let Some(key) = watched(file, &offsets) else { return };
+    send(ctx, hook, pending, ret, task, file, key);
+}
+
+/// Sends the event of a watched file's open.
+#[inline(always)]
+fn send<C: EbpfContext>(ctx: &C, hook: Hook, pending: &PendingOpen, ret: i64, task: u64, file: u64, key: FileKey) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let offsets = KERNEL_OFFSETS.load();
     count(hook, Counter::OpensMatched);
     let Some(mut entry) = EVENTS.reserve::<OpenEvent>(0) else {
         count(hook, Counter::EventsDropped);
@@ -203,7 +175,22 @@ fn has_name(file: u64, offsets: &KernelOffsets, name: &[u8; TOKEN_NAME_LEN]) -> 
     actual == *name
 }
 
-/// `task->files->fdt->fd[fd]`.
+/// `task->files->fdt->fd[fd]` for an fd the syscall being exited just
+/// returned, so below `max_fds` by construction: one read fewer than
+/// [`fd_to_file`] on every open of the node. Tables only grow, and an old
+/// one outlives this program (RCU).
+#[inline(always)]
+fn new_fd_to_file(task: u64, fd: u64, offsets: &KernelOffsets) -> Option<u64> {
+    let files = read_ptr(task, offsets.task_files).ok()?;
+    let fdt = read_ptr(files, offsets.files_fdt).ok()?;
+    let fds = read_ptr(fdt, offsets.fdtable_fd).ok()?;
+    if fds == 0 {
+        return None;
+    }
+    read_ptr(fds + fd * 8, 0).ok().filter(|f| *f != 0)
+}
+
+/// `task->files->fdt->fd[fd]`, for any fd.
 #[inline(always)]
 pub fn fd_to_file(task: u64, fd: u64, offsets: &KernelOffsets) -> Option<u64> {
     let files = read_ptr(task, offsets.task_files).ok()?;

@@ -19,6 +19,7 @@
 //! Every step says on stderr what it does and why.
 #![expect(clippy::print_stderr, reason = "xtask's output is its progress report")]
 
+mod agent_probe;
 mod bench;
 mod compile;
 mod fixtures;

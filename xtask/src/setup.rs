@@ -42,7 +42,7 @@ const DEPLOY_TEST_PACKAGES: [&str; 1] = ["buildah"];
 /// PyPI), pinned so CI validates against a known schema set.
 const SCHEMA_VALIDATOR: &str = "kubernetes-validate==1.37.0";
 /// The peers `cargo xtask bench` measures tokenwatch against.
-const BENCH_PACKAGES: [&str; 2] = ["bpftrace", "auditd"];
+const BENCH_PACKAGES: [&str; 3] = ["bpftrace", "auditd", "bpftool"];
 /// Where the LLVM of `llvm-22-dev` lives.
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// The bpf-linker release line that links aya-ebpf 0.2 objects.
@@ -166,7 +166,7 @@ fn deploy_tools(report: &mut Report) -> Result<()> {
 /// What `cargo xtask bench` compares against: bpftrace and auditd, from
 /// Debian. Not part of `setup` itself: tests do not need them.
 pub fn bench_tools() -> Result<()> {
-    install_missing(&BENCH_PACKAGES, "the benchmark measures bpftrace and auditd side by side with tokenwatch")
+    install_missing(&BENCH_PACKAGES, "the benchmark measures bpftrace and auditd side by side with tokenwatch, and bpftool reads the programs' run time")
 }
 
 /// Installs those of `packages` dpkg does not list, saying `why`: for the

@@ -10,10 +10,9 @@
 
 use std::{
     fs,
-    io::{Read, Write},
     net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -24,7 +23,10 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::util::{self, say};
+use crate::{
+    agent_probe::{kernel_counters, rss_kib, wait_for_metrics},
+    util::{self, say},
+};
 
 /// Options of `cargo xtask soak`.
 #[derive(clap::Args)]
@@ -246,51 +248,6 @@ fn start_load(
         }
     }));
     threads
-}
-
-/// Waits for the agent's metrics address in its log.
-fn wait_for_metrics(log: &Path, agent: &mut Child) -> Result<String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Some(status) = agent.try_wait()? {
-            bail!("the agent exited at start ({status}); see {}", log.display());
-        }
-        let text = fs::read_to_string(log).unwrap_or_default();
-        if let Some(addr) = text
-            .lines()
-            .find(|l| l.contains("metrics and health endpoints listening"))
-            .and_then(|l| l.split("addr=").nth(1)?.split_whitespace().next().map(str::to_owned))
-        {
-            return Ok(addr);
-        }
-        thread::sleep(Duration::from_millis(200));
-    }
-    bail!("the agent did not start its metrics listener within 30 s; see {}", log.display())
-}
-
-/// Kernel events sent and dropped, summed over hooks, from `/metrics`.
-fn kernel_counters(addr: &str) -> Option<(u64, u64)> {
-    let mut stream = TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET /metrics HTTP/1.1\r\nHost: soak\r\nConnection: close\r\n\r\n").ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    let sum = |stage: &str| -> u64 {
-        text.lines()
-            .filter(|l| l.starts_with("tokenwatch_kernel_events_total{") && l.contains(&format!("stage=\"{stage}\"")))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
-    };
-    Some((sum("sent"), sum("dropped")))
-}
-
-/// `VmRSS` of `pid` in KiB.
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).context("reading the agent's status")?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:")?.split_whitespace().next()?.parse().ok())
-        .context("no VmRSS in the agent's status")
 }
 
 /// Open file descriptors of `pid`.

@@ -46,6 +46,8 @@ mod tests {
             uid: 0,
             gid: 0,
             cgroup_id: 0,
+            process_start_ns: 0,
+            exec_id: 0,
             comm: String::new(),
             cgroup_names: Default::default(),
             ns_pid,

@@ -53,6 +53,11 @@ pub struct Identity {
     pub gid: u32,
     /// Unified-hierarchy cgroup id.
     pub cgroup_id: u64,
+    /// The process's start time (boot clock, ns): with `pid` and `exec_id`
+    /// it names one program run, the key of the process cache.
+    pub process_start_ns: u64,
+    /// The task's exec generation (`self_exec_id`).
+    pub exec_id: u32,
     /// Kernel short name of the task.
     pub comm: String,
     /// Cgroup directory names: unified leaf, its parent, v1 leaf, its parent.
@@ -201,6 +206,8 @@ fn identity(header: &EventHeader) -> Identity {
         uid: header.uid,
         gid: header.gid,
         cgroup_id: header.cgroup_id,
+        process_start_ns: header.process_start_ns,
+        exec_id: header.exec_id,
         comm: c_string(&header.comm),
         cgroup_names: [c_string(v2_leaf), c_string(v2_parent), c_string(v1_leaf), c_string(v1_parent)],
         ns_pid: header.ns_pid,

@@ -21,7 +21,8 @@ use super::watchlist::FileMaps;
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tokenwatch-ebpf"));
 
 /// Every tracepoint program (category, tracepoint, program, required), exits
-/// first so no exit misses an entry made after it. `open` is missing on
+/// first so no exit misses an entry made after it (only connect and
+/// io_uring have entries: the opens are judged at their exit alone). `open` is missing on
 /// architectures without `open(2)` (arm64); io_uring's on kernels built
 /// without it: optional. `io_uring_complete` carries two programs, each
 /// within the verifier's budget.
@@ -35,13 +36,8 @@ const TRACEPOINTS: &[(&str, &str, &str, bool)] = &[
     ("syscalls", "sys_exit_io_uring_enter", "sys_exit_io_uring_enter", false),
     ("syscalls", "sys_exit_open_by_handle_at", "sys_exit_open_by_handle_at", false),
     ("syscalls", "sys_exit_pidfd_getfd", "sys_exit_pidfd_getfd", false),
-    ("syscalls", "sys_enter_openat", "sys_enter_openat", true),
-    ("syscalls", "sys_enter_openat2", "sys_enter_openat2", true),
-    ("syscalls", "sys_enter_open", "sys_enter_open", false),
     ("syscalls", "sys_enter_connect", "sys_enter_connect", true),
     ("io_uring", "io_uring_submit_req", "io_uring_submit_req", false),
-    ("syscalls", "sys_enter_open_by_handle_at", "sys_enter_open_by_handle_at", false),
-    ("syscalls", "sys_enter_pidfd_getfd", "sys_enter_pidfd_getfd", false),
 ];
 
 /// Raw tracepoints (tracepoint, program): no trace record is formatted, so

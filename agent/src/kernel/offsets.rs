@@ -102,6 +102,8 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
         task_comm: field(btf, "task_struct", &["comm"])?,
         task_thread_pid: field(btf, "task_struct", &["thread_pid"])?,
         task_group_leader: field(btf, "task_struct", &["group_leader"])?,
+        task_start_boottime: field(btf, "task_struct", &["start_boottime", "real_start_time"])?,
+        task_self_exec_id: field(btf, "task_struct", &["self_exec_id"])?,
         _pad: 0,
         pid_level: field(btf, "pid", &["level"])?,
         pid_numbers: field(btf, "pid", &["numbers"])?,

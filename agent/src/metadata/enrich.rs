@@ -3,7 +3,10 @@
 //! (Kubernetes API) and the watched file. Degrades, never stops: what cannot
 //! be learnt is named in `missing`, and the alert goes out with the rest.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex, PoisonError},
+};
 
 use tokenwatch_common::FileKey;
 use tokio::sync::watch;
@@ -13,6 +16,7 @@ use super::{
     cri::{ContainerMeta, CriCache},
     kube::{PodInfo, PodStore},
     process::{self, ProcessInfo},
+    process_cache::{ProcessCache, ProcessKey, DEFAULT_CAPACITY},
     token_files::{self, TokenFiles, WatchedFile},
 };
 use crate::kernel::{Identity, KernelEvent};
@@ -20,8 +24,9 @@ use crate::kernel::{Identity, KernelEvent};
 /// What the metadata stage learnt about an event.
 #[derive(Clone, Debug, Default)]
 pub struct Enrichment {
-    /// The process, from /proc.
-    pub process: ProcessInfo,
+    /// The process, from /proc (or the cache of an earlier event of the
+    /// same program run).
+    pub process: Arc<ProcessInfo>,
     /// The watched file an open matched, when known.
     pub watched: Option<WatchedFile>,
     /// Container id, pod uid and runtime from the kernel's cgroup names.
@@ -54,6 +59,7 @@ pub struct Enricher {
     cri: CriCache,
     pods: PodSource,
     token_files: watch::Receiver<Arc<TokenFiles>>,
+    processes: Mutex<ProcessCache>,
 }
 
 impl Enricher {
@@ -61,7 +67,7 @@ impl Enricher {
     /// /proc), the runtime through `cri`, pods from `pods`, and the
     /// scanner's latest token files.
     pub fn new(cri: CriCache, pods: PodSource, token_files: watch::Receiver<Arc<TokenFiles>>, proc: PathBuf) -> Self {
-        Enricher { proc, cri, pods, token_files }
+        Enricher { proc, cri, pods, token_files, processes: Mutex::new(ProcessCache::new(DEFAULT_CAPACITY)) }
     }
 
     /// Everything known about `event`.
@@ -73,8 +79,7 @@ impl Enricher {
             }
             KernelEvent::Connect(_) => None,
         };
-        let (proc, pid) = (self.proc.clone(), identity.pid);
-        let process = tokio::task::spawn_blocking(move || process::inspect(&proc, pid)).await.unwrap_or_default();
+        let process = self.process(identity).await;
         let owner = match (&self.pods, watched.as_ref().and_then(|w| w.pod_uid.as_deref())) {
             (PodSource::Api(store), Some(uid)) => store.get(uid),
             _ => None,
@@ -111,6 +116,28 @@ impl Enricher {
             }
         }
         enrichment
+    }
+}
+
+impl Enricher {
+    /// What /proc says about the event's process: from the cache when an
+    /// earlier event of the same program run looked, else read now.
+    async fn process(&self, identity: &Identity) -> Arc<ProcessInfo> {
+        let key = ProcessKey { pid: identity.pid, start_ns: identity.process_start_ns, exec_id: identity.exec_id };
+        // A zero start time means the kernel could not read it: no key.
+        let cacheable = identity.process_start_ns != 0;
+        if cacheable {
+            if let Some(info) = self.processes.lock().unwrap_or_else(PoisonError::into_inner).get(&key) {
+                return info;
+            }
+        }
+        let (proc, pid) = (self.proc.clone(), identity.pid);
+        let info =
+            Arc::new(tokio::task::spawn_blocking(move || process::inspect(&proc, pid)).await.unwrap_or_default());
+        if cacheable {
+            self.processes.lock().unwrap_or_else(PoisonError::into_inner).insert(key, Arc::clone(&info));
+        }
+        info
     }
 }
 

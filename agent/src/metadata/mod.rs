@@ -6,4 +6,5 @@ pub mod cri;
 pub mod enrich;
 pub mod kube;
 pub mod process;
+pub mod process_cache;
 pub mod token_files;

@@ -12,16 +12,27 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-/// The tracepoints tokenwatch attaches to.
-const TRACEPOINTS: [&str; 8] = [
-    "sys_enter_open",
-    "sys_exit_open",
-    "sys_enter_openat",
-    "sys_exit_openat",
-    "sys_enter_openat2",
-    "sys_exit_openat2",
-    "sys_enter_connect",
-    "sys_exit_connect",
+use crate::agent_probe;
+
+/// The floor's probes: an empty program on every hook tokenwatch attaches
+/// (`agent/src/kernel/loader.rs`), as bpftrace names them. Opens are hooked
+/// at their exit only; io_uring's completion carries two programs. Not
+/// here, as Debian's bpftrace cannot attach them: the cgroup
+/// connect4/connect6 programs (they run on connects only, not on opens or
+/// getpid) and the `sched_switch` raw tracepoint (it runs on context
+/// switches, which the operations' loops do not make).
+const FLOOR_PROBES: [&str; 11] = [
+    "tracepoint:syscalls:sys_exit_openat",
+    "tracepoint:syscalls:sys_exit_openat2",
+    "tracepoint:syscalls:sys_exit_open",
+    "tracepoint:syscalls:sys_exit_open_by_handle_at",
+    "tracepoint:syscalls:sys_exit_pidfd_getfd",
+    "tracepoint:syscalls:sys_enter_connect",
+    "tracepoint:syscalls:sys_exit_connect",
+    "tracepoint:syscalls:sys_exit_io_uring_enter",
+    "tracepoint:io_uring:io_uring_submit_req",
+    "tracepoint:io_uring:io_uring_complete",
+    "tracepoint:io_uring:io_uring_complete",
 ];
 
 /// One configuration.
@@ -113,7 +124,7 @@ pub fn start(config: Config, setup: &Setup) -> Result<Running> {
     match config {
         Config::Baseline => {}
         Config::Floor => {
-            let script: Vec<String> = TRACEPOINTS.iter().map(|tp| format!("tracepoint:syscalls:{tp} {{ }}")).collect();
+            let script: Vec<String> = FLOOR_PROBES.iter().map(|probe| format!("{probe} {{ }}")).collect();
             running.children.push(bpftrace(&script.join("\n"), setup)?);
         }
         Config::Bpftrace => {
@@ -218,16 +229,7 @@ fn wait_for_line(path: &Path, needle: &str, timeout: Duration) -> Result<()> {
 
 /// User plus system clock ticks of `children` so far.
 fn cpu_ticks(children: &[Child]) -> u64 {
-    children
-        .iter()
-        .filter_map(|child| fs::read_to_string(format!("/proc/{}/stat", child.id())).ok())
-        .filter_map(|stat| {
-            // Fields after the `(comm)`; utime and stime are the 12th and 13th.
-            let rest = stat.rsplit_once(')')?.1;
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-        })
-        .sum()
+    children.iter().map(|child| agent_probe::cpu_ticks(child.id())).sum()
 }
 
 /// Runs a command, quietly, failing with its stderr.

@@ -11,8 +11,12 @@
 //! BENCHMARKS.md as not measured yet.
 
 mod configs;
+mod load;
+mod memory;
 mod ops;
+mod profile;
 mod report;
+mod token_volume;
 
 use std::{ffi::CString, fs, net::TcpListener, path::Path};
 
@@ -28,7 +32,15 @@ pub struct BenchArgs {
     /// Repeats of the whole interleaved round.
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,
+    /// Measure only the load figures (latency, throughput, CPU, memory),
+    /// skipping the cost per operation: for iterating on the pipeline.
+    /// Writes the table only, not BENCHMARKS.md.
+    #[arg(long)]
+    pub load_only: bool,
 }
+
+/// How many pods' worth of metadata the memory figure is taken with.
+const PODS: usize = 1000;
 
 /// Every measurement of one (configuration, operation): ns per operation.
 pub struct Cell {
@@ -69,9 +81,14 @@ pub fn bench(binary: &Path, args: &BenchArgs) -> Result<()> {
         }
     }
     let work = util::workspace_root().join("target/bench");
+    token_volume::TokenVolume::clear_stale(&work.join("token-volume"));
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work).context("creating target/bench")?;
-    let token = work.join("token");
+    // The token lives on a tmpfs of its own, as kubelet mounts each pod's
+    // token volume: the unwatched file is on another filesystem, as the
+    // files a workload opens are.
+    let volume = token_volume::TokenVolume::mount(&work.join("token-volume"))?;
+    let token = volume.path().join("token");
     fs::write(&token, "bench-token-not-a-credential")?;
     let plain = work.join("plain");
     fs::write(&plain, "nothing to see")?;
@@ -91,7 +108,8 @@ pub fn bench(binary: &Path, args: &BenchArgs) -> Result<()> {
         .iter()
         .flat_map(|&config| Op::ALL.iter().map(move |&op| Cell { config, op, ns: Vec::new() }))
         .collect();
-    for repeat in 1..=args.repeats {
+    let rounds = if args.load_only { 0 } else { args.repeats };
+    for repeat in 1..=rounds {
         for config in Config::ALL {
             say(format!("bench: repeat {repeat}/{}: {}", args.repeats, config.name()));
             let running = configs::start(config, &setup).with_context(|| format!("starting {}", config.name()))?;
@@ -105,10 +123,54 @@ pub fn bench(binary: &Path, args: &BenchArgs) -> Result<()> {
             running.stop().with_context(|| format!("stopping {}", config.name()))?;
         }
     }
-    let report = report::Report::new(&cells, args.repeats);
-    eprintln!("{}", report.table());
+    let profiles = if args.load_only { Vec::new() } else { profile_pass(&setup, &targets)? };
+    let load = load::measure(binary, &work.join("load"), &setup.token)?;
+    drop(volume);
+    say(format!("bench: memory with {PODS} pods cached"));
+    let memory = memory::measure(binary, &work.join("memory"), PODS)?;
+    let report =
+        report::Report { cells: &cells, repeats: args.repeats, profiles: &profiles, load: &load, memory: &memory };
+    if args.load_only {
+        eprintln!("{}", report.load_tables());
+        return Ok(());
+    }
+    eprintln!("{}\n{}\n{}", report.table(), report.profile_table(), report.load_tables());
     fs::write(work.join("bench.json"), report.json()).context("writing bench.json")?;
     fs::write(util::workspace_root().join("BENCHMARKS.md"), report.markdown()).context("writing BENCHMARKS.md")?;
     say(format!("bench: wrote {} and BENCHMARKS.md", work.join("bench.json").display()));
     Ok(())
+}
+
+/// One configuration's programs' cost per operation, from the kernel's
+/// run-time statistics.
+pub struct Profile {
+    /// Which configuration.
+    pub config: Config,
+    /// Per operation, what each program that ran cost.
+    pub ops: Vec<(Op, Vec<profile::ProgramCost>)>,
+}
+
+/// A pass with the kernel's BPF statistics on over the configurations that
+/// load programs, after the timed rounds (the statistics cost a clock read
+/// per run, so they stay off while timing).
+fn profile_pass(setup: &Setup, targets: &Targets) -> Result<Vec<Profile>> {
+    let _stats = profile::StatsOn::new()?;
+    let mut profiles = Vec::new();
+    for config in [Config::Floor, Config::Tokenwatch, Config::Bpftrace] {
+        say(format!("bench: profiling {}", config.name()));
+        let existing = profile::snapshot()?;
+        let running = configs::start(config, setup).with_context(|| format!("starting {}", config.name()))?;
+        let ids = profile::new_ids(&existing, &profile::snapshot()?);
+        let mut ops = Vec::new();
+        for op in Op::ALL {
+            running.settle();
+            let before = profile::snapshot()?;
+            ops::measure(op, targets);
+            let after = profile::snapshot()?;
+            ops.push((op, profile::costs(&ids, &before, &after, op.iterations())));
+        }
+        running.stop().with_context(|| format!("stopping {}", config.name()))?;
+        profiles.push(Profile { config, ops });
+    }
+    Ok(profiles)
 }

@@ -39,7 +39,7 @@ impl Op {
     }
 
     /// How many times one measurement repeats it.
-    fn iterations(self) -> u32 {
+    pub fn iterations(self) -> u32 {
         match self {
             Op::ConnectPlain | Op::ConnectApi => 20_000,
             Op::OpenPlain | Op::OpenToken => 100_000,

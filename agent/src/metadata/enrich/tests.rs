@@ -17,6 +17,8 @@ fn open_from(leaf: &str, parent: &str) -> KernelEvent {
             uid: 0,
             gid: 0,
             cgroup_id: 1,
+            process_start_ns: 0,
+            exec_id: 0,
             comm: "cat".into(),
             cgroup_names: [String::new(), String::new(), leaf.to_owned(), parent.to_owned()],
             ns_pid: 3,
