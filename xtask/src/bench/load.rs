@@ -15,7 +15,7 @@ use std::{
     fs,
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -23,7 +23,11 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+use super::agent::Agent;
 use crate::{agent_probe, util::say};
+
+/// How long the agent may take to load its programs.
+const START_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Alert rates of the latency runs, and how long each lasts.
 const LATENCY_RUNS: [(u32, Duration); 2] = [(100, Duration::from_secs(10)), (10_000, Duration::from_secs(3))];
@@ -77,67 +81,33 @@ pub struct LoadFigures {
 }
 
 /// A running agent with its metrics address.
-struct Agent {
-    child: Child,
+struct Running {
+    agent: Agent,
     metrics: String,
     socket: PathBuf,
 }
 
-impl Agent {
-    fn start(binary: &Path, work: &Path, token: &Path, extra: &[&str]) -> Result<Self> {
-        let _ = fs::remove_dir_all(work);
-        fs::create_dir_all(work)?;
-        let socket = work.join("grpc.sock");
-        let log = work.join("agent.log");
-        let mut child = Command::new(binary)
-            .args(["agent", "--standalone", "--stdout", "none", "--metrics-listen", "127.0.0.1:0", "--token-path"])
-            .arg(token)
-            .arg("--spool-dir")
-            .arg(work.join("spool"))
-            .arg("--state-dir")
-            .arg(work.join("state"))
-            .arg("--grpc-listen")
-            .arg(format!("unix:{}", socket.display()))
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log)?)
-            .spawn()
-            .context("starting the agent")?;
-        let metrics = agent_probe::wait_for_metrics(&log, &mut child)?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !fs::read_to_string(&log).unwrap_or_default().contains("watching token file") {
-            if Instant::now() > deadline {
-                bail!("the agent did not watch the token within 30 s; see {}", log.display());
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-        Ok(Agent { child, metrics, socket })
+impl Running {
+    /// Starts the standalone agent watching `token`, with `extra` flags,
+    /// and waits until it watches the token.
+    fn start(binary: &Path, dir: &Path, token: &Path, extra: &[&str]) -> Result<Self> {
+        let _ = fs::remove_dir_all(dir);
+        fs::create_dir_all(dir)?;
+        let token = token.to_str().context("a UTF-8 token path")?;
+        let mut args = vec!["--standalone", "--metrics-listen", "127.0.0.1:0", "--token-path", token];
+        args.extend_from_slice(extra);
+        let agent = Agent::start(binary, dir, &args)?;
+        let metrics = agent.metrics_addr(START_TIMEOUT)?;
+        agent.wait_for_log("watching token file", START_TIMEOUT)?;
+        Ok(Running { agent, metrics, socket: dir.join("grpc.sock") })
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.agent.pid()
     }
 
-    /// Waits until its CPU time stops moving for 500 ms (at most 60 s).
     fn settle(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut last = agent_probe::cpu_ticks(self.pid());
-        while Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(500));
-            let now = agent_probe::cpu_ticks(self.pid());
-            if now == last {
-                return;
-            }
-            last = now;
-        }
-    }
-
-    fn stop(mut self) -> Result<()> {
-        // SAFETY: SIGTERM to a child we spawned and still own.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        self.child.wait()?;
-        Ok(())
+        self.agent.settle(Duration::from_secs(60));
     }
 }
 
@@ -145,15 +115,15 @@ impl Agent {
 /// watched `token`, scratch space under `work`.
 pub fn measure(binary: &Path, work: &Path, token: &Path) -> Result<LoadFigures> {
     let path = CString::new(token.display().to_string())?;
-    let agent = Agent::start(binary, &work.join("latency"), token, &["--dedup-window-seconds", "0"])?;
+    let agent = Running::start(binary, &work.join("latency"), token, &["--dedup-window-seconds", "0"])?;
     let mut latency = Vec::new();
     for (rate, duration) in LATENCY_RUNS {
         say(format!("bench: alert latency at {rate}/s for {duration:?}"));
         latency.push(measure_latency(binary, &agent, &path, rate, duration)?);
     }
-    agent.stop()?;
+    agent.agent.stop()?;
 
-    let agent = Agent::start(binary, &work.join("rate"), token, &[])?;
+    let agent = Running::start(binary, &work.join("rate"), token, &[])?;
     agent.settle();
     let idle_rss_kib = agent_probe::rss_kib(agent.pid())?;
     let mut steps = Vec::new();
@@ -164,13 +134,13 @@ pub fn measure(binary: &Path, work: &Path, token: &Path) -> Result<LoadFigures> 
         ));
         steps.push(measure_step(&agent, &path, offered)?);
     }
-    agent.stop()?;
+    agent.agent.stop()?;
     Ok(LoadFigures { latency, steps, idle_rss_kib })
 }
 
 /// Opens `path` `rate` times a second for `duration` while a subscriber
 /// prints what arrives.
-fn measure_latency(binary: &Path, agent: &Agent, path: &CString, rate: u32, duration: Duration) -> Result<Latency> {
+fn measure_latency(binary: &Path, agent: &Running, path: &CString, rate: u32, duration: Duration) -> Result<Latency> {
     // Alerts of earlier runs are replayed first: only this run's count.
     let run_start = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128);
     let mut subscriber = Command::new(binary)
@@ -222,7 +192,7 @@ fn received(latencies: &Mutex<Vec<f64>>) -> usize {
 }
 
 /// One throughput step: the counters, CPU and RSS around `STEP` of load.
-fn measure_step(agent: &Agent, path: &CString, offered: u32) -> Result<RateStep> {
+fn measure_step(agent: &Running, path: &CString, offered: u32) -> Result<RateStep> {
     agent.settle();
     let (sent0, dropped0) = agent_probe::kernel_counters(&agent.metrics).context("reading /metrics")?;
     let cpu0 = agent_probe::cpu_ticks(agent.pid());
@@ -266,7 +236,9 @@ fn paced_opens(path: &CString, rate: u32, duration: Duration) -> u64 {
     let mut done: u64 = 0;
     while started.elapsed() < duration {
         let due = if rate == 0 { done + 1000 } else { (started.elapsed().as_secs_f64() * f64::from(rate)) as u64 + 1 };
-        while done < due {
+        // Never past the end: when the load falls behind the offered rate
+        // it runs flat out until the duration is up, then stops.
+        while done < due && (!done.is_multiple_of(256) || started.elapsed() < duration) {
             // SAFETY: a NUL-terminated path; the fd is closed at once.
             let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
             if fd >= 0 {

@@ -18,7 +18,6 @@ mod fake_apiserver;
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -28,6 +27,8 @@ use serde_json::{json, Value};
 
 use fake_apiserver::{FakeApiServer, Resource};
 
+use super::agent::Agent;
+
 /// The node the agent believes it runs on; every pod is scheduled there.
 const NODE: &str = "bench-node";
 /// Pods per Deployment (so per ReplicaSet): 1,000 pods are 100 workloads.
@@ -36,12 +37,6 @@ const REPLICAS: usize = 10;
 const NAMESPACES: usize = 10;
 /// How long the agent may take to load its programs (and list the pods).
 const START_TIMEOUT: Duration = Duration::from_secs(90);
-/// Idle time after the agent's CPU time stops moving, before sampling.
-const IDLE: Duration = Duration::from_secs(5);
-/// RSS samples, spread over [`SAMPLE_SPAN`]; the figure is their maximum.
-const SAMPLES: u32 = 4;
-/// How long the RSS is sampled.
-const SAMPLE_SPAN: Duration = Duration::from_secs(3);
 
 /// The release agent's resident memory, idle: the figure
 /// (`idle_with_pods_kib`) next to the standalone agent's, so the cost of the
@@ -341,153 +336,6 @@ fn wait(timeout: Duration, mut done: impl FnMut() -> bool) -> Result<()> {
         thread::sleep(Duration::from_millis(100));
     }
     Ok(())
-}
-
-/// A running release agent with its own spool, state and socket in `dir`,
-/// logging to `dir/agent.log`.
-struct Agent {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Agent {
-    /// Starts `tokenwatch agent` with `args`; alerts are not printed.
-    fn start(binary: &Path, dir: &Path, args: &[&str]) -> Result<Agent> {
-        let log = dir.join("agent.log");
-        let child = Command::new(binary)
-            .args(["agent", "--stdout", "none"])
-            .args(args)
-            .arg("--spool-dir")
-            .arg(dir.join("spool"))
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--grpc-listen")
-            .arg(format!("unix:{}", dir.join("grpc.sock").display()))
-            // Only the kubeconfig given, never the host's cluster.
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .env_remove("KUBECONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?)
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        Ok(Agent { child, log })
-    }
-
-    /// Waits for a log line containing `needle`, failing early if the agent exits.
-    fn wait_for_log(&self, needle: &str, timeout: Duration) -> Result<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let text = fs::read_to_string(&self.log).unwrap_or_default();
-            if let Some(line) = text.lines().find(|line| line.contains(needle)) {
-                return Ok(line.to_owned());
-            }
-            if !self.alive() {
-                bail!("the agent exited before logging `{needle}`:\n{}", self.log_tail());
-            }
-            if Instant::now() >= deadline {
-                bail!("the agent did not log `{needle}` within {timeout:?}:\n{}", self.log_tail());
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Whether the process is still there (a zombie counts as gone).
-    fn alive(&self) -> bool {
-        fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
-            .is_ok_and(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
-    }
-
-    /// VmRSS once idle: after its CPU time stops moving (at most 30 s) and
-    /// [`IDLE`] more, the largest of [`SAMPLES`] readings over [`SAMPLE_SPAN`].
-    fn idle_rss(&self) -> Result<u64> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut last = self.cpu_ticks()?;
-        while Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(500));
-            let now = self.cpu_ticks()?;
-            if now == last {
-                break;
-            }
-            last = now;
-        }
-        thread::sleep(IDLE);
-        let mut max = 0;
-        for sample in 0..SAMPLES {
-            if sample > 0 {
-                thread::sleep(SAMPLE_SPAN / (SAMPLES - 1));
-            }
-            max = max.max(self.status_kib("VmRSS")?);
-        }
-        Ok(max)
-    }
-
-    /// VmHWM: the largest RSS the process has had.
-    fn peak_rss(&self) -> Result<u64> {
-        self.status_kib("VmHWM")
-    }
-
-    /// A `kB` line of `/proc/<pid>/status`.
-    fn status_kib(&self, key: &str) -> Result<u64> {
-        let path = format!("/proc/{}/status", self.child.id());
-        let status = fs::read_to_string(&path).with_context(|| format!("reading {path} (did the agent exit?)"))?;
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(key)?.strip_prefix(':')?.trim().strip_suffix("kB")?.trim().parse().ok())
-            .with_context(|| format!("no `{key}: N kB` line in {path}"))
-    }
-
-    /// User plus system clock ticks of the agent so far.
-    fn cpu_ticks(&self) -> Result<u64> {
-        let path = format!("/proc/{}/stat", self.child.id());
-        let stat = fs::read_to_string(&path).with_context(|| format!("reading {path} (did the agent exit?)"))?;
-        // Fields after the `(comm)`; utime and stime are the 12th and 13th.
-        let fields: Vec<&str> =
-            stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-        let tick = |i: usize| fields.get(i).and_then(|field| field.parse::<u64>().ok());
-        tick(11).zip(tick(12)).map(|(user, system)| user + system).with_context(|| format!("unexpected {path}: {stat}"))
-    }
-
-    /// SIGTERM, then waits (30 s at most) for a clean exit.
-    fn stop(mut self) -> Result<()> {
-        let pid = i32::try_from(self.child.id()).context("the agent's pid does not fit a pid_t")?;
-        // SAFETY: kill(2) on the pid of a child this process spawned and has
-        // not reaped yet, so the pid cannot have been reused.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status: ExitStatus = loop {
-            if let Some(status) = self.child.try_wait().context("waiting for the agent")? {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                bail!("the agent did not exit within 30 s of SIGTERM:\n{}", self.log_tail());
-            }
-            thread::sleep(Duration::from_millis(100));
-        };
-        if !status.success() {
-            bail!("the agent exited with {status} after SIGTERM:\n{}", self.log_tail());
-        }
-        Ok(())
-    }
-
-    /// The last lines of the agent's log, for error messages.
-    fn log_tail(&self) -> String {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-}
-
-impl Drop for Agent {
-    /// An agent left running by an error is killed, not leaked.
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! latency, the drop-free rate and the agent's CPU and memory are listed in
 //! BENCHMARKS.md as not measured yet.
 
+mod agent;
 mod configs;
 mod load;
 mod memory;
