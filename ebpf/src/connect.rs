@@ -5,6 +5,7 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user},
     macros::tracepoint,
     programs::TracePointContext,
+    EbpfContext,
 };
 use aya_log_ebpf::debug;
 use tokenwatch_common::{ConnectEvent, ConnectVia, Counter, EndpointKey, EventKind, Hook, AF_INET, AF_INET6};
@@ -31,20 +32,23 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
         return 0;
     }
     count(Hook::Connect, Counter::ConnectsSeen);
-    // SAFETY: offsets from the tracepoint's format.
-    let (fd, sockaddr) = unsafe { (ctx.read_at::<u64>(16), ctx.read_at::<u64>(24)) };
-    let sockaddr = sockaddr.unwrap_or(0);
+    // SAFETY: offsets within the tracepoint's record (its format): direct
+    // context loads, not helper calls, as this runs on every connect.
+    let (fd, sockaddr) = unsafe {
+        let record = ctx.as_ptr().cast::<u8>();
+        (*record.add(16).cast::<u64>(), *record.add(24).cast::<u64>())
+    };
     if sockaddr == 0 {
         return 0;
     }
+    // sockaddr_in (family, port, 4-byte address) in one read; the family
+    // says whether the longer sockaddr_in6 must be read.
     // SAFETY: user pointer; a bad one is an Err.
-    let Ok(family) = (unsafe { bpf_probe_read_user(sockaddr as *const u16) }) else { return 0 };
-    let mut pending = PendingConnect { family, port: 0, fd: fd.unwrap_or(0) as i32, addr: [0; 16] };
+    let Ok(raw) = (unsafe { bpf_probe_read_user(sockaddr as *const [u8; 8]) }) else { return 0 };
+    let family = u16::from_ne_bytes([raw[0], raw[1]]);
+    let mut pending = PendingConnect { family, port: 0, fd: fd as i32, addr: [0; 16] };
     let mut key = EndpointKey { family, port: 0, _pad: 0, addr: [0; 16] };
     if family == AF_INET {
-        // sockaddr_in: family, port, 4-byte address.
-        // SAFETY: user pointer; a bad one is an Err.
-        let Ok(raw) = (unsafe { bpf_probe_read_user(sockaddr as *const [u8; 8]) }) else { return 0 };
         pending.port = u16::from_be_bytes([raw[2], raw[3]]);
         pending.addr[..4].copy_from_slice(&raw[4..8]);
         key.port = pending.port;

@@ -5,6 +5,10 @@ use std::fmt::Write;
 
 use super::{configs::Config, load::LoadFigures, memory::MemoryFigures, ops::Op, Cell, Profile};
 
+/// Where the time goes and what was done about it: hand-written, kept
+/// beside the code that measures it, appended to BENCHMARKS.md.
+const ANALYSIS: &str = include_str!("analysis.md");
+
 /// The measurements, ready to print.
 pub struct Report<'a> {
     /// The cost per operation, per configuration.
@@ -265,6 +269,8 @@ impl Report<'_> {
              user+system time until it has worked the step off.\n\n",
         );
         out.push_str(&self.load_tables());
+        out.push('\n');
+        out.push_str(ANALYSIS);
         out
     }
 }
