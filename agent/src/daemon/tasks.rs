@@ -249,13 +249,18 @@ impl<W: tokio::io::AsyncWrite + Unpin> Sinks<W> {
     }
 }
 
-/// The policy's verdict: the alert at its severity, or nothing.
+/// The policy's verdict: the alert at its severity, or nothing. What the
+/// node itself did (a refused connect, a killed process, or a dry run's
+/// report of them) is always delivered: a disabled rule or an exception
+/// must not hide an action taken.
 fn apply(policy: &Policy, mut alert: Alert) -> Option<Alert> {
+    let enforced = alert.enforcement.is_some();
     match policy.judge(&alert) {
         Verdict::Alert { severity } => {
             alert.severity = severity.into();
             Some(alert)
         }
+        Verdict::Disabled { .. } | Verdict::Suppressed { .. } if enforced => Some(alert),
         Verdict::Disabled { rule } => {
             tracing::trace!(%rule, "rule disabled by policy");
             None

@@ -13,11 +13,13 @@ pub mod rules;
 
 use std::time::Instant;
 
-use tokenwatch_proto::v1::{Alert, ProcessOrigin};
+use tokenwatch_common::EnforceAction;
+use tokenwatch_proto::v1::{Alert, Enforcement, EnforcementAction, ProcessOrigin};
 
 use self::{chain::ChainTracker, rules::Rule};
 use crate::{
-    kernel::{clock::BootClock, KernelEvent},
+    enforce::BlockNames,
+    kernel::{clock::BootClock, Enforced, KernelEvent},
     metadata::enrich::Enrichment,
 };
 
@@ -29,13 +31,27 @@ pub struct Judge {
     clock: BootClock,
     sequence: u64,
     chains: ChainTracker,
+    blocks: BlockNames,
 }
 
 impl Judge {
     /// A judge for alerts from `node`; `run_id` makes alert ids unique;
     /// `chain_window` is how long a token read waits for its connect.
     pub fn new(node: String, run_id: String, clock: BootClock, chain_window: std::time::Duration) -> Self {
-        Judge { node, run_id, clock, sequence: 0, chains: ChainTracker::new(chain_window) }
+        Judge {
+            node,
+            run_id,
+            clock,
+            sequence: 0,
+            chains: ChainTracker::new(chain_window),
+            blocks: BlockNames::default(),
+        }
+    }
+
+    /// Names the policy's block entries in alerts by the enforcer's numbers.
+    pub fn naming_blocks(mut self, blocks: BlockNames) -> Self {
+        self.blocks = blocks;
+        self
     }
 
     /// The alerts for one event: one, or two when a connect completes a
@@ -85,6 +101,11 @@ impl Judge {
         let process = context::process(identity, &enrichment.process, enrichment.container.as_ref());
         let origin = ProcessOrigin::try_from(process.origin).unwrap_or(ProcessOrigin::Unspecified);
         let (severity, severity_reasons) = rules::raise(rule, origin, &process.exe, &process.comm);
+        let enforcement = enforcement(event.enforced(), &self.blocks);
+        let summary = match &enforcement {
+            Some(done) => format!("{summary}; {}", describe_enforcement(done)),
+            None => summary,
+        };
         Alert {
             id: format!("{}-{}", self.run_id, self.sequence),
             time,
@@ -111,8 +132,34 @@ impl Judge {
             // Set by the delivery log when the alert is written to it.
             sequence: 0,
             boot_id: String::new(),
+            enforcement,
         }
     }
+}
+
+/// The alert's account of what the kernel did, naming the block entry.
+fn enforcement(enforced: Enforced, blocks: &BlockNames) -> Option<Enforcement> {
+    let action = match enforced.action {
+        EnforceAction::None => return None,
+        EnforceAction::Blocked => EnforcementAction::Blocked,
+        EnforceAction::WouldBlock => EnforcementAction::WouldBlock,
+        EnforceAction::Killed => EnforcementAction::Killed,
+        EnforceAction::WouldKill => EnforcementAction::WouldKill,
+    };
+    let block_id = blocks.id(enforced.block).unwrap_or_else(|| format!("#{}", enforced.block));
+    Some(Enforcement { action: action.into(), block_id })
+}
+
+/// One clause for the summary.
+fn describe_enforcement(done: &Enforcement) -> String {
+    let what = match EnforcementAction::try_from(done.action).unwrap_or_default() {
+        EnforcementAction::Blocked => "refused (EPERM)",
+        EnforcementAction::WouldBlock => "would have been refused (dry run)",
+        EnforcementAction::Killed => "process killed before it could read",
+        EnforcementAction::WouldKill => "process would have been killed (dry run)",
+        EnforcementAction::Unspecified => "nothing done",
+    };
+    format!("{what} by block `{}`", done.block_id)
 }
 
 /// The container an event came from: its id, else its cgroup (a process in

@@ -49,7 +49,7 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<Vec<&'static str>, LoadError> {
     if PROGRAMS.iter().any(|name| program(ebpf, name).map(|p| p.fd().is_err()).unwrap_or(true)) {
         return Ok(Vec::new());
     }
-    let Some(root) = cgroup2_root(&fs::read_to_string("/proc/self/mountinfo").unwrap_or_default()) else {
+    let Some(root) = unified_root() else {
         tracing::warn!(
             "no cgroup2 hierarchy is mounted: connects made without connect(2) (io_uring, TCP Fast Open) go unseen"
         );
@@ -88,6 +88,13 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupS
         .ok_or(LoadError::MissingProgram(name))?
         .try_into()
         .map_err(|source| LoadError::Program { name, source })
+}
+
+/// Where this agent sees the unified (v2) cgroup hierarchy: the first
+/// `cgroup2` mount in `/proc/self/mountinfo`. The enforcer finds pods'
+/// cgroups below it.
+pub fn unified_root() -> Option<PathBuf> {
+    cgroup2_root(&fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
 }
 
 /// The mount point of the first `cgroup2` filesystem in a mountinfo text.

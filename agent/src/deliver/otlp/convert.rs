@@ -13,7 +13,7 @@ use opentelemetry_proto::tonic::{
     resource::v1::Resource,
 };
 use pbjson_types::Timestamp;
-use tokenwatch_proto::v1::{Alert, Severity};
+use tokenwatch_proto::v1::{Alert, EnforcementAction, Severity};
 
 /// The `service.name` of every record's resource, and the scope's name.
 pub const SERVICE_NAME: &str = "tokenwatch";
@@ -113,6 +113,11 @@ fn attributes(alert: &Alert) -> Vec<KeyValue> {
     text("k8s.node.name", &alert.node);
     if let Some(container) = &alert.container {
         text("container.id", &container.id);
+    }
+    if let Some(done) = &alert.enforcement {
+        let action = EnforcementAction::try_from(done.action).unwrap_or_default();
+        text("tokenwatch.enforcement.action", action.as_str_name());
+        text("tokenwatch.enforcement.block_id", &done.block_id);
     }
     if let Some(process) = &alert.process {
         text("process.executable.path", &process.exe);

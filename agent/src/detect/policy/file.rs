@@ -27,6 +27,7 @@ use serde::{
 use tokenwatch_proto::v1::Severity;
 
 use super::{
+    blocks::{Blocks, EnforcementSettings},
     matcher::{Glob, Matcher},
     RULE_IDS,
 };
@@ -42,6 +43,12 @@ pub struct PolicyFile {
     /// Exceptions in file order; the first that matches an alert wins.
     #[serde(default)]
     pub exceptions: Exceptions,
+    /// Whether `blocks` refuse, only report, or do nothing.
+    #[serde(default)]
+    pub enforcement: EnforcementSettings,
+    /// What the node itself refuses, per pod (`blocks.rs`).
+    #[serde(default)]
+    pub blocks: Blocks,
 }
 
 impl PolicyFile {
@@ -121,7 +128,7 @@ struct RawException {
 
 /// A field that is present must hold a value of its type: YAML null is not
 /// "absent" here.
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Option<T>, D::Error> {
+pub(super) fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Option<T>, D::Error> {
     T::deserialize(deserializer).map(Some)
 }
 
@@ -135,7 +142,7 @@ fn severity<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Severit
 }
 
 /// A string that is not empty or blank.
-struct NonEmpty(String);
+pub(super) struct NonEmpty(pub(super) String);
 
 impl<'de> Deserialize<'de> for NonEmpty {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -227,7 +234,7 @@ impl<V> Visitor<'_> for KeySeed<'_, V> {
 
 /// A list with at least one entry: an empty one would match nothing, which
 /// is never what was meant.
-struct NonEmptyList<T>(Vec<T>);
+pub(super) struct NonEmptyList<T>(pub(super) Vec<T>);
 
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for NonEmptyList<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -254,7 +261,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for NonEmptyList<T> {
 
 /// A `matchLabels`: at least one pair, keys non-empty, values may be empty
 /// (Kubernetes allows empty label values).
-struct Selector(BTreeMap<String, String>);
+pub(super) struct Selector(pub(super) BTreeMap<String, String>);
 
 impl<'de> Deserialize<'de> for Selector {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
