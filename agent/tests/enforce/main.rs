@@ -159,13 +159,13 @@ fn a_policy_change_is_in_force_within_a_second_and_nothing_outlives_the_agent() 
     assert!(!connects(), "blocked at first:\n{}", agent.stderr());
 
     write_policy(dir.path(), "# no blocks\n");
-    let unblocked = after_hangup(&agent, || connects());
-    eprintln!("policy without blocks: connects again after {unblocked:?}");
+    let unblocked = after_hangup(&agent, connects);
+    note(&format!("policy without blocks: connects again after {unblocked:?}"));
     assert!(unblocked < Duration::from_secs(1), "unblocked after {unblocked:?}:\n{}", agent.stderr());
 
     write_policy(dir.path(), BLOCKS);
     let blocked = after_hangup(&agent, || !connects());
-    eprintln!("blocks back: refused again after {blocked:?}");
+    note(&format!("blocks back: refused again after {blocked:?}"));
     assert!(blocked < Duration::from_secs(1), "blocked again after {blocked:?}:\n{}", agent.stderr());
 
     // Killed outright, the agent cannot clean up: the kernel does.
@@ -173,6 +173,12 @@ fn a_policy_change_is_in_force_within_a_second_and_nothing_outlives_the_agent() 
     assert!(connects(), "a fence outlived the agent:\n{}", stopped.stderr);
     let (code, out, err) = helper(&shop, "read-print", &format!("{SA_MOUNT}/token"));
     assert!(code == 0 && out.contains(shop.token()), "a kill outlived the agent: {out}{err}");
+}
+
+/// One line for the test log (`--nocapture`): timings worth knowing.
+#[expect(clippy::print_stderr, reason = "the timings are reported on the test's stderr")]
+fn note(line: &str) {
+    eprintln!("enforce: {line}");
 }
 
 /// Pod `name` in namespace `shop` with ServiceAccount `ci`.
