@@ -76,6 +76,10 @@ fn forbidden_connect_gets_eperm_forbidden_read_gets_no_byte_and_other_pods_are_u
     let (code, out, err) = helper(&shop, "connect", &api);
     assert_eq!(code, 1, "the connect is refused: {out}{err}");
     assert!(out.contains("Operation not permitted"), "EPERM: {out}{err}");
+    // io_uring's connect has no connect(2): the same fence refuses it, and
+    // the cgroup hook that reports it says so.
+    let (code, out, err) = helper(&shop, "uring-connect", &api);
+    assert!(code != 0 && out.contains("errno 1"), "io_uring's connect is refused with EPERM: {out}{err}");
     let (code, out, err) = helper(&shop, "read-print", &format!("{SA_MOUNT}/token"));
     assert_ne!(code, 0, "the reader is killed: {out}{err}");
     assert!(!out.contains(shop.token()) && !out.contains("ok "), "not a byte of the token reached it: {out:?}");
@@ -86,7 +90,7 @@ fn forbidden_connect_gets_eperm_forbidden_read_gets_no_byte_and_other_pods_are_u
     assert!(code == 0 && out.contains(allowed.token()), "and reads its token: {out}{err}");
 
     let arrived = agent.wait_for_alerts(ALERT_TIMEOUT, |alerts| {
-        connects_in(alerts, &shop).len() + connects_in(alerts, &allowed).len() >= 2
+        connects_in(alerts, &shop).len() + connects_in(alerts, &allowed).len() >= 3
             && reads_in(alerts, &shop).len() >= 2
             && !reads_in(alerts, &allowed).is_empty()
     });
@@ -94,12 +98,20 @@ fn forbidden_connect_gets_eperm_forbidden_read_gets_no_byte_and_other_pods_are_u
     let all = &stopped.alerts;
     assert!(arrived, "alerts missing:\n{}\nlog:\n{}", scene::describe(all), stopped.stderr);
 
-    let connect = connects_in(all, &shop);
-    assert_eq!(connect.len(), 1, "{}", scene::describe(all));
-    assert_eq!(done(connect[0]), Some((EnforcementAction::Blocked, "no-api-from-shop")));
-    let Some(Evidence::ApiServerConnect(dial)) = &connect[0].evidence else { panic!("a connect") };
-    assert_eq!((dial.result, dial.outcome.as_str()), (-1, "failed: EPERM"), "the connect's own result");
-    assert!(connect[0].summary.contains("refused (EPERM) by block `no-api-from-shop`"), "{}", connect[0].summary);
+    let connects = connects_in(all, &shop);
+    assert_eq!(connects.len(), 2, "{}", scene::describe(all));
+    let dial = |alert: &Alert| match &alert.evidence {
+        Some(Evidence::ApiServerConnect(dial)) => dial.clone(),
+        _ => panic!("a connect"),
+    };
+    let (syscall, uring): (Vec<&Alert>, Vec<&Alert>) = connects.into_iter().partition(|a| dial(a).hook == "connect");
+    for alert in syscall.iter().chain(&uring) {
+        assert_eq!(done(alert), Some((EnforcementAction::Blocked, "no-api-from-shop")), "{}", scene::describe(all));
+        assert!(alert.summary.contains("refused (EPERM) by block `no-api-from-shop`"), "{}", alert.summary);
+    }
+    assert_eq!((syscall.len(), uring.len()), (1, 1), "connect(2) and io_uring's: {}", scene::describe(all));
+    let syscall = dial(syscall[0]);
+    assert_eq!((syscall.result, syscall.outcome.as_str()), (-1, "failed: EPERM"), "the connect's own result");
 
     let reads = reads_in(all, &shop);
     let killed: Vec<_> = reads.iter().filter(|a| done(a).is_some()).collect();
