@@ -11,12 +11,12 @@ use std::fs::File;
 
 use aya::{
     maps::{HashMap as BpfHashMap, MapData},
-    programs::{cgroup_sock_addr::CgroupSockAddrLink, CgroupAttachMode, CgroupSockAddr},
+    programs::{cgroup_sock_addr::CgroupSockAddrLink, CgroupAttachMode},
     Ebpf,
 };
 use tokenwatch_common::CgroupEnforcement;
 
-use super::loader::LoadError;
+use super::{cgroup_hooks, loader::LoadError};
 
 /// The fence programs, by name in the object.
 const FENCES: [&str; 2] = ["fence_connect4", "fence_connect6"];
@@ -38,34 +38,22 @@ pub struct FenceLinks {
 /// `CAP_NET_ADMIN`; without it the agent warns and connects cannot be
 /// refused (token reads still can: that path is the open tracepoints').
 pub fn load(ebpf: &mut Ebpf) -> Result<(), LoadError> {
-    for name in FENCES {
-        if let Err(error) = program(ebpf, name)?.load() {
-            tracing::warn!(
-                program = name,
-                %error,
-                "enforcement fence not loaded (it needs CAP_NET_ADMIN): block entries cannot refuse API-server connects"
-            );
-        }
-    }
-    Ok(())
+    cgroup_hooks::load_named(
+        ebpf,
+        &FENCES,
+        "enforcement fence not loaded (it needs CAP_NET_ADMIN): block entries cannot refuse API-server connects",
+    )
 }
 
 /// Attaches both fences to the cgroup directory `dir`.
 pub fn attach(ebpf: &mut Ebpf, dir: &File) -> Result<FenceLinks, LoadError> {
     let mut links = Vec::new();
     for name in FENCES {
-        let program = program(ebpf, name)?;
+        let program = cgroup_hooks::program(ebpf, name)?;
         // A bpf_link (what aya makes on 5.7+) runs beside any other
         // program on the cgroup and its ancestors.
         let id = program.attach(dir, CgroupAttachMode::Single).map_err(|source| LoadError::Program { name, source })?;
         links.push(program.take_link(id).map_err(|source| LoadError::Program { name, source })?);
     }
     Ok(FenceLinks { _links: links })
-}
-
-fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSockAddr, LoadError> {
-    ebpf.program_mut(name)
-        .ok_or(LoadError::MissingProgram(name))?
-        .try_into()
-        .map_err(|source| LoadError::Program { name, source })
 }

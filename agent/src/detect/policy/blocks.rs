@@ -13,16 +13,17 @@
 //! are copied up). A selector that silently matched less than it says
 //! would let through what the operator meant to stop.
 
-use std::{collections::HashMap, fmt};
+use std::fmt;
 
 use serde::{
-    de::{self, value::MapAccessDeserializer, DeserializeSeed, SeqAccess, Visitor},
+    de::{self, value::MapAccessDeserializer, SeqAccess, Visitor},
     Deserialize, Deserializer,
 };
 
 use super::{
     file::{present, NonEmpty, NonEmptyList, Selector},
     matcher::{Glob, Matcher},
+    unique::{ListEntry, UniqueList},
 };
 
 /// `enforcement:`: one switch over every block entry.
@@ -73,8 +74,7 @@ pub struct BlockSpec {
 }
 
 /// `blocks:`, ids checked for uniqueness while the list is read.
-#[derive(Debug, Default)]
-pub struct Blocks(pub Vec<BlockSpec>);
+pub type Blocks = UniqueList<BlockSpec>;
 
 /// The actions a file may name.
 #[derive(Clone, Copy, Debug, Deserialize)]
@@ -134,49 +134,13 @@ fn no_binaries<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<()>,
     deserializer.deserialize_any(Refuse)
 }
 
-impl<'de> Deserialize<'de> for Blocks {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Blocks;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a list of block entries")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Blocks, A::Error> {
-                let mut seen = HashMap::new();
-                let mut blocks = Vec::new();
-                while let Some(block) = seq.next_element_seed(BlockSeed { seen: &mut seen })? {
-                    blocks.push(block);
-                }
-                Ok(Blocks(blocks))
-            }
-        }
-        deserializer.deserialize_seq(V)
-    }
-}
-
-/// Reads one entry, knowing the ids (and their indices) before it.
-struct BlockSeed<'a> {
-    seen: &'a mut HashMap<String, usize>,
-}
-
-impl<'de> DeserializeSeed<'de> for BlockSeed<'_> {
-    type Value = BlockSpec;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<BlockSpec, D::Error> {
-        deserializer.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for BlockSeed<'_> {
-    type Value = BlockSpec;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a block entry (a map with id, reason, actions and match fields)")
-    }
+impl ListEntry for BlockSpec {
+    const LIST: &'static str = "blocks";
+    const LIST_EXPECTING: &'static str = "a list of block entries";
+    const EXPECTING: &'static str = "a block entry (a map with id, reason, actions and match fields)";
 
     /// Checks that span fields, placed at the entry by serde_yaml.
-    fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<BlockSpec, A::Error> {
+    fn from_map<'de, A: de::MapAccess<'de>>(map: A) -> Result<Self, A::Error> {
         let raw = RawBlock::deserialize(MapAccessDeserializer::new(map))?;
         let list = |field: Option<NonEmptyList<NonEmpty>>| field.map(|l| l.0.into_iter().map(|s| s.0).collect());
         let matcher = Matcher {
@@ -201,13 +165,10 @@ impl<'de> Visitor<'de> for BlockSeed<'_> {
                 ActionName::ApiserverConnect => actions.apiserver_connect = true,
             }
         }
-        let id = raw.id.0;
-        let index = self.seen.len();
-        if let Some(first) = self.seen.insert(id.clone(), index) {
-            return Err(de::Error::custom(format_args!(
-                "id `{id}` is already used by blocks[{first}]; ids must be unique"
-            )));
-        }
-        Ok(BlockSpec { id, reason: raw.reason.0, actions, matcher, dry_run: raw.dry_run })
+        Ok(BlockSpec { id: raw.id.0, reason: raw.reason.0, actions, matcher, dry_run: raw.dry_run })
+    }
+
+    fn id(&self) -> &str {
+        &self.id
     }
 }

@@ -13,6 +13,7 @@
 mod blocks;
 mod file;
 mod matcher;
+mod unique;
 
 #[cfg(test)]
 mod tests;

@@ -65,3 +65,16 @@ fn modes_decide_what_each_entry_does() {
 fn the_default_policy_blocks_nothing() {
     assert!(Policy::default_policy().blocks().is_empty());
 }
+
+/// The default policy's commented-out block examples parse once
+/// uncommented, and the dry-run one stays a dry run.
+#[test]
+fn the_default_policys_block_examples_parse_when_uncommented() {
+    let text = super::DEFAULT_POLICY_YAML;
+    let start = text.find("# enforcement:").expect("the block examples");
+    let uncommented: String =
+        text[start..].lines().map(|line| format!("{}\n", line.strip_prefix("# ").unwrap_or(line))).collect();
+    let policy = Policy::parse(Path::new("examples.yaml"), &uncommented).unwrap_or_else(|e| panic!("{e}"));
+    let blocks: Vec<(&str, bool)> = policy.blocks().iter().map(|(b, enforce)| (b.id.as_str(), *enforce)).collect();
+    assert_eq!(blocks, vec![("no-exec-token-reads-in-shop", true), ("no-api-from-shop-web", false)]);
+}
