@@ -291,3 +291,31 @@ async fn sleep_until(deadline: Option<Instant>) {
         tokio::time::sleep_until(deadline.into()).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use tokenwatch_proto::v1::{Enforcement, EnforcementAction, KubernetesContext};
+
+    use super::*;
+
+    /// An exception or a disabled rule drops an alert, but never one that
+    /// says the node refused something: the operator must see every action.
+    #[test]
+    fn what_the_node_did_is_delivered_even_when_the_policy_would_drop_it() {
+        let text = "rules:\n  apiserver-connect: { enabled: false }\n\
+                    exceptions:\n  - id: shop\n    reason: r\n    namespaces: [shop]\n";
+        let policy = Policy::parse(Path::new("p"), text).expect("valid");
+        let kubernetes = Some(KubernetesContext { namespace: "shop".into(), ..KubernetesContext::default() });
+        let read = Alert { rule: "token-read".into(), kubernetes, ..Alert::default() };
+        let connect = Alert { rule: "apiserver-connect".into(), ..read.clone() };
+        assert_eq!(apply(&policy, read.clone()), None, "excepted");
+        assert_eq!(apply(&policy, connect.clone()), None, "disabled");
+        let killed = Enforcement { action: EnforcementAction::Killed.into(), block_id: "b".into() };
+        for alert in [read, connect] {
+            let acted = Alert { enforcement: Some(killed.clone()), ..alert };
+            assert_eq!(apply(&policy, acted.clone()), Some(acted));
+        }
+    }
+}

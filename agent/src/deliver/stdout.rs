@@ -89,7 +89,7 @@ impl<W: AsyncWrite + Unpin> StdoutSink<W> {
 
 #[cfg(test)]
 mod tests {
-    use tokenwatch_proto::v1::{ProcessContext, TokenRead};
+    use tokenwatch_proto::v1::{Enforcement, ProcessContext, TokenRead};
 
     use super::*;
 
@@ -132,6 +132,16 @@ mod tests {
         assert!(line.contains(r#"exe="/bin/cat""#), "{line}");
         assert!(line.contains("requested=\"token\""), "{line}");
         assert_eq!(render(StdoutFormat::None, &alert()).expect("renders"), None);
+        let killed = Alert {
+            enforcement: Some(Enforcement { action: EnforcementAction::Killed.into(), block_id: "no-reads".into() }),
+            ..alert()
+        };
+        let line = render(StdoutFormat::Text, &killed).expect("renders").expect("a line");
+        assert!(line.contains(" action=killed block=no-reads -- "), "{line}");
+        let json = render(StdoutFormat::Json, &killed).expect("renders").expect("a line");
+        let value: serde_json::Value = serde_json::from_str(&json).expect("valid json");
+        assert_eq!(value["enforcement"]["action"], "ENFORCEMENT_ACTION_KILLED");
+        assert_eq!(value["enforcement"]["blockId"], "no-reads");
     }
 
     #[tokio::test]

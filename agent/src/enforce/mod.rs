@@ -80,6 +80,8 @@ pub struct Enforcer {
     fences: HashMap<PathBuf, FenceLinks>,
     /// Pod directories a fence could not be attached to, warned about once.
     refused: HashSet<PathBuf>,
+    /// Whether the lack of a cgroup2 hierarchy was reported.
+    warned: bool,
 }
 
 impl Enforcer {
@@ -104,6 +106,7 @@ impl Enforcer {
             applied: Plan::default(),
             fences: HashMap::new(),
             refused: HashSet::new(),
+            warned: false,
         }
     }
 
@@ -128,8 +131,9 @@ impl Enforcer {
         if blocks.is_empty() && self.applied.is_empty() {
             return;
         }
-        if !blocks.is_empty() && self.root.is_none() {
-            tracing::warn!("no cgroup2 hierarchy: block entries cannot be enforced on this node");
+        if !blocks.is_empty() && self.root.is_none() && self.applied.covered.is_empty() && !self.warned {
+            tracing::error!("no cgroup2 hierarchy: block entries cannot be enforced on this node");
+            self.warned = true;
         }
         let targets = if blocks.is_empty() { Vec::new() } else { self.targets().await };
         let plan = plan::plan(&blocks, &self.names, &targets);

@@ -76,10 +76,14 @@ fn forbidden_connect_gets_eperm_forbidden_read_gets_no_byte_and_other_pods_are_u
     let (code, out, err) = helper(&shop, "connect", &api);
     assert_eq!(code, 1, "the connect is refused: {out}{err}");
     assert!(out.contains("Operation not permitted"), "EPERM: {out}{err}");
+    let (code, out, err) = helper(&shop, "connect", &scene.api_v6.to_string());
+    assert!(code == 1 && out.contains("Operation not permitted"), "IPv6 too (connect6): {out}{err}");
     // io_uring's connect has no connect(2): the same fence refuses it, and
     // the cgroup hook that reports it says so.
     let (code, out, err) = helper(&shop, "uring-connect", &api);
     assert!(code != 0 && out.contains("errno 1"), "io_uring's connect is refused with EPERM: {out}{err}");
+    let (code, out, err) = helper(&shop, "uring-openat", &format!("{SA_MOUNT}/token"));
+    assert!(code != 0 && !out.contains("ok "), "an io_uring open is stopped too: {out}{err}");
     let (code, out, err) = helper(&shop, "read-print", &format!("{SA_MOUNT}/token"));
     assert_ne!(code, 0, "the reader is killed: {out}{err}");
     assert!(!out.contains(shop.token()) && !out.contains("ok "), "not a byte of the token reached it: {out:?}");
@@ -90,8 +94,8 @@ fn forbidden_connect_gets_eperm_forbidden_read_gets_no_byte_and_other_pods_are_u
     assert!(code == 0 && out.contains(allowed.token()), "and reads its token: {out}{err}");
 
     let arrived = agent.wait_for_alerts(ALERT_TIMEOUT, |alerts| {
-        connects_in(alerts, &shop).len() + connects_in(alerts, &allowed).len() >= 3
-            && reads_in(alerts, &shop).len() >= 2
+        connects_in(alerts, &shop).len() + connects_in(alerts, &allowed).len() >= 4
+            && reads_in(alerts, &shop).len() >= 3
             && !reads_in(alerts, &allowed).is_empty()
     });
     let stopped = agent.stop(Signal::SIGTERM);
@@ -99,7 +103,7 @@ fn forbidden_connect_gets_eperm_forbidden_read_gets_no_byte_and_other_pods_are_u
     assert!(arrived, "alerts missing:\n{}\nlog:\n{}", scene::describe(all), stopped.stderr);
 
     let connects = connects_in(all, &shop);
-    assert_eq!(connects.len(), 2, "{}", scene::describe(all));
+    assert_eq!(connects.len(), 3, "{}", scene::describe(all));
     let dial = |alert: &Alert| match &alert.evidence {
         Some(Evidence::ApiServerConnect(dial)) => dial.clone(),
         _ => panic!("a connect"),
@@ -109,16 +113,18 @@ fn forbidden_connect_gets_eperm_forbidden_read_gets_no_byte_and_other_pods_are_u
         assert_eq!(done(alert), Some((EnforcementAction::Blocked, "no-api-from-shop")), "{}", scene::describe(all));
         assert!(alert.summary.contains("refused (EPERM) by block `no-api-from-shop`"), "{}", alert.summary);
     }
-    assert_eq!((syscall.len(), uring.len()), (1, 1), "connect(2) and io_uring's: {}", scene::describe(all));
+    assert_eq!((syscall.len(), uring.len()), (2, 1), "connect(2) v4 and v6, io_uring's: {}", scene::describe(all));
     let syscall = dial(syscall[0]);
     assert_eq!((syscall.result, syscall.outcome.as_str()), (-1, "failed: EPERM"), "the connect's own result");
 
     let reads = reads_in(all, &shop);
     let killed: Vec<_> = reads.iter().filter(|a| done(a).is_some()).collect();
-    assert_eq!(killed.len(), 1, "only the exec'd reader: {}", scene::describe(all));
-    assert_eq!(done(killed[0]), Some((EnforcementAction::Killed, "no-exec-token-reads")));
-    assert_eq!(killed[0].process.as_ref().map(|p| p.comm.as_str()), Some("tokenwatch-evad"));
-    assert!(killed[0].summary.contains("process killed before it could read"), "{}", killed[0].summary);
+    assert_eq!(killed.len(), 2, "only the exec'd readers (read(2), io_uring): {}", scene::describe(all));
+    for alert in &killed {
+        assert_eq!(done(alert), Some((EnforcementAction::Killed, "no-exec-token-reads")));
+        assert_eq!(alert.process.as_ref().map(|p| p.comm.as_str()), Some("tokenwatch-evad"));
+        assert!(alert.summary.contains("process killed before it could read"), "{}", alert.summary);
+    }
     assert!(reads.iter().any(|a| done(a).is_none() && a.process.as_ref().is_some_and(|p| p.comm == "cat")));
 
     let untouched: Vec<&Alert> = connects_in(all, &allowed).into_iter().chain(reads_in(all, &allowed)).collect();

@@ -212,7 +212,18 @@ mod tests {
             assert_eq!(attribute(&record, key), value.as_ref(), "{key}");
         }
         assert_eq!(attribute(&record, "k8s.pod.uid"), None, "empty values are left out");
+        assert_eq!(attribute(&record, "tokenwatch.enforcement.action"), None, "nothing was done");
         assert_eq!(log_record(&alert).expect("again"), record, "the same alert makes the same record");
+        let blocked = Alert {
+            enforcement: Some(tokenwatch_proto::v1::Enforcement {
+                action: EnforcementAction::Blocked.into(),
+                block_id: "no-api".into(),
+            }),
+            ..alert
+        };
+        let record = log_record(&blocked).expect("converts");
+        assert_eq!(attribute(&record, "tokenwatch.enforcement.action"), text("ENFORCEMENT_ACTION_BLOCKED").as_ref());
+        assert_eq!(attribute(&record, "tokenwatch.enforcement.block_id"), text("no-api").as_ref());
     }
 
     #[test]
