@@ -130,7 +130,9 @@ pub async fn pipeline(
             event = events.recv() => {
                 let Some(event) = event else { break };
                 let enrichment = enricher.enrich(&event).await;
-                for alert in judge.judge(&event, &enrichment) {
+                let alerts = judge.judge(&event, &enrichment);
+                count_enforcement(alerts.first());
+                for alert in alerts {
                     inventory.record(&alert);
                     let Some(alert) = apply(&policy.borrow(), alert) else { continue };
                     let out = match dedup.as_mut() {
@@ -269,6 +271,15 @@ fn apply(policy: &Policy, mut alert: Alert) -> Option<Alert> {
             tracing::debug!(alert = %alert.id, %exception, %reason, "suppressed by policy");
             None
         }
+    }
+}
+
+/// Counts what the kernel did for one event (its first alert says; a
+/// chain alert from the same event repeats it).
+fn count_enforcement(alert: Option<&Alert>) {
+    if let Some(done) = alert.and_then(|a| a.enforcement.as_ref()) {
+        let action = tokenwatch_proto::v1::EnforcementAction::try_from(done.action).unwrap_or_default();
+        crate::metrics::global().enforcement_action(action.as_str_name(), &done.block_id);
     }
 }
 

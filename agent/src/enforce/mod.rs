@@ -219,6 +219,9 @@ impl Enforcer {
         for (pod, block) in self.applied.covered.difference(&plan.covered) {
             tracing::info!(%pod, %block, "block entry no longer covers pod");
         }
+        let metrics = crate::metrics::global();
+        metrics.enforced_cgroups.store(plan.entries.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        metrics.enforcement_fences.store(self.fences.len() as u64, std::sync::atomic::Ordering::Relaxed);
         self.applied = plan;
     }
 }

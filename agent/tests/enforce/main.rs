@@ -62,7 +62,8 @@ fn forbidden_connect_gets_eperm_forbidden_read_gets_no_byte_and_other_pods_are_u
     let allowed = scene.run_pod(&PodSpec::new("web-6f7c9d8b5-a1b2c"));
     let dir = tempfile::tempdir().expect("tempdir");
     let policy = write_policy(dir.path(), BLOCKS);
-    let agent = scene.agent_with(&[&allowed], &["--policy", &policy.display().to_string()]);
+    let policy = policy.display().to_string();
+    let agent = scene.agent_with(&[&allowed], &["--policy", &policy, "--metrics-listen", "127.0.0.1:0"]);
     // A pod that starts after the policy is loaded is covered too.
     let shop = scene.run_pod(&shop_spec("ctl-5d8f7c9b4-x9y8z"));
     wait_covered(&agent, &shop);
@@ -98,6 +99,7 @@ fn forbidden_connect_gets_eperm_forbidden_read_gets_no_byte_and_other_pods_are_u
             && reads_in(alerts, &shop).len() >= 3
             && !reads_in(alerts, &allowed).is_empty()
     });
+    let metrics = support::metrics_addr(&agent.stderr()).map(|addr| support::http_get(&addr, "/metrics").1);
     let stopped = agent.stop(Signal::SIGTERM);
     let all = &stopped.alerts;
     assert!(arrived, "alerts missing:\n{}\nlog:\n{}", scene::describe(all), stopped.stderr);
@@ -126,6 +128,15 @@ fn forbidden_connect_gets_eperm_forbidden_read_gets_no_byte_and_other_pods_are_u
         assert!(alert.summary.contains("process killed before it could read"), "{}", alert.summary);
     }
     assert!(reads.iter().any(|a| done(a).is_none() && a.process.as_ref().is_some_and(|p| p.comm == "cat")));
+
+    let metrics = metrics.unwrap_or_default();
+    for (series, want) in [
+        ("tokenwatch_enforcement_actions_total{action=\"ENFORCEMENT_ACTION_BLOCKED\",block=\"no-api-from-shop\"}", 3),
+        ("tokenwatch_enforcement_actions_total{action=\"ENFORCEMENT_ACTION_KILLED\",block=\"no-exec-token-reads\"}", 2),
+        ("tokenwatch_enforcement_fences", 1),
+    ] {
+        assert_eq!(support::metric_sample(&metrics, series), Some(want), "{series}:\n{metrics}");
+    }
 
     let untouched: Vec<&Alert> = connects_in(all, &allowed).into_iter().chain(reads_in(all, &allowed)).collect();
     assert!(untouched.len() >= 2 && untouched.iter().all(|a| a.enforcement.is_none()), "{}", scene::describe(all));

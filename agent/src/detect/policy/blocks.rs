@@ -5,13 +5,17 @@
 //! "which pods" means the same in both. Checks run inside deserialization,
 //! as in `file.rs`, so errors carry the value's own line:column and path.
 //!
-//! `binaries` is refused here: the process's executable would have to be
-//! judged in the kernel at the syscall, and the only identity the kernel
-//! has there is the inode of `task->mm->exe_file` (an overlayfs inode for a
-//! container's image), which the agent cannot map faithfully from a glob
-//! over paths in every container's root filesystem (files appear, layers
-//! are copied up). A selector that silently matched less than it says
-//! would let through what the operator meant to stop.
+//! `binaries` is refused here. It would have to be judged in the kernel at
+//! the syscall (a process exec'd a moment ago can connect before the agent
+//! ever sees it), where the only identity of the executable is the inode
+//! of `task->mm->exe_file`. The agent would have to expand every glob into
+//! inodes by walking every covered container's filesystem, again and again:
+//! a binary dropped or replaced between two walks would not be covered, so
+//! the block would fail open for exactly what an attacker brings in; and on
+//! an overlayfs whose layers span file systems without `xino`, the device
+//! `stat` reports is not the one the kernel sees. A selector that silently
+//! covers less than it says would let through what the operator meant to
+//! stop; selecting by image and `exec` does not have these gaps.
 
 use std::fmt;
 
