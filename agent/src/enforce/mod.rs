@@ -135,13 +135,18 @@ impl Enforcer {
             tracing::error!("no cgroup2 hierarchy: block entries cannot be enforced on this node");
             self.warned = true;
         }
-        let targets = if blocks.is_empty() { Vec::new() } else { self.targets().await };
+        // The runtime is asked only for what the pod store cannot say: the
+        // image, the init pid (for `exec`), or everything when standalone.
+        let ask_runtime = self.pods.is_none()
+            || blocks.iter().any(|(block, _)| block.matcher.images.is_some() || block.matcher.exec.is_some());
+        let targets = if blocks.is_empty() { Vec::new() } else { self.targets(ask_runtime).await };
         let plan = plan::plan(&blocks, &self.names, &targets);
         self.apply(plan);
     }
 
-    /// The node's pods, named as an alert names them.
-    async fn targets(&self) -> Vec<Target> {
+    /// The node's pods, named as an alert names them (`ask_runtime`: with
+    /// the runtime's answers, cached by the CRI cache).
+    async fn targets(&self, ask_runtime: bool) -> Vec<Target> {
         let Some(root) = self.root.clone() else { return Vec::new() };
         let found = tokio::task::spawn_blocking(move || cgroups::scan(&root)).await.unwrap_or_default();
         let mut targets = Vec::with_capacity(found.len());
@@ -149,7 +154,7 @@ impl Enforcer {
             let info = self.pods.as_ref().and_then(|store| store.get(&pod.uid));
             let mut containers = Vec::with_capacity(pod.containers.len());
             for container in pod.containers {
-                let meta = self.cri.lookup(&container.id).await.ok();
+                let meta = if ask_runtime { self.cri.lookup(&container.id).await.ok() } else { None };
                 let identity =
                     CgroupIdentity { container_id: Some(container.id), pod_uid: Some(pod.uid.clone()), runtime: None };
                 containers.push(ContainerTarget {
