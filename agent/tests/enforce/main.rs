@@ -204,6 +204,37 @@ fn a_policy_change_is_in_force_within_a_second_and_nothing_outlives_the_agent() 
     assert!(code == 0 && out.contains(shop.token()), "a kill outlived the agent: {out}{err}");
 }
 
+#[test]
+#[ignore = "needs root: runs containerd pods and loads eBPF; run by cargo xtask test"]
+fn an_image_block_covers_the_containers_of_that_image_only() {
+    let _serial = support::serialise();
+    let scene = Scene::start();
+    let pod = scene.run_pod(&PodSpec::new("web-6f7c9d8b5-i4m6g"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    // One entry matches this image (a per-container entry: the kernel finds
+    // it below the pod's cgroup), one matches none of the node's.
+    let text = format!(
+        "blocks:\n  - id: no-api-from-busybox\n    reason: r\n    actions: [apiserver-connect]\n    images: [\"{}\"]\n  \
+         - id: other-image\n    reason: r\n    actions: [token-read]\n    images: [\"registry.example.com/*:*\"]\n",
+        support::cri::IMAGE
+    );
+    let policy = write_policy(dir.path(), &text);
+    let agent = scene.agent_with(&[&pod], &["--policy", &policy.display().to_string()]);
+    let pod_name = format!("pod=default/{}", pod.spec().name);
+    assert!(
+        agent.wait_for_log(&["block entry covers pod", &pod_name, "block=no-api-from-busybox"], ALERT_TIMEOUT),
+        "{}",
+        agent.stderr()
+    );
+    let (code, out, err) = helper(&pod, "connect", &scene.api_v4.to_string());
+    assert!(code == 1 && out.contains("Operation not permitted"), "refused by the image's entry: {out}{err}");
+    let (code, out, err) = helper(&pod, "read-print", &format!("{SA_MOUNT}/token"));
+    assert!(code == 0 && out.contains(pod.token()), "the other image's entry covers nothing here: {out}{err}");
+    let stopped = agent.stop(Signal::SIGTERM);
+    let other = stopped.stderr.lines().any(|l| l.contains("block entry covers pod") && l.contains("block=other-image"));
+    assert!(!other, "{}", stopped.stderr);
+}
+
 /// One line for the test log (`--nocapture`): timings worth knowing.
 #[expect(clippy::print_stderr, reason = "the timings are reported on the test's stderr")]
 fn note(line: &str) {
