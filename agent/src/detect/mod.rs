@@ -62,8 +62,13 @@ impl Judge {
         match event {
             KernelEvent::Open(open) => {
                 // A write-only open cannot read the token: kubelet's atomic
-                // writer creates every rotated token that way.
-                if open.flags & libc::O_ACCMODE as u64 == libc::O_WRONLY as u64 || is_kubelet(enrichment) {
+                // writer creates every rotated token that way. Unless the
+                // kernel acted on it (it sees openat2's flags only through
+                // `struct open_how`, so it may kill such an open): an action
+                // taken is always reported.
+                let write_only = open.flags & libc::O_ACCMODE as u64 == libc::O_WRONLY as u64;
+                let acted = open.enforced.action != EnforceAction::None;
+                if (write_only || is_kubelet(enrichment)) && !acted {
                     return Vec::new();
                 }
                 let rule = if is_node_harvest(enrichment) { rules::NODE_TOKEN_HARVEST } else { rules::TOKEN_READ };
@@ -177,4 +182,57 @@ fn is_node_harvest(enrichment: &Enrichment) -> bool {
 /// kubelet on the node writes and refreshes every token: not an event.
 fn is_kubelet(enrichment: &Enrichment) -> bool {
     enrichment.cgroup.container_id.is_none() && enrichment.process.exe.rsplit('/').next() == Some("kubelet")
+}
+
+#[cfg(test)]
+mod tests {
+    use tokenwatch_common::OpenSyscall;
+
+    use super::*;
+    use crate::kernel::{Identity, OpenRecord};
+
+    fn write_only_open(enforced: Enforced) -> KernelEvent {
+        KernelEvent::Open(OpenRecord {
+            identity: Identity {
+                boot_time_ns: 0,
+                pid: 7,
+                tid: 7,
+                uid: 0,
+                gid: 0,
+                cgroup_id: 1,
+                comm: "w".into(),
+                cgroup_names: Default::default(),
+                ns_pid: 7,
+                ns_level: 1,
+                ancestors: Vec::new(),
+            },
+            syscall: OpenSyscall::Openat2,
+            dirfd: -100,
+            flags: libc::O_WRONLY as u64,
+            fd: 3,
+            dev: 1,
+            ino: 2,
+            requested_path: "token".into(),
+            resolved_path: "/token".into(),
+            resolved_path_truncated: false,
+            enforced,
+        })
+    }
+
+    /// A write-only open is no read, unless the kernel killed for it: then
+    /// the alert says so, with the block entry's id.
+    #[test]
+    fn a_write_only_open_alerts_only_when_the_kernel_acted_on_it() {
+        let names = BlockNames::default();
+        let block = names.number("no-reads");
+        let mut judge = Judge::new("n".into(), "run".into(), BootClock::measure(), std::time::Duration::from_secs(60))
+            .naming_blocks(names);
+        let enrichment = Enrichment::default();
+        assert!(judge.judge(&write_only_open(Enforced::default()), &enrichment).is_empty());
+        let killed = Enforced { action: EnforceAction::Killed, block };
+        let alerts = judge.judge(&write_only_open(killed), &enrichment);
+        let done = alerts.first().and_then(|a| a.enforcement.clone()).expect("an alert saying what was done");
+        assert_eq!((done.action, done.block_id.as_str()), (EnforcementAction::Killed as i32, "no-reads"));
+        assert!(alerts[0].summary.ends_with("process killed before it could read by block `no-reads`"));
+    }
 }
