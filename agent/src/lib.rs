@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod deliver;
 pub mod detect;
+pub mod enforce;
 pub mod inventory;
 pub mod kernel;
 pub mod metadata;

@@ -1,7 +1,9 @@
 //! Events the programs write to the ring buffer. Every event starts with an
 //! [`EventHeader`] whose `kind` says which struct follows.
 
-use crate::{CGROUP_NAME_LEN, COMM_LEN, MAX_ANCESTORS, MAX_PATH_COMPONENTS, PATH_COMPONENT_LEN, REQUESTED_PATH_LEN};
+use crate::{
+    Enforcement, CGROUP_NAME_LEN, COMM_LEN, MAX_ANCESTORS, MAX_PATH_COMPONENTS, PATH_COMPONENT_LEN, REQUESTED_PATH_LEN,
+};
 
 /// An integer that names no variant of the enum it was decoded into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,6 +207,8 @@ pub struct OpenEvent {
     pub requested_path: [u8; REQUESTED_PATH_LEN],
     /// The path of the file actually opened.
     pub path: ResolvedPath,
+    /// What the kernel did about it (a token read a block entry forbids).
+    pub enforcement: Enforcement,
 }
 
 /// A watched API-server endpoint was dialled.
@@ -227,6 +231,8 @@ pub struct ConnectEvent {
     pub via: u32,
     /// Explicit padding.
     pub _pad: u32,
+    /// What the kernel did about it (a connect a block entry forbids).
+    pub enforcement: Enforcement,
 }
 
 #[cfg(feature = "user")]
@@ -252,9 +258,9 @@ mod tests {
         assert_eq!(size_of::<ResolvedPath>(), 8 + MAX_PATH_COMPONENTS * PATH_COMPONENT_LEN);
         assert_eq!(
             size_of::<OpenEvent>(),
-            size_of::<EventHeader>() + 4 + 4 + 8 + 8 + 4 + 4 + 8 + REQUESTED_PATH_LEN + size_of::<ResolvedPath>()
+            size_of::<EventHeader>() + 4 + 4 + 8 + 8 + 4 + 4 + 8 + REQUESTED_PATH_LEN + size_of::<ResolvedPath>() + 8
         );
-        assert_eq!(size_of::<ConnectEvent>(), size_of::<EventHeader>() + 2 + 2 + 4 + 8 + 16 + 4 + 4);
+        assert_eq!(size_of::<ConnectEvent>(), size_of::<EventHeader>() + 2 + 2 + 4 + 8 + 16 + 4 + 4 + 8);
     }
 
     #[test]

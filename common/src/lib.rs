@@ -8,11 +8,16 @@
 #![no_std]
 
 pub mod counters;
+pub mod enforce;
 pub mod event;
 pub mod keys;
 pub mod offsets;
 
 pub use counters::{counter_slot, Counter, Hook, COUNTER_SLOTS};
+pub use enforce::{
+    CgroupEnforcement, EnforceAction, EnforceSlot, Enforcement, CONTAINER_INITS_MAP, ENFORCED_CGROUPS_MAP,
+    ENFORCE_SLOTS, EXEC_ANY, EXEC_NEVER, EXEC_ONLY, MODE_DRY_RUN, MODE_ENFORCE, MODE_NONE,
+};
 pub use event::{
     CgroupNames, ConnectEvent, ConnectVia, EventHeader, EventKind, OpenEvent, OpenSyscall, ResolvedPath, TaskRef,
     UnknownValue,

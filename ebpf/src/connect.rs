@@ -11,6 +11,7 @@ use aya_log_ebpf::debug;
 use tokenwatch_common::{ConnectEvent, ConnectVia, Counter, EndpointKey, EventKind, Hook, AF_INET, AF_INET6};
 
 use crate::{
+    enforce::take_mark,
     identity::fill_header,
     maps::{count, is_agent, PendingConnect, EVENTS, KERNEL_OFFSETS, PENDING_CONNECTS, WATCHED_ENDPOINTS},
 };
@@ -108,6 +109,7 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     event.addr = pending.addr;
     event.via = ConnectVia::Syscall as u32;
     event._pad = 0;
+    event.enforcement = take_mark(pending.port);
     entry.submit(0);
     count(Hook::Connect, Counter::EventsSent);
     0

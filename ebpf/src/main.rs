@@ -12,6 +12,8 @@
 //!   an io_uring, judged like the syscalls' on completion.
 //! * `connect4`/`connect6` (`sock_addr`, cgroup programs): connects made
 //!   without `connect(2)` (io_uring, TCP Fast Open).
+//! * `fence_connect4`/`fence_connect6` and `token_opened` (`enforce`): the
+//!   policy's blocks, refused in the kernel (`EPERM`, `SIGKILL`).
 //! * `connect`: the entry reads the destination and looks it up in
 //!   `WATCHED_ENDPOINTS`; only a hit is remembered, and the exit sends it with
 //!   the result.
@@ -23,6 +25,7 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 mod connect;
+mod enforce;
 mod fd_sources;
 mod identity;
 mod kernel;

@@ -114,12 +114,14 @@ fn send<C: EbpfContext>(ctx: &C, hook: Hook, pending: &PendingOpen, ret: i64, ta
     count(hook, Counter::OpensMatched);
     let Some(mut entry) = EVENTS.reserve::<OpenEvent>(0) else {
         count(hook, Counter::EventsDropped);
+        crate::enforce::token_opened(pending.flags, task);
         debug!(ctx, "ring buffer full: token open by tgid {} dropped", (pid_tgid >> 32) as u32);
         return;
     };
     // SAFETY: reserved memory of the right size; every field is written below
     // or is a NUL-terminated buffer whose tail userspace ignores.
     let event = unsafe { &mut *entry.as_mut_ptr() };
+    event.enforcement = crate::enforce::token_opened(pending.flags, task);
     fill_header(&mut event.header, EventKind::Open, task, &offsets);
     event.syscall = pending.syscall;
     event.dirfd = pending.dirfd;

@@ -13,8 +13,10 @@
 //! otherwise they report it themselves (`ConnectVia::CgroupSockAddr`: no fd,
 //! no result yet).
 //!
-//! Always allow: tokenwatch observes. [`verdict`] is the one place a later
-//! enforcing mode would decide.
+//! Always allow: these programs observe. Refusing is the job of the
+//! enforcement fences (`enforce.rs`), attached only to the cgroups of the
+//! pods a block entry covers; when one refused this connect, the report
+//! says so (`take_mark`).
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
@@ -25,6 +27,7 @@ use aya_log_ebpf::debug;
 use tokenwatch_common::{ConnectEvent, ConnectVia, Counter, EndpointKey, EventKind, Hook, AF_INET, AF_INET6};
 
 use crate::{
+    enforce::take_mark,
     identity::fill_header,
     maps::{count, is_agent, EVENTS, KERNEL_OFFSETS, PENDING_CONNECTS, WATCHED_ENDPOINTS},
 };
@@ -34,16 +37,31 @@ const ALLOW: i32 = 1;
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
-    // SAFETY: the context the kernel passed; 4-byte loads of its fields.
-    let (ip4, port) = unsafe { ((*ctx.sock_addr).user_ip4, (*ctx.sock_addr).user_port) };
-    let mut addr = [0u8; 16];
-    addr[..4].copy_from_slice(&ip4.to_ne_bytes());
-    let key = EndpointKey { family: AF_INET, port: u16::from_be(port as u16), _pad: 0, addr };
-    on_connect(&ctx, AF_INET, &key.addr, key)
+    let (family, addr, key) = endpoint4(&ctx);
+    on_connect(&ctx, family, &addr, key)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
+    let (family, addr, key) = endpoint6(&ctx);
+    on_connect(&ctx, family, &addr, key)
+}
+
+/// An IPv4 connect's family, address (first four bytes) and map key. Shared
+/// with the enforcement fences (`enforce.rs`).
+#[inline(always)]
+pub fn endpoint4(ctx: &SockAddrContext) -> (u16, [u8; 16], EndpointKey) {
+    // SAFETY: the context the kernel passed; 4-byte loads of its fields.
+    let (ip4, port) = unsafe { ((*ctx.sock_addr).user_ip4, (*ctx.sock_addr).user_port) };
+    let mut addr = [0u8; 16];
+    addr[..4].copy_from_slice(&ip4.to_ne_bytes());
+    (AF_INET, addr, EndpointKey { family: AF_INET, port: u16::from_be(port as u16), _pad: 0, addr })
+}
+
+/// An IPv6 connect's family, address and map key (an IPv4-mapped address
+/// is looked up as IPv4).
+#[inline(always)]
+pub fn endpoint6(ctx: &SockAddrContext) -> (u16, [u8; 16], EndpointKey) {
     // SAFETY: as above; user_ip6 is read one u32 at a time, as the verifier
     // requires.
     let (words, port) = unsafe {
@@ -61,7 +79,7 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
         key.addr = [0; 16];
         key.addr[..4].copy_from_slice(&addr[12..16]);
     }
-    on_connect(&ctx, AF_INET6, &addr, key)
+    (AF_INET6, addr, key)
 }
 
 /// Reports a watched destination unless `connect(2)`'s tracepoints already
@@ -106,12 +124,16 @@ fn on_connect(ctx: &SockAddrContext, family: u16, addr: &[u8; 16], key: Endpoint
     event.addr = *addr;
     event.via = ConnectVia::CgroupSockAddr as u32;
     event._pad = 0;
+    // A fence on the pod's cgroup ran before this root program (the kernel
+    // runs a cgroup's own programs before its ancestors').
+    event.enforcement = take_mark(key.port);
     entry.submit(0);
     count(Hook::CgroupConnect, Counter::EventsSent);
     verdict()
 }
 
-/// Whether a connect to a watched endpoint may go on: always, for now.
+/// Whether a connect to a watched endpoint may go on: always here; the
+/// fences of `enforce.rs`, on the covered pods' cgroups, refuse.
 #[inline(always)]
 fn verdict() -> i32 {
     ALLOW

@@ -18,6 +18,7 @@ use crate::{
     deliver::spool::Spool,
     deliver::stdout::StdoutError,
     detect::{health::HealthAlerts, policy::Policy, Judge},
+    enforce::{BlockNames, Enforcer},
     kernel::{
         clock::BootClock,
         loader::HookMaps,
@@ -114,10 +115,11 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     let offsets = resolve_running_kernel()?;
     let debug_logs = tracing::enabled!(target: "tokenwatch_ebpf", tracing::Level::DEBUG);
     let mut hooks = Hooks::load(&offsets, config.ring_buffer_bytes, debug_logs, own_tgid(&config.host_proc))?;
-    let HookMaps { events, files, endpoints, counters, logger } = hooks.take_maps()?;
+    let HookMaps { events, files, endpoints, counters, logger, enforcement } = hooks.take_maps()?;
     let counters = Arc::new(counters);
     let (policy_tx, policy) = tokio::sync::watch::channel(policy);
     crate::metrics::global().register(Arc::clone(&counters), spool.clone(), policy.clone());
+    log_enforcement(&policy.borrow());
     let mut set = Tasks::new();
 
     // The first scan fills the map before the hooks go live, so everything
@@ -128,6 +130,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
         PodSource::Standalone => None,
     };
     let store_for_inventory = store.clone();
+    let store_for_enforcer = store.clone();
     let mut scanner = tasks::Scanner::new(config.token_paths.clone(), config.host_proc.clone(), files, store);
     let initial = scanner.scan_once().await?;
     let (snapshot_tx, snapshot_rx) = tokio::sync::watch::channel(Arc::new(initial));
@@ -136,14 +139,27 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
         Ok(socket) => tracing::info!(socket = %socket.display(), "container metadata from the runtime over CRI"),
         Err(reason) => tracing::warn!(%reason, "no container runtime: alerts will lack container metadata"),
     }
+    let cri_for_enforcer = cri.clone();
     let enricher = Enricher::new(cri, pods, snapshot_rx, config.host_proc.clone());
     let spool_health = HealthAlerts::new(config.node_name.clone(), format!("{boot_id}-spool"));
     let loss_alerts = HealthAlerts::new(config.node_name.clone(), format!("{boot_id}-loss"));
+    let blocks = BlockNames::default();
     let judge =
-        Judge::new(config.node_name.clone(), boot_id, BootClock::measure(), crate::detect::chain::DEFAULT_WINDOW);
+        Judge::new(config.node_name.clone(), boot_id, BootClock::measure(), crate::detect::chain::DEFAULT_WINDOW)
+            .naming_blocks(blocks.clone());
 
     let attached = hooks.attach()?.join(",");
     tracing::info!(hooks = %attached, "hooks attached");
+    // The enforcer attaches fences through the hooks while it runs; the
+    // hooks are dropped (everything detached) once every task has stopped.
+    let hooks = Arc::new(std::sync::Mutex::new(hooks));
+    let root = crate::kernel::cgroup_hooks::unified_root();
+    let enforcer = Enforcer::new(Arc::clone(&hooks), enforcement, root, store_for_enforcer, cri_for_enforcer, blocks);
+    let (watched, token) = (policy.clone(), cancel.clone());
+    set.spawn(async move {
+        enforcer.run(watched, token).await;
+        ("enforce", Ok(()))
+    });
     crate::metrics::global().hooks_attached.store(true, std::sync::atomic::Ordering::Relaxed);
     if let Some(addr) = config.metrics_listen {
         let token = cancel.clone();
@@ -227,6 +243,15 @@ async fn supervise(mut set: Tasks, cancel: &CancellationToken) -> Option<DaemonE
         }
     }
     first_error
+}
+
+/// Says at start what the policy's blocks will do, so an operator sees a
+/// refusing policy in the log before the first refusal.
+fn log_enforcement(policy: &Policy) {
+    for (block, enforce) in policy.blocks() {
+        let mode = if enforce { "enforce" } else { "dry-run" };
+        tracing::info!(block = %block.id, reason = %block.reason, mode, "block entry");
+    }
 }
 
 /// Segment size of the delivery log.

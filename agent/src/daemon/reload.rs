@@ -34,7 +34,12 @@ pub async fn reload_policy_on_hangup(
             Ok(new) => {
                 let disabled: Vec<&str> =
                     crate::detect::rules::ALL.iter().filter(|r| !new.rule_enabled(r.id)).map(|r| r.id).collect();
-                tracing::info!(exceptions = new.suppression_counts().len(), disabled = ?disabled, "policy reloaded");
+                tracing::info!(
+                    exceptions = new.suppression_counts().len(),
+                    blocks = new.blocks().len(),
+                    disabled = ?disabled,
+                    "policy reloaded"
+                );
                 policy.send_replace(Arc::new(new));
             }
             Err(error) => tracing::error!(%error, "policy reload refused; the previous policy stays in force"),

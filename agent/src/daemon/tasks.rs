@@ -130,7 +130,9 @@ pub async fn pipeline(
             event = events.recv() => {
                 let Some(event) = event else { break };
                 let enrichment = enricher.enrich(&event).await;
-                for alert in judge.judge(&event, &enrichment) {
+                let alerts = judge.judge(&event, &enrichment);
+                count_enforcement(alerts.first());
+                for alert in alerts {
                     inventory.record(&alert);
                     let Some(alert) = apply(&policy.borrow(), alert) else { continue };
                     let out = match dedup.as_mut() {
@@ -249,13 +251,18 @@ impl<W: tokio::io::AsyncWrite + Unpin> Sinks<W> {
     }
 }
 
-/// The policy's verdict: the alert at its severity, or nothing.
+/// The policy's verdict: the alert at its severity, or nothing. What the
+/// node itself did (a refused connect, a killed process, or a dry run's
+/// report of them) is always delivered: a disabled rule or an exception
+/// must not hide an action taken.
 fn apply(policy: &Policy, mut alert: Alert) -> Option<Alert> {
+    let enforced = alert.enforcement.is_some();
     match policy.judge(&alert) {
         Verdict::Alert { severity } => {
             alert.severity = severity.into();
             Some(alert)
         }
+        Verdict::Disabled { .. } | Verdict::Suppressed { .. } if enforced => Some(alert),
         Verdict::Disabled { rule } => {
             tracing::trace!(%rule, "rule disabled by policy");
             None
@@ -264,6 +271,15 @@ fn apply(policy: &Policy, mut alert: Alert) -> Option<Alert> {
             tracing::debug!(alert = %alert.id, %exception, %reason, "suppressed by policy");
             None
         }
+    }
+}
+
+/// Counts what the kernel did for one event (its first alert says; a
+/// chain alert from the same event repeats it).
+fn count_enforcement(alert: Option<&Alert>) {
+    if let Some(done) = alert.and_then(|a| a.enforcement.as_ref()) {
+        let action = tokenwatch_proto::v1::EnforcementAction::try_from(done.action).unwrap_or_default();
+        crate::metrics::global().enforcement_action(action.as_str_name(), &done.block_id);
     }
 }
 
@@ -284,5 +300,33 @@ pub async fn sync_spool(spool: Spool, cancel: CancellationToken) -> Result<(), D
 async fn sleep_until(deadline: Option<Instant>) {
     if let Some(deadline) = deadline {
         tokio::time::sleep_until(deadline.into()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use tokenwatch_proto::v1::{Enforcement, EnforcementAction, KubernetesContext};
+
+    use super::*;
+
+    /// An exception or a disabled rule drops an alert, but never one that
+    /// says the node refused something: the operator must see every action.
+    #[test]
+    fn what_the_node_did_is_delivered_even_when_the_policy_would_drop_it() {
+        let text = "rules:\n  apiserver-connect: { enabled: false }\n\
+                    exceptions:\n  - id: shop\n    reason: r\n    namespaces: [shop]\n";
+        let policy = Policy::parse(Path::new("p"), text).expect("valid");
+        let kubernetes = Some(KubernetesContext { namespace: "shop".into(), ..KubernetesContext::default() });
+        let read = Alert { rule: "token-read".into(), kubernetes, ..Alert::default() };
+        let connect = Alert { rule: "apiserver-connect".into(), ..read.clone() };
+        assert_eq!(apply(&policy, read.clone()), None, "excepted");
+        assert_eq!(apply(&policy, connect.clone()), None, "disabled");
+        let killed = Enforcement { action: EnforcementAction::Killed.into(), block_id: "b".into() };
+        for alert in [read, connect] {
+            let acted = Alert { enforcement: Some(killed.clone()), ..alert };
+            assert_eq!(apply(&policy, acted.clone()), Some(acted));
+        }
     }
 }

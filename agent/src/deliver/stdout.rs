@@ -2,7 +2,7 @@
 //! gRPC subscriber gets), or one readable line each. Logs go to stderr, so
 //! stdout carries alerts only.
 
-use tokenwatch_proto::v1::{alert::Evidence, Alert, Severity};
+use tokenwatch_proto::v1::{alert::Evidence, Alert, EnforcementAction, Severity};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::config::StdoutFormat;
@@ -42,9 +42,17 @@ fn text(alert: &Alert) -> Result<String, StdoutError> {
         Some(Evidence::AgentHealth(health)) => format!("problem={} lost={}", health.problem, health.events_lost),
         None => String::new(),
     };
+    let enforcement = match &alert.enforcement {
+        Some(done) => {
+            let action = EnforcementAction::try_from(done.action).unwrap_or_default();
+            let action = action.as_str_name().trim_start_matches("ENFORCEMENT_ACTION_").to_ascii_lowercase();
+            format!(" action={action} block={}", done.block_id)
+        }
+        None => String::new(),
+    };
     Ok(format!(
-        "{time} {severity} {rule} node={node} pid={pid} uid={uid} comm={comm:?}{exe} container={container} {evidence} \
-         -- {summary}",
+        "{time} {severity} {rule} node={node} pid={pid} uid={uid} comm={comm:?}{exe} container={container} \
+         {evidence}{enforcement} -- {summary}",
         rule = alert.rule,
         node = alert.node,
         pid = process.pid,
@@ -81,7 +89,7 @@ impl<W: AsyncWrite + Unpin> StdoutSink<W> {
 
 #[cfg(test)]
 mod tests {
-    use tokenwatch_proto::v1::{ProcessContext, TokenRead};
+    use tokenwatch_proto::v1::{Enforcement, ProcessContext, TokenRead};
 
     use super::*;
 
@@ -124,6 +132,16 @@ mod tests {
         assert!(line.contains(r#"exe="/bin/cat""#), "{line}");
         assert!(line.contains("requested=\"token\""), "{line}");
         assert_eq!(render(StdoutFormat::None, &alert()).expect("renders"), None);
+        let killed = Alert {
+            enforcement: Some(Enforcement { action: EnforcementAction::Killed.into(), block_id: "no-reads".into() }),
+            ..alert()
+        };
+        let line = render(StdoutFormat::Text, &killed).expect("renders").expect("a line");
+        assert!(line.contains(" action=killed block=no-reads -- "), "{line}");
+        let json = render(StdoutFormat::Json, &killed).expect("renders").expect("a line");
+        let value: serde_json::Value = serde_json::from_str(&json).expect("valid json");
+        assert_eq!(value["enforcement"]["action"], "ENFORCEMENT_ACTION_KILLED");
+        assert_eq!(value["enforcement"]["blockId"], "no-reads");
     }
 
     #[tokio::test]

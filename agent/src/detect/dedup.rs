@@ -2,9 +2,11 @@
 //! token 1,000 times a minute is one alert with `count: 1000`, not 1,000.
 //!
 //! Identical means: same rule, same container (`container.id`, else the
-//! cgroup id), same binary (`process.exe`, else `comm`) and same severity
+//! cgroup id), same binary (`process.exe`, else `comm`), same severity
 //! (an occurrence the detector judged more severe, e.g. exec'd, is never
-//! hidden inside a milder alert). The first occurrence passes through at
+//! hidden inside a milder alert) and the same enforcement (a refused
+//! connect or a killed reader is never counted inside an alert that says
+//! nothing was done, nor a dry run's report inside a real refusal). The first occurrence passes through at
 //! once (count 1), so detection latency does not depend on the window.
 //! Later ones within the window only count. When the window closes, an alert
 //! that absorbed any is sent again with the same id, its total count and
@@ -40,6 +42,8 @@ struct Key {
     container: Container,
     binary: Binary,
     severity: i32,
+    /// `enforcement` (action, block id); `None` when nothing was done.
+    enforcement: Option<(i32, String)>,
 }
 
 /// The container: its id, else its cgroup (host processes, unknown
@@ -68,7 +72,8 @@ impl Key {
             Some(p) if !p.exe.is_empty() => Binary::Exe(p.exe.clone()),
             p => Binary::Comm(p.as_ref().map_or_else(String::new, |p| p.comm.clone())),
         };
-        Key { rule: alert.rule.clone(), container, binary, severity: alert.severity }
+        let enforcement = alert.enforcement.as_ref().map(|e| (e.action, e.block_id.clone()));
+        Key { rule: alert.rule.clone(), container, binary, severity: alert.severity, enforcement }
     }
 }
 

@@ -30,14 +30,21 @@ const PROGRAMS: [&str; 2] = ["connect4", "connect6"];
 /// agent warns and runs with the syscall tracepoints only, rather than not
 /// at all.
 pub fn load(ebpf: &mut Ebpf) -> Result<(), LoadError> {
-    for name in PROGRAMS {
+    load_named(
+        ebpf,
+        &PROGRAMS,
+        "cgroup connect hook not loaded (it needs CAP_NET_ADMIN): connects made without connect(2) (io_uring, TCP \
+         Fast Open) go unseen",
+    )
+}
+
+/// Loads the cgroup socket-address programs `names`; one the kernel
+/// refuses is logged with `consequence` (what the node goes without), not
+/// fatal. Shared with the enforcement fences (`fence.rs`).
+pub(super) fn load_named(ebpf: &mut Ebpf, names: &[&'static str], consequence: &str) -> Result<(), LoadError> {
+    for &name in names {
         if let Err(error) = program(ebpf, name)?.load() {
-            tracing::warn!(
-                program = name,
-                %error,
-                "cgroup connect hook not loaded (it needs CAP_NET_ADMIN): connects made without connect(2) \
-                 (io_uring, TCP Fast Open) go unseen"
-            );
+            tracing::warn!(program = name, %error, "{consequence}");
         }
     }
     Ok(())
@@ -49,7 +56,7 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<Vec<&'static str>, LoadError> {
     if PROGRAMS.iter().any(|name| program(ebpf, name).map(|p| p.fd().is_err()).unwrap_or(true)) {
         return Ok(Vec::new());
     }
-    let Some(root) = cgroup2_root(&fs::read_to_string("/proc/self/mountinfo").unwrap_or_default()) else {
+    let Some(root) = unified_root() else {
         tracing::warn!(
             "no cgroup2 hierarchy is mounted: connects made without connect(2) (io_uring, TCP Fast Open) go unseen"
         );
@@ -83,11 +90,19 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<Vec<&'static str>, LoadError> {
     Ok(attached)
 }
 
-fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSockAddr, LoadError> {
+/// A cgroup socket-address program of the object, by name.
+pub(super) fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSockAddr, LoadError> {
     ebpf.program_mut(name)
         .ok_or(LoadError::MissingProgram(name))?
         .try_into()
         .map_err(|source| LoadError::Program { name, source })
+}
+
+/// Where this agent sees the unified (v2) cgroup hierarchy: the first
+/// `cgroup2` mount in `/proc/self/mountinfo`. The enforcer finds pods'
+/// cgroups below it.
+pub fn unified_root() -> Option<PathBuf> {
+    cgroup2_root(&fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
 }
 
 /// The mount point of the first `cgroup2` filesystem in a mountinfo text.

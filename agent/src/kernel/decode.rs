@@ -7,8 +7,8 @@ use std::{
 };
 
 use tokenwatch_common::{
-    CgroupNames, ConnectEvent, ConnectVia, EventHeader, EventKind, OpenEvent, OpenSyscall, ResolvedPath, UnknownValue,
-    AF_INET, AF_INET6,
+    CgroupNames, ConnectEvent, ConnectVia, EnforceAction, Enforcement, EventHeader, EventKind, OpenEvent, OpenSyscall,
+    ResolvedPath, UnknownValue, AF_INET, AF_INET6,
 };
 
 /// Why a record was refused.
@@ -36,6 +36,19 @@ pub enum DecodeError {
     /// Unknown connect hook.
     #[error("unknown connect hook {}", .0 .0)]
     Via(UnknownValue),
+    /// Unknown enforcement action.
+    #[error("unknown enforcement action {}", .0 .0)]
+    Action(UnknownValue),
+}
+
+/// What the kernel did about an event because a block entry of the policy
+/// covers it (issue 11); `EnforceAction::None` for every other event.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Enforced {
+    /// Refused, killed, or only reported (dry run).
+    pub action: EnforceAction,
+    /// The agent's number for the block entry (`enforce::BlockNames`).
+    pub block: u32,
 }
 
 /// Who made the syscall, from the event header.
@@ -106,6 +119,8 @@ pub struct OpenRecord {
     pub resolved_path: String,
     /// The rebuilt path stopped short of the root.
     pub resolved_path_truncated: bool,
+    /// Whether the process was killed for it.
+    pub enforced: Enforced,
 }
 
 /// A watched API-server endpoint was dialled.
@@ -122,6 +137,8 @@ pub struct ConnectRecord {
     pub result: i64,
     /// Which hook saw it.
     pub via: ConnectVia,
+    /// Whether the connect was refused for it.
+    pub enforced: Enforced,
 }
 
 /// One decoded event.
@@ -139,6 +156,14 @@ impl KernelEvent {
         match self {
             KernelEvent::Open(r) => &r.identity,
             KernelEvent::Connect(r) => &r.identity,
+        }
+    }
+
+    /// What the kernel did about it.
+    pub fn enforced(&self) -> Enforced {
+        match self {
+            KernelEvent::Open(r) => r.enforced,
+            KernelEvent::Connect(r) => r.enforced,
         }
     }
 }
@@ -178,6 +203,7 @@ fn decode_open(event: &OpenEvent) -> Result<OpenRecord, DecodeError> {
         requested_path: c_string(&event.requested_path),
         resolved_path: join_path(&event.path),
         resolved_path_truncated: event.path.truncated != 0,
+        enforced: enforced(&event.enforcement)?,
     })
 }
 
@@ -193,7 +219,12 @@ fn decode_connect(event: &ConnectEvent) -> Result<ConnectRecord, DecodeError> {
         fd: event.fd,
         result: event.result,
         via: ConnectVia::try_from(event.via).map_err(DecodeError::Via)?,
+        enforced: enforced(&event.enforcement)?,
     })
+}
+
+fn enforced(raw: &Enforcement) -> Result<Enforced, DecodeError> {
+    Ok(Enforced { action: EnforceAction::try_from(raw.action).map_err(DecodeError::Action)?, block: raw.block })
 }
 
 fn identity(header: &EventHeader) -> Identity {

@@ -9,12 +9,13 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use tokenwatch_common::{
-    EndpointKey, KernelOffsets, AGENT_TGID_GLOBAL, COUNTERS_MAP, EVENTS_MAP, OFFSETS_GLOBAL, WATCHED_DEVS_MAP,
-    WATCHED_ENDPOINTS_MAP, WATCHED_FILES_MAP,
+    EndpointKey, KernelOffsets, AGENT_TGID_GLOBAL, CONTAINER_INITS_MAP, COUNTERS_MAP, ENFORCED_CGROUPS_MAP, EVENTS_MAP,
+    OFFSETS_GLOBAL, WATCHED_DEVS_MAP, WATCHED_ENDPOINTS_MAP, WATCHED_FILES_MAP,
 };
 
 use super::cgroup_hooks;
 use super::counters::CounterMap;
+use super::fence::{self, EnforceMaps, FenceLinks};
 use super::watchlist::FileMaps;
 
 /// The eBPF object built by `build.rs`.
@@ -112,6 +113,8 @@ pub struct HookMaps {
     pub counters: CounterMap,
     /// The programs' own log records; `None` when the object has no log map.
     pub logger: Option<EbpfLogger<&'static dyn log::Log>>,
+    /// What the policy's blocks refuse, per cgroup.
+    pub enforcement: EnforceMaps,
 }
 
 impl Hooks {
@@ -142,6 +145,7 @@ impl Hooks {
             hooks.program(name)?.load().map_err(|source| LoadError::Program { name, source })?;
         }
         cgroup_hooks::load(&mut hooks.ebpf)?;
+        fence::load(&mut hooks.ebpf)?;
         for &(_, name) in RAW_TRACEPOINTS {
             raw_program(&mut hooks.ebpf, name)?.load().map_err(|source| LoadError::Program { name, source })?;
         }
@@ -168,7 +172,17 @@ impl Hooks {
             endpoints: take(&mut self.ebpf, WATCHED_ENDPOINTS_MAP)?,
             counters: CounterMap::new(take(&mut self.ebpf, COUNTERS_MAP)?),
             logger,
+            enforcement: EnforceMaps {
+                cgroups: take(&mut self.ebpf, ENFORCED_CGROUPS_MAP)?,
+                inits: take(&mut self.ebpf, CONTAINER_INITS_MAP)?,
+            },
         })
+    }
+
+    /// Attaches the enforcement fences to the cgroup directory `dir` (a
+    /// pod's); they stay until the returned links are dropped.
+    pub fn attach_fence(&mut self, dir: &std::fs::File) -> Result<FenceLinks, LoadError> {
+        fence::attach(&mut self.ebpf, dir)
     }
 
     /// Attaches every loaded program; returns the tracepoints attached.

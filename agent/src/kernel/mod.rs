@@ -7,11 +7,12 @@ pub mod cgroup_hooks;
 pub mod clock;
 pub mod counters;
 pub mod decode;
+pub mod fence;
 pub mod loader;
 pub mod offsets;
 pub mod reader;
 pub mod watchlist;
 
 pub use counters::{CounterReading, KernelCounters};
-pub use decode::{decode, ConnectRecord, DecodeError, Identity, KernelAncestor, KernelEvent, OpenRecord};
+pub use decode::{decode, ConnectRecord, DecodeError, Enforced, Identity, KernelAncestor, KernelEvent, OpenRecord};
 pub use loader::{Hooks, LoadError};

@@ -49,6 +49,12 @@ pub struct Metrics {
     pub hooks_attached: AtomicBool,
     /// The gRPC server is serving (its health service says SERVING).
     pub grpc_serving: AtomicBool,
+    /// What the kernel did because of a block entry, by (action, block id).
+    enforcement: Mutex<BTreeMap<(String, String), u64>>,
+    /// Cgroups the enforcement map covers now.
+    pub enforced_cgroups: AtomicU64,
+    /// Pod cgroups with a connect fence attached now.
+    pub enforcement_fences: AtomicU64,
     /// Sources read at scrape time, registered once by the daemon.
     sources: OnceLock<Sources>,
 }
@@ -75,6 +81,12 @@ impl Metrics {
     pub fn alert_delivered(&self, rule: &str, severity: &str) {
         let mut alerts = self.alerts.lock().unwrap_or_else(PoisonError::into_inner);
         *alerts.entry((rule.to_owned(), severity.to_owned())).or_default() += 1;
+    }
+
+    /// Counts one event the kernel acted on (`action` as the proto names it).
+    pub fn enforcement_action(&self, action: &str, block: &str) {
+        let mut actions = self.enforcement.lock().unwrap_or_else(PoisonError::into_inner);
+        *actions.entry((action.to_owned(), block.to_owned())).or_default() += 1;
     }
 
     /// Registers the sources read at scrape time. The first registration

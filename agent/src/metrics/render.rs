@@ -23,6 +23,7 @@ pub fn render(metrics: &Metrics) -> String {
     out.family("tokenwatch_grpc_subscribers", "gauge", "gRPC subscribers connected now.");
     out.sample("tokenwatch_grpc_subscribers", &[], metrics.subscribers.load(Ordering::Relaxed));
     caches(metrics, &mut out);
+    enforcement(metrics, &mut out);
     out.family("tokenwatch_ready", "gauge", "1 when the hooks are attached and the gRPC server serves.");
     out.sample("tokenwatch_ready", &[], u64::from(metrics.ready()));
     out.0
@@ -114,6 +115,28 @@ fn caches(metrics: &Metrics, out: &mut Out) {
     out.sample(MISSES, &[("cache", "pods")], load(&metrics.pod_store_misses));
 }
 
+/// What the policy's blocks did and cover.
+fn enforcement(metrics: &Metrics, out: &mut Out) {
+    const ACTIONS: &str = "tokenwatch_enforcement_actions_total";
+    out.family(ACTIONS, "counter", "Events the kernel acted on for a block entry, by action and block id.");
+    let actions = metrics.enforcement.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    for ((action, block), count) in actions.iter() {
+        out.sample(ACTIONS, &[("action", action), ("block", block)], *count);
+    }
+    let gauges = [
+        (
+            "tokenwatch_enforcement_cgroups",
+            "Pod and container cgroups a block entry covers now.",
+            &metrics.enforced_cgroups,
+        ),
+        ("tokenwatch_enforcement_fences", "Pods with a connect fence attached now.", &metrics.enforcement_fences),
+    ];
+    for (name, help, value) in gauges {
+        out.family(name, "gauge", help);
+        out.sample(name, &[], value.load(Ordering::Relaxed));
+    }
+}
+
 /// The text being written.
 struct Out(String);
 
@@ -199,5 +222,19 @@ mod tests {
         assert!(text.contains("tokenwatch_grpc_subscribers 3\n"), "{text}");
         assert!(text.contains("tokenwatch_ready 0\n"), "{text}");
         assert!(!text.contains("tokenwatch_otlp_export_lag"), "no exporter, no lag: {text}");
+        assert!(text.contains("# TYPE tokenwatch_enforcement_actions_total counter\n"), "declared before any: {text}");
+    }
+
+    #[test]
+    fn enforcement_renders_actions_and_what_is_covered() {
+        let metrics = Metrics::default();
+        metrics.enforcement_action("ENFORCEMENT_ACTION_KILLED", "no-reads");
+        metrics.enforced_cgroups.store(3, Ordering::Relaxed);
+        metrics.enforcement_fences.store(2, Ordering::Relaxed);
+        let text = render(&metrics);
+        let want = "tokenwatch_enforcement_actions_total{action=\"ENFORCEMENT_ACTION_KILLED\",block=\"no-reads\"} 1\n";
+        assert!(text.contains(want), "{text}");
+        assert!(text.contains("tokenwatch_enforcement_cgroups 3\n"), "{text}");
+        assert!(text.contains("tokenwatch_enforcement_fences 2\n"), "{text}");
     }
 }

@@ -59,6 +59,12 @@ fn run(args: &[String]) -> Result<(), String> {
                 .map_err(|_| "the reading thread panicked".to_owned())?
         }
         "fork-read-exit" => fork_read_exit(&arg(1)?),
+        // Issue 11: prints what it read, so a test sees whether any byte
+        // of the token reached the process.
+        "read-print" => {
+            let data = std::fs::read(arg(1)?).map_err(|e| format!("read: {e}"))?;
+            std::io::stdout().write_all(&data).map_err(|e| format!("write: {e}"))
+        }
         "opath-reopen" => opath_reopen(&arg(1)?),
         "steal-fd" => steal_fd(&arg(1)?),
         other => Err(format!("unknown action {other}")),

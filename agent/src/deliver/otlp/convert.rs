@@ -13,7 +13,7 @@ use opentelemetry_proto::tonic::{
     resource::v1::Resource,
 };
 use pbjson_types::Timestamp;
-use tokenwatch_proto::v1::{Alert, Severity};
+use tokenwatch_proto::v1::{Alert, EnforcementAction, Severity};
 
 /// The `service.name` of every record's resource, and the scope's name.
 pub const SERVICE_NAME: &str = "tokenwatch";
@@ -114,6 +114,11 @@ fn attributes(alert: &Alert) -> Vec<KeyValue> {
     if let Some(container) = &alert.container {
         text("container.id", &container.id);
     }
+    if let Some(done) = &alert.enforcement {
+        let action = EnforcementAction::try_from(done.action).unwrap_or_default();
+        text("tokenwatch.enforcement.action", action.as_str_name());
+        text("tokenwatch.enforcement.block_id", &done.block_id);
+    }
     if let Some(process) = &alert.process {
         text("process.executable.path", &process.exe);
         if process.pid != 0 {
@@ -207,7 +212,18 @@ mod tests {
             assert_eq!(attribute(&record, key), value.as_ref(), "{key}");
         }
         assert_eq!(attribute(&record, "k8s.pod.uid"), None, "empty values are left out");
+        assert_eq!(attribute(&record, "tokenwatch.enforcement.action"), None, "nothing was done");
         assert_eq!(log_record(&alert).expect("again"), record, "the same alert makes the same record");
+        let blocked = Alert {
+            enforcement: Some(tokenwatch_proto::v1::Enforcement {
+                action: EnforcementAction::Blocked.into(),
+                block_id: "no-api".into(),
+            }),
+            ..alert
+        };
+        let record = log_record(&blocked).expect("converts");
+        assert_eq!(attribute(&record, "tokenwatch.enforcement.action"), text("ENFORCEMENT_ACTION_BLOCKED").as_ref());
+        assert_eq!(attribute(&record, "tokenwatch.enforcement.block_id"), text("no-api").as_ref());
     }
 
     #[test]

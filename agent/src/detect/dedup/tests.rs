@@ -149,3 +149,19 @@ fn seen_times_hold_out_of_order_occurrences() {
     let flushed = dedup.flush_all();
     assert_eq!((flushed[0].id.as_str(), flushed[0].count, seconds(&flushed[0])), ("run-10", 4, (8, 12)));
 }
+
+#[test]
+fn a_refused_occurrence_is_never_folded_into_one_that_was_not() {
+    use tokenwatch_proto::v1::{Enforcement, EnforcementAction};
+    let mut dedup = Deduper::new(Duration::from_secs(60), 16);
+    let now = Instant::now();
+    let plain = read(1, "c1", "/bin/cat");
+    let mut killed = read(2, "c1", "/bin/cat");
+    killed.enforcement = Some(Enforcement { action: EnforcementAction::Killed.into(), block_id: "b".into() });
+    let mut dry = killed.clone();
+    dry.enforcement = Some(Enforcement { action: EnforcementAction::WouldKill.into(), block_id: "b".into() });
+    assert!(dedup.offer(plain, now).is_some());
+    assert!(dedup.offer(killed.clone(), now).is_some(), "the kill goes out at once, on its own");
+    assert!(dedup.offer(dry, now).is_some(), "and so does a dry run's report");
+    assert!(dedup.offer(killed, now).is_none(), "a second kill is folded into the first");
+}

@@ -14,11 +14,7 @@
 //! - an exception-wide check (no match fields, duplicate id, missing field)
 //!   points at the exception's first key.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    fmt,
-    marker::PhantomData,
-};
+use std::{collections::BTreeMap, fmt, marker::PhantomData};
 
 use serde::{
     de::{self, value::MapAccessDeserializer, DeserializeSeed, MapAccess, SeqAccess, Visitor},
@@ -27,7 +23,9 @@ use serde::{
 use tokenwatch_proto::v1::Severity;
 
 use super::{
+    blocks::{Blocks, EnforcementSettings},
     matcher::{Glob, Matcher},
+    unique::{ListEntry, UniqueList},
     RULE_IDS,
 };
 
@@ -42,6 +40,12 @@ pub struct PolicyFile {
     /// Exceptions in file order; the first that matches an alert wins.
     #[serde(default)]
     pub exceptions: Exceptions,
+    /// Whether `blocks` refuse, only report, or do nothing.
+    #[serde(default)]
+    pub enforcement: EnforcementSettings,
+    /// What the node itself refuses, per pod (`blocks.rs`).
+    #[serde(default)]
+    pub blocks: Blocks,
 }
 
 impl PolicyFile {
@@ -69,10 +73,8 @@ pub struct RuleSettings {
 #[derive(Debug, Default)]
 pub struct RuleSettingsMap(pub BTreeMap<String, RuleSettings>);
 
-/// `exceptions:`. A newtype so that ids are checked for uniqueness while the
-/// list is read.
-#[derive(Debug, Default)]
-pub struct Exceptions(pub Vec<ExceptionSpec>);
+/// `exceptions:`, ids checked for uniqueness while the list is read.
+pub type Exceptions = UniqueList<ExceptionSpec>;
 
 /// One checked exception.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,7 +123,7 @@ struct RawException {
 
 /// A field that is present must hold a value of its type: YAML null is not
 /// "absent" here.
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Option<T>, D::Error> {
+pub(super) fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Option<T>, D::Error> {
     T::deserialize(deserializer).map(Some)
 }
 
@@ -135,7 +137,7 @@ fn severity<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Severit
 }
 
 /// A string that is not empty or blank.
-struct NonEmpty(String);
+pub(super) struct NonEmpty(pub(super) String);
 
 impl<'de> Deserialize<'de> for NonEmpty {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -227,7 +229,7 @@ impl<V> Visitor<'_> for KeySeed<'_, V> {
 
 /// A list with at least one entry: an empty one would match nothing, which
 /// is never what was meant.
-struct NonEmptyList<T>(Vec<T>);
+pub(super) struct NonEmptyList<T>(pub(super) Vec<T>);
 
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for NonEmptyList<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -254,7 +256,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for NonEmptyList<T> {
 
 /// A `matchLabels`: at least one pair, keys non-empty, values may be empty
 /// (Kubernetes allows empty label values).
-struct Selector(BTreeMap<String, String>);
+pub(super) struct Selector(pub(super) BTreeMap<String, String>);
 
 impl<'de> Deserialize<'de> for Selector {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -301,50 +303,14 @@ impl<'de> Deserialize<'de> for RuleSettingsMap {
     }
 }
 
-impl<'de> Deserialize<'de> for Exceptions {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Exceptions;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a list of exceptions")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Exceptions, A::Error> {
-                let mut seen = HashMap::new();
-                let mut exceptions = Vec::new();
-                while let Some(exception) = seq.next_element_seed(ExceptionSeed { seen: &mut seen })? {
-                    exceptions.push(exception);
-                }
-                Ok(Exceptions(exceptions))
-            }
-        }
-        deserializer.deserialize_seq(V)
-    }
-}
-
-/// Reads one exception, knowing the ids (and their indices) before it.
-struct ExceptionSeed<'a> {
-    seen: &'a mut HashMap<String, usize>,
-}
-
-impl<'de> DeserializeSeed<'de> for ExceptionSeed<'_> {
-    type Value = ExceptionSpec;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<ExceptionSpec, D::Error> {
-        deserializer.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for ExceptionSeed<'_> {
-    type Value = ExceptionSpec;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an exception (a map with id, reason and match fields)")
-    }
+impl ListEntry for ExceptionSpec {
+    const LIST: &'static str = "exceptions";
+    const LIST_EXPECTING: &'static str = "a list of exceptions";
+    const EXPECTING: &'static str = "an exception (a map with id, reason and match fields)";
 
     /// The checks that span fields run here, inside the exception's own
     /// map, so serde_yaml places their errors at the exception.
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ExceptionSpec, A::Error> {
+    fn from_map<'de, A: MapAccess<'de>>(map: A) -> Result<Self, A::Error> {
         let raw = RawException::deserialize(MapAccessDeserializer::new(map))?;
         let list = |field: Option<NonEmptyList<NonEmpty>>| field.map(|l| l.0.into_iter().map(|s| s.0).collect());
         let globs =
@@ -367,12 +333,10 @@ impl<'de> Visitor<'de> for ExceptionSeed<'_> {
                  namespaces, service_accounts, pod_selector, images, binaries, exec"
             )));
         }
-        let index = self.seen.len();
-        if let Some(first) = self.seen.insert(id.clone(), index) {
-            return Err(de::Error::custom(format_args!(
-                "id `{id}` is already used by exceptions[{first}]; ids must be unique"
-            )));
-        }
         Ok(ExceptionSpec { id, reason: raw.reason.0, matcher })
+    }
+
+    fn id(&self) -> &str {
+        &self.id
     }
 }

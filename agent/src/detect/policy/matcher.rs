@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use tokenwatch_proto::v1::{Alert, ProcessOrigin};
+use tokenwatch_proto::v1::{Alert, KubernetesContext, ProcessOrigin};
 
 /// A shell-like pattern: `*` matches any run of characters except `/`, `?`
 /// exactly one character except `/`, everything else itself. No escapes, no
@@ -93,6 +93,17 @@ impl Matcher {
             || self.images.is_some()
             || self.binaries.is_some()
             || self.exec.is_some()
+    }
+
+    /// Does a pod's container satisfy the pod-level fields (namespace,
+    /// ServiceAccount, labels, image)? `rules`, `binaries` and `exec` are
+    /// left out: they are per process (for blocks, judged in the kernel).
+    /// Runs [`Matcher::matches`] itself on an alert holding only the
+    /// container, so "which pods" means exactly the same for exceptions and
+    /// for blocks, unknown values included (they never match).
+    pub fn matches_pod(&self, kubernetes: &KubernetesContext) -> bool {
+        let pod_level = Matcher { rules: None, binaries: None, exec: None, ..self.clone() };
+        pod_level.matches(&Alert { kubernetes: Some(kubernetes.clone()), ..Alert::default() })
     }
 
     /// Does `alert` satisfy every given field?

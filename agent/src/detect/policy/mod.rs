@@ -10,11 +10,15 @@
 //! bad policy is refused at start-up with `file:line:column`, never
 //! half-applied.
 
+mod blocks;
 mod file;
 mod matcher;
+mod unique;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_blocks;
 #[cfg(test)]
 mod tests_errors;
 
@@ -26,8 +30,9 @@ use std::{
 
 use tokenwatch_proto::v1::{Alert, Severity};
 
+pub use self::blocks::{BlockActions, BlockSpec, EnforcementMode};
 use self::file::{ExceptionSpec, PolicyFile, RuleSettings};
-pub use self::matcher::Glob;
+pub use self::matcher::{Glob, Matcher};
 
 /// Every rule id the detector emits; a policy naming any other is refused.
 /// The one list of rule ids, so the detector, the policy and the docs agree.
@@ -97,6 +102,8 @@ pub enum Verdict {
 pub struct Policy {
     rules: BTreeMap<String, RuleSettings>,
     exceptions: Vec<Exception>,
+    enforcement: EnforcementMode,
+    blocks: Vec<BlockSpec>,
 }
 
 /// An exception and how many alerts it has silenced in this run.
@@ -113,7 +120,7 @@ impl Policy {
         let file = PolicyFile::parse(text).map_err(|error| invalid(path, text, &error))?;
         let exceptions =
             file.exceptions.0.into_iter().map(|spec| Exception { spec, suppressed: AtomicU64::new(0) }).collect();
-        Ok(Policy { rules: file.rules.0, exceptions })
+        Ok(Policy { rules: file.rules.0, exceptions, enforcement: file.enforcement.mode, blocks: file.blocks.0 })
     }
 
     /// Reads and parses a policy file.
@@ -174,6 +181,22 @@ impl Policy {
         self.rules.get(rule).and_then(|s| s.enabled) != Some(false)
     }
 
+    /// The block entries in force, in file order, each with whether it
+    /// refuses (`true`) or only reports (`false`, dry run). Empty when
+    /// `enforcement.mode` is `off`.
+    pub fn blocks(&self) -> Vec<(&BlockSpec, bool)> {
+        match self.enforcement {
+            EnforcementMode::Off => Vec::new(),
+            EnforcementMode::DryRun => self.blocks.iter().map(|b| (b, false)).collect(),
+            EnforcementMode::Enforce => self.blocks.iter().map(|b| (b, !b.dry_run)).collect(),
+        }
+    }
+
+    /// `enforcement.mode`, for logs.
+    pub fn enforcement_mode(&self) -> EnforcementMode {
+        self.enforcement
+    }
+
     /// The severity the policy forces on `rule`'s alerts, if any.
     pub fn rule_severity(&self, rule: &str) -> Option<Severity> {
         self.rules.get(rule).and_then(|s| s.severity)
@@ -208,22 +231,29 @@ fn name_exception(text: &str, message: &str) -> String {
     struct Ids {
         #[serde(default)]
         exceptions: Vec<Id>,
+        #[serde(default)]
+        blocks: Vec<Id>,
     }
     #[derive(serde::Deserialize)]
     struct Id {
         id: Option<serde_yaml::Value>,
     }
+    let (what, rest) = match message.strip_prefix("blocks[") {
+        Some(rest) => ("block", Some(rest)),
+        None => ("exception", message.strip_prefix("exceptions[")),
+    };
     let id = || -> Option<String> {
-        let index: usize = message.strip_prefix("exceptions[")?.split(']').next()?.parse().ok()?;
+        let index: usize = rest?.split(']').next()?.parse().ok()?;
         let ids: Ids = serde_yaml::from_str(text).ok()?;
-        match ids.exceptions.into_iter().nth(index)?.id? {
+        let list = if what == "block" { ids.blocks } else { ids.exceptions };
+        match list.into_iter().nth(index)?.id? {
             serde_yaml::Value::String(id) => Some(id),
             serde_yaml::Value::Number(id) => Some(id.to_string()),
             _ => None,
         }
     };
     match (message.split_once(": "), id()) {
-        (Some((yaml_path, rest)), Some(id)) => format!("{yaml_path} (exception `{id}`): {rest}"),
+        (Some((yaml_path, rest)), Some(id)) => format!("{yaml_path} ({what} `{id}`): {rest}"),
         _ => message.to_owned(),
     }
 }

@@ -21,7 +21,7 @@ const FIRST: &str = "exceptions:\n  - id: a\n    reason: first\n    namespaces: 
 #[test]
 fn schema_errors_name_file_line_column_and_path() {
     let cases = [
-        ("rulez: {}\n", "policy.yaml:1:1: unknown field `rulez`, expected `rules` or `exceptions`"),
+        ("rulez: {}\n", "policy.yaml:1:1: unknown field `rulez`, expected one of `rules`, `exceptions`, `enforcement`, `blocks`"),
         ("rules:\n  token-read: { enabled: true, sev: low }\n", "policy.yaml:2:32: rules.token-read: unknown field `sev`"),
         ("rules:\n  token-read: { severity: urgent }\n", "policy.yaml:2:27: rules.token-read.severity: unknown variant `urgent`, expected one of `low`, `medium`, `high`, `critical`"),
         ("rules:\n  token-read: {}\n  token-reed: {}\n", "policy.yaml:3:3: rules: unknown rule `token-reed`; the rules are token-read, apiserver-connect, token-theft-chain, node-token-harvest"),

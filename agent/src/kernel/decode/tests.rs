@@ -1,6 +1,8 @@
 use std::mem::{size_of, zeroed};
 
-use tokenwatch_common::{ConnectEvent, ConnectVia, EventKind, OpenEvent, OpenSyscall, AF_INET, AF_INET6};
+use tokenwatch_common::{
+    ConnectEvent, ConnectVia, EnforceAction, EventKind, OpenEvent, OpenSyscall, AF_INET, AF_INET6,
+};
 
 use super::*;
 
@@ -42,6 +44,8 @@ fn open_event() -> OpenEvent {
         put(&mut event.path.components[slot], name);
     }
     event.path.depth = 3;
+    event.enforcement.action = EnforceAction::Killed as u32;
+    event.enforcement.block = 2;
     event
 }
 
@@ -64,6 +68,7 @@ fn open_record_decodes_every_field() {
     assert_eq!(record.requested_path, "token");
     assert_eq!(record.resolved_path, "/serviceaccount/..data/token");
     assert!(!record.resolved_path_truncated);
+    assert_eq!(record.enforced, Enforced { action: EnforceAction::Killed, block: 2 });
 }
 
 #[test]
@@ -120,4 +125,7 @@ fn bad_records_are_refused_with_the_reason() {
     let mut event = open_event();
     event.syscall = 9;
     assert_eq!(decode(&bytes_of(&event)), Err(DecodeError::Syscall(UnknownValue(9))));
+    let mut event = open_event();
+    event.enforcement.action = 8;
+    assert_eq!(decode(&bytes_of(&event)), Err(DecodeError::Action(UnknownValue(8))));
 }

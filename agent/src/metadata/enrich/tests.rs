@@ -34,6 +34,7 @@ fn open_from(leaf: &str, parent: &str) -> KernelEvent {
         requested_path: "token".into(),
         resolved_path: "/token".into(),
         resolved_path_truncated: false,
+        enforced: Default::default(),
     })
 }
 

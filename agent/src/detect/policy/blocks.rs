@@ -1,0 +1,178 @@
+//! `blocks:` and `enforcement:`, the policy's optional enforcement (issue
+//! 11): what the node itself refuses, per pod, besides alerting.
+//!
+//! A block entry uses the exceptions' selectors and their [`Matcher`], so
+//! "which pods" means the same in both. Checks run inside deserialization,
+//! as in `file.rs`, so errors carry the value's own line:column and path.
+//!
+//! `binaries` is refused here. It would have to be judged in the kernel at
+//! the syscall (a process exec'd a moment ago can connect before the agent
+//! ever sees it), where the only identity of the executable is the inode
+//! of `task->mm->exe_file`. The agent would have to expand every glob into
+//! inodes by walking every covered container's filesystem, again and again:
+//! a binary dropped or replaced between two walks would not be covered, so
+//! the block would fail open for exactly what an attacker brings in; and on
+//! an overlayfs whose layers span file systems without `xino`, the device
+//! `stat` reports is not the one the kernel sees. A selector that silently
+//! covers less than it says would let through what the operator meant to
+//! stop; selecting by image and `exec` does not have these gaps.
+
+use std::fmt;
+
+use serde::{
+    de::{self, value::MapAccessDeserializer, SeqAccess, Visitor},
+    Deserialize, Deserializer,
+};
+
+use super::{
+    file::{present, NonEmpty, NonEmptyList, Selector},
+    matcher::{Glob, Matcher},
+    unique::{ListEntry, UniqueList},
+};
+
+/// `enforcement:`: one switch over every block entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnforcementSettings {
+    /// `enforce` (the default), `dry-run` or `off`.
+    #[serde(default)]
+    pub mode: EnforcementMode,
+}
+
+/// Whether block entries refuse, only report, or do nothing at all.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EnforcementMode {
+    /// Nothing is attached or refused; the entries are only checked.
+    Off,
+    /// Every entry reports what it would have refused, and refuses nothing.
+    DryRun,
+    /// Each entry refuses, unless it says `dry_run: true`.
+    #[default]
+    Enforce,
+}
+
+/// What an entry refuses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockActions {
+    /// Opening a watched token file: the process is killed at the open's
+    /// return, before it can read a byte.
+    pub token_read: bool,
+    /// Connecting to a watched API-server endpoint: `EPERM`.
+    pub apiserver_connect: bool,
+}
+
+/// One checked block entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockSpec {
+    /// Unique name, put in every alert about what it did.
+    pub id: String,
+    /// Why; logged when it starts covering a pod.
+    pub reason: String,
+    /// What it refuses.
+    pub actions: BlockActions,
+    /// Which pods, containers and processes (never `rules` or `binaries`).
+    pub matcher: Matcher,
+    /// Only report what it would refuse.
+    pub dry_run: bool,
+}
+
+/// `blocks:`, ids checked for uniqueness while the list is read.
+pub type Blocks = UniqueList<BlockSpec>;
+
+/// The actions a file may name.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum ActionName {
+    TokenRead,
+    ApiserverConnect,
+}
+
+/// An entry as written, before the checks that span fields.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBlock {
+    id: NonEmpty,
+    reason: NonEmpty,
+    actions: NonEmptyList<ActionName>,
+    #[serde(default, deserialize_with = "present")]
+    namespaces: Option<NonEmptyList<NonEmpty>>,
+    #[serde(default, deserialize_with = "present")]
+    service_accounts: Option<NonEmptyList<NonEmpty>>,
+    #[serde(default, deserialize_with = "present")]
+    pod_selector: Option<Selector>,
+    #[serde(default, deserialize_with = "present")]
+    images: Option<NonEmptyList<NonEmpty>>,
+    #[serde(default, deserialize_with = "present")]
+    exec: Option<bool>,
+    #[serde(default, deserialize_with = "no_binaries")]
+    #[allow(dead_code)] // only ever an error
+    binaries: Option<()>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `binaries` in a block entry is refused where it is written (see the
+/// module docs for why): the visitor refuses the value itself, so serde_yaml
+/// places the error at it.
+fn no_binaries<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<()>, D::Error> {
+    const WHY: &str = "is not supported in blocks: the kernel would have to judge the executable at the syscall, \
+                       and a path glob cannot be turned faithfully into the inodes it sees there; select with \
+                       namespaces, service_accounts, pod_selector, images and exec instead";
+    struct Refuse;
+    impl<'de> Visitor<'de> for Refuse {
+        type Value = Option<()>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("nothing (binaries are not supported in blocks)")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+            Err(de::Error::custom(WHY))
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Err(E::custom(WHY))
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Err(E::custom(WHY))
+        }
+    }
+    deserializer.deserialize_any(Refuse)
+}
+
+impl ListEntry for BlockSpec {
+    const LIST: &'static str = "blocks";
+    const LIST_EXPECTING: &'static str = "a list of block entries";
+    const EXPECTING: &'static str = "a block entry (a map with id, reason, actions and match fields)";
+
+    /// Checks that span fields, placed at the entry by serde_yaml.
+    fn from_map<'de, A: de::MapAccess<'de>>(map: A) -> Result<Self, A::Error> {
+        let raw = RawBlock::deserialize(MapAccessDeserializer::new(map))?;
+        let list = |field: Option<NonEmptyList<NonEmpty>>| field.map(|l| l.0.into_iter().map(|s| s.0).collect());
+        let matcher = Matcher {
+            rules: None,
+            namespaces: list(raw.namespaces),
+            service_accounts: list(raw.service_accounts),
+            pod_selector: raw.pod_selector.map(|s| s.0),
+            images: raw.images.map(|l| l.0.iter().map(|s| Glob::new(&s.0)).collect()),
+            binaries: None,
+            exec: raw.exec,
+        };
+        if !matcher.has_match_fields() {
+            return Err(de::Error::custom(
+                "has no match fields, so it would refuse in every pod on the node; give at least one of namespaces, \
+                 service_accounts, pod_selector, images, exec",
+            ));
+        }
+        let mut actions = BlockActions::default();
+        for action in raw.actions.0 {
+            match action {
+                ActionName::TokenRead => actions.token_read = true,
+                ActionName::ApiserverConnect => actions.apiserver_connect = true,
+            }
+        }
+        Ok(BlockSpec { id: raw.id.0, reason: raw.reason.0, actions, matcher, dry_run: raw.dry_run })
+    }
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+}

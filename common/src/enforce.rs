@@ -1,0 +1,130 @@
+//! Enforcement (issue 11): what the agent asks the kernel to refuse, per
+//! cgroup, and what the kernel says it did about an event.
+//!
+//! The agent resolves the pod-level selectors of the policy's `blocks`
+//! (namespace, ServiceAccount, labels, image) into one [`CgroupEnforcement`]
+//! per pod or container cgroup (keyed by the cgroup v2 id). What only the
+//! kernel can know at the syscall, whether the process was exec'd into its
+//! container, is a per-slot filter the programs judge themselves.
+
+use crate::UnknownValue;
+
+/// Slots per action in a [`CgroupEnforcement`]: one per distinct
+/// (mode, exec filter) pair is enough (2 x 3), and two spare.
+pub const ENFORCE_SLOTS: usize = 8;
+
+/// Name of the map of [`CgroupEnforcement`]s by cgroup v2 id.
+pub const ENFORCED_CGROUPS_MAP: &str = "ENFORCED_CGROUPS";
+/// Name of the map of containers' first processes (host tgid) by their
+/// cgroup v2 id, so the kernel tells exec'd processes apart the way the
+/// agent does (`detect/origin.rs`), even in a pod sharing one pid namespace.
+pub const CONTAINER_INITS_MAP: &str = "CONTAINER_INITS";
+
+/// [`EnforceSlot::mode`]: the slot is unused.
+pub const MODE_NONE: u32 = 0;
+/// [`EnforceSlot::mode`]: refuse (connect: `EPERM`; token read: `SIGKILL`).
+pub const MODE_ENFORCE: u32 = 1;
+/// [`EnforceSlot::mode`]: only report what would have been refused.
+pub const MODE_DRY_RUN: u32 = 2;
+
+/// [`EnforceSlot::exec`]: every process.
+pub const EXEC_ANY: u32 = 0;
+/// [`EnforceSlot::exec`]: only processes exec'd into the container.
+pub const EXEC_ONLY: u32 = 1;
+/// [`EnforceSlot::exec`]: only processes known not to be exec'd.
+pub const EXEC_NEVER: u32 = 2;
+
+/// One block entry as it applies to one cgroup and one action.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EnforceSlot {
+    /// The agent's number for the policy's block entry (named in the alert).
+    pub block: u32,
+    /// `MODE_*`.
+    pub mode: u32,
+    /// `EXEC_*`: which processes the entry covers.
+    pub exec: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
+/// What to refuse in one cgroup and its descendants. Slots are judged in
+/// order, the first whose exec filter matches decides: the agent puts the
+/// enforcing entries first, so a process is refused if any entry refuses it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupEnforcement {
+    /// Connects to a watched API-server endpoint.
+    pub connect: [EnforceSlot; ENFORCE_SLOTS],
+    /// Opens of a watched token file.
+    pub token_read: [EnforceSlot; ENFORCE_SLOTS],
+}
+
+/// What the kernel did about the event, carried by every event.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EnforceAction {
+    /// Nothing: no block entry covers it.
+    #[default]
+    None = 0,
+    /// The connect was refused with `EPERM`.
+    Blocked = 1,
+    /// A dry-run entry covers the connect: it went on.
+    WouldBlock = 2,
+    /// The process got `SIGKILL` at the open's return, before it could
+    /// read a byte.
+    Killed = 3,
+    /// A dry-run entry covers the read: the process lives.
+    WouldKill = 4,
+}
+
+impl TryFrom<u32> for EnforceAction {
+    type Error = UnknownValue;
+    fn try_from(value: u32) -> Result<Self, Self::Error> {
+        match value {
+            0 => Ok(EnforceAction::None),
+            1 => Ok(EnforceAction::Blocked),
+            2 => Ok(EnforceAction::WouldBlock),
+            3 => Ok(EnforceAction::Killed),
+            4 => Ok(EnforceAction::WouldKill),
+            other => Err(UnknownValue(other)),
+        }
+    }
+}
+
+/// The enforcement part of an event: which action, by which block entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Enforcement {
+    /// An [`EnforceAction`] discriminant.
+    pub action: u32,
+    /// [`EnforceSlot::block`] of the entry that decided (0 with no action).
+    pub block: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY for all: repr(C), integers and arrays only, padding explicit.
+    unsafe impl aya::Pod for super::CgroupEnforcement {}
+    unsafe impl aya::Pod for super::EnforceSlot {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<EnforceSlot>(), 16);
+        assert_eq!(size_of::<CgroupEnforcement>(), 2 * ENFORCE_SLOTS * 16);
+        assert_eq!(size_of::<Enforcement>(), 8);
+    }
+
+    #[test]
+    fn actions_decode_checked() {
+        assert_eq!(EnforceAction::try_from(1), Ok(EnforceAction::Blocked));
+        assert_eq!(EnforceAction::try_from(3), Ok(EnforceAction::Killed));
+        assert_eq!(EnforceAction::try_from(5), Err(UnknownValue(5)));
+    }
+}

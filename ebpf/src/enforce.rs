@@ -1,0 +1,311 @@
+//! Enforcement (issue 11): refusing what the operator's `blocks` forbid,
+//! with the hooks this kernel loads (no BPF LSM).
+//!
+//! * `fence_connect4`/`fence_connect6`: cgroup socket-address programs the
+//!   agent attaches (as `bpf_link`s) to the cgroup of each pod a block entry
+//!   covers. A connect to a watched API-server endpoint from a process the
+//!   entry covers returns 0: the kernel fails the connect with `EPERM`.
+//! * [`token_opened`]: called by the open exits after a watched token file
+//!   matched; sends `SIGKILL` to a covered process. The signal is pending
+//!   when the syscall returns, so the process dies before it runs another
+//!   instruction: it never reads a byte.
+//!
+//! What is covered comes from [`ENFORCED_CGROUPS`], keyed by cgroup v2 id:
+//! the agent writes the pod's cgroup (and, for entries that select on the
+//! image, each container's); the programs look up every ancestor of the
+//! current cgroup and the deepest entry wins. Nothing is pinned: when the
+//! agent exits, maps and links go with it and nothing stays blocked.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
+        generated::{bpf_get_current_ancestor_cgroup_id, bpf_send_signal},
+    },
+    macros::{cgroup_sock_addr, map},
+    maps::{HashMap, LruHashMap},
+    programs::SockAddrContext,
+};
+use tokenwatch_common::{
+    CgroupEnforcement, EndpointKey, EnforceAction, EnforceSlot, Enforcement, KernelOffsets, ENFORCE_SLOTS, EXEC_ANY,
+    EXEC_NEVER, EXEC_ONLY, MODE_DRY_RUN, MODE_ENFORCE, MODE_NONE,
+};
+
+use crate::{
+    kernel::{read_ptr, read_u32},
+    maps::{is_agent, KERNEL_OFFSETS, WATCHED_ENDPOINTS},
+    sock_addr::{endpoint4, endpoint6},
+};
+
+/// What a block entry covers, by cgroup v2 id; written by the agent.
+#[map(name = "ENFORCED_CGROUPS")]
+pub static ENFORCED_CGROUPS: HashMap<u64, CgroupEnforcement> = HashMap::with_max_entries(8192, 0);
+
+/// Host tgid of each covered container's first process, by the container's
+/// cgroup v2 id: the same init the agent's origin judgement uses.
+#[map(name = "CONTAINER_INITS")]
+pub static CONTAINER_INITS: HashMap<u64, u32> = HashMap::with_max_entries(8192, 0);
+
+/// What a fence program did to a thread's connect, until the hook that
+/// reports the connect picks it up. LRU: a mark nobody reads must not pile up.
+#[map(name = "ENFORCE_MARKS")]
+pub static ENFORCE_MARKS: LruHashMap<u32, Mark> = LruHashMap::with_max_entries(4096, 0);
+
+/// A fence's decision about one connect; kernel-only.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Mark {
+    /// What was done, by which entry.
+    pub enforcement: Enforcement,
+    /// Destination port, host order, to match the report to the connect.
+    pub port: u16,
+    /// Explicit padding.
+    pub _pad: [u8; 6],
+    /// `bpf_ktime_get_ns()` of the decision.
+    pub at_ns: u64,
+}
+
+/// A cgroup program's "let it go on".
+const ALLOW: i32 = 1;
+/// A cgroup program's "refuse": the connect fails with `EPERM`.
+const DENY: i32 = 0;
+/// Cgroup levels searched below the root (kubepods, QoS, pod, container
+/// and a few more for systemd slices and nested runtimes).
+const MAX_LEVELS: i32 = 12;
+/// How old a mark may be and still describe the connect being reported.
+const MARK_MAX_AGE_NS: u64 = 1_000_000_000;
+/// `SIGKILL`.
+const SIGKILL: u32 = 9;
+/// `O_ACCMODE` and `O_WRONLY`: a write-only open reads nothing.
+const O_ACCMODE: u64 = 3;
+const O_WRONLY: u64 = 1;
+
+#[cgroup_sock_addr(connect4)]
+pub fn fence_connect4(ctx: SockAddrContext) -> i32 {
+    let (_, _, key) = endpoint4(&ctx);
+    fence(key)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn fence_connect6(ctx: SockAddrContext) -> i32 {
+    let (_, _, key) = endpoint6(&ctx);
+    fence(key)
+}
+
+/// Refuses (or, dry-run, marks) a covered connect to a watched endpoint.
+#[inline(always)]
+fn fence(key: EndpointKey) -> i32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if is_agent((pid_tgid >> 32) as u32) {
+        return ALLOW;
+    }
+    // SAFETY: value not used beyond presence.
+    if unsafe { WATCHED_ENDPOINTS.get(key) }.is_none() {
+        return ALLOW;
+    }
+    let Some(rules) = covering() else { return ALLOW };
+    // SAFETY: current task pointer, read only via probes.
+    let task = unsafe { bpf_get_current_task() };
+    let Some(slot) = decide(&rules.connect, task) else { return ALLOW };
+    let enforce = slot.mode == MODE_ENFORCE;
+    let action = if enforce { EnforceAction::Blocked } else { EnforceAction::WouldBlock };
+    let mark = Mark {
+        enforcement: Enforcement { action: action as u32, block: slot.block },
+        port: key.port,
+        _pad: [0; 6],
+        // SAFETY: no preconditions.
+        at_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    let _ = ENFORCE_MARKS.insert(pid_tgid as u32, mark, 0);
+    if enforce {
+        DENY
+    } else {
+        ALLOW
+    }
+}
+
+/// What a fence did to the current thread's connect to `port`, taken so a
+/// later connect does not inherit it. Called by the hooks that report.
+#[inline(always)]
+pub fn take_mark(port: u16) -> Enforcement {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: copied out before removal.
+    let Some(mark) = (unsafe { ENFORCE_MARKS.get(tid) }).copied() else { return Enforcement::default() };
+    let _ = ENFORCE_MARKS.remove(tid);
+    // SAFETY: no preconditions.
+    let age = unsafe { bpf_ktime_get_ns() }.wrapping_sub(mark.at_ns);
+    if mark.port == port && age < MARK_MAX_AGE_NS {
+        mark.enforcement
+    } else {
+        Enforcement::default()
+    }
+}
+
+/// Called after an open matched a watched token file: kills a process a
+/// block entry forbids to read it (dry-run: only says so). `flags` are the
+/// open's; a write-only open is not a read and is left alone. Not inlined,
+/// and reading the few offsets it needs in place (not the callers' copy of
+/// [`KernelOffsets`]): the open exits' frames are close to the 512-byte
+/// stack limit.
+#[inline(never)]
+pub fn token_opened(flags: u64, task: u64) -> Enforcement {
+    if flags & O_ACCMODE == O_WRONLY {
+        return Enforcement::default();
+    }
+    let Some(rules) = covering() else { return Enforcement::default() };
+    let Some(slot) = decide(&rules.token_read, task) else { return Enforcement::default() };
+    if slot.mode == MODE_ENFORCE {
+        // SAFETY: signals the current process; the kernel refuses kernel
+        // threads and exiting tasks itself.
+        let sent = unsafe { bpf_send_signal(SIGKILL) };
+        if sent == 0 {
+            return Enforcement { action: EnforceAction::Killed as u32, block: slot.block };
+        }
+        return Enforcement::default();
+    }
+    Enforcement { action: EnforceAction::WouldKill as u32, block: slot.block }
+}
+
+/// The deepest entry of [`ENFORCED_CGROUPS`] among the current cgroup and
+/// its ancestors.
+#[inline(always)]
+fn covering() -> Option<&'static CgroupEnforcement> {
+    let mut found = None;
+    for level in 1..=MAX_LEVELS {
+        // SAFETY: no preconditions; 0 past the current cgroup's level.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if id == 0 {
+            break;
+        }
+        // SAFETY: the map value lives as long as the entry; read at once.
+        if let Some(entry) = unsafe { ENFORCED_CGROUPS.get(id) } {
+            found = Some(entry);
+        }
+    }
+    found
+}
+
+/// The first slot whose exec filter covers the current process.
+#[inline(always)]
+fn decide(slots: &[EnforceSlot; ENFORCE_SLOTS], task: u64) -> Option<EnforceSlot> {
+    let needs_origin = slots.iter().any(|s| s.mode != MODE_NONE && s.exec != EXEC_ANY);
+    let origin = if needs_origin { origin(task) } else { Origin::Unknown };
+    for slot in slots.iter() {
+        if slot.mode != MODE_ENFORCE && slot.mode != MODE_DRY_RUN {
+            continue;
+        }
+        let covered = match slot.exec {
+            EXEC_ANY => true,
+            EXEC_ONLY => origin == Origin::Exec,
+            EXEC_NEVER => origin == Origin::NotExec,
+            _ => false,
+        };
+        if covered {
+            return Some(*slot);
+        }
+    }
+    None
+}
+
+/// Whether the process was put into its container from outside.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// The chain ended before either answer: neither filter matches.
+    Unknown,
+    /// `kubectl exec`, `crictl exec`, `nsenter`.
+    Exec,
+    /// The container's entrypoint or its descendants, or a host process.
+    NotExec,
+}
+
+/// The agent's `detect/origin.rs`, on the live task: walking up, reaching
+/// the container's init (from [`CONTAINER_INITS`], else pid 1 of the
+/// process's own pid namespace) means not exec'd; reaching a parent in a
+/// shallower pid namespace first means exec'd.
+#[inline(always)]
+fn origin(task: u64) -> Origin {
+    let offsets = TaskOffsets::load();
+    let (ns_pid, level) = offsets.pid_in_namespace(task);
+    if level == 0 {
+        return Origin::NotExec;
+    }
+    // SAFETY: no preconditions; the value is copied at once.
+    let init = unsafe { CONTAINER_INITS.get(bpf_get_current_cgroup_id()) }.copied().unwrap_or(0);
+    let is_init = |tgid: u32, ns_pid: u32, ns_level: u32| {
+        if init != 0 {
+            tgid == init
+        } else {
+            ns_pid == 1 && ns_level == level
+        }
+    };
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if is_init(tgid, ns_pid, level) {
+        return Origin::NotExec;
+    }
+    let mut current = task;
+    for _ in 0..tokenwatch_common::MAX_ANCESTORS {
+        let parent = read_ptr(current, offsets.real_parent).unwrap_or(0);
+        if parent == 0 || parent == current {
+            break;
+        }
+        let (parent_ns_pid, parent_level) = offsets.pid_in_namespace(parent);
+        let parent_tgid = read_u32(parent, offsets.tgid).unwrap_or(0);
+        if is_init(parent_tgid, parent_ns_pid, parent_level) {
+            return Origin::NotExec;
+        }
+        if parent_level < level {
+            return Origin::Exec;
+        }
+        if parent_tgid <= 1 {
+            break;
+        }
+        current = parent;
+    }
+    Origin::Unknown
+}
+
+/// The task fields [`origin`] walks, read one by one from the global (a
+/// copy of the whole [`KernelOffsets`] would not fit the callers' stack).
+struct TaskOffsets {
+    real_parent: u32,
+    tgid: u32,
+    group_leader: u32,
+    thread_pid: u32,
+    pid_level: u32,
+    pid_numbers: u32,
+    upid_nr: u32,
+    upid_size: u32,
+}
+
+impl TaskOffsets {
+    #[inline(always)]
+    fn load() -> Self {
+        // `Global` is `repr(transparent)` over the value; each field is
+        // read volatile, as `Global::load` reads the whole, so the loader's
+        // values are used, not the zeroes the object was built with.
+        let all = core::ptr::addr_of!(KERNEL_OFFSETS).cast::<KernelOffsets>();
+        // SAFETY: a valid, aligned static; u32 fields.
+        unsafe {
+            TaskOffsets {
+                real_parent: core::ptr::read_volatile(core::ptr::addr_of!((*all).task_real_parent)),
+                tgid: core::ptr::read_volatile(core::ptr::addr_of!((*all).task_tgid)),
+                group_leader: core::ptr::read_volatile(core::ptr::addr_of!((*all).task_group_leader)),
+                thread_pid: core::ptr::read_volatile(core::ptr::addr_of!((*all).task_thread_pid)),
+                pid_level: core::ptr::read_volatile(core::ptr::addr_of!((*all).pid_level)),
+                pid_numbers: core::ptr::read_volatile(core::ptr::addr_of!((*all).pid_numbers)),
+                upid_nr: core::ptr::read_volatile(core::ptr::addr_of!((*all).upid_nr)),
+                upid_size: core::ptr::read_volatile(core::ptr::addr_of!((*all).upid_size)),
+            }
+        }
+    }
+
+    /// As `identity.rs`'s: the process's pid in its own pid namespace and
+    /// that namespace's depth, from the group leader.
+    #[inline(always)]
+    fn pid_in_namespace(&self, task: u64) -> (u32, u32) {
+        let leader = read_ptr(task, self.group_leader).unwrap_or(task);
+        let pid = read_ptr(leader, self.thread_pid).unwrap_or(0);
+        let level = read_u32(pid, self.pid_level).unwrap_or(0);
+        let at = self.pid_numbers + level.wrapping_mul(self.upid_size) + self.upid_nr;
+        (read_u32(pid, at).unwrap_or(0), level)
+    }
+}
