@@ -356,16 +356,4 @@ mod tests {
                     pods=1000 deleted_while_unwatched=0";
         assert_eq!(field(line, "pods"), Some(1000));
     }
-
-    /// Needs root and `cargo xtask build --release`; run with
-    /// `cargo test -p xtask --release memory -- --ignored --nocapture`.
-    #[test]
-    #[ignore = "needs root and a release agent (cargo xtask build --release); takes about 30 s"]
-    fn measure_the_release_agent_with_1000_pods() {
-        let root = crate::util::workspace_root();
-        let work = root.join("target/bench/memory-test");
-        let figures = measure(&root.join("target/release/tokenwatch"), &work, 1000).expect("measure");
-        crate::util::say(format!("{figures:#?}"));
-        assert_eq!(figures.pods_seen_by_agent, 1000);
-    }
 }
