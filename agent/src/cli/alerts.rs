@@ -1,10 +1,11 @@
 //! `tokenwatch alerts`: read the agent's alert stream, the way
 //! `kubectl logs -f` feels: what is there, then (with `--follow`) what comes.
 
+use futures::FutureExt;
 use tokenwatch_proto::v1::{
     alert_service_client::AlertServiceClient, subscribe_response::Item, Severity, SubscribeRequest,
 };
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, BufWriter};
 use tonic::transport::Channel;
 
 use crate::deliver::{grpc::Listen, stdout};
@@ -74,13 +75,25 @@ pub async fn run(args: &AlertsArgs) -> Result<(), AlertsError> {
         pods: args.pods.clone(),
     };
     let mut stream = client.subscribe(request).await?.into_inner();
-    let mut out = tokio::io::stdout();
-    while let Some(response) = stream.message().await? {
+    // Lines are buffered while alerts keep arriving and flushed as soon as
+    // none is ready: a burst costs a few writes, not a blocking-pool round
+    // trip per line, and a lone alert is still printed at once.
+    let mut out = BufWriter::new(tokio::io::stdout());
+    loop {
+        // `message` is cancel safe: a pending one dropped here loses nothing.
+        let next = match stream.message().now_or_never() {
+            Some(ready) => ready?,
+            None => {
+                out.flush().await.map_err(stdout::StdoutError::from)?;
+                stream.message().await?
+            }
+        };
+        let Some(response) = next else { break };
         match response.item {
             Some(Item::Alert(alert)) => {
                 if let Some(line) = stdout::render(args.output, &alert)? {
-                    out.write_all(format!("{line}\n").as_bytes()).await.map_err(stdout::StdoutError::from)?;
-                    out.flush().await.map_err(stdout::StdoutError::from)?;
+                    out.write_all(line.as_bytes()).await.map_err(stdout::StdoutError::from)?;
+                    out.write_all(b"\n").await.map_err(stdout::StdoutError::from)?;
                 }
             }
             Some(Item::Gap(gap)) => tracing::warn!(
@@ -91,6 +104,7 @@ pub async fn run(args: &AlertsArgs) -> Result<(), AlertsError> {
             None => {}
         }
     }
+    out.flush().await.map_err(stdout::StdoutError::from)?;
     Ok(())
 }
 
