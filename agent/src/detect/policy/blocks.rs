@@ -106,7 +106,7 @@ struct RawBlock {
     #[serde(default, deserialize_with = "present")]
     exec: Option<bool>,
     #[serde(default, deserialize_with = "no_binaries")]
-    #[allow(dead_code)] // only ever an error
+    #[expect(dead_code, reason = "never read: its deserializer refuses every value with an error")]
     binaries: Option<()>,
     #[serde(default)]
     dry_run: bool,
