@@ -22,16 +22,37 @@ pub fn wait_for_metrics(log: &Path, agent: &mut Child) -> Result<String> {
             bail!("the agent exited at start ({status}); see {}", log.display());
         }
         let text = fs::read_to_string(log).unwrap_or_default();
-        if let Some(addr) = text
-            .lines()
-            .find(|l| l.contains("metrics and health endpoints listening"))
-            .and_then(|l| l.split("addr=").nth(1)?.split_whitespace().next().map(str::to_owned))
-        {
+        if let Some(addr) = text.lines().find(|l| l.contains(METRICS_LISTENING)).and_then(metrics_addr) {
             return Ok(addr);
         }
         thread::sleep(Duration::from_millis(200));
     }
     bail!("the agent did not start its metrics listener within 30 s; see {}", log.display())
+}
+
+/// What the agent logs once its metrics endpoint listens.
+pub const METRICS_LISTENING: &str = "metrics and health endpoints listening";
+
+/// The `addr=` of the agent's [`METRICS_LISTENING`] log line.
+pub fn metrics_addr(line: &str) -> Option<String> {
+    line.split("addr=").nth(1)?.split_whitespace().next().map(str::to_owned)
+}
+
+/// Waits until the CPU time of `pids` stops moving for one `step` (at most
+/// `limit`): the work they were given is done, so it is not billed to
+/// what is measured next.
+pub fn wait_until_idle(pids: &[u32], step: Duration, limit: Duration) {
+    let ticks = || pids.iter().map(|pid| cpu_ticks(*pid)).sum::<u64>();
+    let deadline = Instant::now() + limit;
+    let mut last = ticks();
+    while Instant::now() < deadline {
+        thread::sleep(step);
+        let now = ticks();
+        if now == last {
+            return;
+        }
+        last = now;
+    }
 }
 
 /// Kernel events sent and dropped, summed over hooks, from `/metrics`.

@@ -113,27 +113,14 @@ impl Agent {
     /// Waits until its CPU time stops moving for 500 ms (at most `limit`):
     /// the work it was given is done.
     pub fn settle(&self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        let mut last = agent_probe::cpu_ticks(self.pid());
-        while Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(500));
-            let now = agent_probe::cpu_ticks(self.pid());
-            if now == last {
-                return;
-            }
-            last = now;
-        }
+        agent_probe::wait_until_idle(&[self.pid()], Duration::from_millis(500), limit);
     }
 
     /// The address of its metrics endpoint, from its log (it must have been
     /// started with `--metrics-listen`).
     pub fn metrics_addr(&self, timeout: Duration) -> Result<String> {
-        let line = self.wait_for_log("metrics and health endpoints listening", timeout)?;
-        line.split("addr=")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .map(str::to_owned)
-            .with_context(|| format!("no addr= in `{line}`"))
+        let line = self.wait_for_log(agent_probe::METRICS_LISTENING, timeout)?;
+        agent_probe::metrics_addr(&line).with_context(|| format!("no addr= in `{line}`"))
     }
 
     /// SIGTERM, then waits (30 s at most) for a clean exit.

@@ -91,16 +91,8 @@ impl Running {
     /// time stops moving for 300 ms, at most 20 s): the work an operation
     /// caused in userspace must not be billed to the next one.
     pub fn settle(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut last = cpu_ticks(&self.children);
-        while Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(300));
-            let now = cpu_ticks(&self.children);
-            if now == last {
-                return;
-            }
-            last = now;
-        }
+        let pids: Vec<u32> = self.children.iter().map(Child::id).collect();
+        agent_probe::wait_until_idle(&pids, Duration::from_millis(300), Duration::from_secs(20));
     }
 
     /// Stops what was started, in reverse order, and waits for it.
@@ -225,11 +217,6 @@ fn wait_for_line(path: &Path, needle: &str, timeout: Duration) -> Result<()> {
         thread::sleep(Duration::from_millis(100));
     }
     bail!("`{needle}` did not appear in {} within {timeout:?}", path.display())
-}
-
-/// User plus system clock ticks of `children` so far.
-fn cpu_ticks(children: &[Child]) -> u64 {
-    children.iter().map(|child| agent_probe::cpu_ticks(child.id())).sum()
 }
 
 /// Runs a command, quietly, failing with its stderr.
