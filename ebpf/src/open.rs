@@ -76,7 +76,7 @@ pub fn judge(ctx: &TracePointContext, hook: Hook, syscall: OpenSyscall) {
         .map_or(PendingOpen { filename: 0, how: 0, flags: 0, dirfd: AT_FDCWD, syscall: syscall as u32 }, |args| {
             args.open(syscall)
         });
-    send(ctx, hook, &pending, ret, task, file, key);
+    send(ctx, hook, &pending, ret, task, file, key, &offsets);
 }
 
 /// Resolves the new fd `ret` of the current task to its file, looks it up,
@@ -103,14 +103,24 @@ pub fn report_file<C: EbpfContext>(ctx: &C, hook: Hook, pending: &PendingOpen, r
         return;
     }
     let Some(key) = watched(file, &offsets) else { return };
-    send(ctx, hook, pending, ret, task, file, key);
+    send(ctx, hook, pending, ret, task, file, key, &offsets);
 }
 
-/// Sends the event of a watched file's open.
+/// Sends the event of a watched file's open, with the offsets the caller
+/// already loaded (a second copy would only cost stack).
 #[inline(always)]
-fn send<C: EbpfContext>(ctx: &C, hook: Hook, pending: &PendingOpen, ret: i64, task: u64, file: u64, key: FileKey) {
+#[expect(clippy::too_many_arguments, reason = "the open's facts, each already at hand in both callers")]
+fn send<C: EbpfContext>(
+    ctx: &C,
+    hook: Hook,
+    pending: &PendingOpen,
+    ret: i64,
+    task: u64,
+    file: u64,
+    key: FileKey,
+    offsets: &KernelOffsets,
+) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let offsets = KERNEL_OFFSETS.load();
     count(hook, Counter::OpensMatched);
     let Some(mut entry) = EVENTS.reserve::<OpenEvent>(0) else {
         count(hook, Counter::EventsDropped);
@@ -122,7 +132,7 @@ fn send<C: EbpfContext>(ctx: &C, hook: Hook, pending: &PendingOpen, ret: i64, ta
     // or is a NUL-terminated buffer whose tail userspace ignores.
     let event = unsafe { &mut *entry.as_mut_ptr() };
     event.enforcement = crate::enforce::token_opened(pending.flags, task);
-    fill_header(&mut event.header, EventKind::Open, task, &offsets);
+    fill_header(&mut event.header, EventKind::Open, task, offsets);
     event.syscall = pending.syscall;
     event.dirfd = pending.dirfd;
     event.flags = pending.flags;
@@ -138,7 +148,7 @@ fn send<C: EbpfContext>(ctx: &C, hook: Hook, pending: &PendingOpen, ret: i64, ta
     if unsafe { bpf_probe_read_user_str_bytes(pending.filename as *const u8, &mut event.requested_path) }.is_err() {
         event.requested_path[0] = 0;
     }
-    rebuild_path(task, file, &offsets, &mut event.path);
+    rebuild_path(task, file, offsets, &mut event.path);
     if hook == Hook::IoUring {
         // An io-wq worker (`iou-wrk-<pid>`) may complete it: name the process.
         let leader = read_ptr(task, offsets.task_group_leader).unwrap_or(task);
