@@ -5,7 +5,9 @@
 //! (namespace, ServiceAccount, labels, image) into one [`CgroupEnforcement`]
 //! per pod or container cgroup (keyed by the cgroup v2 id). What only the
 //! kernel can know at the syscall, whether the process was exec'd into its
-//! container, is a per-slot filter the programs judge themselves.
+//! container, is a per-slot filter the programs judge themselves; so is
+//! which executable the process runs, against the file identities the agent
+//! resolved inside the covered containers ([`BinaryKey`]).
 
 use crate::UnknownValue;
 
@@ -34,6 +36,36 @@ pub const EXEC_ONLY: u32 = 1;
 /// [`EnforceSlot::exec`]: only processes known not to be exec'd.
 pub const EXEC_NEVER: u32 = 2;
 
+/// [`EnforceSlot::binaries`]: whatever the process runs.
+pub const BINARIES_ANY: u32 = 0;
+/// [`EnforceSlot::binaries`]: only processes whose executable is in
+/// [`ENFORCED_BINARIES_MAP`] under this cgroup entry and slot.
+pub const BINARIES_LISTED: u32 = 1;
+
+/// Name of the map of the executables block entries name, by
+/// [`BinaryKey`]; the value is the number of the entry that names it.
+pub const ENFORCED_BINARIES_MAP: &str = "ENFORCED_BINARIES";
+
+/// One executable a slot with [`BINARIES_LISTED`] covers, as the kernel
+/// knows the file: the device of its superblock and its inode number (on
+/// overlayfs, the overlay's own, which `stat` does not always report: the
+/// agent reads the device from the mount). Scoped to the cgroup entry and
+/// the slot, so a file two pods share (a hostPath) is covered only where
+/// an entry lists it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BinaryKey {
+    /// The cgroup v2 id of the [`CgroupEnforcement`] that holds the slot.
+    pub cgroup: u64,
+    /// The slot: its index in `token_read`, or `ENFORCE_SLOTS` plus its
+    /// index in `connect` (see [`BinaryKey::CONNECT_SLOTS`]).
+    pub slot: u32,
+    /// `super_block.s_dev` of the file (kernel encoding).
+    pub dev: u32,
+    /// `inode.i_ino`.
+    pub ino: u64,
+}
+
 /// One block entry as it applies to one cgroup and one action.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -44,13 +76,14 @@ pub struct EnforceSlot {
     pub mode: u32,
     /// `EXEC_*`: which processes the entry covers.
     pub exec: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// `BINARIES_*`: whether only listed executables are covered.
+    pub binaries: u32,
 }
 
 /// What to refuse in one cgroup and its descendants. Slots are judged in
-/// order, the first whose exec filter matches decides: the agent puts the
-/// enforcing entries first, so a process is refused if any entry refuses it.
+/// order, the first whose exec and binaries filters match decides: the
+/// agent puts the enforcing entries first, so a process is refused if any
+/// entry refuses it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CgroupEnforcement {
@@ -58,6 +91,15 @@ pub struct CgroupEnforcement {
     pub connect: [EnforceSlot; ENFORCE_SLOTS],
     /// Opens of a watched token file.
     pub token_read: [EnforceSlot; ENFORCE_SLOTS],
+}
+
+impl BinaryKey {
+    /// Where [`CgroupEnforcement::token_read`]'s slots start in
+    /// [`BinaryKey::slot`].
+    pub const TOKEN_READ_SLOTS: u32 = 0;
+    /// Where [`CgroupEnforcement::connect`]'s slots start in
+    /// [`BinaryKey::slot`], so the two actions' slots never share a key.
+    pub const CONNECT_SLOTS: u32 = ENFORCE_SLOTS as u32;
 }
 
 /// What the kernel did about the event, carried by every event.
@@ -107,6 +149,7 @@ mod pod {
     // SAFETY for all: repr(C), integers and arrays only, padding explicit.
     unsafe impl aya::Pod for super::CgroupEnforcement {}
     unsafe impl aya::Pod for super::EnforceSlot {}
+    unsafe impl aya::Pod for super::BinaryKey {}
 }
 
 #[cfg(test)]
@@ -119,6 +162,7 @@ mod tests {
         assert_eq!(size_of::<EnforceSlot>(), 16);
         assert_eq!(size_of::<CgroupEnforcement>(), 2 * ENFORCE_SLOTS * 16);
         assert_eq!(size_of::<Enforcement>(), 8);
+        assert_eq!(size_of::<BinaryKey>(), 24);
     }
 
     #[test]

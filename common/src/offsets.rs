@@ -128,6 +128,10 @@ pub struct KernelOffsets {
     pub task_start_boottime: u32,
     /// `task_struct.self_exec_id`.
     pub task_self_exec_id: u32,
+    /// `task_struct.mm`: the executable a block entry's `binaries` judge.
+    pub task_mm: u32,
+    /// `mm_struct.exe_file`.
+    pub mm_exe_file: u32,
 }
 
 #[cfg(feature = "user")]

@@ -13,7 +13,10 @@
 //! What is covered comes from [`ENFORCED_CGROUPS`], keyed by cgroup v2 id:
 //! the agent writes the pod's cgroup (and, for entries that select on the
 //! image, each container's); the programs look up every ancestor of the
-//! current cgroup and the deepest entry wins. Nothing is pinned: when the
+//! current cgroup and the deepest entry wins. A slot that lists binaries
+//! covers only processes whose executable (`task->mm->exe_file`'s inode)
+//! the agent put in [`ENFORCED_BINARIES`] for that entry and slot. Nothing
+//! is pinned: when the
 //! agent exits, maps and links go with it and nothing stays blocked.
 
 use aya_ebpf::{
@@ -26,8 +29,8 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use tokenwatch_common::{
-    CgroupEnforcement, EndpointKey, EnforceAction, EnforceSlot, Enforcement, KernelOffsets, ENFORCE_SLOTS, EXEC_ANY,
-    EXEC_NEVER, EXEC_ONLY, MODE_DRY_RUN, MODE_ENFORCE, MODE_NONE,
+    BinaryKey, CgroupEnforcement, EndpointKey, EnforceAction, EnforceSlot, Enforcement, KernelOffsets, BINARIES_ANY,
+    BINARIES_LISTED, ENFORCE_SLOTS, EXEC_ANY, EXEC_NEVER, EXEC_ONLY, MODE_DRY_RUN, MODE_ENFORCE, MODE_NONE,
 };
 
 use crate::{
@@ -39,6 +42,11 @@ use crate::{
 /// What a block entry covers, by cgroup v2 id; written by the agent.
 #[map(name = "ENFORCED_CGROUPS")]
 pub static ENFORCED_CGROUPS: HashMap<u64, CgroupEnforcement> = HashMap::with_max_entries(8192, 0);
+
+/// The executables slots with `BINARIES_LISTED` cover, resolved by the agent
+/// in each covered container; the value is the number of the entry naming it.
+#[map(name = "ENFORCED_BINARIES")]
+pub static ENFORCED_BINARIES: HashMap<BinaryKey, u32> = HashMap::with_max_entries(16384, 0);
 
 /// Host tgid of each covered container's first process, by the container's
 /// cgroup v2 id: the same init the agent's origin judgement uses.
@@ -102,10 +110,10 @@ fn fence(key: EndpointKey) -> i32 {
     if unsafe { WATCHED_ENDPOINTS.get(key) }.is_none() {
         return ALLOW;
     }
-    let Some(rules) = covering() else { return ALLOW };
+    let Some((cgroup, rules)) = covering() else { return ALLOW };
     // SAFETY: current task pointer, read only via probes.
     let task = unsafe { bpf_get_current_task() };
-    let Some(slot) = decide(&rules.connect, task) else { return ALLOW };
+    let Some(slot) = decide(&rules.connect, task, (cgroup, BinaryKey::CONNECT_SLOTS)) else { return ALLOW };
     let enforce = slot.mode == MODE_ENFORCE;
     let action = if enforce { EnforceAction::Blocked } else { EnforceAction::WouldBlock };
     let mark = Mark {
@@ -151,8 +159,10 @@ pub fn token_opened(flags: u64, task: u64) -> Enforcement {
     if flags & O_ACCMODE == O_WRONLY {
         return Enforcement::default();
     }
-    let Some(rules) = covering() else { return Enforcement::default() };
-    let Some(slot) = decide(&rules.token_read, task) else { return Enforcement::default() };
+    let Some((cgroup, rules)) = covering() else { return Enforcement::default() };
+    let Some(slot) = decide(&rules.token_read, task, (cgroup, BinaryKey::TOKEN_READ_SLOTS)) else {
+        return Enforcement::default();
+    };
     if slot.mode == MODE_ENFORCE {
         // SAFETY: signals the current process; the kernel refuses kernel
         // threads and exiting tasks itself.
@@ -166,9 +176,9 @@ pub fn token_opened(flags: u64, task: u64) -> Enforcement {
 }
 
 /// The deepest entry of [`ENFORCED_CGROUPS`] among the current cgroup and
-/// its ancestors.
+/// its ancestors, with its cgroup id.
 #[inline(always)]
-fn covering() -> Option<&'static CgroupEnforcement> {
+fn covering() -> Option<(u64, &'static CgroupEnforcement)> {
     let mut found = None;
     for level in 1..=MAX_LEVELS {
         // SAFETY: no preconditions; 0 past the current cgroup's level.
@@ -178,18 +188,25 @@ fn covering() -> Option<&'static CgroupEnforcement> {
         }
         // SAFETY: the map value lives as long as the entry; read at once.
         if let Some(entry) = unsafe { ENFORCED_CGROUPS.get(id) } {
-            found = Some(entry);
+            found = Some((id, entry));
         }
     }
     found
 }
 
-/// The first slot whose exec filter covers the current process.
+/// The first slot of `slots` whose exec and binaries filters cover the
+/// current process; for a slot that lists binaries, with the number of the
+/// entry that lists the executable. `(cgroup, base)`: the entry's cgroup
+/// and where its action's slots start in [`BinaryKey::slot`].
 #[inline(always)]
-fn decide(slots: &[EnforceSlot; ENFORCE_SLOTS], task: u64) -> Option<EnforceSlot> {
+fn decide(slots: &[EnforceSlot; ENFORCE_SLOTS], task: u64, (cgroup, base): (u64, u32)) -> Option<EnforceSlot> {
     let needs_origin = slots.iter().any(|s| s.mode != MODE_NONE && s.exec != EXEC_ANY);
     let origin = if needs_origin { origin(task) } else { Origin::Unknown };
-    for slot in slots.iter() {
+    // The executable, read only if a slot lists binaries (once, before the
+    // loop: a value cached inside it is not something the verifier follows).
+    let lists = slots.iter().any(|s| s.mode != MODE_NONE && s.binaries == BINARIES_LISTED);
+    let (dev, ino) = if lists { executable(task) } else { (0, 0) };
+    for (index, slot) in slots.iter().enumerate() {
         if slot.mode != MODE_ENFORCE && slot.mode != MODE_DRY_RUN {
             continue;
         }
@@ -199,11 +216,47 @@ fn decide(slots: &[EnforceSlot; ENFORCE_SLOTS], task: u64) -> Option<EnforceSlot
             EXEC_NEVER => origin == Origin::NotExec,
             _ => false,
         };
-        if covered {
-            return Some(*slot);
+        if !covered {
+            continue;
+        }
+        match slot.binaries {
+            BINARIES_ANY => return Some(*slot),
+            BINARIES_LISTED if ino != 0 => {
+                let key = BinaryKey { cgroup, slot: base + index as u32, dev, ino };
+                // SAFETY: the value is copied at once.
+                if let Some(block) = unsafe { ENFORCED_BINARIES.get(key) }.copied() {
+                    return Some(EnforceSlot { block, ..*slot });
+                }
+            }
+            _ => {}
         }
     }
     None
+}
+
+/// `(s_dev, i_ino)` of the file the process runs (`task->mm->exe_file`),
+/// or `(0, 0)` for a task without one (a kernel thread, an exiting task).
+#[inline(always)]
+fn executable(task: u64) -> (u32, u64) {
+    let all = core::ptr::addr_of!(KERNEL_OFFSETS).cast::<KernelOffsets>();
+    // SAFETY: a valid, aligned static of u32 fields, read volatile as in
+    // `TaskOffsets::load`.
+    let (task_mm, mm_exe_file, file_f_inode, inode_i_sb, inode_i_ino, sb_s_dev) = unsafe {
+        (
+            core::ptr::read_volatile(core::ptr::addr_of!((*all).task_mm)),
+            core::ptr::read_volatile(core::ptr::addr_of!((*all).mm_exe_file)),
+            core::ptr::read_volatile(core::ptr::addr_of!((*all).file_f_inode)),
+            core::ptr::read_volatile(core::ptr::addr_of!((*all).inode_i_sb)),
+            core::ptr::read_volatile(core::ptr::addr_of!((*all).inode_i_ino)),
+            core::ptr::read_volatile(core::ptr::addr_of!((*all).sb_s_dev)),
+        )
+    };
+    // read_ptr refuses a null base, so a missing link ends the chain.
+    let mm = read_ptr(task, task_mm).unwrap_or(0);
+    let file = read_ptr(mm, mm_exe_file).unwrap_or(0);
+    let Ok(inode) = read_ptr(file, file_f_inode) else { return (0, 0) };
+    let sb = read_ptr(inode, inode_i_sb).unwrap_or(0);
+    (read_u32(sb, sb_s_dev).unwrap_or(0), read_ptr(inode, inode_i_ino).unwrap_or(0))
 }
 
 /// Whether the process was put into its container from outside.

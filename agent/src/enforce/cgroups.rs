@@ -38,6 +38,8 @@ pub struct ContainerCgroup {
     pub id: String,
     /// Its cgroup v2 id.
     pub cgroup: u64,
+    /// Its directory (whose `cgroup.procs` name its processes).
+    pub dir: PathBuf,
 }
 
 /// Every pod cgroup below `root`. Directories that vanish while being
@@ -55,8 +57,8 @@ fn walk(dir: &Path, depth: usize, pods: &mut Vec<PodCgroup>) {
                 let Ok(meta) = fs::metadata(&path) else { continue };
                 let containers = subdirectories(&path)
                     .into_iter()
-                    .filter_map(|(name, _, cgroup)| {
-                        Some(ContainerCgroup { id: container_id(&name)?.to_owned(), cgroup })
+                    .filter_map(|(name, dir, cgroup)| {
+                        Some(ContainerCgroup { id: container_id(&name)?.to_owned(), cgroup, dir })
                     })
                     .collect();
                 pods.push(PodCgroup { uid, dir: path, cgroup: meta.ino(), containers });
@@ -65,6 +67,12 @@ fn walk(dir: &Path, depth: usize, pods: &mut Vec<PodCgroup>) {
             None => {}
         }
     }
+}
+
+/// A process of the cgroup at `dir`, if it has one.
+pub fn any_process(dir: &Path) -> Option<u32> {
+    let procs = fs::read_to_string(dir.join("cgroup.procs")).ok()?;
+    procs.lines().find_map(|line| line.trim().parse().ok())
 }
 
 /// (name, path, inode) of each subdirectory.

@@ -6,8 +6,10 @@
 //! (SIGHUP), it walks the unified cgroup hierarchy for pod and container
 //! cgroups ([`cgroups`]), names them as an alert would (the pod store, the
 //! runtime over CRI: `detect::context::kubernetes`), resolves which block
-//! entries cover them ([`plan`]) and applies the difference: map entries
-//! written or removed, fences attached to or dropped from pod directories.
+//! entries cover them ([`plan`]), finds the executables that entries with
+//! `binaries` name inside those containers ([`binaries`]) and applies the
+//! difference: map entries written or removed, fences attached to or
+//! dropped from pod directories.
 //! A policy change or a new pod is in force within that interval plus one
 //! walk. With no block entry and nothing applied, a round costs nothing.
 //!
@@ -15,6 +17,7 @@
 //! the kernel frees the maps and the fences' links with its file
 //! descriptors, so nothing stays refused that the policy no longer asks.
 
+pub mod binaries;
 pub mod cgroups;
 pub mod plan;
 
@@ -82,6 +85,8 @@ pub struct Enforcer {
     refused: HashSet<PathBuf>,
     /// Whether the lack of a cgroup2 hierarchy was reported.
     warned: bool,
+    /// Finds `binaries` in containers; shared with the blocking pool.
+    resolver: Arc<Mutex<binaries::Resolver>>,
 }
 
 impl Enforcer {
@@ -107,6 +112,7 @@ impl Enforcer {
             fences: HashMap::new(),
             refused: HashSet::new(),
             warned: false,
+            resolver: Arc::new(Mutex::new(binaries::Resolver::new(PathBuf::from("/proc")))),
         }
     }
 
@@ -140,7 +146,13 @@ impl Enforcer {
         let ask_runtime = self.pods.is_none()
             || blocks.iter().any(|(block, _)| block.matcher.images.is_some() || block.matcher.exec.is_some());
         let targets = if blocks.is_empty() { Vec::new() } else { self.targets(ask_runtime).await };
-        let plan = plan::plan(&blocks, &self.names, &targets);
+        let mut plan = plan::plan(&blocks, &self.names, &targets);
+        if !plan.scopes.is_empty() {
+            let resolver = Arc::clone(&self.resolver);
+            let scopes = plan.scopes.clone();
+            let resolve = move || resolver.lock().unwrap_or_else(PoisonError::into_inner).resolve(&scopes);
+            plan.binaries = tokio::task::spawn_blocking(resolve).await.unwrap_or_default();
+        }
         self.apply(plan);
     }
 
@@ -157,10 +169,12 @@ impl Enforcer {
                 let meta = if ask_runtime { self.cri.lookup(&container.id).await.ok() } else { None };
                 let identity =
                     CgroupIdentity { container_id: Some(container.id), pod_uid: Some(pod.uid.clone()), runtime: None };
+                let init_pid = meta.as_ref().and_then(|m| m.init_pid);
                 containers.push(ContainerTarget {
                     cgroup: container.cgroup,
                     kubernetes: context::kubernetes(&identity, meta.as_ref(), info.as_ref()),
-                    init_pid: meta.and_then(|m| m.init_pid),
+                    init_pid,
+                    root_pid: init_pid.or_else(|| cgroups::any_process(&container.dir)),
                 });
             }
             let identity = CgroupIdentity { container_id: None, pod_uid: Some(pod.uid.clone()), runtime: None };
@@ -177,6 +191,18 @@ impl Enforcer {
 
     /// Makes the kernel hold `plan`, changing only what differs.
     fn apply(&mut self, plan: Plan) {
+        // Executables first, so an entry that starts listing binaries finds
+        // them in place.
+        for (key, block) in &plan.binaries {
+            if self.applied.binaries.get(key) != Some(block) {
+                if let Err(error) = self.maps.binaries.insert(key, block, 0) {
+                    tracing::error!(cgroup = key.cgroup, %error, "enforcement binaries map update refused");
+                }
+            }
+        }
+        for key in self.applied.binaries.keys().filter(|k| !plan.binaries.contains_key(k)) {
+            let _ = self.maps.binaries.remove(key);
+        }
         for (cgroup, entry) in &plan.entries {
             if self.applied.entries.get(cgroup) != Some(entry) {
                 if let Err(error) = self.maps.cgroups.insert(cgroup, entry, 0) {
@@ -227,6 +253,7 @@ impl Enforcer {
         let metrics = crate::metrics::global();
         metrics.enforced_cgroups.store(plan.entries.len() as u64, std::sync::atomic::Ordering::Relaxed);
         metrics.enforcement_fences.store(self.fences.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        metrics.enforcement_binaries.store(plan.binaries.len() as u64, std::sync::atomic::Ordering::Relaxed);
         self.applied = plan;
     }
 }

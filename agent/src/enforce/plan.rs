@@ -1,7 +1,9 @@
 //! From the policy's block entries and the node's pods to what the kernel
 //! must hold: one [`CgroupEnforcement`] per covered pod cgroup (entries
 //! that select on the image: per container), the containers' first
-//! processes, and the pod directories that need a connect fence. Pure, so
+//! processes, the pod directories that need a connect fence, and which
+//! executables to look up in which containers for entries that list
+//! `binaries` ([`BinaryScope`]; `binaries.rs` resolves them). Pure, so
 //! every decision is unit-tested.
 
 use std::{
@@ -10,12 +12,13 @@ use std::{
 };
 
 use tokenwatch_common::{
-    CgroupEnforcement, EnforceSlot, EXEC_ANY, EXEC_NEVER, EXEC_ONLY, MODE_DRY_RUN, MODE_ENFORCE, MODE_NONE,
+    BinaryKey, CgroupEnforcement, EnforceSlot, BINARIES_ANY, BINARIES_LISTED, ENFORCE_SLOTS, EXEC_ANY, EXEC_NEVER,
+    EXEC_ONLY, MODE_DRY_RUN, MODE_ENFORCE, MODE_NONE,
 };
 use tokenwatch_proto::v1::KubernetesContext;
 
 use super::BlockNames;
-use crate::detect::policy::BlockSpec;
+use crate::detect::policy::{BlockSpec, Glob};
 
 /// A pod on the node as the enforcer sees it.
 #[derive(Clone, Debug, Default)]
@@ -39,6 +42,33 @@ pub struct ContainerTarget {
     pub kubernetes: KubernetesContext,
     /// Host pid of its first process, when the runtime said.
     pub init_pid: Option<u32>,
+    /// Host pid of a process whose root is the container's file system
+    /// (the init, else any process in its cgroup): where `binaries` are
+    /// resolved.
+    pub root_pid: Option<u32>,
+}
+
+/// The executables one entry lists, to be found for one slot of one
+/// cgroup's [`CgroupEnforcement`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BinaryScope {
+    /// The cgroup entry holding the slot.
+    pub cgroup: u64,
+    /// The slot, as [`BinaryKey::slot`] numbers it.
+    pub slot: u32,
+    /// The entry's number, reported when the kernel acts.
+    pub block: u32,
+    /// Its `binaries`.
+    pub globs: Vec<Glob>,
+    /// Processes (one per container) whose roots the paths resolve in.
+    pub roots: Vec<u32>,
+}
+
+impl BinaryScope {
+    /// The kernel key of the file `(dev, ino)` for this scope.
+    pub fn key(&self, (dev, ino): (u32, u64)) -> BinaryKey {
+        BinaryKey { cgroup: self.cgroup, slot: self.slot, dev, ino }
+    }
 }
 
 /// What the kernel must hold.
@@ -52,6 +82,11 @@ pub struct Plan {
     pub fences: BTreeSet<PathBuf>,
     /// (namespace/pod, block id) pairs, for logs.
     pub covered: BTreeSet<(String, String)>,
+    /// What to resolve for slots that list binaries, in judging order.
+    pub scopes: Vec<BinaryScope>,
+    /// What the scopes resolved to (filled by the enforcer, not [`plan`]):
+    /// the value is the entry's number.
+    pub binaries: BTreeMap<BinaryKey, u32>,
 }
 
 impl Plan {
@@ -68,17 +103,24 @@ pub fn plan(blocks: &[(&BlockSpec, bool)], names: &BlockNames, targets: &[Target
     let mut plan = Plan::default();
     for target in targets {
         let pod_blocks = matching(&numbered, &target.kubernetes);
-        let pod_entry = slots(&pod_blocks);
+        let (pod_entry, pod_listed) = slots(&pod_blocks);
         let mut fence = has_connect(&pod_entry);
         let mut covered = !pod_blocks.is_empty();
         if covered {
             plan.entries.insert(target.cgroup, pod_entry);
+            let roots = target.containers.iter().filter_map(|c| c.root_pid).collect::<Vec<_>>();
+            plan.scopes.extend(scopes(target.cgroup, pod_listed, &roots));
         }
         for container in &target.containers {
             let blocks = matching(&numbered, &container.kubernetes);
-            let entry = slots(&blocks);
+            let (entry, listed) = slots(&blocks);
             if entry != pod_entry {
                 plan.entries.insert(container.cgroup, entry);
+                plan.scopes.extend(scopes(
+                    container.cgroup,
+                    listed,
+                    &container.root_pid.into_iter().collect::<Vec<_>>(),
+                ));
             }
             fence |= has_connect(&entry);
             covered |= !blocks.is_empty();
@@ -108,11 +150,19 @@ fn matching<'a>(
     blocks.iter().filter(|(_, block, _)| block.matcher.matches_pod(kubernetes)).copied().collect()
 }
 
+/// One entry's `binaries` feeding one slot: (slot as [`BinaryKey::slot`]
+/// numbers it, entry number, globs).
+type Listed<'a> = Vec<(u32, u32, &'a [Glob])>;
+
 /// Slots in the order the kernel judges them: refusing entries first, then
-/// dry-run ones, each in file order. A (mode, exec filter) pair already
-/// taken adds nothing (the earlier entry decides), so 6 slots always do.
-fn slots(blocks: &[(u32, &BlockSpec, bool)]) -> CgroupEnforcement {
+/// dry-run ones, each in file order. There is one slot per (mode, exec
+/// filter) pair, so 6 always do: an entry without `binaries` takes the
+/// pair's slot for every executable (and the entries listing binaries
+/// there add nothing: it covers them already); entries with `binaries`
+/// share the pair's slot, each adding its executables (the [`Listed`]).
+fn slots<'a>(blocks: &[(u32, &'a BlockSpec, bool)]) -> (CgroupEnforcement, Listed<'a>) {
     let mut out = CgroupEnforcement::default();
+    let mut listed = Vec::new();
     for pass in [true, false] {
         for (number, block, _) in blocks.iter().filter(|(_, _, enforce)| *enforce == pass) {
             let exec = match block.matcher.exec {
@@ -121,25 +171,56 @@ fn slots(blocks: &[(u32, &BlockSpec, bool)]) -> CgroupEnforcement {
                 Some(false) => EXEC_NEVER,
             };
             let mode = if pass { MODE_ENFORCE } else { MODE_DRY_RUN };
-            let slot = EnforceSlot { block: *number, mode, exec, _pad: 0 };
-            if block.actions.apiserver_connect {
-                push(&mut out.connect, slot);
-            }
-            if block.actions.token_read {
-                push(&mut out.token_read, slot);
+            let globs = block.matcher.binaries.as_deref();
+            let binaries = if globs.is_some() { BINARIES_LISTED } else { BINARIES_ANY };
+            let slot = EnforceSlot { block: *number, mode, exec, binaries };
+            for (wanted, slots, base) in [
+                (block.actions.token_read, &mut out.token_read, BinaryKey::TOKEN_READ_SLOTS),
+                (block.actions.apiserver_connect, &mut out.connect, BinaryKey::CONNECT_SLOTS),
+            ] {
+                if !wanted {
+                    continue;
+                }
+                let Some(index) = push(slots, slot) else { continue };
+                let at = base + index;
+                if slots[index as usize].binaries == BINARIES_ANY {
+                    listed.retain(|(slot, _, _)| *slot != at);
+                } else if let Some(globs) = globs {
+                    listed.push((at, *number, globs));
+                }
             }
         }
     }
-    out
+    (out, listed)
 }
 
-fn push(slots: &mut [EnforceSlot], slot: EnforceSlot) {
-    if slots.iter().any(|s| s.mode == slot.mode && s.exec == slot.exec) {
-        return;
-    }
-    if let Some(free) = slots.iter_mut().find(|s| s.mode == MODE_NONE) {
-        *free = slot;
-    }
+/// Puts `slot` in the slot of its (mode, exec) pair, or a free one; returns
+/// the index when the slot now covers what `slot` asks (an existing slot
+/// for every executable already covers a listing entry: `None`).
+fn push(slots: &mut [EnforceSlot; ENFORCE_SLOTS], slot: EnforceSlot) -> Option<u32> {
+    let index = match slots.iter().position(|s| s.mode == slot.mode && s.exec == slot.exec) {
+        Some(taken) if slots[taken].binaries == BINARIES_ANY => return None,
+        Some(taken) => {
+            if slot.binaries == BINARIES_ANY {
+                slots[taken] = slot;
+            }
+            taken
+        }
+        None => {
+            let free = slots.iter().position(|s| s.mode == MODE_NONE)?;
+            slots[free] = slot;
+            free
+        }
+    };
+    u32::try_from(index).ok()
+}
+
+/// The scopes of one cgroup entry's listing slots.
+fn scopes(cgroup: u64, listed: Listed<'_>, roots: &[u32]) -> Vec<BinaryScope> {
+    listed
+        .into_iter()
+        .map(|(slot, block, globs)| BinaryScope { cgroup, slot, block, globs: globs.to_vec(), roots: roots.to_vec() })
+        .collect()
 }
 
 fn has_connect(entry: &CgroupEnforcement) -> bool {

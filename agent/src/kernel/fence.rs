@@ -14,7 +14,7 @@ use aya::{
     programs::{cgroup_sock_addr::CgroupSockAddrLink, CgroupAttachMode},
     Ebpf,
 };
-use tokenwatch_common::CgroupEnforcement;
+use tokenwatch_common::{BinaryKey, CgroupEnforcement};
 
 use super::{cgroup_hooks, loader::LoadError};
 
@@ -27,6 +27,8 @@ pub struct EnforceMaps {
     pub cgroups: BpfHashMap<MapData, u64, CgroupEnforcement>,
     /// Covered containers' first processes (host tgid), by cgroup id.
     pub inits: BpfHashMap<MapData, u64, u32>,
+    /// Executables that slots listing binaries cover, naming their entry.
+    pub binaries: BpfHashMap<MapData, BinaryKey, u32>,
 }
 
 /// The fences on one cgroup; dropping this detaches them.

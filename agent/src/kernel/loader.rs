@@ -9,8 +9,8 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use tokenwatch_common::{
-    EndpointKey, KernelOffsets, AGENT_TGID_GLOBAL, CONTAINER_INITS_MAP, COUNTERS_MAP, ENFORCED_CGROUPS_MAP, EVENTS_MAP,
-    OFFSETS_GLOBAL, WATCHED_DEVS_MAP, WATCHED_ENDPOINTS_MAP, WATCHED_FILES_MAP,
+    EndpointKey, KernelOffsets, AGENT_TGID_GLOBAL, CONTAINER_INITS_MAP, COUNTERS_MAP, ENFORCED_BINARIES_MAP,
+    ENFORCED_CGROUPS_MAP, EVENTS_MAP, OFFSETS_GLOBAL, WATCHED_DEVS_MAP, WATCHED_ENDPOINTS_MAP, WATCHED_FILES_MAP,
 };
 
 use super::cgroup_hooks;
@@ -175,6 +175,7 @@ impl Hooks {
             enforcement: EnforceMaps {
                 cgroups: take(&mut self.ebpf, ENFORCED_CGROUPS_MAP)?,
                 inits: take(&mut self.ebpf, CONTAINER_INITS_MAP)?,
+                binaries: take(&mut self.ebpf, ENFORCED_BINARIES_MAP)?,
             },
         })
     }

@@ -104,6 +104,8 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
         task_group_leader: field(btf, "task_struct", &["group_leader"])?,
         task_start_boottime: field(btf, "task_struct", &["start_boottime", "real_start_time"])?,
         task_self_exec_id: field(btf, "task_struct", &["self_exec_id"])?,
+        task_mm: field(btf, "task_struct", &["mm"])?,
+        mm_exe_file: field(btf, "mm_struct", &["exe_file"])?,
         _pad: 0,
         pid_level: field(btf, "pid", &["level"])?,
         pid_numbers: field(btf, "pid", &["numbers"])?,
@@ -157,8 +159,10 @@ mod tests {
                 o.task_comm,
                 o.task_thread_pid,
                 o.task_group_leader,
+                o.task_mm,
             ],
         );
+        assert!(o.mm_exe_file > 0, "mm_struct.exe_file is not its first field: {o:?}");
         assert_distinct("pid", &[o.pid_level, o.pid_numbers]);
         assert_distinct("fdtable", &[o.fdtable_max_fds, o.fdtable_fd]);
         assert_distinct("file", &[o.file_f_path, o.file_f_inode]);

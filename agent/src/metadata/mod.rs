@@ -2,6 +2,7 @@
 //! and where the token files are.
 
 pub mod cgroup;
+pub mod container_fs;
 pub mod cri;
 pub mod enrich;
 pub mod kube;

@@ -8,18 +8,17 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    ffi::CString,
     fs,
-    os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd},
-        unix::{ffi::OsStrExt, fs::MetadataExt},
-    },
+    os::{fd::OwnedFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
 };
 
 use tokenwatch_common::FileKey;
 
-use super::cgroup;
+use super::{
+    cgroup,
+    container_fs::{kernel_dev, open_dir, open_in_root},
+};
 
 /// Where a watched file was found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,13 +55,6 @@ pub fn find(files: &TokenFiles, key: &FileKey) -> Option<WatchedFile> {
 /// The token files found by one scan.
 pub type TokenFiles = HashMap<FileKey, WatchedFile>;
 
-/// Converts a userspace `st_dev` to the kernel's `s_dev` encoding.
-pub fn kernel_dev(st_dev: u64) -> u32 {
-    let major = libc::major(st_dev);
-    let minor = libc::minor(st_dev);
-    (major << 20) | (minor & 0xf_ffff)
-}
-
 /// Scans `proc` (normally `/proc`) for every mount namespace and resolves
 /// each path in it. Namespaces that vanish mid-scan are skipped.
 pub fn scan(proc: &Path, paths: &[PathBuf]) -> TokenFiles {
@@ -77,7 +69,7 @@ pub fn scan(proc: &Path, paths: &[PathBuf]) -> TokenFiles {
         if !namespaces.insert(ns.ino()) {
             continue;
         }
-        let Ok(root) = open_path(&process.join("root")) else { continue };
+        let Ok(root) = open_dir(&process.join("root")) else { continue };
         for path in paths {
             if let Some(key) = resolve_in_root(&root, path) {
                 let file = found.entry(key).or_insert_with(|| WatchedFile {
@@ -117,63 +109,27 @@ fn volume_name(root: &OwnedFd, path: &Path, dev: u32) -> Option<String> {
         return None;
     }
     let dir = path.parent()?;
-    let dir_fd = openat2_in_root(root, dir, libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)?;
+    let dir_fd = open_in_root(root, dir, libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)?;
     let dir_file = fs::File::from(dir_fd);
     let is_tmpfs =
         nix::sys::statfs::fstatfs(&dir_file).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
     let same_fs = dir_file.metadata().is_ok_and(|m| kernel_dev(m.dev()) == dev);
     let atomic_writer =
-        openat2_in_root(root, &dir.join("..data"), libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC).is_some();
+        open_in_root(root, &dir.join("..data"), libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC).is_some();
     (is_tmpfs && same_fs && atomic_writer).then(|| name.to_owned())
-}
-
-fn open_path(path: &Path) -> std::io::Result<OwnedFd> {
-    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    // SAFETY: valid C string; the returned fd is owned below.
-    let fd = unsafe { libc::open(c_path.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Resolves `path` under `root` as the namespace's processes would; returns
 /// the key of a regular file, or `None`.
 fn resolve_in_root(root: &OwnedFd, path: &Path) -> Option<FileKey> {
-    let file = fs::File::from(openat2_in_root(root, path, libc::O_PATH | libc::O_CLOEXEC)?);
+    let file = fs::File::from(open_in_root(root, path, libc::O_PATH | libc::O_CLOEXEC)?);
     let meta = file.metadata().ok()?;
     meta.is_file().then(|| FileKey { dev: kernel_dev(meta.dev()), _pad: 0, ino: meta.ino() })
-}
-
-/// `openat2(root, path, flags, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`:
-/// absolute symlinks resolve inside `root`, as for a process whose root it is.
-fn openat2_in_root(root: &OwnedFd, path: &Path, flags: i32) -> Option<OwnedFd> {
-    let relative = path.strip_prefix("/").unwrap_or(path);
-    let c_path = CString::new(relative.as_os_str().as_bytes()).ok()?;
-    // SAFETY: open_how is plain integers; zero is "no flags" for each.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = u64::try_from(flags).ok()?;
-    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: valid pointers for the call's duration; fd owned below.
-    let fd = unsafe {
-        libc::syscall(libc::SYS_openat2, root.as_raw_fd(), c_path.as_ptr(), &how, std::mem::size_of::<libc::open_how>())
-    };
-    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
-    // SAFETY: fresh descriptor we own.
-    Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn kernel_dev_uses_the_20_bit_minor_split() {
-        assert_eq!(kernel_dev(libc::makedev(8, 1)), (8 << 20) | 1);
-        assert_eq!(kernel_dev(libc::makedev(0, 57)), 57);
-        assert_eq!(kernel_dev(libc::makedev(259, 300)), (259 << 20) | 300);
-    }
 
     #[test]
     fn finds_a_file_through_absolute_symlinks_inside_the_root() {

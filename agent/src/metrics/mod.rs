@@ -55,6 +55,9 @@ pub struct Metrics {
     pub enforced_cgroups: AtomicU64,
     /// Pod cgroups with a connect fence attached now.
     pub enforcement_fences: AtomicU64,
+    /// Executables block entries' `binaries` resolved to, over all covered
+    /// containers, now.
+    pub enforcement_binaries: AtomicU64,
     /// Sources read at scrape time, registered once by the daemon.
     sources: OnceLock<Sources>,
 }

@@ -130,6 +130,11 @@ fn enforcement(metrics: &Metrics, out: &mut Out) {
             &metrics.enforced_cgroups,
         ),
         ("tokenwatch_enforcement_fences", "Pods with a connect fence attached now.", &metrics.enforcement_fences),
+        (
+            "tokenwatch_enforcement_binaries",
+            "Executables (per container) that block entries' binaries resolved to now.",
+            &metrics.enforcement_binaries,
+        ),
     ];
     for (name, help, value) in gauges {
         out.family(name, "gauge", help);
@@ -231,10 +236,12 @@ mod tests {
         metrics.enforcement_action("ENFORCEMENT_ACTION_KILLED", "no-reads");
         metrics.enforced_cgroups.store(3, Ordering::Relaxed);
         metrics.enforcement_fences.store(2, Ordering::Relaxed);
+        metrics.enforcement_binaries.store(4, Ordering::Relaxed);
         let text = render(&metrics);
         let want = "tokenwatch_enforcement_actions_total{action=\"ENFORCEMENT_ACTION_KILLED\",block=\"no-reads\"} 1\n";
         assert!(text.contains(want), "{text}");
         assert!(text.contains("tokenwatch_enforcement_cgroups 3\n"), "{text}");
         assert!(text.contains("tokenwatch_enforcement_fences 2\n"), "{text}");
+        assert!(text.contains("tokenwatch_enforcement_binaries 4\n"), "{text}");
     }
 }

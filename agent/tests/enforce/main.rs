@@ -235,6 +235,74 @@ fn an_image_block_covers_the_containers_of_that_image_only() {
     assert!(!other, "{}", stopped.stderr);
 }
 
+#[test]
+#[ignore = "needs root: runs containerd pods and loads eBPF; run by cargo xtask test"]
+fn a_binaries_block_covers_those_executables_and_no_other() {
+    let _serial = support::serialise();
+    let scene = Scene::start();
+    let shop = scene.run_pod(&shop_spec("ctl-5d8f7c9b4-b1n4r"));
+    // Tools in the container's writable layer (overlayfs), as an image
+    // would ship them: a busybox `cat` and the helper, each a file of its own.
+    let copy = format!("mkdir -p /opt/tools && cp /bin/busybox /opt/tools/cat && cp {HELPER} /opt/tools/helper");
+    let (code, out, err) = shop.exec(&["sh", "-c", &copy]);
+    assert_eq!(code, 0, "copying the tools: {out}{err}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = "blocks:\n  - id: no-tools\n    reason: the tools never touch the API\n    \
+                actions: [token-read, apiserver-connect]\n    namespaces: [shop]\n    binaries: [\"/opt/tools/*\"]\n";
+    let policy = write_policy(dir.path(), text);
+    let agent =
+        scene.agent_with(&[&shop], &["--policy", &policy.display().to_string(), "--metrics-listen", "127.0.0.1:0"]);
+    let pod_name = format!("pod=shop/{}", shop.spec().name);
+    assert!(
+        agent.wait_for_log(&["block entry covers pod", &pod_name, "block=no-tools"], ALERT_TIMEOUT),
+        "{}",
+        agent.stderr()
+    );
+    let token = format!("{SA_MOUNT}/token");
+    let api = scene.api_v4.to_string();
+
+    let (code, out, err) = shop.exec(&["/opt/tools/cat", &token]);
+    assert!(code != 0 && !out.contains(shop.token()), "the listed cat is killed before a byte: {code} {out:?} {err}");
+    let (code, out, err) = shop.exec(&["/bin/cat", &token]);
+    assert!(code == 0 && out.contains(shop.token()), "busybox's own cat is another file: {code} {out:?} {err}");
+    let (code, out, err) = shop.exec(&["/opt/tools/helper", "__evade", "connect", &api]);
+    assert!(code == 1 && out.contains("Operation not permitted"), "the listed helper is refused: {out}{err}");
+    let (code, out, err) = helper(&shop, "connect", &api);
+    assert_eq!(code, 0, "the helper at its own path is not listed: {out}{err}");
+
+    // A tool that appears later under the glob is covered within a second.
+    let (code, out, err) = shop.exec(&["cp", "/bin/busybox", "/opt/tools/head"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let start = Instant::now();
+    while shop.exec(&["/opt/tools/head", &token]).0 == 0 {
+        assert!(start.elapsed() < Duration::from_secs(10), "never covered:\n{}", agent.stderr());
+    }
+    note(&format!("a new file under the glob: covered after {:?}", start.elapsed()));
+    assert!(start.elapsed() < Duration::from_secs(1), "covered after {:?}", start.elapsed());
+
+    let arrived = agent.wait_for_alerts(ALERT_TIMEOUT, |alerts| {
+        connects_in(alerts, &shop).len() >= 2 && reads_in(alerts, &shop).len() >= 3
+    });
+    let metrics = support::metrics_addr(&agent.stderr()).map(|addr| support::http_get(&addr, "/metrics").1);
+    let stopped = agent.stop(Signal::SIGTERM);
+    let all = &stopped.alerts;
+    assert!(arrived, "alerts missing:\n{}\nlog:\n{}", scene::describe(all), stopped.stderr);
+    let reads = reads_in(all, &shop);
+    let killed: Vec<_> = reads.iter().filter(|a| done(a) == Some((EnforcementAction::Killed, "no-tools"))).collect();
+    assert_eq!(killed.len(), 2, "the listed cat and the later head: {}", scene::describe(all));
+    // (The exe is not asserted: a `cat` this short-lived is often gone
+    // before the agent reads `/proc/<pid>/exe`.)
+    let untouched = |a: &&&Alert| done(a).is_none() && a.process.as_ref().is_some_and(|p| p.comm == "cat");
+    assert!(reads.iter().any(|a| untouched(&a)), "busybox's cat read, untouched: {}", scene::describe(all));
+    let connects = connects_in(all, &shop);
+    let refused: Vec<_> = connects.iter().filter(|a| done(a).is_some()).collect();
+    assert_eq!(refused.len(), 1, "{}", scene::describe(all));
+    assert_eq!(done(refused[0]), Some((EnforcementAction::Blocked, "no-tools")));
+    // cat, helper and head, once for each action's slot.
+    let metrics = metrics.unwrap_or_default();
+    assert_eq!(support::metric_sample(&metrics, "tokenwatch_enforcement_binaries"), Some(6), "{metrics}");
+}
+
 /// One line for the test log (`--nocapture`): timings worth knowing.
 #[expect(clippy::print_stderr, reason = "the timings are reported on the test's stderr")]
 fn note(line: &str) {

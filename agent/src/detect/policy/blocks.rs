@@ -5,22 +5,18 @@
 //! "which pods" means the same in both. Checks run inside deserialization,
 //! as in `file.rs`, so errors carry the value's own line:column and path.
 //!
-//! `binaries` is refused here. It would have to be judged in the kernel at
-//! the syscall (a process exec'd a moment ago can connect before the agent
-//! ever sees it), where the only identity of the executable is the inode
-//! of `task->mm->exe_file`. The agent would have to expand every glob into
-//! inodes by walking every covered container's filesystem, again and again:
-//! a binary dropped or replaced between two walks would not be covered, so
-//! the block would fail open for exactly what an attacker brings in; and on
-//! an overlayfs whose layers span file systems without `xino`, the device
-//! `stat` reports is not the one the kernel sees. A selector that silently
-//! covers less than it says would let through what the operator meant to
-//! stop; selecting by image and `exec` does not have these gaps.
+//! `binaries` is judged in the kernel at the syscall, where the executable
+//! is only an inode (`task->mm->exe_file`): the agent resolves each path
+//! inside every covered container (`enforce/binaries.rs`), so it names the
+//! file, not the string. It must be absolute; a glob's `*` and `?` match
+//! within one path component, as in the exceptions. What this means for
+//! the operator is in `deploy/base/policy/README.md`: a hard link or a
+//! symlink to a listed file is the same executable, a copy is not.
 
 use std::fmt;
 
 use serde::{
-    de::{self, value::MapAccessDeserializer, SeqAccess, Visitor},
+    de::{self, value::MapAccessDeserializer, Visitor},
     Deserialize, Deserializer,
 };
 
@@ -71,7 +67,7 @@ pub struct BlockSpec {
     pub reason: String,
     /// What it refuses.
     pub actions: BlockActions,
-    /// Which pods, containers and processes (never `rules` or `binaries`).
+    /// Which pods, containers and processes (never `rules`).
     pub matcher: Matcher,
     /// Only report what it would refuse.
     pub dry_run: bool,
@@ -105,37 +101,38 @@ struct RawBlock {
     images: Option<NonEmptyList<NonEmpty>>,
     #[serde(default, deserialize_with = "present")]
     exec: Option<bool>,
-    #[serde(default, deserialize_with = "no_binaries")]
-    #[expect(dead_code, reason = "never read: its deserializer refuses every value with an error")]
-    binaries: Option<()>,
+    #[serde(default, deserialize_with = "present")]
+    binaries: Option<NonEmptyList<AbsolutePath>>,
     #[serde(default)]
     dry_run: bool,
 }
 
-/// `binaries` in a block entry is refused where it is written (see the
-/// module docs for why): the visitor refuses the value itself, so serde_yaml
-/// places the error at it.
-fn no_binaries<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<()>, D::Error> {
-    const WHY: &str = "is not supported in blocks: the kernel would have to judge the executable at the syscall, \
-                       and a path glob cannot be turned faithfully into the inodes it sees there; select with \
-                       namespaces, service_accounts, pod_selector, images and exec instead";
-    struct Refuse;
-    impl<'de> Visitor<'de> for Refuse {
-        type Value = Option<()>;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("nothing (binaries are not supported in blocks)")
+/// A `binaries` entry of a block: an absolute path (glob), since it is
+/// resolved inside each container from its root, where no working
+/// directory applies. Refused where it is written, so serde_yaml places
+/// the error at the value.
+struct AbsolutePath(String);
+
+impl<'de> Deserialize<'de> for AbsolutePath {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = AbsolutePath;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an absolute path")
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<AbsolutePath, E> {
+                if !value.starts_with('/') || value.ends_with('/') {
+                    return Err(E::custom(format!(
+                        "`{value}` is not an absolute path to a file: a block names executables by their path \
+                         inside the container, from `/`"
+                    )));
+                }
+                Ok(AbsolutePath(value.to_owned()))
+            }
         }
-        fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
-            Err(de::Error::custom(WHY))
-        }
-        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-            Err(E::custom(WHY))
-        }
-        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-            Err(E::custom(WHY))
-        }
+        deserializer.deserialize_str(V)
     }
-    deserializer.deserialize_any(Refuse)
 }
 
 impl ListEntry for BlockSpec {
@@ -153,13 +150,13 @@ impl ListEntry for BlockSpec {
             service_accounts: list(raw.service_accounts),
             pod_selector: raw.pod_selector.map(|s| s.0),
             images: raw.images.map(|l| l.0.iter().map(|s| Glob::new(&s.0)).collect()),
-            binaries: None,
+            binaries: raw.binaries.map(|l| l.0.iter().map(|s| Glob::new(&s.0)).collect()),
             exec: raw.exec,
         };
         if !matcher.has_match_fields() {
             return Err(de::Error::custom(
                 "has no match fields, so it would refuse in every pod on the node; give at least one of namespaces, \
-                 service_accounts, pod_selector, images, exec",
+                 service_accounts, pod_selector, images, binaries, exec",
             ));
         }
         let mut actions = BlockActions::default();

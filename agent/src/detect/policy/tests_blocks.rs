@@ -18,7 +18,9 @@ const FIRST: &str = "blocks:\n  - id: a\n    reason: first\n    actions: [token-
 #[test]
 fn block_errors_name_file_line_column_and_the_entry() {
     let cases = [
-        ("  - id: b\n    reason: r\n    actions: [token-read]\n    binaries: [\"/bin/sh\"]\n", "policy.yaml:9:15: blocks[1].binaries (block `b`): is not supported in blocks: the kernel would have to judge the executable at the syscall"),
+        ("  - id: b\n    reason: r\n    actions: [token-read]\n    binaries: [\"/bin/sh\", bin/kubectl]\n", "policy.yaml:9:27: blocks[1].binaries[1] (block `b`): `bin/kubectl` is not an absolute path to a file"),
+        ("  - id: b\n    reason: r\n    actions: [token-read]\n    binaries: [/usr/bin/]\n", "policy.yaml:9:16: blocks[1].binaries[0] (block `b`): `/usr/bin/` is not an absolute path to a file"),
+        ("  - id: b\n    reason: r\n    actions: [token-read]\n    binaries: []\n", "policy.yaml:9:15: blocks[1].binaries (block `b`): must list at least one entry"),
         ("  - id: b\n    reason: r\n    actions: [token-reed]\n    namespaces: [x]\n", "policy.yaml:8:15: blocks[1].actions[0] (block `b`): unknown variant `token-reed`, expected `token-read` or `apiserver-connect`"),
         ("  - id: b\n    reason: r\n    actions: []\n    namespaces: [x]\n", "policy.yaml:8:14: blocks[1].actions (block `b`): must list at least one entry"),
         ("  - id: b\n    reason: r\n    namespaces: [x]\n", "policy.yaml:6:5: blocks[1] (block `b`): missing field `actions`"),
@@ -77,4 +79,14 @@ fn the_default_policys_block_examples_parse_when_uncommented() {
     let policy = Policy::parse(Path::new("examples.yaml"), &uncommented).unwrap_or_else(|e| panic!("{e}"));
     let blocks: Vec<(&str, bool)> = policy.blocks().iter().map(|(b, enforce)| (b.id.as_str(), *enforce)).collect();
     assert_eq!(blocks, vec![("no-exec-token-reads-in-shop", true), ("no-api-from-shop-web", false)]);
+}
+
+#[test]
+fn binaries_are_absolute_path_globs() {
+    let text = "blocks:\n  - id: k\n    reason: r\n    actions: [token-read]\n    \
+                binaries: [/usr/local/bin/kubectl, \"/tmp/*\"]\n";
+    let policy = Policy::parse(Path::new("p"), text).unwrap_or_else(|e| panic!("{e}"));
+    let (block, _) = policy.blocks()[0];
+    let globs: Vec<String> = block.matcher.binaries.iter().flatten().map(|g| g.as_string()).collect();
+    assert_eq!(globs, ["/usr/local/bin/kubectl", "/tmp/*"], "binaries alone select: every pod, those executables");
 }

@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use tokenwatch_common::{EnforceSlot, EXEC_ANY, EXEC_NEVER, EXEC_ONLY, MODE_DRY_RUN, MODE_ENFORCE};
+use tokenwatch_common::{
+    BinaryKey, EnforceSlot, BINARIES_ANY, BINARIES_LISTED, EXEC_ANY, EXEC_NEVER, EXEC_ONLY, MODE_DRY_RUN, MODE_ENFORCE,
+};
 
 use super::*;
 use crate::detect::policy::Policy;
@@ -30,7 +32,12 @@ fn pod(n: u64, namespace: &str, service_account: &str, image: &str) -> Target {
         cgroup: n,
         dir: PathBuf::from(format!("/cg/pod{n}")),
         kubernetes: KubernetesContext { image: String::new(), ..container.clone() },
-        containers: vec![ContainerTarget { cgroup: n + 1, kubernetes: container, init_pid: Some(n as u32 + 2) }],
+        containers: vec![ContainerTarget {
+            cgroup: n + 1,
+            kubernetes: container,
+            init_pid: Some(n as u32 + 2),
+            root_pid: Some(n as u32 + 2),
+        }],
     }
 }
 
@@ -39,7 +46,7 @@ fn planned(text: &str, targets: &[Target]) -> Plan {
 }
 
 fn slot(block: u32, mode: u32, exec: u32) -> EnforceSlot {
-    EnforceSlot { block, mode, exec, _pad: 0 }
+    EnforceSlot { block, mode, exec, binaries: BINARIES_ANY }
 }
 
 #[test]
@@ -120,4 +127,52 @@ fn block_numbers_are_stable_across_plans() {
     plan(&first.blocks(), &names, &[]);
     plan(&second.blocks(), &names, &[]);
     assert_eq!((names.id(1).as_deref(), names.id(2).as_deref(), names.id(3)), (Some("a"), Some("b"), None));
+}
+
+#[test]
+fn entries_listing_binaries_share_their_slot_and_each_brings_its_files() {
+    let entry = |id: &str, actions: &str, extra: &str| {
+        format!("  - id: {id}\n    reason: r\n    actions: [{actions}]\n    namespaces: [shop]\n{extra}")
+    };
+    let text = [
+        "blocks:\n".to_owned(),
+        entry("kubectl", "token-read, apiserver-connect", "    binaries: [/usr/bin/kubectl]\n"),
+        entry("curl", "token-read", "    binaries: [\"/usr/bin/curl*\"]\n"),
+        entry("watch", "token-read", "    dry_run: true\n"),
+    ]
+    .concat();
+    let mut target = pod(10, "shop", "d", "i");
+    let second = ContainerTarget { cgroup: 12, root_pid: Some(40), init_pid: None, ..target.containers[0].clone() };
+    target.containers.push(second);
+    let plan = planned(&text, &[target]);
+    let entry = plan.entries[&10];
+    let listed = EnforceSlot { binaries: BINARIES_LISTED, ..slot(1, MODE_ENFORCE, EXEC_ANY) };
+    assert_eq!(entry.token_read[..2], [listed, slot(3, MODE_DRY_RUN, EXEC_ANY)], "one slot for both lists");
+    assert_eq!(entry.connect[0], listed);
+    type Scope = (u64, u32, u32, Vec<String>, Vec<u32>);
+    let scopes: Vec<Scope> = plan
+        .scopes
+        .iter()
+        .map(|s| (s.cgroup, s.slot, s.block, s.globs.iter().map(|g| g.as_string()).collect(), s.roots.clone()))
+        .collect();
+    let connect0 = BinaryKey::CONNECT_SLOTS;
+    assert_eq!(
+        scopes,
+        vec![
+            (10, 0, 1, vec!["/usr/bin/kubectl".to_owned()], vec![12, 40]),
+            (10, connect0, 1, vec!["/usr/bin/kubectl".to_owned()], vec![12, 40]),
+            (10, 0, 2, vec!["/usr/bin/curl*".to_owned()], vec![12, 40]),
+        ],
+        "every container of the pod, each action's slot numbered apart"
+    );
+}
+
+#[test]
+fn an_entry_for_every_executable_takes_over_a_listing_slot() {
+    let text = "blocks:\n  - id: kubectl\n    reason: r\n    actions: [token-read]\n    namespaces: [shop]\n    \
+                binaries: [/usr/bin/kubectl]\n  - id: all\n    reason: r\n    actions: [token-read]\n    \
+                namespaces: [shop]\n";
+    let plan = planned(text, &[pod(10, "shop", "d", "i")]);
+    assert_eq!(plan.entries[&10].token_read[0], slot(2, MODE_ENFORCE, EXEC_ANY), "`all` covers kubectl too");
+    assert!(plan.scopes.is_empty(), "so nothing is left to look up");
 }

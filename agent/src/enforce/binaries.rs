@@ -1,0 +1,203 @@
+//! Resolves block entries' `binaries` into the files the kernel judges: for
+//! each [`BinaryScope`], each path (or glob) inside each covered
+//! container's root, as the container's processes would resolve it, to the
+//! `(s_dev, i_ino)` the kernel reads from `task->mm->exe_file`.
+//!
+//! The kernel compares identities, not names, so:
+//! * a symlink or hard link to a listed file is that executable (busybox's
+//!   applets are all busybox), and a name the process was started under
+//!   does not matter;
+//! * a copy of a listed file elsewhere is another file, not covered unless
+//!   a glob names where it lies;
+//! * a file that appears or is replaced at a listed path is covered from
+//!   the next round (every `RECONCILE_INTERVAL`).
+//!
+//! Literal paths are resolved every round (one `openat2` and one `statx`).
+//! A glob lists the directories its wildcards stand for; its result is
+//! kept while every directory it listed is unchanged (same inode, mtime and
+//! ctime) and at most [`GLOB_REFRESH`], so a glob over a large directory
+//! does not cost a listing of it four times a second.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    fs,
+    os::{fd::OwnedFd, unix::fs::MetadataExt},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use tokenwatch_common::BinaryKey;
+
+use super::plan::BinaryScope;
+use crate::{
+    detect::policy::Glob,
+    metadata::container_fs::{kernel_file_key, mountinfo_of, open_dir, open_in_root},
+};
+
+/// How long a glob's result is trusted while its directories look unchanged.
+pub const GLOB_REFRESH: Duration = Duration::from_secs(10);
+/// Files one glob may expand to in one container; more are left out, with
+/// a warning (a glob that wide is a mistake, and the map is bounded).
+pub const MAX_FILES_PER_GLOB: usize = 1024;
+
+/// Resolves scopes round after round, remembering globs' results.
+pub struct Resolver {
+    proc: PathBuf,
+    globs: HashMap<(u32, String), Expansion>,
+    /// Globs already warned about for being too wide.
+    warned: HashSet<String>,
+}
+
+/// One glob's result in one container, and what it was read from.
+struct Expansion {
+    files: Vec<(u32, u64)>,
+    listed: Vec<(PathBuf, DirStamp)>,
+    at: Instant,
+}
+
+/// What tells a directory's entries changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct DirStamp {
+    dev: u64,
+    ino: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+/// A container's root and mounts, opened once per round.
+struct Root {
+    fd: OwnedFd,
+    mountinfo: String,
+}
+
+impl Resolver {
+    /// A resolver reading processes under `proc` (normally `/proc`).
+    pub fn new(proc: PathBuf) -> Self {
+        Resolver { proc, globs: HashMap::new(), warned: HashSet::new() }
+    }
+
+    /// The kernel keys of every scope's files, each naming its entry (the
+    /// first scope to name a key wins: scopes come in judging order).
+    /// A container that is gone or a path that is missing adds nothing.
+    pub fn resolve(&mut self, scopes: &[BinaryScope]) -> BTreeMap<BinaryKey, u32> {
+        let mut keys = BTreeMap::new();
+        let mut roots: HashMap<u32, Option<Root>> = HashMap::new();
+        let mut used = HashSet::new();
+        for scope in scopes {
+            for &pid in &scope.roots {
+                let root = roots.entry(pid).or_insert_with(|| self.open_root(pid));
+                let Some(root) = root.as_ref() else { continue };
+                for glob in &scope.globs {
+                    let pattern = glob.as_string();
+                    let files = if is_literal(&pattern) {
+                        literal(root, Path::new(&pattern)).into_iter().collect()
+                    } else {
+                        used.insert((pid, pattern.clone()));
+                        self.expand(pid, root, &pattern)
+                    };
+                    for file in files {
+                        keys.entry(scope.key(file)).or_insert(scope.block);
+                    }
+                }
+            }
+        }
+        self.globs.retain(|key, _| used.contains(key));
+        keys
+    }
+
+    fn open_root(&self, pid: u32) -> Option<Root> {
+        let fd = open_dir(&self.proc.join(pid.to_string()).join("root")).ok()?;
+        Some(Root { fd, mountinfo: mountinfo_of(&self.proc, pid) })
+    }
+
+    /// A glob's files in one container, from the last round's result while
+    /// it still holds.
+    fn expand(&mut self, pid: u32, root: &Root, pattern: &str) -> Vec<(u32, u64)> {
+        let cache_key = (pid, pattern.to_owned());
+        if let Some(known) = self.globs.get(&cache_key) {
+            let fresh = known.at.elapsed() < GLOB_REFRESH
+                && known.listed.iter().all(|(dir, stamp)| dir_stamp(root, dir) == Some(*stamp));
+            if fresh {
+                return known.files.clone();
+            }
+        }
+        let mut listed = Vec::new();
+        let paths = walk(root, pattern, &mut listed);
+        if paths.len() > MAX_FILES_PER_GLOB && self.warned.insert(pattern.to_owned()) {
+            tracing::warn!(
+                binaries = pattern,
+                found = paths.len(),
+                max = MAX_FILES_PER_GLOB,
+                "a block entry's binaries glob matches too many files in a container: only the first are covered"
+            );
+        }
+        let files: Vec<(u32, u64)> =
+            paths.iter().take(MAX_FILES_PER_GLOB).filter_map(|path| literal(root, path)).collect();
+        self.globs.insert(cache_key, Expansion { files: files.clone(), listed, at: Instant::now() });
+        files
+    }
+}
+
+/// Whether `pattern` has no wildcard.
+fn is_literal(pattern: &str) -> bool {
+    !pattern.contains(['*', '?'])
+}
+
+/// The kernel identity of the regular file at `path` in the container.
+fn literal(root: &Root, path: &Path) -> Option<(u32, u64)> {
+    let fd = open_in_root(&root.fd, path, libc::O_PATH | libc::O_CLOEXEC)?;
+    kernel_file_key(&fd, &root.mountinfo)
+}
+
+/// Every path in the container that `pattern` matches, component by
+/// component (a wildcard never spans a `/`), with the directories listed.
+fn walk(root: &Root, pattern: &str, listed: &mut Vec<(PathBuf, DirStamp)>) -> Vec<PathBuf> {
+    let mut paths = vec![PathBuf::from("/")];
+    for component in pattern.split('/').filter(|c| !c.is_empty()) {
+        if is_literal(component) {
+            paths.iter_mut().for_each(|path| path.push(component));
+            continue;
+        }
+        let glob = Glob::new(component);
+        let mut next = Vec::new();
+        for dir in &paths {
+            let Some((stamp, names)) = list(root, dir) else { continue };
+            listed.push((dir.clone(), stamp));
+            next.extend(names.into_iter().filter(|name| glob.matches(name)).map(|name| dir.join(name)));
+            if next.len() > MAX_FILES_PER_GLOB {
+                break;
+            }
+        }
+        next.sort();
+        paths = next;
+    }
+    paths
+}
+
+/// A directory's stamp and entry names.
+fn list(root: &Root, dir: &Path) -> Option<(DirStamp, Vec<String>)> {
+    let fd = open_in_root(&root.fd, dir, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC)?;
+    let file = fs::File::from(fd);
+    let stamp = stamp_of(&file.metadata().ok()?);
+    // The descriptor's own directory, whatever its path is on the host.
+    let entries = fs::read_dir(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file))).ok()?;
+    let names = entries.filter_map(Result::ok).filter_map(|e| e.file_name().into_string().ok()).collect();
+    Some((stamp, names))
+}
+
+fn dir_stamp(root: &Root, dir: &Path) -> Option<DirStamp> {
+    let fd = open_in_root(&root.fd, dir, libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)?;
+    Some(stamp_of(&fs::File::from(fd).metadata().ok()?))
+}
+
+fn stamp_of(meta: &fs::Metadata) -> DirStamp {
+    DirStamp {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        mtime: (meta.mtime(), meta.mtime_nsec()),
+        ctime: (meta.ctime(), meta.ctime_nsec()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

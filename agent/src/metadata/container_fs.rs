@@ -1,0 +1,149 @@
+//! Looking at a container's files from the host, as the container's own
+//! processes see them, and naming a file the way the kernel's programs do.
+//!
+//! Paths resolve with `openat2(RESOLVE_IN_ROOT)` from `/proc/<pid>/root`, so
+//! an absolute symlink inside a container (`/var/run -> /run`,
+//! `/usr/bin/python3 -> /usr/bin/python3.11`) resolves inside that
+//! container, never on the host. Files are opened `O_PATH`: never read.
+
+use std::{
+    ffi::CString,
+    fs,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
+    path::Path,
+};
+
+/// Converts a userspace `st_dev` to the kernel's `s_dev` encoding.
+pub fn kernel_dev(st_dev: u64) -> u32 {
+    let major = libc::major(st_dev);
+    let minor = libc::minor(st_dev);
+    (major << 20) | (minor & 0xf_ffff)
+}
+
+/// Opens the directory `path` (`O_PATH`), e.g. `/proc/<pid>/root`.
+pub fn open_dir(path: &Path) -> std::io::Result<OwnedFd> {
+    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: valid C string; the returned fd is owned below.
+    let fd = unsafe { libc::open(c_path.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `openat2(root, path, flags, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`:
+/// absolute symlinks resolve inside `root`, as for a process whose root it is.
+pub fn open_in_root(root: &OwnedFd, path: &Path, flags: i32) -> Option<OwnedFd> {
+    let relative = path.strip_prefix("/").unwrap_or(path);
+    let relative = if relative.as_os_str().is_empty() { Path::new(".") } else { relative };
+    let c_path = CString::new(relative.as_os_str().as_bytes()).ok()?;
+    // SAFETY: open_how is plain integers; zero is "no flags" for each.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = u64::try_from(flags).ok()?;
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: valid pointers for the call's duration; fd owned below.
+    let fd = unsafe {
+        libc::syscall(libc::SYS_openat2, root.as_raw_fd(), c_path.as_ptr(), &how, std::mem::size_of::<libc::open_how>())
+    };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: fresh descriptor we own.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `(s_dev, i_ino)` of the open file `fd` as the kernel's programs read
+/// them from its inode, or `None` when it is not a regular file.
+///
+/// The inode number is `stat`'s. The device is not always: on an overlayfs
+/// whose layers lie on different file systems (without `xino`), `stat`
+/// reports the layer's device while the inode's superblock is the
+/// overlay's. So the device is read from the mount the file is on, by its
+/// id in `mountinfo` (which prints the superblock's `s_dev`); `mountinfo`
+/// is the text of `/proc/<pid>/mountinfo` of a process that sees the mount.
+pub fn kernel_file_key(fd: &OwnedFd, mountinfo: &str) -> Option<(u32, u64)> {
+    // SAFETY: statx is plain data; zero is a valid value.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let empty = c"";
+    // SAFETY: valid fd, C string and out-pointer for the call's duration.
+    let rc = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_TYPE | libc::STATX_INO | libc::STATX_MNT_ID,
+            &mut stx,
+        )
+    };
+    if rc != 0 || u32::from(stx.stx_mode) & libc::S_IFMT != libc::S_IFREG {
+        return None;
+    }
+    let dev = if stx.stx_mask & libc::STATX_MNT_ID != 0 {
+        mount_dev(mountinfo, stx.stx_mnt_id)?
+    } else {
+        // Before 5.8 there is no mount id; stat's device is right on every
+        // file system but a multi-device overlay.
+        (stx.stx_dev_major << 20) | (stx.stx_dev_minor & 0xf_ffff)
+    };
+    Some((dev, stx.stx_ino))
+}
+
+/// The kernel `s_dev` of mount `id` in `mountinfo` text (`ID PARENT
+/// MAJOR:MINOR ...` per line).
+pub fn mount_dev(mountinfo: &str, id: u64) -> Option<u32> {
+    mountinfo.lines().find_map(|line| {
+        let mut fields = line.split(' ');
+        if fields.next()?.parse::<u64>().ok()? != id {
+            return None;
+        }
+        let (major, minor) = fields.nth(1)?.split_once(':')?;
+        Some((major.parse::<u32>().ok()? << 20) | (minor.parse::<u32>().ok()? & 0xf_ffff))
+    })
+}
+
+/// `/proc/<pid>/mountinfo`, or empty when the process is gone.
+pub fn mountinfo_of(proc: &Path, pid: u32) -> String {
+    fs::read_to_string(proc.join(pid.to_string()).join("mountinfo")).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    #[test]
+    fn kernel_dev_uses_the_20_bit_minor_split() {
+        assert_eq!(kernel_dev(libc::makedev(8, 1)), (8 << 20) | 1);
+        assert_eq!(kernel_dev(libc::makedev(0, 57)), 57);
+        assert_eq!(kernel_dev(libc::makedev(259, 300)), (259 << 20) | 300);
+    }
+
+    #[test]
+    fn mount_dev_reads_the_mounts_major_minor() {
+        let text = "22 1 0:21 / /proc rw - proc proc rw\n\
+                    40 27 0:40 / /tmp/m rw,relatime - overlay overlay rw,lowerdir=/l\n\
+                    41 27 259:3 / /data rw - ext4 /dev/nvme0n1p3 rw\n";
+        assert_eq!(mount_dev(text, 40), Some(40));
+        assert_eq!(mount_dev(text, 41), Some((259 << 20) | 3));
+        assert_eq!(mount_dev(text, 4), None, "ids are compared whole, not as prefixes");
+        assert_eq!(mount_dev("garbage\n\n40 x\n", 40), None);
+    }
+
+    #[test]
+    fn a_host_file_has_the_key_stat_gives_and_a_directory_none() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("bin");
+        fs::write(&file, "x").expect("write");
+        let root = open_dir(Path::new("/")).expect("open /");
+        let mountinfo = mountinfo_of(Path::new("/proc"), std::process::id());
+        let fd = open_in_root(&root, &file, libc::O_PATH | libc::O_CLOEXEC).expect("open");
+        let meta = fs::metadata(&file).expect("stat");
+        // Off overlayfs, the mount's device is stat's.
+        assert_eq!(kernel_file_key(&fd, &mountinfo), Some((kernel_dev(meta.dev()), meta.ino())));
+        let dir_fd = open_in_root(&root, dir.path(), libc::O_PATH | libc::O_CLOEXEC).expect("open dir");
+        assert_eq!(kernel_file_key(&dir_fd, &mountinfo), None);
+    }
+}
