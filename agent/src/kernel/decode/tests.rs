@@ -129,3 +129,13 @@ fn bad_records_are_refused_with_the_reason() {
     event.enforcement.action = 8;
     assert_eq!(decode(&bytes_of(&event)), Err(DecodeError::Action(UnknownValue(8))));
 }
+
+#[test]
+fn an_unaligned_record_decodes_the_same_as_an_aligned_one() {
+    let bytes = bytes_of(&open_event());
+    let mut shifted = vec![0u8; bytes.len() + 1];
+    shifted[1..].copy_from_slice(&bytes);
+    let (aligned, unaligned) = (&bytes[..], &shifted[1..]);
+    assert!(aligned.as_ptr().cast::<OpenEvent>().is_aligned() && !unaligned.as_ptr().cast::<OpenEvent>().is_aligned());
+    assert_eq!(decode(unaligned), decode(aligned), "read in place and from a copy alike");
+}
