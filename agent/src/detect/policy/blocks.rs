@@ -21,8 +21,8 @@ use serde::{
 };
 
 use super::{
-    file::{present, NonEmpty, NonEmptyList, Selector},
-    matcher::{Glob, Matcher},
+    file::{globs, names, present, NonEmpty, NonEmptyList, Selector},
+    matcher::Matcher,
     unique::{ListEntry, UniqueList},
 };
 
@@ -113,6 +113,12 @@ struct RawBlock {
 /// the error at the value.
 struct AbsolutePath(String);
 
+impl AsRef<str> for AbsolutePath {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
 impl<'de> Deserialize<'de> for AbsolutePath {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct V;
@@ -143,14 +149,13 @@ impl ListEntry for BlockSpec {
     /// Checks that span fields, placed at the entry by serde_yaml.
     fn from_map<'de, A: de::MapAccess<'de>>(map: A) -> Result<Self, A::Error> {
         let raw = RawBlock::deserialize(MapAccessDeserializer::new(map))?;
-        let list = |field: Option<NonEmptyList<NonEmpty>>| field.map(|l| l.0.into_iter().map(|s| s.0).collect());
         let matcher = Matcher {
             rules: None,
-            namespaces: list(raw.namespaces),
-            service_accounts: list(raw.service_accounts),
+            namespaces: names(raw.namespaces),
+            service_accounts: names(raw.service_accounts),
             pod_selector: raw.pod_selector.map(|s| s.0),
-            images: raw.images.map(|l| l.0.iter().map(|s| Glob::new(&s.0)).collect()),
-            binaries: raw.binaries.map(|l| l.0.iter().map(|s| Glob::new(&s.0)).collect()),
+            images: globs(raw.images),
+            binaries: globs(raw.binaries),
             exec: raw.exec,
         };
         if !matcher.has_match_fields() {

@@ -303,6 +303,22 @@ impl<'de> Deserialize<'de> for RuleSettingsMap {
     }
 }
 
+/// A checked list of names as the [`Matcher`] holds it.
+pub(super) fn names(field: Option<NonEmptyList<NonEmpty>>) -> Option<Vec<String>> {
+    field.map(|l| l.0.into_iter().map(|s| s.0).collect())
+}
+
+/// A checked list of patterns as the [`Matcher`] holds it.
+pub(super) fn globs<T: AsRef<str>>(field: Option<NonEmptyList<T>>) -> Option<Vec<Glob>> {
+    field.map(|l| l.0.iter().map(|s| Glob::new(s.as_ref())).collect())
+}
+
+impl AsRef<str> for NonEmpty {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
 impl ListEntry for ExceptionSpec {
     const LIST: &'static str = "exceptions";
     const LIST_EXPECTING: &'static str = "a list of exceptions";
@@ -312,13 +328,10 @@ impl ListEntry for ExceptionSpec {
     /// map, so serde_yaml places their errors at the exception.
     fn from_map<'de, A: MapAccess<'de>>(map: A) -> Result<Self, A::Error> {
         let raw = RawException::deserialize(MapAccessDeserializer::new(map))?;
-        let list = |field: Option<NonEmptyList<NonEmpty>>| field.map(|l| l.0.into_iter().map(|s| s.0).collect());
-        let globs =
-            |field: Option<NonEmptyList<NonEmpty>>| field.map(|l| l.0.iter().map(|s| Glob::new(&s.0)).collect());
         let matcher = Matcher {
             rules: raw.rules.map(|l| l.0.into_iter().map(|r| r.0).collect()),
-            namespaces: list(raw.namespaces),
-            service_accounts: list(raw.service_accounts),
+            namespaces: names(raw.namespaces),
+            service_accounts: names(raw.service_accounts),
             pod_selector: raw.pod_selector.map(|s| s.0),
             images: globs(raw.images),
             binaries: globs(raw.binaries),
