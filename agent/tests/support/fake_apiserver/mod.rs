@@ -153,7 +153,12 @@ impl FakeApiServer {
                 connections.spawn(async move {
                     let service = hyper::service::service_fn(move |req| handle(shared.clone(), req));
                     // A connection ending badly (a dropped watch) is part of the tests.
+                    // Half-closes are served, as kube-apiserver (Go's net/http)
+                    // serves them: a pod's `nc` shuts its write side after the
+                    // request, and without this hyper may close on that EOF
+                    // before answering (the inventory test once got no `200 OK`).
                     let _ = hyper::server::conn::http1::Builder::new()
+                        .half_close(true)
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
                 });
