@@ -303,6 +303,41 @@ fn a_binaries_block_covers_those_executables_and_no_other() {
     assert_eq!(support::metric_sample(&metrics, "tokenwatch_enforcement_binaries"), Some(6), "{metrics}");
 }
 
+#[test]
+#[ignore = "needs root: runs containerd pods and loads eBPF; run by cargo xtask test"]
+fn an_io_uring_open_that_posts_no_completion_is_stopped_before_a_byte() {
+    let _serial = support::serialise();
+    let scene = Scene::start();
+    let shop = scene.run_pod(&shop_spec("ctl-5d8f7c9b4-s9p1n"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = write_policy(dir.path(), BLOCKS);
+    let agent = scene.agent_with(&[&shop], &["--policy", &policy.display().to_string()]);
+    wait_covered(&agent, &shop);
+    let token = format!("{SA_MOUNT}/token");
+    // IOSQE_CQE_SKIP_SUCCESS: no completion to judge the open at; an io-wq
+    // worker opens the token while the process spins on read(2) of the fd
+    // it guessed, the hostile way.
+    for round in 0..5 {
+        let (code, out, err) = helper(&shop, "uring-openat-skip-spin", &token);
+        assert!(
+            code != 0 && !out.contains(shop.token()),
+            "round {round}: the spinning reader got the token: {code} {out:?} {err}\n{}",
+            agent.stderr()
+        );
+    }
+    let arrived = agent.wait_for_alerts(ALERT_TIMEOUT, |alerts| reads_in(alerts, &shop).len() >= 5);
+    let stopped = agent.stop(Signal::SIGTERM);
+    assert!(arrived, "alerts missing:\n{}\nlog:\n{}", scene::describe(&stopped.alerts), stopped.stderr);
+    for alert in reads_in(&stopped.alerts, &shop) {
+        assert_eq!(
+            done(alert),
+            Some((EnforcementAction::Killed, "no-exec-token-reads")),
+            "{}",
+            scene::describe(&stopped.alerts)
+        );
+    }
+}
+
 /// One line for the test log (`--nocapture`): timings worth knowing.
 #[expect(clippy::print_stderr, reason = "the timings are reported on the test's stderr")]
 fn note(line: &str) {

@@ -47,6 +47,7 @@ fn run(args: &[String]) -> Result<(), String> {
         "uring-openat-direct" => uring_open(&arg(1)?, false, true),
         "uring-openat-skip" => uring_open_skip(&arg(1)?),
         "uring-openat-skip-async" => uring_open_skip_async(&arg(1)?),
+        "uring-openat-skip-spin" => uring_open_skip_spin(&arg(1)?),
         "uring-connect" => uring_connect(&parse(&arg(1)?)?),
         "tfo-sendto" => fastopen(&parse(&arg(1)?)?, false),
         "tfo-sendmsg" => fastopen(&parse(&arg(1)?)?, true),
@@ -165,6 +166,34 @@ fn uring_open_skip_async(path: &str) -> Result<(), String> {
     // SAFETY: reading into a valid buffer from the guessed fd.
     let n = unsafe { libc::read(guess, buf.as_mut_ptr().cast(), buf.len()) };
     (n > 0).then_some(()).ok_or_else(|| format!("read fd {guess}: {}", std::io::Error::last_os_error()))
+}
+
+/// The hostile form of [`uring_open_skip_async`]: from the moment the open
+/// is submitted, `read(2)` on the guessed fd in a tight loop, racing
+/// whatever would stop the process; prints what it read.
+fn uring_open_skip_spin(path: &str) -> Result<(), String> {
+    let mut ring = IoUring::new(4).map_err(|e| format!("io_uring_setup: {e}"))?;
+    let c_path = CString::new(path).map_err(|e| e.to_string())?;
+    // SAFETY: plain syscalls: learn the lowest free fd.
+    let guess = unsafe { libc::dup(0) };
+    // SAFETY: as above.
+    unsafe { libc::close(guess) };
+    let flags = squeue::Flags::SKIP_SUCCESS | squeue::Flags::ASYNC;
+    let open =
+        opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), c_path.as_ptr()).flags(libc::O_RDONLY).build().flags(flags);
+    // SAFETY: the path outlives the loop below.
+    unsafe { ring.submission().push(&open) }.map_err(|e| format!("queue full: {e}"))?;
+    ring.submit().map_err(|e| format!("io_uring_enter: {e}"))?;
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    while start.elapsed() < std::time::Duration::from_secs(2) {
+        // SAFETY: reading into a valid buffer from the guessed fd.
+        let n = unsafe { libc::read(guess, buf.as_mut_ptr().cast(), buf.len()) };
+        if let Ok(n @ 1..) = usize::try_from(n) {
+            return std::io::stdout().write_all(&buf[..n]).map_err(|e| format!("write: {e}"));
+        }
+    }
+    Err(format!("fd {guess} never became readable"))
 }
 
 fn socket_for(addr: &SocketAddr) -> Result<OwnedFd, String> {
