@@ -29,13 +29,13 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use tokenwatch_common::{
-    BinaryKey, CgroupEnforcement, EndpointKey, EnforceAction, EnforceSlot, Enforcement, KernelOffsets, BINARIES_ANY,
-    BINARIES_LISTED, ENFORCE_SLOTS, EXEC_ANY, EXEC_NEVER, EXEC_ONLY, MODE_DRY_RUN, MODE_ENFORCE, MODE_NONE,
+    BinaryKey, CgroupEnforcement, EndpointKey, EnforceAction, EnforceSlot, Enforcement, BINARIES_ANY, BINARIES_LISTED,
+    ENFORCE_SLOTS, EXEC_ANY, EXEC_NEVER, EXEC_ONLY, MODE_DRY_RUN, MODE_ENFORCE, MODE_NONE,
 };
 
 use crate::{
     kernel::{read_ptr, read_u32},
-    maps::{is_agent, KERNEL_OFFSETS, WATCHED_ENDPOINTS},
+    maps::{is_agent, kernel_offset, WATCHED_ENDPOINTS},
     sock_addr::{endpoint4, endpoint6},
 };
 
@@ -152,7 +152,7 @@ pub fn take_mark(port: u16) -> Enforcement {
 /// block entry forbids to read it (dry-run: only says so). `flags` are the
 /// open's; a write-only open is not a read and is left alone. Not inlined,
 /// and reading the few offsets it needs in place (not the callers' copy of
-/// [`KernelOffsets`]): the open exits' frames are close to the 512-byte
+/// [`tokenwatch_common::KernelOffsets`]): the open exits' frames are close to the 512-byte
 /// stack limit.
 #[inline(never)]
 pub fn token_opened(flags: u64, task: u64) -> Enforcement {
@@ -238,25 +238,12 @@ fn decide(slots: &[EnforceSlot; ENFORCE_SLOTS], task: u64, (cgroup, base): (u64,
 /// or `(0, 0)` for a task without one (a kernel thread, an exiting task).
 #[inline(always)]
 fn executable(task: u64) -> (u32, u64) {
-    let all = core::ptr::addr_of!(KERNEL_OFFSETS).cast::<KernelOffsets>();
-    // SAFETY: a valid, aligned static of u32 fields, read volatile as in
-    // `TaskOffsets::load`.
-    let (task_mm, mm_exe_file, file_f_inode, inode_i_sb, inode_i_ino, sb_s_dev) = unsafe {
-        (
-            core::ptr::read_volatile(core::ptr::addr_of!((*all).task_mm)),
-            core::ptr::read_volatile(core::ptr::addr_of!((*all).mm_exe_file)),
-            core::ptr::read_volatile(core::ptr::addr_of!((*all).file_f_inode)),
-            core::ptr::read_volatile(core::ptr::addr_of!((*all).inode_i_sb)),
-            core::ptr::read_volatile(core::ptr::addr_of!((*all).inode_i_ino)),
-            core::ptr::read_volatile(core::ptr::addr_of!((*all).sb_s_dev)),
-        )
-    };
     // read_ptr refuses a null base, so a missing link ends the chain.
-    let mm = read_ptr(task, task_mm).unwrap_or(0);
-    let file = read_ptr(mm, mm_exe_file).unwrap_or(0);
-    let Ok(inode) = read_ptr(file, file_f_inode) else { return (0, 0) };
-    let sb = read_ptr(inode, inode_i_sb).unwrap_or(0);
-    (read_u32(sb, sb_s_dev).unwrap_or(0), read_ptr(inode, inode_i_ino).unwrap_or(0))
+    let mm = read_ptr(task, kernel_offset!(task_mm)).unwrap_or(0);
+    let file = read_ptr(mm, kernel_offset!(mm_exe_file)).unwrap_or(0);
+    let Ok(inode) = read_ptr(file, kernel_offset!(file_f_inode)) else { return (0, 0) };
+    let sb = read_ptr(inode, kernel_offset!(inode_i_sb)).unwrap_or(0);
+    (read_u32(sb, kernel_offset!(sb_s_dev)).unwrap_or(0), read_ptr(inode, kernel_offset!(inode_i_ino)).unwrap_or(0))
 }
 
 /// Whether the process was put into its container from outside.
@@ -316,8 +303,9 @@ fn origin(task: u64) -> Origin {
     Origin::Unknown
 }
 
-/// The task fields [`origin`] walks, read one by one from the global (a
-/// copy of the whole [`KernelOffsets`] would not fit the callers' stack).
+/// The task fields [`origin`] walks, read one by one from the global
+/// ([`kernel_offset!`]: a copy of the whole [`tokenwatch_common::KernelOffsets`] would not fit
+/// the callers' stack).
 struct TaskOffsets {
     real_parent: u32,
     tgid: u32,
@@ -332,22 +320,15 @@ struct TaskOffsets {
 impl TaskOffsets {
     #[inline(always)]
     fn load() -> Self {
-        // `Global` is `repr(transparent)` over the value; each field is
-        // read volatile, as `Global::load` reads the whole, so the loader's
-        // values are used, not the zeroes the object was built with.
-        let all = core::ptr::addr_of!(KERNEL_OFFSETS).cast::<KernelOffsets>();
-        // SAFETY: a valid, aligned static; u32 fields.
-        unsafe {
-            TaskOffsets {
-                real_parent: core::ptr::read_volatile(core::ptr::addr_of!((*all).task_real_parent)),
-                tgid: core::ptr::read_volatile(core::ptr::addr_of!((*all).task_tgid)),
-                group_leader: core::ptr::read_volatile(core::ptr::addr_of!((*all).task_group_leader)),
-                thread_pid: core::ptr::read_volatile(core::ptr::addr_of!((*all).task_thread_pid)),
-                pid_level: core::ptr::read_volatile(core::ptr::addr_of!((*all).pid_level)),
-                pid_numbers: core::ptr::read_volatile(core::ptr::addr_of!((*all).pid_numbers)),
-                upid_nr: core::ptr::read_volatile(core::ptr::addr_of!((*all).upid_nr)),
-                upid_size: core::ptr::read_volatile(core::ptr::addr_of!((*all).upid_size)),
-            }
+        TaskOffsets {
+            real_parent: kernel_offset!(task_real_parent),
+            tgid: kernel_offset!(task_tgid),
+            group_leader: kernel_offset!(task_group_leader),
+            thread_pid: kernel_offset!(task_thread_pid),
+            pid_level: kernel_offset!(pid_level),
+            pid_numbers: kernel_offset!(pid_numbers),
+            upid_nr: kernel_offset!(upid_nr),
+            upid_size: kernel_offset!(upid_size),
         }
     }
 

@@ -55,6 +55,20 @@ pub static KERNEL_OFFSETS: Global<KernelOffsets> =
     // SAFETY: KernelOffsets is integers only; all-zero means "not ready".
     Global::new(unsafe { core::mem::zeroed() });
 
+/// One field of [`KERNEL_OFFSETS`], read on its own, for code whose callers'
+/// frames have no room for a copy of the whole struct (`Global::load`
+/// copies it: some 260 bytes of stack). `Global` is `repr(transparent)` over the value and
+/// the read is volatile, as `Global::load`'s, so the loader's values are
+/// used, not the zeroes the object was built with.
+macro_rules! kernel_offset {
+    ($field:ident) => {{
+        let all = core::ptr::addr_of!($crate::maps::KERNEL_OFFSETS).cast::<tokenwatch_common::KernelOffsets>();
+        // SAFETY: a valid, aligned static of u32 fields.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*all).$field)) }
+    }};
+}
+pub(crate) use kernel_offset;
+
 /// The agent's own tgid: its opens and connects are not events.
 #[unsafe(no_mangle)]
 pub static AGENT_TGID: Global<u32> = Global::new(0);
