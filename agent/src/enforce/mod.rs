@@ -145,7 +145,9 @@ impl Enforcer {
         // image, the init pid (for `exec`), or everything when standalone.
         let ask_runtime = self.pods.is_none()
             || blocks.iter().any(|(block, _)| block.matcher.images.is_some() || block.matcher.exec.is_some());
-        let targets = if blocks.is_empty() { Vec::new() } else { self.targets(ask_runtime).await };
+        // Containers' roots only for entries that list binaries.
+        let need_roots = blocks.iter().any(|(block, _)| block.matcher.binaries.is_some());
+        let targets = if blocks.is_empty() { Vec::new() } else { self.targets(ask_runtime, need_roots).await };
         let mut plan = plan::plan(&blocks, &self.names, &targets);
         if !plan.scopes.is_empty() {
             let resolver = Arc::clone(&self.resolver);
@@ -157,8 +159,9 @@ impl Enforcer {
     }
 
     /// The node's pods, named as an alert names them (`ask_runtime`: with
-    /// the runtime's answers, cached by the CRI cache).
-    async fn targets(&self, ask_runtime: bool) -> Vec<Target> {
+    /// the runtime's answers, cached by the CRI cache; `need_roots`: with a
+    /// process of each container, whose root `binaries` resolve in).
+    async fn targets(&self, ask_runtime: bool, need_roots: bool) -> Vec<Target> {
         let Some(root) = self.root.clone() else { return Vec::new() };
         let found = tokio::task::spawn_blocking(move || cgroups::scan(&root)).await.unwrap_or_default();
         let mut targets = Vec::with_capacity(found.len());
@@ -174,7 +177,7 @@ impl Enforcer {
                     cgroup: container.cgroup,
                     kubernetes: context::kubernetes(&identity, meta.as_ref(), info.as_ref()),
                     init_pid,
-                    root_pid: init_pid.or_else(|| cgroups::any_process(&container.dir)),
+                    root_pid: if need_roots { init_pid.or_else(|| cgroups::any_process(&container.dir)) } else { None },
                 });
             }
             let identity = CgroupIdentity { container_id: None, pod_uid: Some(pod.uid.clone()), runtime: None };
