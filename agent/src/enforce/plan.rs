@@ -109,16 +109,19 @@ pub fn plan(blocks: &[(&BlockSpec, bool)], names: &BlockNames, targets: &[Target
         if covered {
             plan.entries.insert(target.cgroup, pod_entry);
             let roots = target.containers.iter().filter_map(|c| c.root_pid).collect::<Vec<_>>();
-            plan.scopes.extend(scopes(target.cgroup, pod_listed, &roots));
+            plan.scopes.extend(scopes(target.cgroup, &pod_listed, &roots));
         }
         for container in &target.containers {
             let blocks = matching(&numbered, &container.kubernetes);
             let (entry, listed) = slots(&blocks);
-            if entry != pod_entry {
+            // The same slots may list other files (an image entry's
+            // binaries sharing the pod entry's slot): the container then
+            // needs its own entry and keys as well.
+            if entry != pod_entry || listed != pod_listed {
                 plan.entries.insert(container.cgroup, entry);
                 plan.scopes.extend(scopes(
                     container.cgroup,
-                    listed,
+                    &listed,
                     &container.root_pid.into_iter().collect::<Vec<_>>(),
                 ));
             }
@@ -216,10 +219,10 @@ fn push(slots: &mut [EnforceSlot; ENFORCE_SLOTS], slot: EnforceSlot) -> Option<u
 }
 
 /// The scopes of one cgroup entry's listing slots.
-fn scopes(cgroup: u64, listed: Listed<'_>, roots: &[u32]) -> Vec<BinaryScope> {
+fn scopes(cgroup: u64, listed: &Listed<'_>, roots: &[u32]) -> Vec<BinaryScope> {
     listed
-        .into_iter()
-        .map(|(slot, block, globs)| BinaryScope { cgroup, slot, block, globs: globs.to_vec(), roots: roots.to_vec() })
+        .iter()
+        .map(|&(slot, block, globs)| BinaryScope { cgroup, slot, block, globs: globs.to_vec(), roots: roots.to_vec() })
         .collect()
 }
 

@@ -176,3 +176,22 @@ fn an_entry_for_every_executable_takes_over_a_listing_slot() {
     assert_eq!(plan.entries[&10].token_read[0], slot(2, MODE_ENFORCE, EXEC_ANY), "`all` covers kubectl too");
     assert!(plan.scopes.is_empty(), "so nothing is left to look up");
 }
+
+#[test]
+fn an_image_entry_listing_other_files_in_the_pods_slot_gets_its_own_entry() {
+    // `pod` lists /a for the whole pod; `image` lists /b for one image, in
+    // the same (mode, exec) slot: the slots are equal, the files are not.
+    let text = "blocks:\n  - id: pod\n    reason: r\n    actions: [token-read]\n    namespaces: [shop]\n    \
+                binaries: [/a]\n  - id: image\n    reason: r\n    actions: [token-read]\n    images: [\"img\"]\n    \
+                binaries: [/b]\n";
+    let plan = planned(text, &[pod(10, "shop", "d", "img")]);
+    assert_eq!(plan.entries.keys().copied().collect::<Vec<_>>(), vec![10, 11], "the container's own entry too");
+    assert_eq!(plan.entries[&10], plan.entries[&11]);
+    let scopes: Vec<(u64, u32, String)> =
+        plan.scopes.iter().flat_map(|s| s.globs.iter().map(move |g| (s.cgroup, s.block, g.as_string()))).collect();
+    assert_eq!(
+        scopes,
+        vec![(10, 1, "/a".to_owned()), (11, 1, "/a".to_owned()), (11, 2, "/b".to_owned())],
+        "the container's entry is the deepest: it holds both lists"
+    );
+}
