@@ -10,16 +10,22 @@
 //! * a copy of a listed file elsewhere is another file, not covered unless
 //!   a glob names where it lies;
 //! * a file that appears or is replaced at a listed path is covered from
-//!   the next round (every `RECONCILE_INTERVAL`).
+//!   the next round (every `RECONCILE_INTERVAL`);
+//! * the executable is the file the kernel runs: a script (`#!`) runs its
+//!   interpreter, so listing a script covers nothing.
 //!
-//! Literal paths are resolved every round (one `openat2` and one `statx`).
-//! A glob lists the directories its wildcards stand for; its result is
-//! kept while every directory it listed is unchanged (same inode, mtime and
-//! ctime) and at most [`GLOB_REFRESH`], so a glob over a large directory
-//! does not cost a listing of it four times a second.
+//! Every round, each candidate path is resolved again (one `openat2` and
+//! one `statx`), so a file replaced at a path, or behind a symlink, is
+//! seen at once. A glob's candidates come from listing the directories its
+//! wildcards stand for; that listing is kept while every directory it read
+//! (or found missing) looks the same (inode, mtime, ctime) and at most
+//! [`GLOB_REFRESH`], so a glob over a large directory is not listed four
+//! times a second. Each (container, pattern) is resolved once per round,
+//! however many scopes name it.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    cell::OnceCell,
+    collections::{hash_map::Entry, BTreeMap, HashMap, HashSet},
     fs,
     os::{fd::OwnedFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
@@ -39,6 +45,9 @@ pub const GLOB_REFRESH: Duration = Duration::from_secs(10);
 /// Files one glob may expand to in one container; more are left out, with
 /// a warning (a glob that wide is a mistake, and the map is bounded).
 pub const MAX_FILES_PER_GLOB: usize = 1024;
+/// Candidate paths one glob may list in one container (most are usually
+/// not regular files, or do not exist).
+const MAX_CANDIDATES_PER_GLOB: usize = 4 * MAX_FILES_PER_GLOB;
 
 /// Resolves scopes round after round, remembering globs' results.
 pub struct Resolver {
@@ -48,10 +57,11 @@ pub struct Resolver {
     warned: HashSet<String>,
 }
 
-/// One glob's result in one container, and what it was read from.
+/// One glob's candidate paths in one container, and the directories they
+/// were read from (`None`: the directory was missing).
 struct Expansion {
-    files: Vec<(u32, u64)>,
-    listed: Vec<(PathBuf, DirStamp)>,
+    paths: Vec<PathBuf>,
+    listed: Vec<(PathBuf, Option<DirStamp>)>,
     at: Instant,
 }
 
@@ -64,10 +74,12 @@ struct DirStamp {
     ctime: (i64, i64),
 }
 
-/// A container's root and mounts, opened once per round.
+/// A container's root, opened once per round, and its mounts, read once
+/// per round when a file is first keyed there.
 struct Root {
     fd: OwnedFd,
-    mountinfo: String,
+    mountinfo: OnceCell<String>,
+    pid: u32,
 }
 
 impl Resolver {
@@ -82,59 +94,83 @@ impl Resolver {
     pub fn resolve(&mut self, scopes: &[BinaryScope]) -> BTreeMap<BinaryKey, u32> {
         let mut keys = BTreeMap::new();
         let mut roots: HashMap<u32, Option<Root>> = HashMap::new();
-        let mut used = HashSet::new();
+        let mut resolved: HashMap<(u32, String), Vec<(u32, u64)>> = HashMap::new();
         for scope in scopes {
             for &pid in &scope.roots {
                 let root = roots.entry(pid).or_insert_with(|| self.open_root(pid));
                 let Some(root) = root.as_ref() else { continue };
                 for glob in &scope.globs {
                     let pattern = glob.as_string();
-                    let files = if is_literal(&pattern) {
-                        literal(root, Path::new(&pattern)).into_iter().collect()
-                    } else {
-                        used.insert((pid, pattern.clone()));
-                        self.expand(pid, root, &pattern)
+                    let files = match resolved.entry((pid, pattern)) {
+                        Entry::Occupied(known) => known.into_mut(),
+                        Entry::Vacant(new) => {
+                            let files = self.files(root, new.key().1.as_str());
+                            new.insert(files)
+                        }
                     };
-                    for file in files {
-                        keys.entry(scope.key(file)).or_insert(scope.block);
+                    for file in files.iter() {
+                        keys.entry(scope.key(*file)).or_insert(scope.block);
                     }
                 }
             }
         }
-        self.globs.retain(|key, _| used.contains(key));
+        self.globs.retain(|key, _| resolved.contains_key(key));
         keys
     }
 
     fn open_root(&self, pid: u32) -> Option<Root> {
         let fd = open_dir(&self.proc.join(pid.to_string()).join("root")).ok()?;
-        Some(Root { fd, mountinfo: mountinfo_of(&self.proc, pid) })
+        Some(Root { fd, mountinfo: OnceCell::new(), pid })
     }
 
-    /// A glob's files in one container, from the last round's result while
-    /// it still holds.
-    fn expand(&mut self, pid: u32, root: &Root, pattern: &str) -> Vec<(u32, u64)> {
-        let cache_key = (pid, pattern.to_owned());
-        if let Some(known) = self.globs.get(&cache_key) {
-            let fresh = known.at.elapsed() < GLOB_REFRESH
-                && known.listed.iter().all(|(dir, stamp)| dir_stamp(root, dir) == Some(*stamp));
-            if fresh {
-                return known.files.clone();
-            }
+    /// The regular files `pattern` names in one container now.
+    fn files(&mut self, root: &Root, pattern: &str) -> Vec<(u32, u64)> {
+        if is_literal(pattern) {
+            return self.key(root, Path::new(pattern)).into_iter().collect();
         }
-        let mut listed = Vec::new();
-        let paths = walk(root, pattern, &mut listed);
-        if paths.len() > MAX_FILES_PER_GLOB && self.warned.insert(pattern.to_owned()) {
+        let paths = self.candidates(root, pattern);
+        let files: Vec<(u32, u64)> = paths.iter().filter_map(|path| self.key(root, path)).collect();
+        if files.len() > MAX_FILES_PER_GLOB && self.warned.insert(pattern.to_owned()) {
             tracing::warn!(
                 binaries = pattern,
-                found = paths.len(),
+                found = files.len(),
                 max = MAX_FILES_PER_GLOB,
                 "a block entry's binaries glob matches too many files in a container: only the first are covered"
             );
         }
-        let files: Vec<(u32, u64)> =
-            paths.iter().take(MAX_FILES_PER_GLOB).filter_map(|path| literal(root, path)).collect();
-        self.globs.insert(cache_key, Expansion { files: files.clone(), listed, at: Instant::now() });
-        files
+        files.into_iter().take(MAX_FILES_PER_GLOB).collect()
+    }
+
+    /// The kernel identity of the regular file at `path` in the container.
+    fn key(&self, root: &Root, path: &Path) -> Option<(u32, u64)> {
+        let fd = open_in_root(&root.fd, path, libc::O_PATH | libc::O_CLOEXEC)?;
+        kernel_file_key(&fd, root.mountinfo.get_or_init(|| mountinfo_of(&self.proc, root.pid)))
+    }
+
+    /// A glob's candidate paths in one container, from the last listing
+    /// while every directory it read looks the same.
+    fn candidates(&mut self, root: &Root, pattern: &str) -> Vec<PathBuf> {
+        let cache_key = (root.pid, pattern.to_owned());
+        if let Some(known) = self.globs.get(&cache_key) {
+            let fresh = known.at.elapsed() < GLOB_REFRESH
+                && known.listed.iter().all(|(dir, stamp)| dir_stamp(root, dir) == *stamp);
+            if fresh {
+                return known.paths.clone();
+            }
+        }
+        let mut listed = Vec::new();
+        let paths = walk(root, pattern, &mut listed);
+        if paths.len() > MAX_CANDIDATES_PER_GLOB && self.warned.insert(pattern.to_owned()) {
+            tracing::warn!(
+                binaries = pattern,
+                found = paths.len(),
+                max = MAX_CANDIDATES_PER_GLOB,
+                "a block entry's binaries glob names too many paths in a container: only the first are looked at"
+            );
+        }
+        let paths: Vec<PathBuf> = paths.into_iter().take(MAX_CANDIDATES_PER_GLOB).collect();
+        self.globs.insert(cache_key, Expansion { paths: paths.clone(), listed, at: Instant::now() });
+        paths
     }
 }
 
@@ -143,15 +179,11 @@ fn is_literal(pattern: &str) -> bool {
     !pattern.contains(['*', '?'])
 }
 
-/// The kernel identity of the regular file at `path` in the container.
-fn literal(root: &Root, path: &Path) -> Option<(u32, u64)> {
-    let fd = open_in_root(&root.fd, path, libc::O_PATH | libc::O_CLOEXEC)?;
-    kernel_file_key(&fd, &root.mountinfo)
-}
-
-/// Every path in the container that `pattern` matches, component by
-/// component (a wildcard never spans a `/`), with the directories listed.
-fn walk(root: &Root, pattern: &str, listed: &mut Vec<(PathBuf, DirStamp)>) -> Vec<PathBuf> {
+/// Every path in the container that `pattern` may name, component by
+/// component (a wildcard never spans a `/`; a literal component is
+/// appended whether or not it exists, and resolved each round), with the
+/// directories listed or found missing.
+fn walk(root: &Root, pattern: &str, listed: &mut Vec<(PathBuf, Option<DirStamp>)>) -> Vec<PathBuf> {
     let mut paths = vec![PathBuf::from("/")];
     for component in pattern.split('/').filter(|c| !c.is_empty()) {
         if is_literal(component) {
@@ -161,10 +193,13 @@ fn walk(root: &Root, pattern: &str, listed: &mut Vec<(PathBuf, DirStamp)>) -> Ve
         let glob = Glob::new(component);
         let mut next = Vec::new();
         for dir in &paths {
-            let Some((stamp, names)) = list(root, dir) else { continue };
-            listed.push((dir.clone(), stamp));
+            let Some((stamp, names)) = list(root, dir) else {
+                listed.push((dir.clone(), None));
+                continue;
+            };
+            listed.push((dir.clone(), Some(stamp)));
             next.extend(names.into_iter().filter(|name| glob.matches(name)).map(|name| dir.join(name)));
-            if next.len() > MAX_FILES_PER_GLOB {
+            if next.len() > MAX_CANDIDATES_PER_GLOB {
                 break;
             }
         }

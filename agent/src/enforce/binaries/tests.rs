@@ -103,3 +103,26 @@ fn the_first_scope_naming_a_file_wins_and_gone_containers_add_nothing() {
     let keys = scene.resolver().resolve(&[scope(1, &["/tmp/bin/cat"], &[99, 7]), scope(2, &["/tmp/bin/*"], &[7])]);
     assert_eq!(files(&keys), vec![(cat.0, cat.1, 1)]);
 }
+
+#[test]
+fn files_under_a_listed_directory_or_a_missing_one_are_found_in_the_next_round() {
+    let scene = Scene::new();
+    let mut resolver = scene.resolver();
+    // `/tmp/*/kubectl`: `/tmp` does not change when a kubectl appears in
+    // `/tmp/bin`; `/opt/tools/*`: the directory does not exist yet.
+    let scopes = [scope(1, &["/tmp/*/kubectl", "/opt/tools/*"], &[7])];
+    assert!(resolver.resolve(&scopes).is_empty());
+    let kubectl = scene.file("tmp/bin/kubectl");
+    assert_eq!(files(&resolver.resolve(&scopes)), vec![(kubectl.0, kubectl.1, 1)], "a candidate path, resolved again");
+    fs::create_dir_all(scene.rootfs("opt/tools")).expect("mkdir");
+    let tool = scene.file("opt/tools/cat");
+    let mut found = files(&resolver.resolve(&scopes));
+    found.sort();
+    let mut want = vec![(kubectl.0, kubectl.1, 1), (tool.0, tool.1, 1)];
+    want.sort();
+    assert_eq!(found, want, "a directory found missing is looked at again");
+    // Replaced behind a symlink: the new file, at once.
+    fs::remove_file(scene.rootfs("tmp/bin/kubectl")).expect("rm");
+    symlink("/opt/tools/cat", scene.rootfs("tmp/bin/kubectl")).expect("symlink");
+    assert_eq!(files(&resolver.resolve(&scopes)), vec![(tool.0, tool.1, 1)]);
+}
