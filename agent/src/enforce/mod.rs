@@ -87,6 +87,8 @@ pub struct Enforcer {
     warned: bool,
     /// Finds `binaries` in containers; shared with the blocking pool.
     resolver: Arc<Mutex<binaries::Resolver>>,
+    /// Whether the last round found the binaries map full (logged once).
+    binaries_refused: bool,
 }
 
 impl Enforcer {
@@ -113,6 +115,7 @@ impl Enforcer {
             refused: HashSet::new(),
             warned: false,
             resolver: Arc::new(Mutex::new(binaries::Resolver::new(PathBuf::from("/proc")))),
+            binaries_refused: false,
         }
     }
 
@@ -153,7 +156,14 @@ impl Enforcer {
             let resolver = Arc::clone(&self.resolver);
             let scopes = plan.scopes.clone();
             let resolve = move || resolver.lock().unwrap_or_else(PoisonError::into_inner).resolve(&scopes);
-            plan.binaries = tokio::task::spawn_blocking(resolve).await.unwrap_or_default();
+            plan.binaries = match tokio::task::spawn_blocking(resolve).await {
+                Ok(binaries) => binaries,
+                Err(error) => {
+                    // Keep what the kernel holds rather than drop every key.
+                    tracing::error!(%error, "resolving block entries' binaries failed; keeping the last round's");
+                    self.applied.binaries.clone()
+                }
+            };
         }
         self.apply(plan);
     }
@@ -193,19 +203,28 @@ impl Enforcer {
     }
 
     /// Makes the kernel hold `plan`, changing only what differs.
-    fn apply(&mut self, plan: Plan) {
-        // Executables first, so an entry that starts listing binaries finds
-        // them in place.
-        for (key, block) in &plan.binaries {
-            if self.applied.binaries.get(key) != Some(block) {
-                if let Err(error) = self.maps.binaries.insert(key, block, 0) {
-                    tracing::error!(cgroup = key.cgroup, %error, "enforcement binaries map update refused");
-                }
+    fn apply(&mut self, mut plan: Plan) {
+        // New executables before the cgroup entries that list them, stale
+        // ones after, so a slot being renumbered never finds its files gone.
+        let mut refused = 0usize;
+        plan.binaries.retain(|key, block| {
+            if self.applied.binaries.get(key) == Some(block) {
+                return true;
             }
+            // A key the map refused (full) is left out of what is applied,
+            // so the next round tries it again.
+            let inserted = self.maps.binaries.insert(key, *block, 0).is_ok();
+            refused += usize::from(!inserted);
+            inserted
+        });
+        if refused > 0 && !self.binaries_refused {
+            tracing::error!(
+                refused,
+                held = plan.binaries.len(),
+                "the enforcement binaries map is full: some listed executables are not covered"
+            );
         }
-        for key in self.applied.binaries.keys().filter(|k| !plan.binaries.contains_key(k)) {
-            let _ = self.maps.binaries.remove(key);
-        }
+        self.binaries_refused = refused > 0;
         for (cgroup, entry) in &plan.entries {
             if self.applied.entries.get(cgroup) != Some(entry) {
                 if let Err(error) = self.maps.cgroups.insert(cgroup, entry, 0) {
@@ -223,6 +242,9 @@ impl Enforcer {
         }
         for cgroup in self.applied.inits.keys().filter(|c| !plan.inits.contains_key(c)) {
             let _ = self.maps.inits.remove(cgroup);
+        }
+        for key in self.applied.binaries.keys().filter(|k| !plan.binaries.contains_key(k)) {
+            let _ = self.maps.binaries.remove(key);
         }
         self.fences.retain(|dir, _| plan.fences.contains(dir));
         self.refused.retain(|dir| plan.fences.contains(dir));
