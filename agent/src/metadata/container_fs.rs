@@ -18,8 +18,11 @@ use std::{
 
 /// Converts a userspace `st_dev` to the kernel's `s_dev` encoding.
 pub fn kernel_dev(st_dev: u64) -> u32 {
-    let major = libc::major(st_dev);
-    let minor = libc::minor(st_dev);
+    kernel_dev_of(libc::major(st_dev), libc::minor(st_dev))
+}
+
+/// The kernel's `s_dev` encoding of a major and minor number.
+fn kernel_dev_of(major: u32, minor: u32) -> u32 {
     (major << 20) | (minor & 0xf_ffff)
 }
 
@@ -83,9 +86,9 @@ pub fn kernel_file_key(fd: &OwnedFd, mountinfo: &str) -> Option<(u32, u64)> {
     let dev = if stx.stx_mask & libc::STATX_MNT_ID != 0 {
         mount_dev(mountinfo, stx.stx_mnt_id)?
     } else {
-        // Before 5.8 there is no mount id; stat's device is right on every
-        // file system but a multi-device overlay.
-        (stx.stx_dev_major << 20) | (stx.stx_dev_minor & 0xf_ffff)
+        // Before 5.8 there is no mount id; stat's device is then wrong on a
+        // multi-file-system overlay and on btrfs (a subvolume's own device).
+        kernel_dev_of(stx.stx_dev_major, stx.stx_dev_minor)
     };
     Some((dev, stx.stx_ino))
 }
@@ -99,7 +102,7 @@ pub fn mount_dev(mountinfo: &str, id: u64) -> Option<u32> {
             return None;
         }
         let (major, minor) = fields.nth(1)?.split_once(':')?;
-        Some((major.parse::<u32>().ok()? << 20) | (minor.parse::<u32>().ok()? & 0xf_ffff))
+        Some(kernel_dev_of(major.parse().ok()?, minor.parse().ok()?))
     })
 }
 
