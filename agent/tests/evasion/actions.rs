@@ -149,18 +149,8 @@ fn uring_open_skip(path: &str) -> Result<(), String> {
 /// io-wq worker opens it; the process never calls io_uring again, and
 /// reads the guessed fd after a pause.
 fn uring_open_skip_async(path: &str) -> Result<(), String> {
-    let mut ring = IoUring::new(4).map_err(|e| format!("io_uring_setup: {e}"))?;
     let c_path = CString::new(path).map_err(|e| e.to_string())?;
-    // SAFETY: plain syscalls: learn the lowest free fd.
-    let guess = unsafe { libc::dup(0) };
-    // SAFETY: as above.
-    unsafe { libc::close(guess) };
-    let flags = squeue::Flags::SKIP_SUCCESS | squeue::Flags::ASYNC;
-    let open =
-        opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), c_path.as_ptr()).flags(libc::O_RDONLY).build().flags(flags);
-    // SAFETY: the path outlives the pause below.
-    unsafe { ring.submission().push(&open) }.map_err(|e| format!("queue full: {e}"))?;
-    ring.submit().map_err(|e| format!("io_uring_enter: {e}"))?;
+    let (_ring, guess) = submit_open_skip_async(&c_path)?;
     std::thread::sleep(std::time::Duration::from_millis(50));
     let mut buf = [0u8; 16];
     // SAFETY: reading into a valid buffer from the guessed fd.
@@ -172,18 +162,8 @@ fn uring_open_skip_async(path: &str) -> Result<(), String> {
 /// is submitted, `read(2)` on the guessed fd in a tight loop, racing
 /// whatever would stop the process; prints what it read.
 fn uring_open_skip_spin(path: &str) -> Result<(), String> {
-    let mut ring = IoUring::new(4).map_err(|e| format!("io_uring_setup: {e}"))?;
     let c_path = CString::new(path).map_err(|e| e.to_string())?;
-    // SAFETY: plain syscalls: learn the lowest free fd.
-    let guess = unsafe { libc::dup(0) };
-    // SAFETY: as above.
-    unsafe { libc::close(guess) };
-    let flags = squeue::Flags::SKIP_SUCCESS | squeue::Flags::ASYNC;
-    let open =
-        opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), c_path.as_ptr()).flags(libc::O_RDONLY).build().flags(flags);
-    // SAFETY: the path outlives the loop below.
-    unsafe { ring.submission().push(&open) }.map_err(|e| format!("queue full: {e}"))?;
-    ring.submit().map_err(|e| format!("io_uring_enter: {e}"))?;
+    let (_ring, guess) = submit_open_skip_async(&c_path)?;
     let start = std::time::Instant::now();
     let mut buf = [0u8; 4096];
     while start.elapsed() < std::time::Duration::from_secs(2) {
@@ -194,6 +174,24 @@ fn uring_open_skip_spin(path: &str) -> Result<(), String> {
         }
     }
     Err(format!("fd {guess} never became readable"))
+}
+
+/// Submits IORING_OP_OPENAT of `path` with IOSQE_CQE_SKIP_SUCCESS and
+/// IOSQE_ASYNC: an io-wq worker opens it and posts no completion. Returns
+/// the ring (kept until the fd is read) and the fd the open will get (the
+/// lowest free one); `path` must outlive the read.
+fn submit_open_skip_async(path: &CString) -> Result<(IoUring, i32), String> {
+    let mut ring = IoUring::new(4).map_err(|e| format!("io_uring_setup: {e}"))?;
+    // SAFETY: plain syscalls: learn the lowest free fd.
+    let guess = unsafe { libc::dup(0) };
+    // SAFETY: as above.
+    unsafe { libc::close(guess) };
+    let flags = squeue::Flags::SKIP_SUCCESS | squeue::Flags::ASYNC;
+    let open = opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), path.as_ptr()).flags(libc::O_RDONLY).build().flags(flags);
+    // SAFETY: the caller keeps the path alive until the fd is read.
+    unsafe { ring.submission().push(&open) }.map_err(|e| format!("queue full: {e}"))?;
+    ring.submit().map_err(|e| format!("io_uring_enter: {e}"))?;
+    Ok((ring, guess))
 }
 
 fn socket_for(addr: &SocketAddr) -> Result<OwnedFd, String> {
