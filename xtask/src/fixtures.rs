@@ -2,17 +2,19 @@
 //!
 //! The agent resolves kernel struct offsets from BTF, and that has to be
 //! tested against more than the one kernel the build machine runs. Debian's
-//! 6.1 cloud kernel package is reachable through apt, so its BTF is pulled
-//! out of the package's compressed kernel image here, once, into
-//! `target/fixtures/btf/` (nothing large is committed).
+//! 6.1 cloud kernel package (bookworm's) is reachable through apt, so its BTF
+//! is pulled out of the package's compressed kernel image here, once, into
+//! `target/fixtures/btf/` (nothing large is committed). The kernel is fetched
+//! as `cargo xtask vmtest` fetches it, with apt in a state of its own.
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use object::{Object, ObjectSection};
+
+use crate::vmtest;
 
 /// Name of the 6.1 fixture inside `target/fixtures/btf/`.
 const FIXTURE_NAME: &str = "vmlinux-6.1.btf";
@@ -41,9 +43,8 @@ pub fn second_kernel_btf(workspace_root: &Path) -> Result<PathBuf> {
     );
     let started = Instant::now();
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let work = TempDir::new(&workspace_root.join("target/fixtures"))?;
 
-    let vmlinuz = download_kernel_image(&work.0)?;
+    let vmlinuz = vmtest::kernel::vmlinuz(workspace_root, "bookworm")?.vmlinuz;
     let image = fs::read(&vmlinuz).with_context(|| format!("reading {}", vmlinuz.display()))?;
     let payload =
         bzimage_payload(&image).with_context(|| format!("reading the bzImage header of {}", vmlinuz.display()))?;
@@ -61,100 +62,6 @@ pub fn second_kernel_btf(workspace_root: &Path) -> Result<PathBuf> {
         started.elapsed()
     );
     Ok(out)
-}
-
-/// A scratch directory removed when dropped, also on error paths.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(parent: &Path) -> Result<Self> {
-        let path = parent.join(format!("tmp-kernel-{}", std::process::id()));
-        if path.exists() {
-            fs::remove_dir_all(&path).with_context(|| format!("clearing {}", path.display()))?;
-        }
-        fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(TempDir(path))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if let Err(err) = fs::remove_dir_all(&self.0) {
-            eprintln!("xtask: fixtures: could not remove {}: {err}", self.0.display());
-        }
-    }
-}
-
-/// Run `cmd` to completion, failing with its stderr if it fails.
-fn run(cmd: &mut Command) -> Result<String> {
-    let output = cmd.output().with_context(|| format!("running {cmd:?} (is it installed?)"))?;
-    ensure!(
-        output.status.success(),
-        "{cmd:?} failed ({}): {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-/// The newest `linux-image-6.1.0-N-cloud-amd64` apt knows of, if any.
-fn newest_cloud_kernel() -> Result<Option<String>> {
-    let listing =
-        run(Command::new("apt-cache").args(["search", "--names-only", r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64$"]))?;
-    let abi = |name: &str| name.strip_prefix("linux-image-6.1.0-")?.strip_suffix("-cloud-amd64")?.parse::<u32>().ok();
-    Ok(listing
-        .lines()
-        .filter_map(|line| line.split_whitespace().next())
-        .filter_map(|name| Some((abi(name)?, name.to_owned())))
-        .max()
-        .map(|(_, name)| name))
-}
-
-/// Download and unpack the newest 6.1 cloud kernel package into `work`;
-/// returns the path of its `boot/vmlinuz-*`. Refreshes apt's lists once if
-/// the package is unknown or its download fails (a stale list names files
-/// the mirror no longer has).
-fn download_kernel_image(work: &Path) -> Result<PathBuf> {
-    let mut refreshed = false;
-    let deb = loop {
-        let package = match newest_cloud_kernel()? {
-            Some(package) => package,
-            None if !refreshed => {
-                eprintln!("xtask: fixtures: apt knows no 6.1 cloud kernel; running apt-get update");
-                run(Command::new("apt-get").arg("update"))?;
-                refreshed = true;
-                continue;
-            }
-            None => bail!("apt has no package matching linux-image-6.1.0-*-cloud-amd64"),
-        };
-        eprintln!("xtask: fixtures: apt-get download {package}");
-        match run(Command::new("apt-get").arg("download").arg(&package).current_dir(work)) {
-            Ok(_) => break find_file(work, "", ".deb")?,
-            Err(err) if !refreshed => {
-                eprintln!("xtask: fixtures: download failed ({err:#}); running apt-get update");
-                run(Command::new("apt-get").arg("update"))?;
-                refreshed = true;
-            }
-            Err(err) => return Err(err),
-        }
-    };
-    let root = work.join("root");
-    eprintln!("xtask: fixtures: dpkg-deb -x {}", deb.display());
-    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
-    find_file(&root.join("boot"), "vmlinuz-", "")
-}
-
-/// The one file in `dir` whose name starts with `prefix` and ends with `suffix`.
-fn find_file(dir: &Path, prefix: &str, suffix: &str) -> Result<PathBuf> {
-    for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with(prefix) && name.ends_with(suffix) {
-            return Ok(entry.path());
-        }
-    }
-    bail!("no {prefix}*{suffix} in {}", dir.display())
 }
 
 /// Little-endian `u32` at `at`.

@@ -15,6 +15,9 @@
 //!   for N seconds (nightly; installs cargo-fuzz if missing).
 //! * `test [--no-lint] [--no-fuzz] [-- CARGO_TEST_ARGS]`: every test, as CI
 //!   runs it, the fuzz targets briefly included.
+//! * `vmtest [--kernel 5.10|6.1|6.12|all] [--skip-build]`: the kernel check
+//!   and the kernel_matrix cases inside Debian's 5.10, 6.1 and 6.12 kernels,
+//!   each in qemu; writes target/vmtest/report.md.
 //!
 //! Every step says on stderr what it does and why.
 #![expect(clippy::print_stderr, reason = "xtask's output is its progress report")]
@@ -29,6 +32,7 @@ mod setup;
 mod soak;
 mod test;
 mod util;
+mod vmtest;
 
 use std::process::ExitCode;
 
@@ -88,6 +92,10 @@ enum Task {
     /// policy and configuration files, gRPC requests), each target for a
     /// bounded time; fails naming the input that crashed one.
     Fuzz(fuzz::FuzzArgs),
+    /// Boot Debian's 5.10, 6.1 and 6.12 kernels in qemu and run the kernel
+    /// check and the kernel_matrix cases in each; fails if any VM timed out,
+    /// a core hook did not load or a case failed.
+    Vmtest(vmtest::VmtestArgs),
 }
 
 fn main() -> ExitCode {
@@ -147,6 +155,7 @@ fn dispatch(task: Task) -> Result<ExitCode> {
             soak::soak(&binary, &args)?;
         }
         Task::Fuzz(args) => fuzz::fuzz(&args)?,
+        Task::Vmtest(args) => vmtest::vmtest(&args)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -43,6 +43,9 @@ const DEPLOY_TEST_PACKAGES: [&str; 1] = ["buildah"];
 const SCHEMA_VALIDATOR: &str = "kubernetes-validate==1.37.0";
 /// The peers `cargo xtask bench` measures tokenwatch against.
 const BENCH_PACKAGES: [&str; 3] = ["bpftrace", "auditd", "bpftool"];
+/// What `cargo xtask vmtest` needs: qemu to boot other kernels, `cpio` to
+/// pack the initramfs, and a static busybox for its userland.
+const VM_PACKAGES: [&str; 3] = ["qemu-system-x86", "cpio", "busybox-static"];
 /// Where the LLVM of `llvm-22-dev` lives.
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// The bpf-linker release line that links aya-ebpf 0.2 objects.
@@ -167,6 +170,15 @@ fn deploy_tools(report: &mut Report) -> Result<()> {
 /// Debian. Not part of `setup` itself: tests do not need them.
 pub fn bench_tools() -> Result<()> {
     install_missing(&BENCH_PACKAGES, "the benchmark measures bpftrace and auditd side by side with tokenwatch, and bpftool reads the programs' run time")
+}
+
+/// What `cargo xtask vmtest` boots kernels with: qemu, cpio and a static
+/// busybox, from Debian. Not part of `setup` itself: tests do not need them.
+pub fn vm_tools() -> Result<()> {
+    install_missing(
+        &VM_PACKAGES,
+        "the kernel matrix boots Debian's kernels in qemu with an initramfs packed by cpio around a static busybox",
+    )
 }
 
 /// Installs those of `packages` dpkg does not list, saying `why`: for the

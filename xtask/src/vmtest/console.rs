@@ -1,0 +1,273 @@
+//! Reading a VM's serial console log: the kernel release, the rows of
+//! `tokenwatch kernel-check` (one JSON object per program), and libtest's
+//! report of the kernel test cases, each between the markers /init prints
+//! (init.sh). Lines end in `\r\n` on a serial console; output of programs the
+//! tests start may land between `test <name> ... ` and its result.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+/// One eBPF program as the kernel check reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Program {
+    /// The program's name (`sys_exit_openat`).
+    pub program: String,
+    /// The hook it serves (`openat`).
+    pub hook: String,
+    /// `loaded`, `refused` or `absent`.
+    pub state: String,
+    /// Instructions the verifier processed, when it said.
+    pub verified_insns: Option<u64>,
+    /// The program's stack depth, when known.
+    pub stack_depth: Option<u64>,
+    /// The verifier's last lines for a refused program.
+    pub error: Option<String>,
+}
+
+/// What became of one test case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// `ok`.
+    Ok,
+    /// `FAILED`.
+    Failed,
+    /// `ignored` (even with --include-ignored, e.g. a filtered bench).
+    Ignored,
+    /// Started, with no result before the console ended (a hang, a panic).
+    Unfinished,
+}
+
+impl Outcome {
+    /// The word in the report's table.
+    pub fn word(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Failed => "FAILED",
+            Outcome::Ignored => "ignored",
+            Outcome::Unfinished => "unfinished",
+        }
+    }
+}
+
+/// Everything read from one console log.
+#[derive(Debug, Default, Clone)]
+pub struct Console {
+    /// `uname -r` in the VM: /init got as far as its first line.
+    pub release: Option<String>,
+    /// The kernel check's rows.
+    pub programs: Vec<Program>,
+    /// The kernel check's exit code, if it finished.
+    pub check_rc: Option<i32>,
+    /// The kernel check's other lines (its log, a usage error), to show when
+    /// it fails.
+    pub check_output: Vec<String>,
+    /// Whether the test executable was started.
+    pub tests_started: bool,
+    /// The test executable's exit code, if it finished.
+    pub tests_rc: Option<i32>,
+    /// Each case's outcome, in the order they ran.
+    pub cases: Vec<(String, Outcome)>,
+    /// libtest's `---- <name> stdout ----` sections, by name.
+    pub failures: Vec<(String, String)>,
+    /// Seconds since boot at each phase's end (`boot`, `check`, `tests`).
+    pub uptimes: Vec<(String, String)>,
+    /// Whether /init got to its end.
+    pub done: bool,
+}
+
+/// Which part of the console a line is in.
+#[derive(PartialEq, Eq)]
+enum Part {
+    /// Boot, or between sections.
+    Outside,
+    /// Between `VMTEST-CHECK-BEGIN` and `-END`.
+    Check,
+    /// Between `VMTEST-TESTS-BEGIN` and `-END`.
+    Tests,
+}
+
+/// Read a console log.
+pub fn parse(log: &str) -> Console {
+    let mut console = Console::default();
+    let mut part = Part::Outside;
+    let mut pending: Option<String> = None;
+    let mut section: Option<(String, Vec<&str>)> = None;
+    let mut failure_list = false;
+    let mut failed = BTreeSet::new();
+    for line in log.lines().map(|line| line.trim_end_matches('\r')) {
+        if let Some(rest) = marker(line, "VMTEST-KERNEL ") {
+            console.release = Some(rest.trim().to_owned());
+        } else if marker(line, "VMTEST-CHECK-BEGIN").is_some() {
+            part = Part::Check;
+        } else if let Some(rest) = marker(line, "VMTEST-CHECK-END rc=") {
+            console.check_rc = rest.trim().parse().ok();
+            part = Part::Outside;
+        } else if marker(line, "VMTEST-TESTS-BEGIN").is_some() {
+            console.tests_started = true;
+            part = Part::Tests;
+        } else if let Some(rest) = marker(line, "VMTEST-TESTS-END rc=") {
+            console.tests_rc = rest.trim().parse().ok();
+            part = Part::Outside;
+        } else if let Some(rest) = marker(line, "VMTEST-UPTIME ") {
+            if let Some((phase, seconds)) = rest.trim().split_once(' ') {
+                console.uptimes.push((phase.to_owned(), seconds.to_owned()));
+            }
+        } else if marker(line, "VMTEST-DONE").is_some() {
+            console.done = true;
+        } else if part == Part::Check {
+            match program(line) {
+                Some(row) => console.programs.push(row),
+                None => console.check_output.push(line.to_owned()),
+            }
+        } else if part == Part::Tests {
+            if let Some(name) = line.strip_prefix("---- ").and_then(|rest| rest.strip_suffix(" stdout ----")) {
+                console.failures.extend(section.take().map(close));
+                section = Some((name.to_owned(), Vec::new()));
+                continue;
+            }
+            if line == "failures:" {
+                console.failures.extend(section.take().map(close));
+                failure_list = true;
+                continue;
+            }
+            if let Some((_, lines)) = section.as_mut() {
+                lines.push(line);
+                continue;
+            }
+            if failure_list {
+                match line.strip_prefix("    ") {
+                    Some(name) => _ = failed.insert(name.trim().to_owned()),
+                    None => failure_list = false,
+                }
+                continue;
+            }
+            if let Some((name, result)) = line.strip_prefix("test ").and_then(|rest| rest.split_once(" ... ")) {
+                finish(&mut console, &mut pending, None);
+                match outcome(result) {
+                    Some(outcome) => console.cases.push((name.to_owned(), outcome)),
+                    None => pending = Some(name.to_owned()),
+                }
+            } else if pending.is_some() {
+                if let Some(outcome) = outcome(line) {
+                    finish(&mut console, &mut pending, Some(outcome));
+                }
+            }
+        }
+    }
+    console.failures.extend(section.take().map(close));
+    finish(&mut console, &mut pending, None);
+    for (name, outcome) in &mut console.cases {
+        if failed.contains(name.as_str()) {
+            *outcome = Outcome::Failed;
+        } else if *outcome == Outcome::Unfinished && console.tests_rc == Some(0) {
+            *outcome = Outcome::Ok; // its result was lost among other output
+        }
+    }
+    console
+}
+
+/// The rest of `line` after `marker`, wherever on the line it starts (a
+/// kernel message may have been printed on the same line before it).
+fn marker<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
+    line.find(marker).map(|at| &line[at + marker.len()..])
+}
+
+/// A finished failure section: its name and text, trailing blank lines cut.
+fn close((name, lines): (String, Vec<&str>)) -> (String, String) {
+    (name, lines.join("\n").trim_end().to_owned())
+}
+
+/// Record the pending case with `outcome` (unfinished if none).
+fn finish(console: &mut Console, pending: &mut Option<String>, outcome: Option<Outcome>) {
+    if let Some(name) = pending.take() {
+        console.cases.push((name, outcome.unwrap_or(Outcome::Unfinished)));
+    }
+}
+
+/// libtest's result word (`ignored, <reason>` included).
+fn outcome(text: &str) -> Option<Outcome> {
+    match text.trim() {
+        "ok" => Some(Outcome::Ok),
+        "FAILED" => Some(Outcome::Failed),
+        text if text == "ignored" || text.starts_with("ignored, ") => Some(Outcome::Ignored),
+        _ => None,
+    }
+}
+
+/// One kernel-check row, if `line` is one.
+fn program(line: &str) -> Option<Program> {
+    let value: Value = serde_json::from_str(line.trim()).ok()?;
+    let text = |key: &str| value[key].as_str().map(str::to_owned);
+    Some(Program {
+        program: text("program")?,
+        hook: text("hook").unwrap_or_default(),
+        state: text("state").unwrap_or_else(|| "?".to_owned()),
+        verified_insns: value["verified_insns"].as_u64(),
+        stack_depth: value["stack_depth"].as_u64(),
+        error: text("error"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A console as /init prints it, with a test whose result came after
+    /// other output, and a failure section.
+    const LOG: &str = "[    0.000000] Linux version 5.10.0\r
+VMTEST-KERNEL 5.10.0-46-cloud-amd64\r
+VMTEST-CHECK-BEGIN\r
+{\"program\":\"sys_exit_openat\",\"hook\":\"openat\",\"state\":\"loaded\",\"verified_insns\":623000,\"stack_depth\":288,\"error\":null}\r
+2026-12-04T10:00:00Z INFO some log line\r
+{\"program\":\"connect4\",\"hook\":\"connect\",\"state\":\"refused\",\"verified_insns\":null,\"stack_depth\":null,\"error\":\"R1 invalid mem access\"}\r
+VMTEST-CHECK-END rc=1\r
+VMTEST-TESTS-BEGIN\r
+
+running 4 tests\r
+test opens::token_read ... agent starting\r
+ok\r
+test connect::api_server ... FAILED\r
+test iouring::openat ... ignored, needs 5.6\r
+test exec::hang ... \r
+
+failures:\r
+
+---- connect::api_server stdout ----\r
+thread 'connect::api_server' panicked at agent/tests/kernel_matrix/connect.rs:10:5:\r
+no alert\r
+
+failures:\r
+    connect::api_server\r
+
+test result: FAILED. 2 passed; 1 failed; 1 ignored\r
+";
+
+    #[test]
+    fn reads_check_rows_cases_and_failures() {
+        let console = parse(LOG);
+        assert_eq!(console.release.as_deref(), Some("5.10.0-46-cloud-amd64"));
+        assert_eq!(console.check_rc, Some(1));
+        assert_eq!(console.programs.len(), 2);
+        assert_eq!(console.programs[0].verified_insns, Some(623_000));
+        assert_eq!(console.programs[1].state, "refused");
+        assert_eq!(console.programs[1].error.as_deref(), Some("R1 invalid mem access"));
+        assert_eq!(console.check_output, ["2026-12-04T10:00:00Z INFO some log line"]);
+        assert!(console.tests_started);
+        assert_eq!(console.tests_rc, None);
+        let cases: Vec<(&str, Outcome)> = console.cases.iter().map(|(name, o)| (name.as_str(), *o)).collect();
+        assert_eq!(
+            cases,
+            [
+                ("opens::token_read", Outcome::Ok),
+                ("connect::api_server", Outcome::Failed),
+                ("iouring::openat", Outcome::Ignored),
+                ("exec::hang", Outcome::Unfinished),
+            ]
+        );
+        assert_eq!(console.failures.len(), 1);
+        assert_eq!(console.failures[0].0, "connect::api_server");
+        assert!(console.failures[0].1.ends_with("no alert"));
+        assert!(!console.done);
+    }
+}

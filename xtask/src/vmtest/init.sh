@@ -1,0 +1,48 @@
+#!/bin/busybox sh
+# /init of the vmtest initramfs (written by xtask/src/vmtest/initramfs.rs).
+# Sets up what a node has (proc, sys, devtmpfs, tracefs, bpffs, cgroup2 alone
+# at /sys/fs/cgroup, lo up), then runs the kernel check and the kernel test
+# cases between markers xtask parses from the serial console, and powers off.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+
+mount -t devtmpfs devtmpfs /dev
+exec </dev/console >/dev/console 2>&1
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+mount -t tracefs tracefs /sys/kernel/tracing
+mount -t bpf bpf /sys/fs/bpf
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+for controller in cpu memory pids io cpuset; do
+    echo "+$controller" >/sys/fs/cgroup/cgroup.subtree_control 2>/dev/null
+done
+ip link set lo up
+hostname "$(cat /etc/hostname)"
+# Kernel messages would cut into the lines xtask parses: only emergencies
+# reach the console; the whole ring is printed at the end.
+dmesg -n 1
+
+. /vmtest.env
+uptime_s() { cut -d' ' -f1 /proc/uptime; }
+
+echo "VMTEST-KERNEL $(uname -r)"
+echo "VMTEST-UPTIME boot $(uptime_s)"
+echo "VMTEST-CHECK-BEGIN"
+"$AGENT" kernel-check
+echo "VMTEST-CHECK-END rc=$?"
+echo "VMTEST-UPTIME check $(uptime_s)"
+if [ -n "$TESTS" ]; then
+    echo "VMTEST-TESTS-BEGIN"
+    RUST_BACKTRACE=1 "$TESTS" --include-ignored --test-threads=1
+    echo "VMTEST-TESTS-END rc=$?"
+    echo "VMTEST-UPTIME tests $(uptime_s)"
+fi
+echo "VMTEST-DMESG-BEGIN"
+dmesg
+echo "VMTEST-DMESG-END"
+echo "VMTEST-DONE"
+poweroff -f
