@@ -102,6 +102,9 @@ fn tmpfs(at: &Path) -> Result<(), String> {
 
 /// One action; the reply detail is the number of bytes read.
 fn perform(line: &str) -> Result<String, String> {
+    if let Some(args) = line.strip_prefix("run ") {
+        return run_child(args);
+    }
     let mut words = line.split_whitespace();
     match (words.next(), words.next(), words.next()) {
         (Some("open"), Some(path), None) => read(path),
@@ -138,6 +141,50 @@ fn perform(line: &str) -> Result<String, String> {
         (Some("exit"), None, None) => Ok("bye".to_owned()),
         _ => Err(format!("unknown command `{line}`")),
     }
+}
+
+/// How long a `run` child may take before the actor kills it (before
+/// [`super::scaled`]): a helper stuck in a syscall must fail its test, not
+/// hang the run.
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `run <args...>`: this test binary run again with `args` (a helper the
+/// test target defines, e.g. the evasion tests' `__evade <action> <arg>`),
+/// as a child of the actor, so in its cgroups and mount namespace. The
+/// detail is `<pid> <exit code, signal=N or timeout> <stdout>`, the
+/// output's backslashes and line ends escaped so the reply stays one line.
+fn run_child(args: &str) -> Result<String, String> {
+    use std::{io::Read, os::unix::process::ExitStatusExt};
+    let exe = std::env::current_exe().map_err(|e| format!("the test binary's path: {e}"))?;
+    let mut child = Command::new(exe)
+        .args(args.split_whitespace())
+        .env_remove(ACTOR_ENV)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("run {args}: {e}"))?;
+    let pid = child.id();
+    // The helpers print a line or two: the pipe cannot fill before they exit.
+    let exited = super::wait_for(super::scaled(RUN_TIMEOUT), || child.try_wait().ok().flatten());
+    let status = match exited {
+        Some(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => code.to_string(),
+            (None, Some(signal)) => format!("signal={signal}"),
+            (None, None) => "unknown".to_owned(),
+        },
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            "timeout".to_owned()
+        }
+    };
+    let mut stdout = Vec::new();
+    if let Some(mut pipe) = child.stdout.take() {
+        pipe.read_to_end(&mut stdout).map_err(|e| format!("run {args}: reading its output: {e}"))?;
+    }
+    let stdout = String::from_utf8_lossy(&stdout).replace('\\', "\\\\").replace('\n', "\\n");
+    Ok(format!("{pid} {status} {stdout}"))
 }
 
 /// A non-blocking IPv4 connect; the detail is connect(2)'s raw result
@@ -205,6 +252,36 @@ fn openat2(path: &str) -> Result<String, String> {
     Ok(bytes.len().to_string())
 }
 
+/// Undoes [`run_child`]'s escaping of a child's output.
+fn unescape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+/// What a child the actor ran did.
+#[derive(Debug)]
+pub struct Ran {
+    /// Its pid.
+    pub pid: u32,
+    /// Its exit code, `signal=N` when a signal ended it, or `timeout` when
+    /// the actor had to kill it.
+    pub status: String,
+    /// What it printed.
+    pub stdout: String,
+}
+
 /// The test's handle on an actor process.
 pub struct Actor {
     child: Child,
@@ -260,6 +337,16 @@ impl Actor {
         }
     }
 
+    /// Runs this test binary with `args` as the actor's child (see the
+    /// `run` command), in the actor's cgroups and mount namespace.
+    pub fn run(&mut self, args: &[&str]) -> Ran {
+        let detail = self.act(&format!("run {}", args.join(" "))).unwrap_or_else(|e| panic!("run {args:?}: {e}"));
+        let mut parts = detail.splitn(3, ' ');
+        let pid = parts.next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("run {args:?}: `{detail}`"));
+        let status = parts.next().unwrap_or_default().to_owned();
+        Ran { pid, status, stdout: unescape(parts.next().unwrap_or_default()) }
+    }
+
     /// The token's resolved path as the kernel rebuilds it in the actor.
     pub fn resolved_token_path(&self) -> String {
         format!("{}/secrets/kubernetes.io/serviceaccount/{TIMESTAMP_DIR}/token", self.run_dir.display())
@@ -270,7 +357,7 @@ impl Drop for Actor {
     fn drop(&mut self) {
         let _ = writeln!(self.stdin, "exit");
         let _ = self.stdin.flush();
-        if super::wait_for(Duration::from_secs(5), || self.child.try_wait().ok().flatten()).is_none() {
+        if super::wait_for(super::scaled(Duration::from_secs(5)), || self.child.try_wait().ok().flatten()).is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }

@@ -15,8 +15,21 @@ use tokenwatch_proto::v1::Alert;
 
 use super::wait_for;
 
-/// How long the agent may take to load and attach its programs.
+/// How long the agent may take to load and attach its programs, before
+/// [`super::scaled`] stretches it for a slow machine.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the agent may take to exit once signalled (before scaling).
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Runs this agent binary instead of the one cargo built with the tests
+/// (`CARGO_BIN_EXE_tokenwatch`), e.g. a release build elsewhere.
+pub const AGENT_BIN_ENV: &str = "TOKENWATCH_TEST_AGENT_BIN";
+
+/// The agent binary the tests run: [`AGENT_BIN_ENV`] or cargo's.
+pub fn agent_binary() -> std::path::PathBuf {
+    std::env::var_os(AGENT_BIN_ENV)
+        .filter(|path| !path.is_empty())
+        .map_or_else(|| env!("CARGO_BIN_EXE_tokenwatch").into(), Into::into)
+}
 
 /// A running agent.
 pub struct AgentProcess {
@@ -56,7 +69,7 @@ impl AgentProcess {
         if own_socket {
             own.extend(["--grpc-listen".to_owned(), format!("unix:{}", dir.path().join("grpc.sock").display())]);
         }
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tokenwatch"))
+        let mut child = Command::new(agent_binary())
             .arg("agent")
             .args(args)
             .args(own)
@@ -73,7 +86,8 @@ impl AgentProcess {
             collect(child.stderr.take().expect("stderr"), Arc::clone(&stderr_lines)),
         ];
         let mut agent = AgentProcess { dir, child, stdout_lines, stderr_lines, readers };
-        let started = wait_for(START_TIMEOUT, || {
+        let start_timeout = super::scaled(START_TIMEOUT);
+        let started = wait_for(start_timeout, || {
             if let Ok(Some(status)) = agent.child.try_wait() {
                 return Some(Err(status));
             }
@@ -88,7 +102,7 @@ impl AgentProcess {
                 std::thread::sleep(Duration::from_millis(100));
                 panic!("agent exited ({status}) before attaching its hooks:\n{}", agent.stderr())
             }
-            None => panic!("agent did not attach its hooks within {START_TIMEOUT:?}:\n{}", agent.stderr()),
+            None => panic!("agent did not attach its hooks within {start_timeout:?}:\n{}", agent.stderr()),
         }
     }
 
@@ -130,7 +144,7 @@ impl AgentProcess {
     pub fn stop(mut self, signal: Signal) -> StoppedAgent {
         let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("pid fits"));
         nix::sys::signal::kill(pid, signal).expect("signal agent");
-        let status = wait_for(Duration::from_secs(30), || self.child.try_wait().ok().flatten())
+        let status = wait_for(super::scaled(STOP_TIMEOUT), || self.child.try_wait().ok().flatten())
             .unwrap_or_else(|| panic!("agent did not exit after {signal}:\n{}", self.stderr()));
         for reader in self.readers.drain(..) {
             reader.join().expect("reader thread");

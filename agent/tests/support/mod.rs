@@ -82,6 +82,25 @@ pub fn kubeconfig_with_user(dir: &Path, server: &str, user: &str) -> String {
     path.display().to_string()
 }
 
+/// Set (to anything but empty or `0`) on a slow machine, such as a VM under
+/// TCG emulation, to stretch the harness's timeouts: by 5, or by the value
+/// itself when it is a whole number above 1. Unset, timeouts are as written.
+pub const SLOW_ENV: &str = "TOKENWATCH_TEST_SLOW";
+
+/// What [`SLOW_ENV`] multiplies timeouts by (1 when unset).
+pub fn slow_factor() -> u32 {
+    match std::env::var(SLOW_ENV) {
+        Err(_) => 1,
+        Ok(value) if value.is_empty() || value == "0" => 1,
+        Ok(value) => value.parse().ok().filter(|n| *n > 1).unwrap_or(5),
+    }
+}
+
+/// `timeout` stretched by [`slow_factor`].
+pub fn scaled(timeout: Duration) -> Duration {
+    timeout * slow_factor()
+}
+
 /// Polls `check` until it returns `Some` or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
