@@ -1,0 +1,41 @@
+//! The lateral-movement chain: a container that read its token and then
+//! dialled the API server is one `token-theft-chain` alert, once.
+
+use tokenwatch_proto::v1::{alert::Evidence, Severity};
+
+use super::{
+    connects::ApiServer,
+    pod::{describe, token, KubePod},
+    support,
+};
+
+#[test]
+#[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test and vmtest"]
+fn token_read_then_connect_is_one_chain() {
+    let _serial = support::serialise();
+    let api = ApiServer::start();
+    let mut pod = KubePod::start();
+    let agent = api.agent(&pod, &[]);
+    pod.actor.must(&format!("open {}", token()));
+    pod.actor.must(&format!("connect {}", api.v4));
+    // A second dial is an alert of its own but no second chain.
+    pod.actor.must(&format!("connect {}", api.v4));
+    let stopped = pod.settle_and_stop(agent);
+    let alerts = pod.alerts(&stopped.alerts);
+    let rules: Vec<&str> = alerts.iter().map(|a| a.rule.as_str()).collect();
+    assert_eq!(
+        rules,
+        ["token-read", "apiserver-connect", "token-theft-chain", "apiserver-connect"],
+        "{}\nlog:\n{}",
+        describe(&alerts),
+        stopped.stderr
+    );
+    for alert in &alerts {
+        pod.assert_placed(alert);
+    }
+    let chain = alerts[2];
+    assert_eq!(chain.severity, i32::from(Severity::High), "{chain:?}");
+    assert_eq!(chain.related_alert_ids, [alerts[0].id.clone(), alerts[1].id.clone()], "the read and the dial");
+    assert!(matches!(chain.evidence, Some(Evidence::ApiServerConnect(_))), "{chain:?}");
+    assert!(chain.summary.contains("read its token, then dialled the API server"), "{}", chain.summary);
+}
