@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         Command::Alerts(args) => client(tokenwatch_agent::cli::alerts::run(&args)),
         Command::Inventory(args) => client(tokenwatch_agent::cli::inventory::run(&args)),
         Command::Advise(args) => client(tokenwatch_agent::cli::advise::run(&args)),
+        Command::KernelCheck(args) => kernel_check(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -36,6 +37,13 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `tokenwatch kernel-check`, with warnings (a refused optional program) on
+/// stderr and the report on stdout.
+fn kernel_check(args: &tokenwatch_agent::cli::kernel_check::KernelCheckArgs) -> anyhow::Result<()> {
+    let _ = tracing_subscriber::fmt().with_env_filter(EnvFilter::new("warn")).with_writer(std::io::stderr).try_init();
+    Ok(tokenwatch_agent::cli::kernel_check::run(args)?)
 }
 
 /// Threads for blocking work (/proc reads, scans, file writes).

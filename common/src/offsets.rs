@@ -132,6 +132,22 @@ pub struct KernelOffsets {
     pub task_mm: u32,
     /// `mm_struct.exe_file`.
     pub mm_exe_file: u32,
+    /// `task_struct.stack`: the kernel stack, whose top holds the saved
+    /// user registers (`pt_regs`). Read only where `bpf_task_pt_regs` is
+    /// missing (before 5.15).
+    pub task_stack: u32,
+    /// 1 when the kernel has the `bpf_task_pt_regs` and
+    /// `bpf_get_current_task_btf` helpers (5.15+; its `enum bpf_func_id`
+    /// says so). A read-only constant to the verifier: the branch not taken
+    /// is never verified, so a helper this kernel lacks is never refused.
+    pub has_task_pt_regs: u32,
+    /// `kernfs_node.id`: a unified cgroup's id is its kernfs node's (5.5+),
+    /// so the enforcement lookup walks a task's cgroup ancestors by their
+    /// nodes where `bpf_get_current_ancestor_cgroup_id` is not given to
+    /// tracepoints (5.10).
+    pub kernfs_node_id: u32,
+    /// Explicit padding.
+    pub _pad2: u32,
 }
 
 #[cfg(feature = "user")]

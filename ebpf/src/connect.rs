@@ -13,7 +13,7 @@ use tokenwatch_common::{ConnectEvent, ConnectVia, Counter, EndpointKey, EventKin
 use crate::{
     enforce::take_mark,
     identity::fill_header,
-    maps::{count, is_agent, PendingConnect, EVENTS, KERNEL_OFFSETS, PENDING_CONNECTS, WATCHED_ENDPOINTS},
+    maps::{count, is_agent, kernel_offset, PendingConnect, EVENTS, PENDING_CONNECTS, WATCHED_ENDPOINTS},
 };
 
 /// `struct sockaddr_in6` as userspace passes it.
@@ -87,8 +87,7 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     // SAFETY: copied out before removal.
     let Some(pending) = (unsafe { PENDING_CONNECTS.get(tid) }).copied() else { return 0 };
     let _ = PENDING_CONNECTS.remove(tid);
-    let offsets = KERNEL_OFFSETS.load();
-    if offsets.ready == 0 {
+    if kernel_offset!(ready) == 0 {
         return 0;
     }
     let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
@@ -100,7 +99,7 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     let event = unsafe { &mut *entry.as_mut_ptr() };
     // SAFETY: current task pointer, read only via probes.
     let task = unsafe { bpf_get_current_task() };
-    fill_header(&mut event.header, EventKind::Connect, task, &offsets);
+    fill_header(&mut event.header, EventKind::Connect, task);
     event.family = pending.family;
     event.port = pending.port;
     event.fd = pending.fd;

@@ -34,6 +34,7 @@ use tokenwatch_common::{
 };
 
 use crate::{
+    identity::pid_in_namespace,
     kernel::{read_ptr, read_u32},
     maps::{is_agent, kernel_offset, WATCHED_ENDPOINTS},
     sock_addr::{endpoint4, endpoint6},
@@ -159,7 +160,7 @@ pub fn token_opened(flags: u64, task: u64) -> Enforcement {
     if flags & O_ACCMODE == O_WRONLY {
         return Enforcement::default();
     }
-    let Some((cgroup, rules)) = covering() else { return Enforcement::default() };
+    let Some((cgroup, rules)) = covering_task(task) else { return Enforcement::default() };
     let Some(slot) = decide(&rules.token_read, task, (cgroup, BinaryKey::TOKEN_READ_SLOTS)) else {
         return Enforcement::default();
     };
@@ -176,7 +177,8 @@ pub fn token_opened(flags: u64, task: u64) -> Enforcement {
 }
 
 /// The deepest entry of [`ENFORCED_CGROUPS`] among the current cgroup and
-/// its ancestors, with its cgroup id.
+/// its ancestors, with its cgroup id, by the kernel's own helper: what the
+/// cgroup connect programs (the fences) use.
 #[inline(always)]
 fn covering() -> Option<(u64, &'static CgroupEnforcement)> {
     let mut found = None;
@@ -192,6 +194,26 @@ fn covering() -> Option<(u64, &'static CgroupEnforcement)> {
         }
     }
     found
+}
+
+/// As [`covering`], for the tracepoint programs: 5.10 does not give them
+/// `bpf_get_current_ancestor_cgroup_id`, so walk up the task's unified
+/// cgroup by its kernfs nodes, whose ids are the cgroup ids (5.5+). Leaf
+/// first, so the first entry found is the deepest.
+#[inline(always)]
+fn covering_task(task: u64) -> Option<(u64, &'static CgroupEnforcement)> {
+    let css_set = read_ptr(task, kernel_offset!(task_cgroups)).ok()?;
+    let cgroup = read_ptr(css_set, kernel_offset!(css_set_dfl_cgrp)).ok()?;
+    let mut kn = read_ptr(cgroup, kernel_offset!(cgroup_kn)).ok()?;
+    for _ in 0..=MAX_LEVELS {
+        let id = read_ptr(kn, kernel_offset!(kernfs_node_id)).ok()?;
+        // SAFETY: the map value lives as long as the entry; read at once.
+        if let Some(entry) = unsafe { ENFORCED_CGROUPS.get(id) } {
+            return Some((id, entry));
+        }
+        kn = read_ptr(kn, kernel_offset!(kernfs_node_parent)).ok()?;
+    }
+    None
 }
 
 /// The first slot of `slots` whose exec and binaries filters cover the
@@ -263,8 +285,7 @@ enum Origin {
 /// shallower pid namespace first means exec'd.
 #[inline(always)]
 fn origin(task: u64) -> Origin {
-    let offsets = TaskOffsets::load();
-    let (ns_pid, level) = offsets.pid_in_namespace(task);
+    let (ns_pid, level) = pid_in_namespace(task);
     if level == 0 {
         return Origin::NotExec;
     }
@@ -283,12 +304,12 @@ fn origin(task: u64) -> Origin {
     }
     let mut current = task;
     for _ in 0..tokenwatch_common::MAX_ANCESTORS {
-        let parent = read_ptr(current, offsets.real_parent).unwrap_or(0);
+        let parent = read_ptr(current, kernel_offset!(task_real_parent)).unwrap_or(0);
         if parent == 0 || parent == current {
             break;
         }
-        let (parent_ns_pid, parent_level) = offsets.pid_in_namespace(parent);
-        let parent_tgid = read_u32(parent, offsets.tgid).unwrap_or(0);
+        let (parent_ns_pid, parent_level) = pid_in_namespace(parent);
+        let parent_tgid = read_u32(parent, kernel_offset!(task_tgid)).unwrap_or(0);
         if is_init(parent_tgid, parent_ns_pid, parent_level) {
             return Origin::NotExec;
         }
@@ -301,45 +322,4 @@ fn origin(task: u64) -> Origin {
         current = parent;
     }
     Origin::Unknown
-}
-
-/// The task fields [`origin`] walks, read one by one from the global
-/// ([`kernel_offset!`]: a copy of the whole [`tokenwatch_common::KernelOffsets`] would not fit
-/// the callers' stack).
-struct TaskOffsets {
-    real_parent: u32,
-    tgid: u32,
-    group_leader: u32,
-    thread_pid: u32,
-    pid_level: u32,
-    pid_numbers: u32,
-    upid_nr: u32,
-    upid_size: u32,
-}
-
-impl TaskOffsets {
-    #[inline(always)]
-    fn load() -> Self {
-        TaskOffsets {
-            real_parent: kernel_offset!(task_real_parent),
-            tgid: kernel_offset!(task_tgid),
-            group_leader: kernel_offset!(task_group_leader),
-            thread_pid: kernel_offset!(task_thread_pid),
-            pid_level: kernel_offset!(pid_level),
-            pid_numbers: kernel_offset!(pid_numbers),
-            upid_nr: kernel_offset!(upid_nr),
-            upid_size: kernel_offset!(upid_size),
-        }
-    }
-
-    /// As `identity.rs`'s: the process's pid in its own pid namespace and
-    /// that namespace's depth, from the group leader.
-    #[inline(always)]
-    fn pid_in_namespace(&self, task: u64) -> (u32, u32) {
-        let leader = read_ptr(task, self.group_leader).unwrap_or(task);
-        let pid = read_ptr(leader, self.thread_pid).unwrap_or(0);
-        let level = read_u32(pid, self.pid_level).unwrap_or(0);
-        let at = self.pid_numbers + level.wrapping_mul(self.upid_size) + self.upid_nr;
-        (read_u32(pid, at).unwrap_or(0), level)
-    }
 }

@@ -6,13 +6,16 @@ use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
     bpf_ktime_get_boot_ns,
 };
-use tokenwatch_common::{EventHeader, EventKind, KernelOffsets, TaskRef};
+use tokenwatch_common::{EventHeader, EventKind, TaskRef};
 
-use crate::kernel::{read_ptr, read_str, read_u32};
+use crate::{
+    kernel::{read_ptr, read_str, read_u32},
+    maps::kernel_offset,
+};
 
 /// Fills `header` for the current task.
 #[inline(always)]
-pub fn fill_header(header: &mut EventHeader, kind: EventKind, task: u64, offsets: &KernelOffsets) {
+pub fn fill_header(header: &mut EventHeader, kind: EventKind, task: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
     header.kind = kind as u32;
@@ -26,60 +29,61 @@ pub fn fill_header(header: &mut EventHeader, kind: EventKind, task: u64, offsets
     // SAFETY: as above.
     header.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     header.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    let (ns_pid, ns_level) = pid_in_namespace(task, offsets);
+    let (ns_pid, ns_level) = pid_in_namespace(task);
     header.ns_pid = ns_pid;
     header.ns_level = ns_level;
-    let leader = read_ptr(task, offsets.task_group_leader).unwrap_or(task);
-    header.process_start_ns = read_ptr(leader, offsets.task_start_boottime).unwrap_or(0);
-    header.exec_id = read_u32(task, offsets.task_self_exec_id).unwrap_or(0);
-    header.ancestor_count = ancestors(task, offsets, &mut header.ancestors);
+    let leader = read_ptr(task, kernel_offset!(task_group_leader)).unwrap_or(task);
+    header.process_start_ns = read_ptr(leader, kernel_offset!(task_start_boottime)).unwrap_or(0);
+    header.exec_id = read_u32(task, kernel_offset!(task_self_exec_id)).unwrap_or(0);
+    header.ancestor_count = ancestors(task, &mut header.ancestors);
 
-    let css_set = read_ptr(task, offsets.task_cgroups).unwrap_or(0);
-    let v2 = read_ptr(css_set, offsets.css_set_dfl_cgrp).unwrap_or(0);
-    let v2_kn = read_ptr(v2, offsets.cgroup_kn).unwrap_or(0);
-    kernfs_names(v2_kn, offsets, &mut header.cgroups.v2_leaf, &mut header.cgroups.v2_parent);
+    let css_set = read_ptr(task, kernel_offset!(task_cgroups)).unwrap_or(0);
+    let v2 = read_ptr(css_set, kernel_offset!(css_set_dfl_cgrp)).unwrap_or(0);
+    let v2_kn = read_ptr(v2, kernel_offset!(cgroup_kn)).unwrap_or(0);
+    kernfs_names(v2_kn, &mut header.cgroups.v2_leaf, &mut header.cgroups.v2_parent);
 
-    let subsys = offsets.css_set_subsys + offsets.v1_subsys_index * 8;
+    let subsys = kernel_offset!(css_set_subsys) + kernel_offset!(v1_subsys_index) * 8;
     let css = read_ptr(css_set, subsys).unwrap_or(0);
-    let v1 = read_ptr(css, offsets.css_cgroup).unwrap_or(0);
-    let v1_kn = read_ptr(v1, offsets.cgroup_kn).unwrap_or(0);
-    kernfs_names(v1_kn, offsets, &mut header.cgroups.v1_leaf, &mut header.cgroups.v1_parent);
+    let v1 = read_ptr(css, kernel_offset!(css_cgroup)).unwrap_or(0);
+    let v1_kn = read_ptr(v1, kernel_offset!(cgroup_kn)).unwrap_or(0);
+    kernfs_names(v1_kn, &mut header.cgroups.v1_leaf, &mut header.cgroups.v1_parent);
 }
 
 /// The process's pid in its own pid namespace, and that namespace's depth:
 /// `group_leader->thread_pid->numbers[level].nr` (the leader's, so a
 /// multi-threaded process is named by its pid, not by one thread's).
 #[inline(always)]
-fn pid_in_namespace(task: u64, offsets: &KernelOffsets) -> (u32, u32) {
-    let leader = read_ptr(task, offsets.task_group_leader).unwrap_or(task);
-    let pid = read_ptr(leader, offsets.task_thread_pid).unwrap_or(0);
-    let level = read_u32(pid, offsets.pid_level).unwrap_or(0);
-    let at = offsets.pid_numbers + level.wrapping_mul(offsets.upid_size) + offsets.upid_nr;
+pub fn pid_in_namespace(task: u64) -> (u32, u32) {
+    let leader = read_ptr(task, kernel_offset!(task_group_leader)).unwrap_or(task);
+    let pid = read_ptr(leader, kernel_offset!(task_thread_pid)).unwrap_or(0);
+    let level = read_u32(pid, kernel_offset!(pid_level)).unwrap_or(0);
+    let at = kernel_offset!(pid_numbers) + level.wrapping_mul(kernel_offset!(upid_size)) + kernel_offset!(upid_nr);
     (read_u32(pid, at).unwrap_or(0), level)
 }
 
 /// Fills `out` with the parent chain (parent first) and returns how many
 /// entries were filled; stops at the host's init.
 #[inline(always)]
-fn ancestors(task: u64, offsets: &KernelOffsets, out: &mut [TaskRef]) -> u32 {
+fn ancestors(task: u64, out: &mut [TaskRef]) -> u32 {
     let mut count = 0;
     let mut current = task;
     for slot in out.iter_mut() {
-        let parent = read_ptr(current, offsets.task_real_parent).unwrap_or(0);
+        let parent = read_ptr(current, kernel_offset!(task_real_parent)).unwrap_or(0);
         if parent == 0 || parent == current {
             break;
         }
-        let (ns_pid, ns_level) = pid_in_namespace(parent, offsets);
-        slot.tgid = read_u32(parent, offsets.task_tgid).unwrap_or(0);
+        let (ns_pid, ns_level) = pid_in_namespace(parent);
+        slot.tgid = read_u32(parent, kernel_offset!(task_tgid)).unwrap_or(0);
         slot.ns_pid = ns_pid;
         slot.ns_level = ns_level;
         slot._pad = 0;
         // The parent pointer names the thread that forked; its comm can be a
         // thread's name, so read the process's (the group leader's).
-        let leader = read_ptr(parent, offsets.task_group_leader).unwrap_or(parent);
+        let leader = read_ptr(parent, kernel_offset!(task_group_leader)).unwrap_or(parent);
         // SAFETY: kernel pointer read through the checked helper.
-        slot.comm = unsafe { bpf_probe_read_kernel((leader + u64::from(offsets.task_comm)) as *const [u8; 16]) }
-            .unwrap_or([0; 16]);
+        slot.comm =
+            unsafe { bpf_probe_read_kernel((leader + u64::from(kernel_offset!(task_comm))) as *const [u8; 16]) }
+                .unwrap_or([0; 16]);
         count += 1;
         if slot.tgid <= 1 {
             break;
@@ -91,8 +95,8 @@ fn ancestors(task: u64, offsets: &KernelOffsets, out: &mut [TaskRef]) -> u32 {
 
 /// Names of a kernfs node and of its parent.
 #[inline(always)]
-fn kernfs_names(kn: u64, offsets: &KernelOffsets, leaf: &mut [u8], parent: &mut [u8]) {
-    read_str(read_ptr(kn, offsets.kernfs_node_name).unwrap_or(0), leaf);
-    let parent_kn = read_ptr(kn, offsets.kernfs_node_parent).unwrap_or(0);
-    read_str(read_ptr(parent_kn, offsets.kernfs_node_name).unwrap_or(0), parent);
+fn kernfs_names(kn: u64, leaf: &mut [u8], parent: &mut [u8]) {
+    read_str(read_ptr(kn, kernel_offset!(kernfs_node_name)).unwrap_or(0), leaf);
+    let parent_kn = read_ptr(kn, kernel_offset!(kernfs_node_parent)).unwrap_or(0);
+    read_str(read_ptr(parent_kn, kernel_offset!(kernfs_node_name)).unwrap_or(0), parent);
 }

@@ -5,12 +5,19 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     Global,
 };
-use tokenwatch_common::{counter_slot, Counter, DevWatch, EndpointKey, FileKey, Hook, KernelOffsets, COUNTER_SLOTS};
+use tokenwatch_common::{
+    counter_slot, Counter, DevWatch, EndpointKey, FileKey, Hook, KernelOffsets, OpenEvent, COUNTER_SLOTS,
+};
 
 /// Matched events for userspace; the agent sets the size at load
 /// (`--ring-buffer-kib`, 8 MiB by default: about 3,600 open events).
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// One open event per CPU, built before it is copied into [`EVENTS`]
+/// (`open::send` says why it is not built in a reservation).
+#[map(name = "OPEN_SCRATCH")]
+pub static OPEN_SCRATCH: PerCpuArray<OpenEvent> = PerCpuArray::with_max_entries(1, 0);
 
 /// Devices holding watched files, and how they are watched. The first and,
 /// for unrelated files, only lookup of an open.
@@ -63,8 +70,11 @@ pub static KERNEL_OFFSETS: Global<KernelOffsets> =
 macro_rules! kernel_offset {
     ($field:ident) => {{
         let all = core::ptr::addr_of!($crate::maps::KERNEL_OFFSETS).cast::<tokenwatch_common::KernelOffsets>();
+        #[allow(unused_unsafe, reason = "the macro is also expanded inside unsafe blocks")]
         // SAFETY: a valid, aligned static of u32 fields.
-        unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*all).$field)) }
+        unsafe {
+            core::ptr::read_volatile(core::ptr::addr_of!((*all).$field))
+        }
     }};
 }
 pub(crate) use kernel_offset;

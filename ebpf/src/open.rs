@@ -12,14 +12,14 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use tokenwatch_common::{
-    Counter, EventKind, FileKey, Hook, KernelOffsets, OpenEvent, OpenSyscall, ResolvedPath, DEV_EXACT_FILES,
-    DEV_TOKEN_VOLUME, TOKEN_NAME_LEN,
+    Counter, EventKind, FileKey, Hook, OpenEvent, OpenSyscall, ResolvedPath, DEV_EXACT_FILES, DEV_TOKEN_VOLUME,
+    TOKEN_NAME_LEN,
 };
 
 use crate::{
     identity::fill_header,
     kernel::{read_ptr, read_str, read_u32},
-    maps::{count, is_agent, PendingOpen, EVENTS, KERNEL_OFFSETS, WATCHED_DEVS, WATCHED_FILES},
+    maps::{count, is_agent, kernel_offset, PendingOpen, EVENTS, OPEN_SCRATCH, WATCHED_DEVS, WATCHED_FILES},
     syscall_args::SyscallArgs,
 };
 
@@ -64,19 +64,18 @@ pub fn judge(ctx: &TracePointContext, hook: Hook, syscall: OpenSyscall) {
     if ret < 0 {
         return;
     }
-    let offsets = KERNEL_OFFSETS.load();
-    if offsets.ready == 0 {
+    if kernel_offset!(ready) == 0 {
         return;
     }
     // SAFETY: returns the current task_struct pointer, read only via probes.
     let task = unsafe { bpf_get_current_task() };
-    let Some(file) = new_fd_to_file(task, ret as u64, &offsets) else { return };
-    let Some(key) = watched(file, &offsets) else { return };
+    let Some(file) = new_fd_to_file(task, ret as u64) else { return };
+    let Some(key) = watched(file) else { return };
     let pending = SyscallArgs::current()
         .map_or(PendingOpen { filename: 0, how: 0, flags: 0, dirfd: AT_FDCWD, syscall: syscall as u32 }, |args| {
             args.open(syscall)
         });
-    send(ctx, hook, &pending, ret, task, file, key, &offsets);
+    send(ctx, hook, &pending, ret, task, file, key);
 }
 
 /// Resolves the new fd `ret` of the current task to its file, looks it up,
@@ -84,13 +83,12 @@ pub fn judge(ctx: &TracePointContext, hook: Hook, syscall: OpenSyscall) {
 /// completion (whose task shares the submitter's file table).
 #[inline(always)]
 pub fn report<C: EbpfContext>(ctx: &C, hook: Hook, pending: &PendingOpen, ret: i64) {
-    let offsets = KERNEL_OFFSETS.load();
-    if offsets.ready == 0 {
+    if kernel_offset!(ready) == 0 {
         return;
     }
     // SAFETY: returns the current task_struct pointer, read only via probes.
     let task = unsafe { bpf_get_current_task() };
-    let Some(file) = fd_to_file(task, ret as u64, &offsets) else { return };
+    let Some(file) = fd_to_file(task, ret as u64) else { return };
     report_file(ctx, hook, pending, ret, task, file);
 }
 
@@ -98,41 +96,33 @@ pub fn report<C: EbpfContext>(ctx: &C, hook: Hook, pending: &PendingOpen, ret: i
 /// returned (an fd, or a direct descriptor's slot for io_uring).
 #[inline(always)]
 pub fn report_file<C: EbpfContext>(ctx: &C, hook: Hook, pending: &PendingOpen, ret: i64, task: u64, file: u64) {
-    let offsets = KERNEL_OFFSETS.load();
-    if offsets.ready == 0 {
+    if kernel_offset!(ready) == 0 {
         return;
     }
-    let Some(key) = watched(file, &offsets) else { return };
-    send(ctx, hook, pending, ret, task, file, key, &offsets);
+    let Some(key) = watched(file) else { return };
+    send(ctx, hook, pending, ret, task, file, key);
 }
 
-/// Sends the event of a watched file's open, with the offsets the caller
-/// already loaded (a second copy would only cost stack).
+/// Sends the event of a watched file's open. The event is built in a
+/// per-CPU scratch slot and copied into the ring buffer whole, rather than
+/// built in a reserved record: a reservation is a reference the verifier
+/// tracks, and up to 6.1 it tells two states apart by that reference's id,
+/// so every path that reached the reservation was verified again to the end
+/// (6.1 refused this program at a million instructions). The copy costs a
+/// one event's copy (about 2.5 KiB) on a matched open only.
 #[inline(always)]
-#[expect(clippy::too_many_arguments, reason = "the open's facts, each already at hand in both callers")]
-fn send<C: EbpfContext>(
-    ctx: &C,
-    hook: Hook,
-    pending: &PendingOpen,
-    ret: i64,
-    task: u64,
-    file: u64,
-    key: FileKey,
-    offsets: &KernelOffsets,
-) {
+fn send<C: EbpfContext>(ctx: &C, hook: Hook, pending: &PendingOpen, ret: i64, task: u64, file: u64, key: FileKey) {
     let pid_tgid = bpf_get_current_pid_tgid();
     count(hook, Counter::OpensMatched);
-    let Some(mut entry) = EVENTS.reserve::<OpenEvent>(0) else {
-        count(hook, Counter::EventsDropped);
-        crate::enforce::token_opened(pending.flags, task);
-        debug!(ctx, "ring buffer full: token open by tgid {} dropped", (pid_tgid >> 32) as u32);
-        return;
-    };
-    // SAFETY: reserved memory of the right size; every field is written below
-    // or is a NUL-terminated buffer whose tail userspace ignores.
-    let event = unsafe { &mut *entry.as_mut_ptr() };
-    event.enforcement = crate::enforce::token_opened(pending.flags, task);
-    fill_header(&mut event.header, EventKind::Open, task, offsets);
+    // Refuse first: a kill does not wait for the report, nor depend on it.
+    let enforcement = crate::enforce::token_opened(pending.flags, task);
+    let Some(event) = OPEN_SCRATCH.get_ptr_mut(0) else { return };
+    // SAFETY: this CPU's slot, used by one program at a time (tracepoint
+    // programs do not nest on a CPU); every field is written below or is a
+    // NUL-terminated buffer whose tail userspace ignores.
+    let event = unsafe { &mut *event };
+    event.enforcement = enforcement;
+    fill_header(&mut event.header, EventKind::Open, task);
     event.syscall = pending.syscall;
     event.dirfd = pending.dirfd;
     event.flags = pending.flags;
@@ -148,30 +138,36 @@ fn send<C: EbpfContext>(
     if unsafe { bpf_probe_read_user_str_bytes(pending.filename as *const u8, &mut event.requested_path) }.is_err() {
         event.requested_path[0] = 0;
     }
-    rebuild_path(task, file, offsets, &mut event.path);
+    rebuild_path(task, file, &mut event.path);
     if hook == Hook::IoUring {
         // An io-wq worker (`iou-wrk-<pid>`) may complete it: name the process.
-        let leader = read_ptr(task, offsets.task_group_leader).unwrap_or(task);
+        let leader = read_ptr(task, kernel_offset!(task_group_leader)).unwrap_or(task);
         // SAFETY: kernel pointer read through the checked helper.
-        if let Ok(comm) = unsafe { bpf_probe_read_kernel((leader + u64::from(offsets.task_comm)) as *const [u8; 16]) } {
+        if let Ok(comm) =
+            unsafe { bpf_probe_read_kernel((leader + u64::from(kernel_offset!(task_comm))) as *const [u8; 16]) }
+        {
             event.header.comm = comm;
         }
     }
-    entry.submit(0);
+    if EVENTS.output::<OpenEvent>(event, 0).is_err() {
+        count(hook, Counter::EventsDropped);
+        debug!(ctx, "ring buffer full: token open by tgid {} dropped", (pid_tgid >> 32) as u32);
+        return;
+    }
     count(hook, Counter::EventsSent);
 }
 
 /// The file's key when it is a watched token file: its device is watched and
 /// either its inode is (`WATCHED_FILES`) or, on a token volume, its name.
 #[inline(always)]
-pub fn watched(file: u64, offsets: &KernelOffsets) -> Option<FileKey> {
-    let inode = read_ptr(file, offsets.file_f_inode).ok()?;
-    let sb = read_ptr(inode, offsets.inode_i_sb).unwrap_or(0);
-    let dev = read_u32(sb, offsets.sb_s_dev).unwrap_or(0);
+pub fn watched(file: u64) -> Option<FileKey> {
+    let inode = read_ptr(file, kernel_offset!(file_f_inode)).ok()?;
+    let sb = read_ptr(inode, kernel_offset!(inode_i_sb)).unwrap_or(0);
+    let dev = read_u32(sb, kernel_offset!(sb_s_dev)).unwrap_or(0);
     // SAFETY: the value is copied out at once.
     let watch = (unsafe { WATCHED_DEVS.get(dev) }).copied()?;
-    let key = FileKey { dev, _pad: 0, ino: read_ptr(inode, offsets.inode_i_ino).unwrap_or(0) };
-    let by_name = watch.mode & DEV_TOKEN_VOLUME != 0 && has_name(file, offsets, &watch.name);
+    let key = FileKey { dev, _pad: 0, ino: read_ptr(inode, kernel_offset!(inode_i_ino)).unwrap_or(0) };
+    let by_name = watch.mode & DEV_TOKEN_VOLUME != 0 && has_name(file, &watch.name);
     // SAFETY: value not used beyond presence.
     let by_inode = watch.mode & DEV_EXACT_FILES != 0 && unsafe { WATCHED_FILES.get(key) }.is_some();
     (by_name || by_inode).then_some(key)
@@ -179,9 +175,9 @@ pub fn watched(file: u64, offsets: &KernelOffsets) -> Option<FileKey> {
 
 /// Whether the opened file's name (its dentry's) is `name`.
 #[inline(always)]
-fn has_name(file: u64, offsets: &KernelOffsets, name: &[u8; TOKEN_NAME_LEN]) -> bool {
-    let dentry = read_ptr(file, offsets.file_f_path + offsets.path_dentry).unwrap_or(0);
-    let ptr = read_ptr(dentry, offsets.dentry_d_name + offsets.qstr_name).unwrap_or(0);
+fn has_name(file: u64, name: &[u8; TOKEN_NAME_LEN]) -> bool {
+    let dentry = read_ptr(file, kernel_offset!(file_f_path) + kernel_offset!(path_dentry)).unwrap_or(0);
+    let ptr = read_ptr(dentry, kernel_offset!(dentry_d_name) + kernel_offset!(qstr_name)).unwrap_or(0);
     let mut actual = [0u8; TOKEN_NAME_LEN];
     read_str(ptr, &mut actual);
     actual == *name
@@ -192,10 +188,10 @@ fn has_name(file: u64, offsets: &KernelOffsets, name: &[u8; TOKEN_NAME_LEN]) -> 
 /// [`fd_to_file`] on every open of the node. Tables only grow, and an old
 /// one outlives this program (RCU).
 #[inline(always)]
-fn new_fd_to_file(task: u64, fd: u64, offsets: &KernelOffsets) -> Option<u64> {
-    let files = read_ptr(task, offsets.task_files).ok()?;
-    let fdt = read_ptr(files, offsets.files_fdt).ok()?;
-    let fds = read_ptr(fdt, offsets.fdtable_fd).ok()?;
+fn new_fd_to_file(task: u64, fd: u64) -> Option<u64> {
+    let files = read_ptr(task, kernel_offset!(task_files)).ok()?;
+    let fdt = read_ptr(files, kernel_offset!(files_fdt)).ok()?;
+    let fds = read_ptr(fdt, kernel_offset!(fdtable_fd)).ok()?;
     if fds == 0 {
         return None;
     }
@@ -204,14 +200,14 @@ fn new_fd_to_file(task: u64, fd: u64, offsets: &KernelOffsets) -> Option<u64> {
 
 /// `task->files->fdt->fd[fd]`, for any fd.
 #[inline(always)]
-pub fn fd_to_file(task: u64, fd: u64, offsets: &KernelOffsets) -> Option<u64> {
-    let files = read_ptr(task, offsets.task_files).ok()?;
-    let fdt = read_ptr(files, offsets.files_fdt).ok()?;
-    let max_fds = read_u32(fdt, offsets.fdtable_max_fds).ok()?;
+pub fn fd_to_file(task: u64, fd: u64) -> Option<u64> {
+    let files = read_ptr(task, kernel_offset!(task_files)).ok()?;
+    let fdt = read_ptr(files, kernel_offset!(files_fdt)).ok()?;
+    let max_fds = read_u32(fdt, kernel_offset!(fdtable_max_fds)).ok()?;
     if fd >= u64::from(max_fds) {
         return None;
     }
-    let fds = read_ptr(fdt, offsets.fdtable_fd).ok()?;
+    let fds = read_ptr(fdt, kernel_offset!(fdtable_fd)).ok()?;
     if fds == 0 {
         return None;
     }
@@ -223,13 +219,13 @@ pub fn fd_to_file(task: u64, fd: u64, offsets: &KernelOffsets) -> Option<u64> {
 /// mount crossing leaves it empty), so the verifier tracks one counter, not
 /// one per combination of names and crossings.
 #[inline(always)]
-fn rebuild_path(task: u64, file: u64, offsets: &KernelOffsets, out: &mut ResolvedPath) {
-    let fs = read_ptr(task, offsets.task_fs).unwrap_or(0);
-    let root_mnt = read_ptr(fs, offsets.fs_root + offsets.path_mnt).unwrap_or(0);
-    let root_dentry = read_ptr(fs, offsets.fs_root + offsets.path_dentry).unwrap_or(0);
-    let mut vfsmnt = read_ptr(file, offsets.file_f_path + offsets.path_mnt).unwrap_or(0);
-    let mut dentry = read_ptr(file, offsets.file_f_path + offsets.path_dentry).unwrap_or(0);
-    let mut mount = vfsmnt.wrapping_sub(u64::from(offsets.mount_mnt));
+fn rebuild_path(task: u64, file: u64, out: &mut ResolvedPath) {
+    let fs = read_ptr(task, kernel_offset!(task_fs)).unwrap_or(0);
+    let root_mnt = read_ptr(fs, kernel_offset!(fs_root) + kernel_offset!(path_mnt)).unwrap_or(0);
+    let root_dentry = read_ptr(fs, kernel_offset!(fs_root) + kernel_offset!(path_dentry)).unwrap_or(0);
+    let mut vfsmnt = read_ptr(file, kernel_offset!(file_f_path) + kernel_offset!(path_mnt)).unwrap_or(0);
+    let mut dentry = read_ptr(file, kernel_offset!(file_f_path) + kernel_offset!(path_dentry)).unwrap_or(0);
+    let mut mount = vfsmnt.wrapping_sub(u64::from(kernel_offset!(mount_mnt)));
     let mut depth: u32 = 0;
     let mut reached_root = false;
     for slot in out.components.iter_mut() {
@@ -240,20 +236,20 @@ fn rebuild_path(task: u64, file: u64, offsets: &KernelOffsets, out: &mut Resolve
             reached_root = true;
             break;
         }
-        let mnt_root = read_ptr(vfsmnt, offsets.vfsmount_mnt_root).unwrap_or(0);
-        let parent = read_ptr(dentry, offsets.dentry_d_parent).unwrap_or(0);
+        let mnt_root = read_ptr(vfsmnt, kernel_offset!(vfsmount_mnt_root)).unwrap_or(0);
+        let parent = read_ptr(dentry, kernel_offset!(dentry_d_parent)).unwrap_or(0);
         if dentry == mnt_root || dentry == parent {
-            let mount_parent = read_ptr(mount, offsets.mount_mnt_parent).unwrap_or(0);
+            let mount_parent = read_ptr(mount, kernel_offset!(mount_mnt_parent)).unwrap_or(0);
             if mount_parent == mount || mount_parent == 0 {
                 reached_root = true;
                 break;
             }
-            dentry = read_ptr(mount, offsets.mount_mnt_mountpoint).unwrap_or(0);
+            dentry = read_ptr(mount, kernel_offset!(mount_mnt_mountpoint)).unwrap_or(0);
             mount = mount_parent;
-            vfsmnt = mount + u64::from(offsets.mount_mnt);
+            vfsmnt = mount + u64::from(kernel_offset!(mount_mnt));
             slot[0] = 0;
         } else {
-            let name = read_ptr(dentry, offsets.dentry_d_name + offsets.qstr_name).unwrap_or(0);
+            let name = read_ptr(dentry, kernel_offset!(dentry_d_name) + kernel_offset!(qstr_name)).unwrap_or(0);
             read_str(name, slot);
             dentry = parent;
         }

@@ -29,7 +29,7 @@ use tokenwatch_common::{ConnectEvent, ConnectVia, Counter, EndpointKey, EventKin
 use crate::{
     enforce::take_mark,
     identity::fill_header,
-    maps::{count, is_agent, EVENTS, KERNEL_OFFSETS, PENDING_CONNECTS, WATCHED_ENDPOINTS},
+    maps::{count, is_agent, kernel_offset, EVENTS, PENDING_CONNECTS, WATCHED_ENDPOINTS},
 };
 
 /// What a `cgroup/connect*` program returns to let the connect go on.
@@ -103,8 +103,7 @@ fn on_connect(ctx: &SockAddrContext, family: u16, addr: &[u8; 16], key: Endpoint
         }
     }
     count(Hook::CgroupConnect, Counter::ConnectsMatched);
-    let offsets = KERNEL_OFFSETS.load();
-    if offsets.ready == 0 {
+    if kernel_offset!(ready) == 0 {
         return ALLOW;
     }
     let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
@@ -116,7 +115,7 @@ fn on_connect(ctx: &SockAddrContext, family: u16, addr: &[u8; 16], key: Endpoint
     let event = unsafe { &mut *entry.as_mut_ptr() };
     // SAFETY: current task pointer, read only via probes.
     let task = unsafe { bpf_get_current_task() };
-    fill_header(&mut event.header, EventKind::Connect, task, &offsets);
+    fill_header(&mut event.header, EventKind::Connect, task);
     event.family = family;
     event.port = key.port;
     event.fd = -1;

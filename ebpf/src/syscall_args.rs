@@ -8,16 +8,34 @@
 //! are those of x86_64's `struct pt_regs`, which the entry code's push
 //! order fixes and ptrace's `user_regs_struct` shares: an ABI, not a
 //! layout that moves between kernels.
+//!
+//! Where they are: `bpf_task_pt_regs` says so on 5.15 and later. Older
+//! kernels (5.10) lack that helper (and `bpf_get_current_task_btf`), and
+//! there the registers sit where x86_64's `task_pt_regs()` puts them: at
+//! the top of the task's kernel stack (`task->stack + THREAD_SIZE`, no
+//! padding on x86_64 before FRED, which came in 6.9). Which path runs is a
+//! read-only constant ([`KernelOffsets::has_task_pt_regs`]), so each
+//! kernel's verifier sees only the path it can load.
+//!
+//! [`KernelOffsets::has_task_pt_regs`]: tokenwatch_common::KernelOffsets
 
-use aya_ebpf::helpers::{bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs};
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs};
 use tokenwatch_common::OpenSyscall;
 
-use crate::{maps::PendingOpen, open::AT_FDCWD};
+use crate::{
+    kernel::read_ptr,
+    maps::{kernel_offset, PendingOpen},
+    open::AT_FDCWD,
+};
 
 /// Offsets in x86_64's `struct pt_regs` of the first three syscall
 /// arguments (`rdi`, `rsi`, `rdx`). The object is built for x86_64 only
 /// (`agent/build.rs`); another architecture needs its own row here.
 const ARG_OFFSETS: [u64; 3] = [112, 104, 96];
+/// x86_64's `THREAD_SIZE` (16 KiB; KASAN builds, which double it, are not
+/// what nodes run) and `sizeof(struct pt_regs)`.
+const THREAD_SIZE: u64 = 16 * 1024;
+const PT_REGS_SIZE: u64 = 21 * 8;
 
 /// The first three arguments of the syscall the current task is in.
 pub struct SyscallArgs([u64; 3]);
@@ -27,9 +45,19 @@ impl SyscallArgs {
     /// read fails.
     #[inline(always)]
     pub fn current() -> Option<Self> {
-        // SAFETY: helpers without preconditions in tracing programs; the
-        // result is only read through bpf_probe_read_kernel.
-        let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+        let regs = if kernel_offset!(has_task_pt_regs) != 0 {
+            // SAFETY: helpers without preconditions in tracing programs; the
+            // result is only read through bpf_probe_read_kernel.
+            (unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) }) as u64
+        } else {
+            // SAFETY: the current task pointer, read only via probes.
+            let task = unsafe { bpf_get_current_task() };
+            let stack = read_ptr(task, kernel_offset!(task_stack)).ok()?;
+            if stack == 0 {
+                return None;
+            }
+            stack + THREAD_SIZE - PT_REGS_SIZE
+        };
         if regs == 0 {
             return None;
         }

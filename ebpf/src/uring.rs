@@ -22,11 +22,11 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use aya_log_ebpf::debug;
-use tokenwatch_common::{Counter, Hook, KernelOffsets, OpenSyscall};
+use tokenwatch_common::{Counter, Hook, OpenSyscall};
 
 use crate::{
     kernel::{read_ptr, read_u32},
-    maps::{count, is_agent, PendingOpen, PendingUringOpen, KERNEL_OFFSETS, PENDING_URING_OPENS},
+    maps::{count, is_agent, kernel_offset, PendingOpen, PendingUringOpen, PENDING_URING_OPENS},
     open::{report, report_file},
     uring_skip,
 };
@@ -68,7 +68,6 @@ pub fn io_uring_submit_req(ctx: TracePointContext) -> u32 {
     let (ring, req, user_data) =
         unsafe { (ctx.read_at::<u64>(CTX), ctx.read_at::<u64>(REQ), ctx.read_at::<u64>(USER_DATA)) };
     let (ring, req, user_data) = (ring.unwrap_or(0), req.unwrap_or(0), user_data.unwrap_or(0));
-    let offsets = KERNEL_OFFSETS.load();
     let mut pending = PendingUringOpen {
         open: PendingOpen { filename: 0, how: 0, flags: 0, dirfd: AT_FDCWD, syscall: syscall as u32 },
         ring,
@@ -76,17 +75,17 @@ pub fn io_uring_submit_req(ctx: TracePointContext) -> u32 {
         file_slot: 0,
         _pad: 0,
     };
-    if offsets.io_uring_ready != 0 {
-        let open = req + u64::from(offsets.io_kiocb_cmd);
-        pending.open.dirfd = read_u32(open, offsets.io_open_dfd).unwrap_or(AT_FDCWD as u32) as i32;
-        pending.file_slot = read_u32(open, offsets.io_open_file_slot).unwrap_or(0);
-        let filename = read_ptr(open, offsets.io_open_filename).unwrap_or(0);
+    if kernel_offset!(io_uring_ready) != 0 {
+        let open = req + u64::from(kernel_offset!(io_kiocb_cmd));
+        pending.open.dirfd = read_u32(open, kernel_offset!(io_open_dfd)).unwrap_or(AT_FDCWD as u32) as i32;
+        pending.file_slot = read_u32(open, kernel_offset!(io_open_file_slot)).unwrap_or(0);
+        let filename = read_ptr(open, kernel_offset!(io_open_filename)).unwrap_or(0);
         // The user's pointer: the completing task shares the submitter's
         // memory, so the exit-side copy works as for a syscall.
-        pending.open.filename = read_ptr(filename, offsets.filename_uptr).unwrap_or(0);
-        pending.open.flags = read_ptr(open, offsets.io_open_how + offsets.open_how_flags).unwrap_or(0);
+        pending.open.filename = read_ptr(filename, kernel_offset!(filename_uptr)).unwrap_or(0);
+        pending.open.flags = read_ptr(open, kernel_offset!(io_open_how) + kernel_offset!(open_how_flags)).unwrap_or(0);
     }
-    if pending.file_slot != IORING_FILE_INDEX_ALLOC && uring_skip::skips_completion(req, &offsets) {
+    if pending.file_slot != IORING_FILE_INDEX_ALLOC && uring_skip::skips_completion(req) {
         uring_skip::remember(&pending);
         return 0;
     }
@@ -121,12 +120,11 @@ pub fn io_uring_complete(ctx: TracePointContext) -> u32 {
         report(&ctx, Hook::IoUring, &pending.open, res);
         return 0;
     }
-    let offsets = KERNEL_OFFSETS.load();
-    if offsets.io_uring_ready == 0 {
+    if kernel_offset!(io_uring_ready) == 0 {
         return 0;
     }
     let slot = if pending.file_slot == IORING_FILE_INDEX_ALLOC { res as u64 } else { u64::from(pending.file_slot) - 1 };
-    let Some(file) = fixed_file(pending.ring, slot, &offsets) else { return 0 };
+    let Some(file) = fixed_file(pending.ring, slot) else { return 0 };
     // SAFETY: current task pointer, read only via probes.
     let task = unsafe { bpf_get_current_task() };
     report_file(&ctx, Hook::IoUring, &pending.open, res, task, file);
@@ -135,15 +133,15 @@ pub fn io_uring_complete(ctx: TracePointContext) -> u32 {
 
 /// The file in slot `slot` of the ring's fixed-file table.
 #[inline(always)]
-pub fn fixed_file(ring: u64, slot: u64, offsets: &KernelOffsets) -> Option<u64> {
+pub fn fixed_file(ring: u64, slot: u64) -> Option<u64> {
     if slot >= MAX_FIXED_SLOT {
         return None;
     }
-    let table = ring + u64::from(offsets.io_ring_ctx_file_table);
-    let array = read_ptr(table, offsets.io_file_table_array).ok()?;
-    let file_ptr = if offsets.io_file_table_indirect != 0 {
+    let table = ring + u64::from(kernel_offset!(io_ring_ctx_file_table));
+    let array = read_ptr(table, kernel_offset!(io_file_table_array)).ok()?;
+    let file_ptr = if kernel_offset!(io_file_table_indirect) != 0 {
         let node = read_ptr(array, (slot * 8) as u32).ok()?;
-        read_ptr(node, offsets.io_rsrc_node_file_ptr).ok()?
+        read_ptr(node, kernel_offset!(io_rsrc_node_file_ptr)).ok()?
     } else {
         read_ptr(array, (slot * 8) as u32).ok()?
     };

@@ -19,11 +19,11 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
     EbpfContext,
 };
-use tokenwatch_common::{Counter, Hook, KernelOffsets};
+use tokenwatch_common::{Counter, Hook};
 
 use crate::{
     kernel::{read_ptr, read_u32},
-    maps::{count, SkippedUringOpen, KERNEL_OFFSETS, LAST_SKIPPED_OPEN, SKIPPED_URING_OPENS},
+    maps::{count, kernel_offset, SkippedUringOpen, LAST_SKIPPED_OPEN, SKIPPED_URING_OPENS},
     open::{fd_to_file, report_file, watched},
     uring::fixed_file,
 };
@@ -38,8 +38,9 @@ pub const WINDOW_NS: u64 = 2_000_000_000;
 
 /// Whether the request `req` asked for no completion on success.
 #[inline(always)]
-pub fn skips_completion(req: u64, offsets: &KernelOffsets) -> bool {
-    offsets.io_uring_ready != 0 && read_u32(req, offsets.io_kiocb_flags).unwrap_or(0) & REQ_F_CQE_SKIP != 0
+pub fn skips_completion(req: u64) -> bool {
+    kernel_offset!(io_uring_ready) != 0
+        && read_u32(req, kernel_offset!(io_kiocb_flags)).unwrap_or(0) & REQ_F_CQE_SKIP != 0
 }
 
 /// Remembers a completion-less open of the current process.
@@ -90,15 +91,14 @@ fn check<C: EbpfContext>(ctx: &C) {
     // SAFETY: copied out at once.
     let Some(skipped) = (unsafe { SKIPPED_URING_OPENS.get(tgid) }).copied() else { return };
     let found = skipped.open;
-    let offsets = KERNEL_OFFSETS.load();
     // SAFETY: current task pointer, read only via probes.
     let task = unsafe { bpf_get_current_task() };
     let hit = if found.file_slot != 0 {
-        fixed_file(found.ring, u64::from(found.file_slot) - 1, &offsets)
-            .filter(|file| watched(*file, &offsets).is_some())
+        fixed_file(found.ring, u64::from(found.file_slot) - 1)
+            .filter(|file| watched(*file).is_some())
             .map(|file| (file, i64::from(found.file_slot) - 1))
     } else {
-        newest_watched_fd(task, &offsets)
+        newest_watched_fd(task)
     };
     if let Some((file, ret)) = hit {
         let _ = SKIPPED_URING_OPENS.remove(tgid);
@@ -113,16 +113,16 @@ fn check<C: EbpfContext>(ctx: &C) {
 /// The highest of the few fds just below `files->next_fd` that is a
 /// watched token file: (file, fd).
 #[inline(always)]
-fn newest_watched_fd(task: u64, offsets: &KernelOffsets) -> Option<(u64, i64)> {
-    let files = read_ptr(task, offsets.task_files).ok()?;
-    let next = read_u32(files, offsets.files_next_fd).ok()?;
+fn newest_watched_fd(task: u64) -> Option<(u64, i64)> {
+    let files = read_ptr(task, kernel_offset!(task_files)).ok()?;
+    let next = read_u32(files, kernel_offset!(files_next_fd)).ok()?;
     for back in 1..=CANDIDATES {
         if back > next {
             break;
         }
         let fd = u64::from(next - back);
-        if let Some(file) = fd_to_file(task, fd, offsets) {
-            if watched(file, offsets).is_some() {
+        if let Some(file) = fd_to_file(task, fd) {
+            if watched(file).is_some() {
                 return Some((file, fd as i64));
             }
         }

@@ -9,6 +9,7 @@ pub mod advise;
 pub mod alerts;
 pub mod connect;
 pub mod inventory;
+pub mod kernel_check;
 
 use crate::{
     config::{ConfigLayer, Endpoint, RescanSeconds, RingBufferKib, StdoutFormat, TokenPath},
@@ -37,6 +38,9 @@ pub enum Command {
     Inventory(inventory::InventoryArgs),
     /// Turn the inventory into hardening advice: YAML to apply.
     Advise(advise::AdviseArgs),
+    /// Verify every eBPF program against this kernel, attach nothing, and
+    /// say which hooks the agent would run with (needs root).
+    KernelCheck(kernel_check::KernelCheckArgs),
 }
 
 /// Flags of `tokenwatch agent`.

@@ -48,7 +48,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Offsets(#[from] OffsetsError),
     /// The hooks could not be loaded or attached.
-    #[error("{0} (the agent needs CAP_BPF and CAP_PERFMON; see deploy/README.md)")]
+    #[error("loading the eBPF programs{}", .0.hint())]
     Load(#[from] LoadError),
     /// A watch map update was refused.
     #[error(transparent)]

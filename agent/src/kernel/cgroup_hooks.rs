@@ -23,32 +23,11 @@ use aya::{
 use super::loader::LoadError;
 
 /// The programs, by name in the object; their section says the attach type.
-const PROGRAMS: [&str; 2] = ["connect4", "connect6"];
-
-/// Loads (verifies) both programs. The kernel asks for `CAP_NET_ADMIN`
-/// (besides `CAP_BPF`) for any networking program type: without it the
-/// agent warns and runs with the syscall tracepoints only, rather than not
-/// at all.
-pub fn load(ebpf: &mut Ebpf) -> Result<(), LoadError> {
-    load_named(
-        ebpf,
-        &PROGRAMS,
-        "cgroup connect hook not loaded (it needs CAP_NET_ADMIN): connects made without connect(2) (io_uring, TCP \
-         Fast Open) go unseen",
-    )
-}
-
-/// Loads the cgroup socket-address programs `names`; one the kernel
-/// refuses is logged with `consequence` (what the node goes without), not
-/// fatal. Shared with the enforcement fences (`fence.rs`).
-pub(super) fn load_named(ebpf: &mut Ebpf, names: &[&'static str], consequence: &str) -> Result<(), LoadError> {
-    for &name in names {
-        if let Err(error) = program(ebpf, name)?.load() {
-            tracing::warn!(program = name, %error, "{consequence}");
-        }
-    }
-    Ok(())
-}
+/// The loader verifies them with the others (`loader::Hooks::load`): the
+/// kernel asks for `CAP_NET_ADMIN` besides `CAP_BPF` for any networking
+/// program type, and without it they are refused and the agent runs with the
+/// syscall tracepoints only, rather than not at all.
+pub const PROGRAMS: [&str; 2] = ["connect4", "connect6"];
 
 /// Attaches both programs to the cgroup2 root; returns their names, or
 /// nothing when the host has no cgroup2 hierarchy or they did not load.
@@ -91,7 +70,7 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<Vec<&'static str>, LoadError> {
 }
 
 /// A cgroup socket-address program of the object, by name.
-pub(super) fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSockAddr, LoadError> {
+pub fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSockAddr, LoadError> {
     ebpf.program_mut(name)
         .ok_or(LoadError::MissingProgram(name))?
         .try_into()

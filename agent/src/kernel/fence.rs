@@ -18,8 +18,11 @@ use tokenwatch_common::{BinaryKey, CgroupEnforcement};
 
 use super::{cgroup_hooks, loader::LoadError};
 
-/// The fence programs, by name in the object.
-const FENCES: [&str; 2] = ["fence_connect4", "fence_connect6"];
+/// The fence programs, by name in the object. Like the observing connect
+/// hooks they need `CAP_NET_ADMIN`; the loader verifies them with the others,
+/// and without them connects cannot be refused (token reads still can: that
+/// path is the open tracepoints').
+pub const FENCES: [&str; 2] = ["fence_connect4", "fence_connect6"];
 
 /// The maps the enforcer keeps in step with the policy and the pods.
 pub struct EnforceMaps {
@@ -34,17 +37,6 @@ pub struct EnforceMaps {
 /// The fences on one cgroup; dropping this detaches them.
 pub struct FenceLinks {
     _links: Vec<CgroupSockAddrLink>,
-}
-
-/// Loads (verifies) both fences. Like the observing connect hooks they need
-/// `CAP_NET_ADMIN`; without it the agent warns and connects cannot be
-/// refused (token reads still can: that path is the open tracepoints').
-pub fn load(ebpf: &mut Ebpf) -> Result<(), LoadError> {
-    cgroup_hooks::load_named(
-        ebpf,
-        &FENCES,
-        "enforcement fence not loaded (it needs CAP_NET_ADMIN): block entries cannot refuse API-server connects",
-    )
 }
 
 /// Attaches both fences to the cgroup directory `dir`.

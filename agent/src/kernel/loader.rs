@@ -16,20 +16,33 @@ use tokenwatch_common::{
 use super::cgroup_hooks;
 use super::counters::CounterMap;
 use super::fence::{self, EnforceMaps, FenceLinks};
+use super::hook_status::{self, HookReport, HookState, HookStatus};
 use super::watchlist::FileMaps;
+
+/// The stack depth of every program of the embedded object, by name (see
+/// `stack_depth`); empty if the object cannot be read, which loading it
+/// would have said first.
+pub fn program_stack_depths() -> std::collections::HashMap<String, u32> {
+    super::stack_depth::program_stack_depths(EBPF_OBJECT).unwrap_or_else(|error| {
+        tracing::warn!(%error, "stack depths unknown");
+        std::collections::HashMap::new()
+    })
+}
 
 /// The eBPF object built by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tokenwatch-ebpf"));
 
-/// Every tracepoint program (category, tracepoint, program, required), exits
+/// Every tracepoint program (category, tracepoint, program, core), exits
 /// first so no exit misses an entry made after it (only connect and
-/// io_uring have entries: the opens are judged at their exit alone). `open` is missing on
-/// architectures without `open(2)` (arm64); io_uring's on kernels built
-/// without it: optional. `io_uring_complete` carries two programs, each
-/// within the verifier's budget.
+/// io_uring have entries: the opens are judged at their exit alone). The
+/// core (`openat`'s exit and connect) is what the agent will not run
+/// without; any other program this kernel lacks or refuses costs its hook
+/// only (`open` is missing on arm64, io_uring's tracepoints differ between
+/// kernels). `io_uring_complete` carries two programs, each within the
+/// verifier's budget.
 const TRACEPOINTS: &[(&str, &str, &str, bool)] = &[
     ("syscalls", "sys_exit_openat", "sys_exit_openat", true),
-    ("syscalls", "sys_exit_openat2", "sys_exit_openat2", true),
+    ("syscalls", "sys_exit_openat2", "sys_exit_openat2", false),
     ("syscalls", "sys_exit_open", "sys_exit_open", false),
     ("syscalls", "sys_exit_connect", "sys_exit_connect", true),
     ("io_uring", "io_uring_complete", "io_uring_complete", false),
@@ -71,9 +84,24 @@ pub enum LoadError {
         /// Why.
         source: ProgramError,
     },
-    /// A required tracepoint does not exist on this kernel.
-    #[error("tracepoint {0} does not exist on this kernel")]
-    MissingTracepoint(&'static str),
+    /// A core tracepoint does not exist on this kernel.
+    #[error(
+        "tracepoint {0} does not exist on kernel {1}: the agent cannot watch token reads or API-server connects here"
+    )]
+    MissingTracepoint(&'static str, String),
+    /// The kernel refused a core program: the agent would see nothing.
+    #[error(
+        "kernel {kernel} refused the core program {name}, without which the agent cannot watch token reads or \
+         API-server connects; this kernel is not supported (README, \"Supported kernels\"): {reason}"
+    )]
+    CoreRefused {
+        /// The program.
+        name: &'static str,
+        /// The running kernel's release.
+        kernel: String,
+        /// The verifier's last lines.
+        reason: String,
+    },
     /// A map is missing or of the wrong type.
     #[error("map {name}: {source}")]
     Map {
@@ -93,6 +121,20 @@ pub enum LoadError {
     /// A map is missing from the object.
     #[error("the eBPF object has no map `{0}`")]
     MissingMap(&'static str),
+}
+
+impl LoadError {
+    /// What to do about it, when the cause is the agent's privileges rather
+    /// than the kernel: a verifier's refusal must not send people looking at
+    /// capabilities.
+    pub fn hint(&self) -> &'static str {
+        let text = self.to_string();
+        if text.contains("os error 1)") || text.contains("Operation not permitted") {
+            " (the agent needs CAP_BPF, CAP_PERFMON and, for the cgroup hooks, CAP_NET_ADMIN; see deploy/README.md)"
+        } else {
+            ""
+        }
+    }
 }
 
 /// The loaded programs and the maps the agent drives them through.
@@ -141,15 +183,86 @@ impl Hooks {
         let mut hooks = Hooks { ebpf, attached: Vec::new() };
         // Programs are verified and loaded now, while every map fd they refer
         // to is open; the maps can then be handed to tasks that own them.
-        for &(_, _, name, _) in TRACEPOINTS {
-            hooks.program(name)?.load().map_err(|source| LoadError::Program { name, source })?;
+        // Tracepoints are attached by id, read from tracefs: it must be there
+        // to tell a tracepoint this kernel lacks from one it refused.
+        ensure_tracefs()?;
+        let kernel = hook_status::kernel_release();
+        let mut core_refusal = None;
+        for &(category, tracepoint, name, core) in TRACEPOINTS {
+            if !tracepoint_exists(category, tracepoint) {
+                if core {
+                    return Err(LoadError::MissingTracepoint(name, kernel));
+                }
+                let reason = format!("tracepoint {category}:{tracepoint} does not exist on kernel {kernel}");
+                tracing::info!(program = name, "{reason}; hook skipped");
+                status().record(HookReport {
+                    program: name,
+                    state: HookState::Absent,
+                    verified_insns: None,
+                    reason: Some(reason),
+                });
+                continue;
+            }
+            let loaded = hooks.program(name)?.load();
+            hooks.settle(name, core, loaded, &kernel, &mut core_refusal);
         }
-        cgroup_hooks::load(&mut hooks.ebpf)?;
-        fence::load(&mut hooks.ebpf)?;
         for &(_, name) in RAW_TRACEPOINTS {
-            raw_program(&mut hooks.ebpf, name)?.load().map_err(|source| LoadError::Program { name, source })?;
+            let loaded = raw_program(&mut hooks.ebpf, name)?.load();
+            hooks.settle(name, false, loaded, &kernel, &mut core_refusal);
         }
-        Ok(hooks)
+        for name in cgroup_hooks::PROGRAMS.into_iter().chain(fence::FENCES) {
+            let loaded = cgroup_hooks::program(&mut hooks.ebpf, name)?.load();
+            hooks.settle(name, false, loaded, &kernel, &mut core_refusal);
+        }
+        // Every program was tried first, so the reports (and `tokenwatch
+        // kernel-check`) tell the whole story of this kernel.
+        match core_refusal {
+            Some(error) => Err(error),
+            None => Ok(hooks),
+        }
+    }
+
+    /// Records what loading `name` gave. A refused core program is fatal
+    /// (kept in `core_refusal`, with the verifier's words and the kernel's
+    /// release); any other refusal is logged once and costs that hook only.
+    fn settle(
+        &mut self,
+        name: &'static str,
+        core: bool,
+        loaded: Result<(), ProgramError>,
+        kernel: &str,
+        core_refusal: &mut Option<LoadError>,
+    ) {
+        match loaded {
+            Ok(()) => {
+                let verified_insns = self
+                    .ebpf
+                    .program(name)
+                    .and_then(|p| p.info().ok())
+                    .and_then(|info| info.verified_instruction_count());
+                status().record(HookReport { program: name, state: HookState::Loaded, verified_insns, reason: None });
+            }
+            Err(error) => {
+                let reason = hook_status::refusal(&error);
+                status().record(HookReport {
+                    program: name,
+                    state: HookState::Refused,
+                    verified_insns: None,
+                    reason: Some(reason.clone()),
+                });
+                if core {
+                    core_refusal.get_or_insert(LoadError::CoreRefused { name, kernel: kernel.to_owned(), reason });
+                    return;
+                }
+                tracing::warn!(
+                    program = name,
+                    kernel,
+                    reason = %reason,
+                    "kernel refused this program: the agent runs without this hook ({})",
+                    consequence(name)
+                );
+            }
+        }
     }
 
     fn program(&mut self, name: &'static str) -> Result<&mut TracePoint, LoadError> {
@@ -186,28 +299,77 @@ impl Hooks {
         fence::attach(&mut self.ebpf, dir)
     }
 
-    /// Attaches every loaded program; returns the tracepoints attached.
+    /// Attaches every loaded program; returns the programs attached. A
+    /// program that did not load, or does not attach, is skipped with its
+    /// state recorded: only the core is required.
     pub fn attach(&mut self) -> Result<&[&'static str], LoadError> {
-        ensure_tracefs()?;
-        for &(category, tracepoint, name, required) in TRACEPOINTS {
-            if !tracepoint_exists(category, tracepoint) {
-                if required {
-                    return Err(LoadError::MissingTracepoint(name));
-                }
-                tracing::info!(tracepoint = name, "tracepoint absent on this kernel; skipped");
+        for &(category, tracepoint, name, core) in TRACEPOINTS {
+            if !self.is_loaded(name) {
                 continue;
             }
-            self.program(name)?.attach(category, tracepoint).map_err(|source| LoadError::Program { name, source })?;
-            self.attached.push(name);
-        }
-        for &(tracepoint, name) in RAW_TRACEPOINTS {
-            match raw_program(&mut self.ebpf, name)?.attach(tracepoint) {
-                Ok(_) => self.attached.push(name),
-                Err(error) => tracing::warn!(program = name, %error, "raw tracepoint not attached"),
+            match self.program(name)?.attach(category, tracepoint) {
+                Ok(_) => self.live(name),
+                Err(source) if core => return Err(LoadError::Program { name, source }),
+                Err(error) => self.attach_failed(name, &error),
             }
         }
-        self.attached.extend(cgroup_hooks::attach(&mut self.ebpf)?);
+        for &(tracepoint, name) in RAW_TRACEPOINTS {
+            if !self.is_loaded(name) {
+                continue;
+            }
+            match raw_program(&mut self.ebpf, name)?.attach(tracepoint) {
+                Ok(_) => self.live(name),
+                Err(error) => self.attach_failed(name, &error),
+            }
+        }
+        for name in cgroup_hooks::attach(&mut self.ebpf)? {
+            self.live(name);
+        }
         Ok(&self.attached)
+    }
+
+    /// Whether `name` passed the verifier.
+    fn is_loaded(&self, name: &str) -> bool {
+        self.ebpf.program(name).is_some_and(|p| p.fd().is_ok())
+    }
+
+    /// Records `name` as attached.
+    fn live(&mut self, name: &'static str) {
+        self.attached.push(name);
+        status().set_state(name, HookState::Attached, None);
+    }
+
+    /// Records and logs a program that loaded but did not attach.
+    fn attach_failed(&mut self, name: &'static str, error: &ProgramError) {
+        tracing::warn!(program = name, %error, "program not attached: the agent runs without this hook ({})", consequence(name));
+        status().set_state(name, HookState::AttachFailed, Some(error.to_string()));
+    }
+}
+
+/// The process's hook reports (kept by the metrics, read by `/readyz`).
+fn status() -> &'static HookStatus {
+    &crate::metrics::global().hooks
+}
+
+/// What the node goes without when `program` is not live: said in the one
+/// log line a refusal gets.
+pub fn consequence(program: &str) -> &'static str {
+    match program {
+        "sys_exit_openat2" => "token reads through openat2(2) go unseen",
+        "sys_exit_open" => "token reads through open(2) go unseen",
+        "io_uring_submit_req" | "io_uring_complete" => "token reads through io_uring go unseen",
+        "io_uring_complete_skipped" | "sys_exit_io_uring_enter" | "sched_switch_skipped" => {
+            "io_uring opens that post no completion (IOSQE_CQE_SKIP_SUCCESS) go unseen"
+        }
+        "sys_exit_open_by_handle_at" => "token reads through open_by_handle_at(2) go unseen",
+        "sys_exit_pidfd_getfd" => "token fds copied with pidfd_getfd(2) go unseen",
+        "connect4" | "connect6" => {
+            "connects made without connect(2) (io_uring, TCP Fast Open) go unseen; cgroup programs need CAP_NET_ADMIN"
+        }
+        "fence_connect4" | "fence_connect6" => {
+            "block entries cannot refuse API-server connects; cgroup programs need CAP_NET_ADMIN"
+        }
+        _ => "a detection path is missing",
     }
 }
 

@@ -8,9 +8,11 @@ pub mod clock;
 pub mod counters;
 pub mod decode;
 pub mod fence;
+pub mod hook_status;
 pub mod loader;
 pub mod offsets;
 pub mod reader;
+pub mod stack_depth;
 pub mod watchlist;
 
 pub use counters::{CounterReading, KernelCounters};

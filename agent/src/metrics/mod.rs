@@ -58,6 +58,9 @@ pub struct Metrics {
     /// Executables block entries' `binaries` resolved to, over all covered
     /// containers, now.
     pub enforcement_binaries: AtomicU64,
+    /// What became of each eBPF program on this kernel (`tokenwatch_hooks`,
+    /// `/readyz`'s body).
+    pub hooks: crate::kernel::hook_status::HookStatus,
     /// Sources read at scrape time, registered once by the daemon.
     sources: OnceLock<Sources>,
 }

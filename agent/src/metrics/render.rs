@@ -5,6 +5,7 @@ use std::{fmt::Write, sync::atomic::Ordering};
 use tokenwatch_common::Counter;
 
 use super::Metrics;
+use crate::kernel::hook_status::HookState;
 use crate::{deliver::spool::Spool, detect::policy::Policy};
 
 /// Renders every metric. Families with no samples yet are still declared,
@@ -12,6 +13,7 @@ use crate::{deliver::spool::Spool, detect::policy::Policy};
 pub fn render(metrics: &Metrics) -> String {
     let mut out = Out(String::with_capacity(4096));
     kernel(metrics, &mut out);
+    hooks(metrics, &mut out);
     out.family("tokenwatch_alerts_total", "counter", "Alerts delivered, by rule and severity.");
     for ((rule, severity), count) in metrics.alerts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter() {
         out.sample("tokenwatch_alerts_total", &[("rule", rule), ("severity", severity)], *count);
@@ -55,6 +57,23 @@ fn kernel(metrics: &Metrics, out: &mut Out) {
     for reading in counters.readings.iter().filter(|r| r.counter == Counter::EventsDropped) {
         for (cpu, &count) in reading.per_cpu.iter().enumerate().filter(|(_, &c)| c > 0) {
             out.sample(DROPPED, &[("hook", reading.hook.name()), ("cpu", &cpu.to_string())], count);
+        }
+    }
+}
+
+/// Each eBPF program's state on this kernel: 1 for its state, 0 for the
+/// others, so `tokenwatch_hooks{state="refused"} == 1` finds every node
+/// running without a hook.
+fn hooks(metrics: &Metrics, out: &mut Out) {
+    const NAME: &str = "tokenwatch_hooks";
+    out.family(
+        NAME,
+        "gauge",
+        "eBPF programs by state on this kernel: attached, loaded, refused, absent, attach_failed.",
+    );
+    for report in metrics.hooks.snapshot() {
+        for state in HookState::ALL {
+            out.sample(NAME, &[("hook", report.program), ("state", state.name())], u64::from(report.state == state));
         }
     }
 }

@@ -75,10 +75,16 @@ async fn respond(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, In
     let (status, content_type, body) = match (request.method(), request.uri().path()) {
         (&Method::GET, "/metrics") => (StatusCode::OK, "text/plain; version=0.0.4", render(metrics)),
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
-        (&Method::GET, "/readyz") if metrics.ready() => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
-        (&Method::GET, "/readyz") => {
-            (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready: hooks or gRPC not up yet\n".to_owned())
+        // Ready with hooks missing is still ready (the agent runs with the
+        // rest), but the body names what this kernel goes without.
+        (&Method::GET, "/readyz") if metrics.ready() => {
+            (StatusCode::OK, "text/plain", format!("ready\n{}", metrics.hooks.degraded_lines()))
         }
+        (&Method::GET, "/readyz") => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            format!("not ready: hooks or gRPC not up yet\n{}", metrics.hooks.degraded_lines()),
+        ),
         (&Method::GET, _) => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_owned()),
         _ => (StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n".to_owned()),
     };
