@@ -61,7 +61,7 @@ impl Stage {
         let dir = tempfile::tempdir().expect("tempdir");
         let policy = dir.path().join("policy.yaml");
         std::fs::write(&policy, BLOCKS).expect("write the policy");
-        let kubeconfig = support::kubeconfig(dir.path(), cluster.url());
+        let kubeconfig = kubeconfig(dir.path(), cluster.url());
         let api = ApiServer::start();
         let policy = policy.display().to_string();
         let agent = api.agent(&pod, &["--kubeconfig", &kubeconfig, "--node-name", NODE, "--policy", &policy]);
@@ -72,6 +72,22 @@ impl Stage {
         assert!(covered, "the agent never covered the pod with {block}:\n{}", agent.stderr());
         Stage { agent, api, pod, _cluster: cluster, _runtime: runtime, _dir: dir }
     }
+}
+
+/// A kubeconfig for the in-test API server (plain HTTP on loopback, no
+/// credentials) that names a CA, as every real kubeconfig does. Without
+/// one the Kubernetes client falls back to the system's trust store even
+/// for plain HTTP, and refuses to start where there is none (the VMs).
+fn kubeconfig(dir: &std::path::Path, server: &str) -> String {
+    let ca = support::pki::write_pem(dir, "ca.pem", &support::pki::Pki::new("kernel-matrix-ca").ca_pem);
+    let path = dir.join("kubeconfig");
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"{server}\", \
+         certificate-authority: \"{ca}\"}}}}]\nusers: [{{name: nobody, user: {{}}}}]\n\
+         contexts: [{{name: fake, context: {{cluster: fake, user: nobody}}}}]\ncurrent-context: fake\n"
+    );
+    std::fs::write(&path, text).expect("write the kubeconfig");
+    path.display().to_string()
 }
 
 /// The API's view of the pod: on [`NODE`], the token mounted as kubelet
