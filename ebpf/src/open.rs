@@ -78,20 +78,6 @@ pub fn judge(ctx: &TracePointContext, hook: Hook, syscall: OpenSyscall) {
     send(ctx, hook, &pending, ret, task, file, key);
 }
 
-/// Resolves the new fd `ret` of the current task to its file, looks it up,
-/// and sends an event on a hit. Shared by the syscall exits and io_uring's
-/// completion (whose task shares the submitter's file table).
-#[inline(always)]
-pub fn report<C: EbpfContext>(ctx: &C, hook: Hook, pending: &PendingOpen, ret: i64) {
-    if kernel_offset!(ready) == 0 {
-        return;
-    }
-    // SAFETY: returns the current task_struct pointer, read only via probes.
-    let task = unsafe { bpf_get_current_task() };
-    let Some(file) = fd_to_file(task, ret as u64) else { return };
-    report_file(ctx, hook, pending, ret, task, file);
-}
-
 /// Looks `file` up and sends an event on a hit; `ret` is what the open
 /// returned (an fd, or a direct descriptor's slot for io_uring).
 #[inline(always)]
@@ -108,11 +94,10 @@ pub fn report_file<C: EbpfContext>(ctx: &C, hook: Hook, pending: &PendingOpen, r
 /// built in a reserved record: a reservation is a reference the verifier
 /// tracks, and up to 6.1 it tells two states apart by that reference's id,
 /// so every path that reached the reservation was verified again to the end
-/// (6.1 refused this program at a million instructions). The copy costs a
+/// (6.1 refused this program at a million instructions). The price is
 /// one event's copy (about 2.5 KiB) on a matched open only.
 #[inline(always)]
-fn send<C: EbpfContext>(ctx: &C, hook: Hook, pending: &PendingOpen, ret: i64, task: u64, file: u64, key: FileKey) {
-    let pid_tgid = bpf_get_current_pid_tgid();
+pub fn send<C: EbpfContext>(ctx: &C, hook: Hook, pending: &PendingOpen, ret: i64, task: u64, file: u64, key: FileKey) {
     count(hook, Counter::OpensMatched);
     // Refuse first: a kill does not wait for the report, nor depend on it.
     let enforcement = crate::enforce::token_opened(pending.flags, task);
@@ -121,8 +106,12 @@ fn send<C: EbpfContext>(ctx: &C, hook: Hook, pending: &PendingOpen, ret: i64, ta
     // programs do not nest on a CPU); every field is written below or is a
     // NUL-terminated buffer whose tail userspace ignores.
     let event = unsafe { &mut *event };
+    // What differs from one way of reaching here to another (the arguments,
+    // the verdict, the key) goes into the event first and is dead after:
+    // the long walks below then start from one state whichever way the
+    // program came, and the verifier walks them once (6.1 does not prune
+    // states whose stacks differ, and walked them once per way).
     event.enforcement = enforcement;
-    fill_header(&mut event.header, EventKind::Open, task);
     event.syscall = pending.syscall;
     event.dirfd = pending.dirfd;
     event.flags = pending.flags;
@@ -138,6 +127,7 @@ fn send<C: EbpfContext>(ctx: &C, hook: Hook, pending: &PendingOpen, ret: i64, ta
     if unsafe { bpf_probe_read_user_str_bytes(pending.filename as *const u8, &mut event.requested_path) }.is_err() {
         event.requested_path[0] = 0;
     }
+    fill_header(&mut event.header, EventKind::Open, task);
     rebuild_path(task, file, &mut event.path);
     if hook == Hook::IoUring {
         // An io-wq worker (`iou-wrk-<pid>`) may complete it: name the process.
@@ -151,7 +141,7 @@ fn send<C: EbpfContext>(ctx: &C, hook: Hook, pending: &PendingOpen, ret: i64, ta
     }
     if EVENTS.output::<OpenEvent>(event, 0).is_err() {
         count(hook, Counter::EventsDropped);
-        debug!(ctx, "ring buffer full: token open by tgid {} dropped", (pid_tgid >> 32) as u32);
+        debug!(ctx, "ring buffer full: token open by tgid {} dropped", (bpf_get_current_pid_tgid() >> 32) as u32);
         return;
     }
     count(hook, Counter::EventsSent);

@@ -9,7 +9,7 @@
 //!   a remembered open's new fd is resolved in the current task's file
 //!   table (the completing task is the submitter, or an io-wq worker or the
 //!   SQPOLL thread of its process, which share that table) and judged by
-//!   [`crate::open::report`]. A direct descriptor (`file_index` set) is
+//!   [`crate::open::report_file`]. A direct descriptor (`file_index` set) is
 //!   resolved in the ring's fixed-file table instead.
 //!
 //! A request submitted with `IOSQE_CQE_SKIP_SUCCESS` posts no completion
@@ -27,7 +27,7 @@ use tokenwatch_common::{Counter, Hook, OpenSyscall};
 use crate::{
     kernel::{read_ptr, read_u32},
     maps::{count, is_agent, kernel_offset, PendingOpen, PendingUringOpen, PENDING_URING_OPENS},
-    open::{report, report_file},
+    open::{fd_to_file, report_file},
     uring_skip,
 };
 
@@ -116,17 +116,20 @@ pub fn io_uring_complete(ctx: TracePointContext) -> u32 {
     if res < 0 {
         return 0;
     }
-    if pending.file_slot == 0 {
-        report(&ctx, Hook::IoUring, &pending.open, res);
-        return 0;
-    }
-    if kernel_offset!(io_uring_ready) == 0 {
-        return 0;
-    }
-    let slot = if pending.file_slot == IORING_FILE_INDEX_ALLOC { res as u64 } else { u64::from(pending.file_slot) - 1 };
-    let Some(file) = fixed_file(pending.ring, slot) else { return 0 };
     // SAFETY: current task pointer, read only via probes.
     let task = unsafe { bpf_get_current_task() };
+    // One call of the event's code, whichever table holds the file: each
+    // call site is verified on its own, and 6.1's verifier counted both.
+    let file = if pending.file_slot == 0 {
+        fd_to_file(task, res as u64)
+    } else if kernel_offset!(io_uring_ready) == 0 {
+        None
+    } else {
+        let slot =
+            if pending.file_slot == IORING_FILE_INDEX_ALLOC { res as u64 } else { u64::from(pending.file_slot) - 1 };
+        fixed_file(pending.ring, slot)
+    };
+    let Some(file) = file else { return 0 };
     report_file(&ctx, Hook::IoUring, &pending.open, res, task, file);
     0
 }

@@ -19,12 +19,12 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
     EbpfContext,
 };
-use tokenwatch_common::{Counter, Hook};
+use tokenwatch_common::{Counter, FileKey, Hook};
 
 use crate::{
     kernel::{read_ptr, read_u32},
     maps::{count, kernel_offset, SkippedUringOpen, LAST_SKIPPED_OPEN, SKIPPED_URING_OPENS},
-    open::{fd_to_file, report_file, watched},
+    open::{fd_to_file, send, watched},
     uring::fixed_file,
 };
 
@@ -84,7 +84,7 @@ fn check<C: EbpfContext>(ctx: &C) {
     // The gate: one array read unless such an open happened lately.
     let last = LAST_SKIPPED_OPEN.get(0).copied().unwrap_or(0);
     // SAFETY: helper without preconditions.
-    if last == 0 || unsafe { bpf_ktime_get_ns() }.saturating_sub(last) > WINDOW_NS {
+    if last == 0 || unsafe { bpf_ktime_get_ns() }.saturating_sub(last) > WINDOW_NS || kernel_offset!(ready) == 0 {
         return;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -93,17 +93,18 @@ fn check<C: EbpfContext>(ctx: &C) {
     let found = skipped.open;
     // SAFETY: current task pointer, read only via probes.
     let task = unsafe { bpf_get_current_task() };
+    // The key found here is the one reported: judging the file a second
+    // time would make the verifier walk every way of finding it twice.
     let hit = if found.file_slot != 0 {
         fixed_file(found.ring, u64::from(found.file_slot) - 1)
-            .filter(|file| watched(*file).is_some())
-            .map(|file| (file, i64::from(found.file_slot) - 1))
+            .and_then(|file| watched(file).map(|key| (file, i64::from(found.file_slot) - 1, key)))
     } else {
         newest_watched_fd(task)
     };
-    if let Some((file, ret)) = hit {
+    if let Some((file, ret, key)) = hit {
         let _ = SKIPPED_URING_OPENS.remove(tgid);
         count(Hook::IoUring, Counter::OpensSeen);
-        report_file(ctx, Hook::IoUring, &found.open, ret, task, file);
+        send(ctx, Hook::IoUring, &found.open, ret, task, file, key);
     // SAFETY: helper without preconditions.
     } else if unsafe { bpf_ktime_get_ns() }.saturating_sub(skipped.since_ns) > WINDOW_NS {
         let _ = SKIPPED_URING_OPENS.remove(tgid);
@@ -111,9 +112,9 @@ fn check<C: EbpfContext>(ctx: &C) {
 }
 
 /// The highest of the few fds just below `files->next_fd` that is a
-/// watched token file: (file, fd).
+/// watched token file: (file, fd, key).
 #[inline(always)]
-fn newest_watched_fd(task: u64) -> Option<(u64, i64)> {
+fn newest_watched_fd(task: u64) -> Option<(u64, i64, FileKey)> {
     let files = read_ptr(task, kernel_offset!(task_files)).ok()?;
     let next = read_u32(files, kernel_offset!(files_next_fd)).ok()?;
     for back in 1..=CANDIDATES {
@@ -122,8 +123,8 @@ fn newest_watched_fd(task: u64) -> Option<(u64, i64)> {
         }
         let fd = u64::from(next - back);
         if let Some(file) = fd_to_file(task, fd) {
-            if watched(file).is_some() {
-                return Some((file, fd as i64));
+            if let Some(key) = watched(file) {
+                return Some((file, fd as i64, key));
             }
         }
     }

@@ -1,7 +1,5 @@
 //! Loading and attaching the eBPF programs. Dropping [`Hooks`] detaches them.
 
-use std::path::Path;
-
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, MapError, RingBuf},
     programs::{ProgramError, RawTracePoint, TracePoint},
@@ -17,6 +15,7 @@ use super::cgroup_hooks;
 use super::counters::CounterMap;
 use super::fence::{self, EnforceMaps, FenceLinks};
 use super::hook_status::{self, HookReport, HookState, HookStatus};
+use super::tracepoints::{self, TRACEFS, TRACEPOINTS};
 use super::watchlist::FileMaps;
 
 /// The stack depth of every program of the embedded object, by name (see
@@ -32,37 +31,11 @@ pub fn program_stack_depths() -> std::collections::HashMap<String, u32> {
 /// The eBPF object built by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tokenwatch-ebpf"));
 
-/// Every tracepoint program (category, tracepoint, program, core), exits
-/// first so no exit misses an entry made after it (only connect and
-/// io_uring have entries: the opens are judged at their exit alone). The
-/// core (`openat`'s exit and connect) is what the agent will not run
-/// without; any other program this kernel lacks or refuses costs its hook
-/// only (`open` is missing on arm64, io_uring's tracepoints differ between
-/// kernels). `io_uring_complete` carries two programs, each within the
-/// verifier's budget.
-const TRACEPOINTS: &[(&str, &str, &str, bool)] = &[
-    ("syscalls", "sys_exit_openat", "sys_exit_openat", true),
-    ("syscalls", "sys_exit_openat2", "sys_exit_openat2", false),
-    ("syscalls", "sys_exit_open", "sys_exit_open", false),
-    ("syscalls", "sys_exit_connect", "sys_exit_connect", true),
-    ("io_uring", "io_uring_complete", "io_uring_complete", false),
-    ("io_uring", "io_uring_complete", "io_uring_complete_skipped", false),
-    ("syscalls", "sys_exit_io_uring_enter", "sys_exit_io_uring_enter", false),
-    ("syscalls", "sys_exit_open_by_handle_at", "sys_exit_open_by_handle_at", false),
-    ("syscalls", "sys_exit_pidfd_getfd", "sys_exit_pidfd_getfd", false),
-    ("syscalls", "sys_enter_connect", "sys_enter_connect", true),
-    ("io_uring", "io_uring_submit_req", "io_uring_submit_req", false),
-];
-
 /// Raw tracepoints (tracepoint, program): no trace record is formatted, so
 /// they suit events as frequent as `sched_switch`, where the program reads
 /// one array slot and returns unless a completion-less io_uring open
 /// happened in the last 2 s (`ebpf/src/uring_skip.rs`). Optional.
 const RAW_TRACEPOINTS: &[(&str, &str)] = &[("sched_switch", "sched_switch_skipped")];
-
-/// Where the kernel's trace events are listed, mounted or not.
-const TRACEFS: &str = "/sys/kernel/tracing";
-const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
 
 /// Why the programs could not be loaded or attached.
 #[derive(Debug, thiserror::Error)]
@@ -188,13 +161,14 @@ impl Hooks {
         ensure_tracefs()?;
         let kernel = hook_status::kernel_release();
         let mut core_refusal = None;
-        for &(category, tracepoint, name, core) in TRACEPOINTS {
-            if !tracepoint_exists(category, tracepoint) {
+        for spec in TRACEPOINTS {
+            let (name, core) = (spec.program, spec.core);
+            if let Err(why) = tracepoints::find(spec) {
                 if core {
                     return Err(LoadError::MissingTracepoint(name, kernel));
                 }
-                let reason = format!("tracepoint {category}:{tracepoint} does not exist on kernel {kernel}");
-                tracing::info!(program = name, "{reason}; hook skipped");
+                let reason = format!("{why} (kernel {kernel})");
+                tracing::info!(program = name, "{reason}; hook skipped: {}", consequence(name));
                 status().record(HookReport {
                     program: name,
                     state: HookState::Absent,
@@ -303,11 +277,13 @@ impl Hooks {
     /// program that did not load, or does not attach, is skipped with its
     /// state recorded: only the core is required.
     pub fn attach(&mut self) -> Result<&[&'static str], LoadError> {
-        for &(category, tracepoint, name, core) in TRACEPOINTS {
+        for spec in TRACEPOINTS {
+            let (name, core) = (spec.program, spec.core);
+            let Ok(tracepoint) = tracepoints::find(spec) else { continue };
             if !self.is_loaded(name) {
                 continue;
             }
-            match self.program(name)?.attach(category, tracepoint) {
+            match self.program(name)?.attach(spec.category, tracepoint) {
                 Ok(_) => self.live(name),
                 Err(source) if core => return Err(LoadError::Program { name, source }),
                 Err(error) => self.attach_failed(name, &error),
@@ -388,13 +364,9 @@ where
     T::try_from(map).map_err(|source| LoadError::Map { name, source })
 }
 
-fn tracepoint_exists(category: &str, name: &str) -> bool {
-    [TRACEFS, DEBUGFS_TRACING].iter().any(|root| Path::new(root).join("events").join(category).join(name).exists())
-}
-
 /// Tracepoints are attached by id, read from tracefs; mount it if no one has.
 fn ensure_tracefs() -> Result<(), LoadError> {
-    if [TRACEFS, DEBUGFS_TRACING].iter().any(|root| Path::new(root).join("events").exists()) {
+    if tracepoints::tracefs_mounted() {
         return Ok(());
     }
     nix::mount::mount(Some("tracefs"), TRACEFS, Some("tracefs"), nix::mount::MsFlags::empty(), None::<&str>)

@@ -13,6 +13,7 @@ pub mod loader;
 pub mod offsets;
 pub mod reader;
 pub mod stack_depth;
+pub mod tracepoints;
 pub mod watchlist;
 
 pub use counters::{CounterReading, KernelCounters};
