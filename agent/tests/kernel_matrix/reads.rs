@@ -213,6 +213,14 @@ fn io_uring_openat() {
     }
     let mut pod = KubePod::start();
     let agent = pod.agent(&[]);
+    // 5.10's io_uring records name no request (and its io-wq workers are
+    // kernel threads outside the pod): the agent says it goes without this
+    // hook there, and that is what this case then checks.
+    if agent.stderr().contains("hook skipped: token reads through io_uring go unseen") {
+        helper::unsupported("io_uring_openat", "the agent reports io_uring opens unwatchable on this kernel");
+        assert!(agent.stderr().contains("io_uring_complete"), "the log names the hook:\n{}", agent.stderr());
+        return;
+    }
     let ran = pod.actor.run(&["__evade", "uring-openat", &token()]);
     assert_eq!(ran.status, "0", "IORING_OP_OPENAT then a read through the ring: {ran:?}");
     let stopped = pod.settle_and_stop(agent);
