@@ -124,6 +124,9 @@ fn assert_named(pod: &KubePod, alert: &Alert) {
     assert_eq!(seen, ("shop", POD, "main", "ci"), "{alert:?}");
 }
 
+/// A covered pod's connects to the API server (IPv4 and IPv6) get `EPERM`
+/// and `BLOCKED` alerts. The pod is known from an in-test API server: no
+/// kube-apiserver can be installed here or in the VMs.
 #[test]
 #[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test and vmtest"]
 fn enforce_connect_refused_with_eperm() {
@@ -159,6 +162,9 @@ fn enforce_connect_refused_with_eperm() {
     }
 }
 
+/// A covered pod's token reader is killed before it reads a byte, and the
+/// alert says `KILLED`. The pod is known from an in-test API server: no
+/// kube-apiserver can be installed here or in the VMs.
 #[test]
 #[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test and vmtest"]
 fn enforce_token_reader_killed_before_a_byte() {
