@@ -13,8 +13,6 @@ use serde_json::Value;
 pub struct Program {
     /// The program's name (`sys_exit_openat`).
     pub program: String,
-    /// The hook it serves (`openat`).
-    pub hook: String,
     /// `loaded`, `refused` or `absent`.
     pub state: String,
     /// Instructions the verifier processed, when it said.
@@ -95,6 +93,7 @@ pub fn parse(log: &str) -> Console {
     let mut section: Option<(String, Vec<&str>)> = None;
     let mut failure_list = false;
     let mut failed = BTreeSet::new();
+    let log = strip_ansi(log);
     for line in log.lines().map(|line| line.trim_end_matches('\r')) {
         if let Some(rest) = marker(line, "VMTEST-KERNEL ") {
             console.release = Some(rest.trim().to_owned());
@@ -167,6 +166,27 @@ pub fn parse(log: &str) -> Console {
     console
 }
 
+/// `text` without ANSI escape sequences (colours, cursor moves): CSI
+/// sequences up to their final byte, and lone two-byte escapes.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\u{1b}' {
+            out.push(c);
+            continue;
+        }
+        if chars.next() == Some('[') {
+            for c in chars.by_ref() {
+                if ('\u{40}'..='\u{7e}').contains(&c) {
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The rest of `line` after `marker`, wherever on the line it starts (a
 /// kernel message may have been printed on the same line before it).
 fn marker<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
@@ -201,7 +221,6 @@ fn program(line: &str) -> Option<Program> {
     let text = |key: &str| value[key].as_str().map(str::to_owned);
     Some(Program {
         program: text("program")?,
-        hook: text("hook").unwrap_or_default(),
         state: text("state").unwrap_or_else(|| "?".to_owned()),
         verified_insns: value["verified_insns"].as_u64(),
         stack_depth: value["stack_depth"].as_u64(),
@@ -219,7 +238,7 @@ mod tests {
 VMTEST-KERNEL 5.10.0-46-cloud-amd64\r
 VMTEST-CHECK-BEGIN\r
 {\"program\":\"sys_exit_openat\",\"hook\":\"openat\",\"state\":\"loaded\",\"verified_insns\":623000,\"stack_depth\":288,\"error\":null}\r
-2026-12-04T10:00:00Z INFO some log line\r
+\u{1b}[2m2026-12-04T10:00:00Z\u{1b}[0m \u{1b}[33m INFO\u{1b}[0m some log line\r
 {\"program\":\"connect4\",\"hook\":\"connect\",\"state\":\"refused\",\"verified_insns\":null,\"stack_depth\":null,\"error\":\"R1 invalid mem access\"}\r
 VMTEST-CHECK-END rc=1\r
 VMTEST-TESTS-BEGIN\r
@@ -252,7 +271,7 @@ test result: FAILED. 2 passed; 1 failed; 1 ignored\r
         assert_eq!(console.programs[0].verified_insns, Some(623_000));
         assert_eq!(console.programs[1].state, "refused");
         assert_eq!(console.programs[1].error.as_deref(), Some("R1 invalid mem access"));
-        assert_eq!(console.check_output, ["2026-12-04T10:00:00Z INFO some log line"]);
+        assert_eq!(console.check_output, ["2026-12-04T10:00:00Z  INFO some log line"]);
         assert!(console.tests_started);
         assert_eq!(console.tests_rc, None);
         let cases: Vec<(&str, Outcome)> = console.cases.iter().map(|(name, o)| (name.as_str(), *o)).collect();

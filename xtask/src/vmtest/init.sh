@@ -3,7 +3,8 @@
 # Sets up what a node has (proc, sys, devtmpfs, tracefs, bpffs, cgroup2 alone
 # at /sys/fs/cgroup, lo up), then runs the kernel check and the kernel test
 # cases between markers xtask parses from the serial console, and powers off.
-export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+# NO_COLOR: the agent's log lines land in the console xtask reads.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root NO_COLOR=1
 
 mount -t devtmpfs devtmpfs /dev
 exec </dev/console >/dev/console 2>&1
@@ -32,12 +33,14 @@ uptime_s() { cut -d' ' -f1 /proc/uptime; }
 echo "VMTEST-KERNEL $(uname -r)"
 echo "VMTEST-UPTIME boot $(uptime_s)"
 echo "VMTEST-CHECK-BEGIN"
-"$AGENT" kernel-check
+"$AGENT" kernel-check --output json
 echo "VMTEST-CHECK-END rc=$?"
 echo "VMTEST-UPTIME check $(uptime_s)"
 if [ -n "$TESTS" ]; then
     echo "VMTEST-TESTS-BEGIN"
-    RUST_BACKTRACE=1 "$TESTS" --include-ignored --test-threads=1
+    # TCG runs 10-30x slower than the machine: the harness stretches its
+    # timeouts by this factor (agent/tests/support, SLOW_ENV).
+    RUST_BACKTRACE=1 TOKENWATCH_TEST_SLOW=5 "$TESTS" --include-ignored --test-threads=1
     echo "VMTEST-TESTS-END rc=$?"
     echo "VMTEST-UPTIME tests $(uptime_s)"
 fi

@@ -70,6 +70,12 @@ impl Run {
     }
 }
 
+/// A table's header: `first`, then a column per kernel.
+fn header(first: &str, runs: &[Run]) -> String {
+    let labels: String = runs.iter().map(|run| format!(" {} |", run.label)).collect();
+    format!("| {first} |{labels}\n|---|{}\n", "---|".repeat(runs.len()))
+}
+
 /// The report as markdown.
 pub fn markdown(runs: &[Run]) -> String {
     let mut out = String::from("# Kernel matrix\n\n");
@@ -106,27 +112,36 @@ pub fn markdown(runs: &[Run]) -> String {
         out,
         "{WARN}: more than {INSNS_WARN} instructions processed, or a stack deeper than {STACK_WARN} bytes.\n"
     );
-    out.push_str("| kernel | program | hook | state | verified insns | stack | |\n|---|---|---|---|---|---|---|\n");
+    out.push_str("Each cell: state, instructions the verifier processed / stack bytes (— where not known).\n\n");
+    out.push_str(&header("program", runs));
+    let mut programs: Vec<&str> = Vec::new();
     for run in runs {
-        if run.console.programs.is_empty() {
-            let _ = writeln!(out, "| {} | (no rows) | | | | | |", run.label);
-        }
         for program in &run.console.programs {
-            let figure = |value: Option<u64>| value.map_or("—".to_owned(), |value| value.to_string());
-            let warn = program.verified_insns.is_some_and(|insns| insns > INSNS_WARN)
-                || program.stack_depth.is_some_and(|stack| stack > STACK_WARN);
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} | {} | {} | {} |",
-                run.label,
-                program.program,
-                program.hook,
-                program.state,
-                figure(program.verified_insns),
-                figure(program.stack_depth),
-                if warn { WARN } else { "" },
-            );
+            if !programs.contains(&program.program.as_str()) {
+                programs.push(&program.program);
+            }
         }
+    }
+    for name in &programs {
+        let _ = write!(out, "| {name} |");
+        for run in runs {
+            let cell = run.console.programs.iter().find(|program| program.program == *name).map_or_else(
+                || "—".to_owned(),
+                |program| {
+                    let figure = |value: Option<u64>| value.map_or("—".to_owned(), |value| value.to_string());
+                    let warn = program.verified_insns.is_some_and(|insns| insns > INSNS_WARN)
+                        || program.stack_depth.is_some_and(|stack| stack > STACK_WARN);
+                    let mark = if warn { format!(" {WARN}") } else { String::new() };
+                    let figures = format!("{} / {}", figure(program.verified_insns), figure(program.stack_depth));
+                    format!("{} {figures}{mark}", program.state)
+                },
+            );
+            let _ = write!(out, " {cell} |");
+        }
+        out.push('\n');
+    }
+    if programs.is_empty() {
+        out.push_str(&format!("| (no rows) |{}\n", " — |".repeat(runs.len())));
     }
     for run in runs.iter().filter(|run| run.console.check_rc != Some(0)) {
         let output = &run.console.check_output;
@@ -154,13 +169,8 @@ pub fn markdown(runs: &[Run]) -> String {
         }
     }
 
-    out.push_str("\n## Test cases\n\n| case |");
-    for run in runs {
-        let _ = write!(out, " {} |", run.label);
-    }
-    out.push_str("\n|---|");
-    out.push_str(&"---|".repeat(runs.len()));
-    out.push('\n');
+    out.push_str("\n## Test cases\n\n");
+    out.push_str(&header("case", runs));
     let mut names: Vec<&str> = Vec::new();
     for run in runs {
         for (name, _) in &run.console.cases {
