@@ -74,7 +74,30 @@ fn metrics_count_what_happened_and_the_agents_own_token_and_api_calls_never_aler
     assert!(sample(&text, "tokenwatch_spool_alerts") >= Some(1), "{text}");
     assert_eq!(sample(&text, "tokenwatch_grpc_subscribers"), Some(0), "{text}");
     assert!(text.contains("# TYPE tokenwatch_metadata_cache_misses_total counter"), "{text}");
-    assert_eq!(get(&addr, "/readyz").0, 200);
+    // Every program's state on this kernel: the core is attached, and each
+    // program has exactly one state.
+    for program in ["sys_exit_openat", "sys_enter_connect", "sys_exit_connect"] {
+        let series = |state: &str| format!("tokenwatch_hooks{{hook=\"{program}\",state=\"{state}\"}}");
+        assert_eq!(sample(&text, &series("attached")), Some(1), "{program} is live:\n{text}");
+        assert_eq!(sample(&text, &series("refused")), Some(0), "{text}");
+    }
+    let hook_states = text.lines().filter(|l| l.starts_with("tokenwatch_hooks{") && l.ends_with(" 1")).count();
+    let programs =
+        text.lines().filter(|l| l.starts_with("tokenwatch_hooks{") && l.contains("state=\"attached\"")).count();
+    assert_eq!(hook_states, programs, "one state per program:\n{text}");
+    let (status, body) = get(&addr, "/readyz");
+    assert_eq!(status, 200, "{body}");
+    let degraded: Vec<&str> = body.lines().filter(|l| l.starts_with("hook ")).collect();
+    let not_live = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("tokenwatch_hooks{")
+                && l.ends_with(" 1")
+                && !l.contains("state=\"attached\"")
+                && !l.contains("state=\"loaded\"")
+        })
+        .count();
+    assert_eq!(degraded.len(), not_live, "/readyz names every hook that is not live:\n{body}\n{text}");
     assert_eq!(get(&addr, "/healthz").0, 200);
     assert_eq!(get(&addr, "/nothing-here").0, 404);
 

@@ -95,7 +95,7 @@ fn layout_mismatch(format: &str, layout: &'static [(&'static str, usize)]) -> Op
 }
 
 /// Whether `format` declares `field` at `offset`: a line like
-/// `field:void * req;	offset:16;	size:8;	signed:0;`.
+/// `field:void * req;` then a tab and `offset:16;` (tabs between the parts).
 fn has_field(format: &str, field: &str, offset: usize) -> bool {
     format.lines().any(|line| {
         let Some((declaration, rest)) = line.trim().strip_prefix("field:").and_then(|l| l.split_once(';')) else {

@@ -127,6 +127,13 @@ fn vfork_read(path: &str) -> Result<String, String> {
     }
 }
 
+/// Whether the running kernel is older than `major.minor`.
+pub fn kernel_before(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("the kernel release");
+    let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) < (major, minor)
+}
+
 /// Notes a case that cannot run here, on the test's stderr.
 #[expect(clippy::print_stderr, reason = "a skipped case says so in the test log")]
 pub fn unsupported(case: &str, why: &str) {
