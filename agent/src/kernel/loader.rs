@@ -163,24 +163,21 @@ impl Hooks {
         let mut core_refusal = None;
         for spec in TRACEPOINTS {
             let (name, core) = (spec.program, spec.core);
-            if let Err(why) = tracepoints::find(spec) {
+            if let Some(why) = tracepoints::find(spec).err().or_else(|| tracepoints::orphaned(name)) {
                 if core {
                     return Err(LoadError::MissingTracepoint(name, kernel));
                 }
-                let reason = format!("{why} (kernel {kernel})");
-                tracing::info!(program = name, "{reason}; hook skipped: {}", consequence(name));
-                status().record(HookReport {
-                    program: name,
-                    state: HookState::Absent,
-                    verified_insns: None,
-                    reason: Some(reason),
-                });
+                skip(name, &why, &kernel);
                 continue;
             }
             let loaded = hooks.program(name)?.load();
             hooks.settle(name, core, loaded, &kernel, &mut core_refusal);
         }
         for &(_, name) in RAW_TRACEPOINTS {
+            if let Some(why) = tracepoints::orphaned(name) {
+                skip(name, &why, &kernel);
+                continue;
+            }
             let loaded = raw_program(&mut hooks.ebpf, name)?.load();
             hooks.settle(name, false, loaded, &kernel, &mut core_refusal);
         }
@@ -320,6 +317,13 @@ impl Hooks {
         tracing::warn!(program = name, %error, "program not attached: the agent runs without this hook ({})", consequence(name));
         status().set_state(name, HookState::AttachFailed, Some(error.to_string()));
     }
+}
+
+/// Records `name` as absent on this kernel, and says so once.
+fn skip(name: &'static str, why: &str, kernel: &str) {
+    let reason = format!("{why} (kernel {kernel})");
+    tracing::info!(program = name, "{reason}; hook skipped: {}", consequence(name));
+    status().record(HookReport { program: name, state: HookState::Absent, verified_insns: None, reason: Some(reason) });
 }
 
 /// The process's hook reports (kept by the metrics, read by `/readyz`).

@@ -54,6 +54,31 @@ pub const TRACEPOINTS: &[Spec] = &[
     uring(&["io_uring_submit_req", "io_uring_submit_sqe"], "io_uring_submit_req", URING_SUBMIT),
 ];
 
+/// The program that remembers io_uring opens at submission.
+const URING_SUBMIT_PROGRAM: &str = "io_uring_submit_req";
+/// Programs that judge only what [`URING_SUBMIT_PROGRAM`] remembered: where it is
+/// absent they would find nothing and only cost (`sched_switch_skipped`
+/// runs at every context switch), so they are not loaded either.
+const NEEDS_URING_SUBMIT: [&str; 4] =
+    ["io_uring_complete", "io_uring_complete_skipped", "sys_exit_io_uring_enter", "sched_switch_skipped"];
+
+/// Why `program` has nothing to do on this kernel although its own hook
+/// exists: the hook it depends on is absent.
+pub fn orphaned(program: &str) -> Option<String> {
+    let submit = TRACEPOINTS.iter().find(|spec| spec.program == URING_SUBMIT_PROGRAM)?;
+    orphaned_given(program, find(submit))
+}
+
+/// [`orphaned`], given what probing the submission hook found.
+fn orphaned_given(program: &str, submit: Result<&str, String>) -> Option<String> {
+    if !NEEDS_URING_SUBMIT.contains(&program) {
+        return None;
+    }
+    submit.err().map(|why| {
+        format!("it judges the io_uring opens {URING_SUBMIT_PROGRAM} remembers, and that hook is absent: {why}")
+    })
+}
+
 /// A syscall tracepoint; the program is named as the tracepoint.
 const fn syscall(names: &'static [&'static str], core: bool) -> Spec {
     Spec { category: "syscalls", names, program: names[0], core, layout: &[] }
@@ -144,5 +169,15 @@ mod tests {
         assert_eq!(layout_mismatch(COMPLETE_5_10, URING_COMPLETE), Some("req"));
         assert!(has_field(SUBMIT_6_1, "op_str", 44));
         assert!(!has_field(SUBMIT_6_1, "opcode", 24));
+    }
+
+    #[test]
+    fn io_uring_judges_go_with_the_submission_hook() {
+        let absent = || Err("no record".to_owned());
+        for program in NEEDS_URING_SUBMIT {
+            assert!(orphaned_given(program, absent()).is_some_and(|why| why.contains("no record")), "{program}");
+            assert_eq!(orphaned_given(program, Ok("io_uring_submit_sqe")), None, "{program}");
+        }
+        assert_eq!(orphaned_given("sys_exit_openat", absent()), None, "the syscalls do not depend on it");
     }
 }
