@@ -114,6 +114,9 @@ impl LoadError {
 pub struct Hooks {
     ebpf: Ebpf,
     attached: Vec<&'static str>,
+    /// The tracepoint each loaded tracepoint program attaches to here, as
+    /// probing found it at load: (spec, tracepoint name).
+    found: Vec<(&'static tracepoints::Spec, &'static str)>,
 }
 
 /// Maps handed to the tasks that own them.
@@ -153,7 +156,7 @@ impl Hooks {
             .override_global(aya_log::LEVEL, &log_level, false)
             .map_max_entries(EVENTS_MAP, ring_buffer_bytes)
             .load(EBPF_OBJECT)?;
-        let mut hooks = Hooks { ebpf, attached: Vec::new() };
+        let mut hooks = Hooks { ebpf, attached: Vec::new(), found: Vec::new() };
         // Programs are verified and loaded now, while every map fd they refer
         // to is open; the maps can then be handed to tasks that own them.
         // Tracepoints are attached by id, read from tracefs: it must be there
@@ -163,13 +166,17 @@ impl Hooks {
         let mut core_refusal = None;
         for spec in TRACEPOINTS {
             let (name, core) = (spec.program, spec.core);
-            if let Some(why) = tracepoints::find(spec).err().or_else(|| tracepoints::orphaned(name)) {
-                if core {
-                    return Err(LoadError::MissingTracepoint(name, kernel));
+            let tracepoint = match tracepoints::find(spec).map(|tracepoint| (tracepoint, tracepoints::orphaned(name))) {
+                Ok((tracepoint, None)) => tracepoint,
+                Err(why) | Ok((_, Some(why))) => {
+                    if core {
+                        return Err(LoadError::MissingTracepoint(name, kernel));
+                    }
+                    skip(name, &why, &kernel);
+                    continue;
                 }
-                skip(name, &why, &kernel);
-                continue;
-            }
+            };
+            hooks.found.push((spec, tracepoint));
             let loaded = hooks.program(name)?.load();
             hooks.settle(name, core, loaded, &kernel, &mut core_refusal);
         }
@@ -274,9 +281,8 @@ impl Hooks {
     /// program that did not load, or does not attach, is skipped with its
     /// state recorded: only the core is required.
     pub fn attach(&mut self) -> Result<&[&'static str], LoadError> {
-        for spec in TRACEPOINTS {
+        for (spec, tracepoint) in self.found.clone() {
             let (name, core) = (spec.program, spec.core);
-            let Ok(tracepoint) = tracepoints::find(spec) else { continue };
             if !self.is_loaded(name) {
                 continue;
             }
