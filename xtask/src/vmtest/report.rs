@@ -42,28 +42,28 @@ impl Run {
     pub fn problems(&self) -> Vec<String> {
         let console = &self.console;
         let mut problems = Vec::new();
-        let mut say = |problem: String| problems.push(format!("{}: {problem}", self.label));
+        let mut note = |problem: String| problems.push(format!("{}: {problem}", self.label));
         if self.ending == Ending::TimedOut {
-            say(format!("the VM timed out after {}", util::human(self.wall)));
+            note(format!("the VM timed out after {}", util::human(self.wall)));
         }
         if console.release.is_none() {
-            say("/init never ran (no VMTEST-KERNEL line): see the log".to_owned());
+            note("/init never ran (no VMTEST-KERNEL line): see the log".to_owned());
         }
         match console.check_rc {
             Some(0) => {}
-            Some(1) => say("kernel-check exited 1: a core hook did not load".to_owned()),
-            Some(rc) => say(format!("kernel-check exited {rc}: see its output")),
-            None => say("kernel-check did not finish".to_owned()),
+            Some(1) => note("kernel-check exited 1: a core hook did not load".to_owned()),
+            Some(rc) => note(format!("kernel-check exited {rc}: see its output")),
+            None => note("kernel-check did not finish".to_owned()),
         }
         if !console.tests_started {
-            say("the kernel_matrix test executable did not run".to_owned());
+            note("the kernel_matrix test executable did not run".to_owned());
         } else if console.tests_rc != Some(0) {
             let rc = console.tests_rc.map_or("did not finish".to_owned(), |rc| format!("exited {rc}"));
-            say(format!("the test executable {rc}"));
+            note(format!("the test executable {rc}"));
         }
         for (name, outcome) in &console.cases {
             if matches!(outcome, Outcome::Failed | Outcome::Unfinished) {
-                say(format!("{name} {}", outcome.word()));
+                note(format!("{name} {}", outcome.word()));
             }
         }
         problems
@@ -205,8 +205,14 @@ pub fn markdown(runs: &[Run]) -> String {
                     let _ = writeln!(out, "```\n{section}\n```");
                 }
                 None => {
+                    let when = match (outcome, run.ending) {
+                        (Outcome::Unfinished, Ending::TimedOut) => "it was running when the VM was killed; ",
+                        (Outcome::Unfinished, Ending::Exited) => "it was running when the VM ended; ",
+                        _ => "",
+                    };
+                    let log = &run.log;
                     let _ =
-                        writeln!(out, "libtest printed no failure section for it; the whole console is in {}", run.log);
+                        writeln!(out, "{when}libtest printed no failure section for it: the whole console is in {log}");
                 }
             }
         }
