@@ -57,6 +57,9 @@ pub struct Console {
     pub programs: Vec<Program>,
     /// The kernel check's exit code, if it finished.
     pub check_rc: Option<i32>,
+    /// Whether the kernel check was killed (SIGKILL: past its time limit,
+    /// or out of memory).
+    pub check_killed: bool,
     /// The kernel check's other lines (its log, a usage error), to show when
     /// it fails.
     pub check_output: Vec<String>,
@@ -102,6 +105,8 @@ pub fn parse(log: &str) -> Console {
         } else if let Some(rest) = marker(line, "VMTEST-CHECK-END rc=") {
             console.check_rc = rest.trim().parse().ok();
             part = Part::Outside;
+        } else if marker(line, "VMTEST-CHECK-KILLED").is_some() {
+            console.check_killed = true;
         } else if marker(line, "VMTEST-TESTS-BEGIN").is_some() {
             console.tests_started = true;
             part = Part::Tests;
@@ -288,5 +293,14 @@ test result: FAILED. 2 passed; 1 failed; 1 ignored\r
         assert_eq!(console.failures[0].0, "connect::api_server");
         assert!(console.failures[0].1.ends_with("no alert"));
         assert!(!console.done);
+    }
+
+    #[test]
+    fn a_killed_check_and_a_clean_run() {
+        let console = parse("VMTEST-CHECK-BEGIN\nVMTEST-CHECK-KILLED\nVMTEST-CHECK-END rc=137\n");
+        assert!(console.check_killed && console.check_rc == Some(137) && console.programs.is_empty());
+        let clean = parse("VMTEST-TESTS-BEGIN\ntest a ... \nagent log\nVMTEST-TESTS-END rc=0\nVMTEST-DONE\n");
+        assert_eq!(clean.cases, [("a".to_owned(), Outcome::Ok)]);
+        assert!(clean.done && !clean.check_killed);
     }
 }

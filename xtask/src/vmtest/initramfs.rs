@@ -8,6 +8,7 @@ use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
@@ -27,8 +28,9 @@ const DIRECTORIES: [&str; 9] = ["dev", "proc", "sys", "tmp", "run", "root", "etc
 /// The VM's host name, set by /init from /etc/hostname.
 const HOSTNAME: &str = "vmtest";
 
-/// Build the initramfs for `binaries`; returns the path of the gzipped cpio.
-pub fn build(root: &Path, binaries: &Binaries) -> Result<PathBuf> {
+/// Build the initramfs for `binaries`, the kernel check killed past
+/// `check_limit`; returns the path of the gzipped cpio.
+pub fn build(root: &Path, binaries: &Binaries, check_limit: Duration) -> Result<PathBuf> {
     let dir = root.join("target/vmtest/initramfs");
     let staging = dir.join("root");
     if staging.exists() {
@@ -66,7 +68,9 @@ pub fn build(root: &Path, binaries: &Binaries) -> Result<PathBuf> {
     write(&staging, "etc/group", "root:x:0:\n")?;
     write(&staging, "etc/hostname", &format!("{HOSTNAME}\n"))?;
     let tests = binaries.tests.as_deref().map(|path| path.display().to_string()).unwrap_or_default();
-    write(&staging, "vmtest.env", &format!("AGENT='{}'\nTESTS='{tests}'\n", binaries.agent.display()))?;
+    let agent = binaries.agent.display();
+    let check = check_limit.as_secs();
+    write(&staging, "vmtest.env", &format!("AGENT='{agent}'\nTESTS='{tests}'\nCHECK_SECONDS={check}\n"))?;
     write(&staging, "init", INIT)?;
     fs::set_permissions(staging.join("init"), fs::Permissions::from_mode(0o755))?;
 

@@ -51,6 +51,9 @@ impl Run {
         }
         match console.check_rc {
             Some(0) => {}
+            Some(_) if console.check_killed => {
+                note("kernel-check was killed: past its time limit (half the VM's), or out of memory".to_owned())
+            }
             Some(1) => note("kernel-check exited 1: a core hook did not load".to_owned()),
             Some(rc) => note(format!("kernel-check exited {rc}: see its output")),
             None => note("kernel-check did not finish".to_owned()),
