@@ -23,9 +23,6 @@ for controller in cpu memory pids io cpuset; do
 done
 ip link set lo up
 hostname "$(cat /etc/hostname)"
-# Kernel messages would cut into the lines xtask parses: only emergencies
-# reach the console; the whole ring is printed at the end.
-dmesg -n 1
 
 . /vmtest.env
 uptime_s() { cut -d' ' -f1 /proc/uptime; }

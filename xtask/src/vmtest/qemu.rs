@@ -18,7 +18,10 @@ use crate::util::{self, say};
 const MEMORY_MIB: &str = "2048";
 /// Kernel command line: console on the serial port, and a panic ends the VM
 /// at once (with `-no-reboot`) rather than hanging until the time limit.
-const APPEND: &str = "console=ttyS0 panic=-1 quiet";
+/// `loglevel=5` lets warnings through, with the registers and call trace
+/// of a soft lockup or a WARN (printed at the default level): a VM killed
+/// at the time limit never gets to print its dmesg.
+const APPEND: &str = "console=ttyS0 panic=-1 loglevel=5";
 /// How often the VM is checked on, and how often progress is reported.
 const POLL: Duration = Duration::from_secs(1);
 /// Progress is reported this often, with the log's last line.

@@ -18,6 +18,9 @@ const INSNS_WARN: u64 = 500_000;
 const STACK_WARN: u64 = 448;
 /// Lines of a failed kernel check's other output the report shows.
 const CHECK_TAIL: usize = 20;
+/// Kernel trouble lines (soft lockups, BUG, WARNING) the report shows per
+/// kernel; the call traces are in the log.
+const TROUBLE_SHOWN: usize = 3;
 /// The mark on figures past those.
 const WARN: &str = "⚠";
 
@@ -107,6 +110,18 @@ pub fn markdown(runs: &[Run]) -> String {
             uptime("tests"),
             rc(console.check_rc),
             rc(console.tests_rc),
+        );
+    }
+
+    for run in runs.iter().filter(|run| !run.console.kernel_trouble.is_empty()) {
+        let trouble = &run.console.kernel_trouble;
+        let first: Vec<&str> = trouble.iter().take(TROUBLE_SHOWN).map(String::as_str).collect();
+        let _ = writeln!(
+            out,
+            "\n{} kernel: {} line(s) of trouble on the console, the first:\n\n```\n{}\n```",
+            run.label,
+            trouble.len(),
+            first.join("\n")
         );
     }
 

@@ -75,7 +75,14 @@ pub struct Console {
     pub uptimes: Vec<(String, String)>,
     /// Whether /init got to its end.
     pub done: bool,
+    /// Kernel lines that say something went wrong in it (soft lockups,
+    /// BUG, WARNING, Oops, OOM), as the console showed them live.
+    pub kernel_trouble: Vec<String>,
 }
+
+/// What a kernel line says when something went wrong in the kernel.
+const TROUBLE: [&str; 7] =
+    ["BUG: ", "WARNING: ", "Oops", "Kernel panic", "blocked for more than", "Out of memory", "general protection"];
 
 /// Which part of the console a line is in.
 #[derive(PartialEq, Eq)]
@@ -86,6 +93,8 @@ enum Part {
     Check,
     /// Between `VMTEST-TESTS-BEGIN` and `-END`.
     Tests,
+    /// The dmesg printed at the end.
+    Dmesg,
 }
 
 /// Read a console log.
@@ -98,6 +107,10 @@ pub fn parse(log: &str) -> Console {
     let mut failed = BTreeSet::new();
     let log = strip_ansi(log);
     for line in log.lines().map(|line| line.trim_end_matches('\r')) {
+        let message = kernel_message(line).filter(|_| part != Part::Dmesg);
+        if let Some(message) = message.filter(|message| TROUBLE.iter().any(|word| message.contains(word))) {
+            console.kernel_trouble.push(message.to_owned());
+        }
         if let Some(rest) = marker(line, "VMTEST-KERNEL ") {
             console.release = Some(rest.trim().to_owned());
         } else if marker(line, "VMTEST-CHECK-BEGIN").is_some() {
@@ -117,6 +130,10 @@ pub fn parse(log: &str) -> Console {
             if let Some((phase, seconds)) = rest.trim().split_once(' ') {
                 console.uptimes.push((phase.to_owned(), seconds.to_owned()));
             }
+        } else if marker(line, "VMTEST-DMESG-BEGIN").is_some() {
+            part = Part::Dmesg; // the same lines again, and the boot's
+        } else if marker(line, "VMTEST-DMESG-END").is_some() {
+            part = Part::Outside;
         } else if marker(line, "VMTEST-DONE").is_some() {
             console.done = true;
         } else if part == Part::Check {
@@ -192,6 +209,16 @@ fn strip_ansi(text: &str) -> String {
     out
 }
 
+/// The text of a kernel message on the console (after its `[ 148.888323] `
+/// timestamp, which may follow other output on the same line).
+fn kernel_message(line: &str) -> Option<&str> {
+    let open = line.find('[')?;
+    let (stamp, text) = line[open + 1..].split_once("] ")?;
+    let (seconds, micros) = stamp.trim_start().split_once('.')?;
+    let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+    (digits(seconds) && digits(micros)).then_some(text)
+}
+
 /// The rest of `line` after `marker`, wherever on the line it starts (a
 /// kernel message may have been printed on the same line before it).
 fn marker<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
@@ -234,73 +261,4 @@ fn program(line: &str) -> Option<Program> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A console as /init prints it, with a test whose result came after
-    /// other output, and a failure section.
-    const LOG: &str = "[    0.000000] Linux version 5.10.0\r
-VMTEST-KERNEL 5.10.0-46-cloud-amd64\r
-VMTEST-CHECK-BEGIN\r
-{\"program\":\"sys_exit_openat\",\"hook\":\"openat\",\"state\":\"loaded\",\"verified_insns\":623000,\"stack_depth\":288,\"error\":null}\r
-\u{1b}[2m2026-12-04T10:00:00Z\u{1b}[0m \u{1b}[33m INFO\u{1b}[0m some log line\r
-{\"program\":\"connect4\",\"hook\":\"connect\",\"state\":\"refused\",\"verified_insns\":null,\"stack_depth\":null,\"error\":\"R1 invalid mem access\"}\r
-VMTEST-CHECK-END rc=1\r
-VMTEST-TESTS-BEGIN\r
-
-running 4 tests\r
-test opens::token_read ... agent starting\r
-ok\r
-test connect::api_server ... FAILED\r
-test iouring::openat ... ignored, needs 5.6\r
-test exec::hang ... \r
-
-failures:\r
-
----- connect::api_server stdout ----\r
-thread 'connect::api_server' panicked at agent/tests/kernel_matrix/connect.rs:10:5:\r
-no alert\r
-
-failures:\r
-    connect::api_server\r
-
-test result: FAILED. 2 passed; 1 failed; 1 ignored\r
-";
-
-    #[test]
-    fn reads_check_rows_cases_and_failures() {
-        let console = parse(LOG);
-        assert_eq!(console.release.as_deref(), Some("5.10.0-46-cloud-amd64"));
-        assert_eq!(console.check_rc, Some(1));
-        assert_eq!(console.programs.len(), 2);
-        assert_eq!(console.programs[0].verified_insns, Some(623_000));
-        assert_eq!(console.programs[1].state, "refused");
-        assert_eq!(console.programs[1].error.as_deref(), Some("R1 invalid mem access"));
-        assert_eq!(console.check_output, ["2026-12-04T10:00:00Z  INFO some log line"]);
-        assert!(console.tests_started);
-        assert_eq!(console.tests_rc, None);
-        let cases: Vec<(&str, Outcome)> = console.cases.iter().map(|(name, o)| (name.as_str(), *o)).collect();
-        assert_eq!(
-            cases,
-            [
-                ("opens::token_read", Outcome::Ok),
-                ("connect::api_server", Outcome::Failed),
-                ("iouring::openat", Outcome::Ignored),
-                ("exec::hang", Outcome::Unfinished),
-            ]
-        );
-        assert_eq!(console.failures.len(), 1);
-        assert_eq!(console.failures[0].0, "connect::api_server");
-        assert!(console.failures[0].1.ends_with("no alert"));
-        assert!(!console.done);
-    }
-
-    #[test]
-    fn a_killed_check_and_a_clean_run() {
-        let console = parse("VMTEST-CHECK-BEGIN\nVMTEST-CHECK-KILLED\nVMTEST-CHECK-END rc=137\n");
-        assert!(console.check_killed && console.check_rc == Some(137) && console.programs.is_empty());
-        let clean = parse("VMTEST-TESTS-BEGIN\ntest a ... \nagent log\nVMTEST-TESTS-END rc=0\nVMTEST-DONE\n");
-        assert_eq!(clean.cases, [("a".to_owned(), Outcome::Ok)]);
-        assert!(clean.done && !clean.check_killed);
-    }
-}
+mod tests;
