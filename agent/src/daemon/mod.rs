@@ -133,7 +133,8 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     let store_for_enforcer = store.clone();
     let mut scanner = tasks::Scanner::new(config.token_paths.clone(), config.host_proc.clone(), files, store);
     let initial = scanner.scan_once().await?;
-    let (snapshot_tx, snapshot_rx) = tokio::sync::watch::channel(Arc::new(initial));
+    let (snapshot_tx, snapshot_rx) = tokio::sync::watch::channel(Arc::clone(&initial));
+    scanner.announce(&initial);
     let cri = CriCache::new(config.cri_socket.clone());
     match cri.socket() {
         Ok(socket) => tracing::info!(socket = %socket.display(), "container metadata from the runtime over CRI"),

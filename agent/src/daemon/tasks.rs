@@ -39,7 +39,7 @@ pub struct Scanner {
     paths: Vec<PathBuf>,
     proc: PathBuf,
     maps: FileMaps,
-    current: TokenFiles,
+    current: Arc<TokenFiles>,
     pods: Option<PodStore>,
 }
 
@@ -48,11 +48,12 @@ impl Scanner {
     /// With `pods`, each pod's token mounts (projected volumes at their own
     /// mountPath, legacy Secret tokens) are resolved too.
     pub fn new(paths: Vec<PathBuf>, proc: PathBuf, maps: FileMaps, pods: Option<PodStore>) -> Self {
-        Scanner { paths, proc, maps, current: TokenFiles::new(), pods }
+        Scanner { paths, proc, maps, current: Arc::default(), pods }
     }
 
-    /// One scan: find the files, update the map, log what changed.
-    pub async fn scan_once(&mut self) -> Result<TokenFiles, DaemonError> {
+    /// One scan: find the files and update the kernel's map. The caller
+    /// publishes the result to the enricher, then calls [`Self::announce`].
+    pub async fn scan_once(&mut self) -> Result<Arc<TokenFiles>, DaemonError> {
         let mut paths = self.paths.clone();
         for pod in self.pods.iter().flat_map(PodStore::snapshot) {
             for mount in pod.containers.iter().flat_map(|c| &c.token_mounts) {
@@ -70,8 +71,20 @@ impl Scanner {
             volumes: found.iter().filter_map(|(key, file)| Some((key.dev, file.volume_name.clone()?))).collect(),
         };
         let (added, removed) = watchlist::sync_files(&mut self.maps, &wanted)?;
-        for (key, file) in &found {
-            if !self.current.contains_key(key) {
+        if added + removed > 0 {
+            tracing::debug!(added, removed, watched = found.len(), "token files rescanned");
+        }
+        Ok(Arc::new(found))
+    }
+
+    /// Logs each file `found` holds that the last scan did not, once the
+    /// enricher has `found`: after the line, a read of the file is
+    /// attributed to that namespace's pod. A file whose device and inode a
+    /// gone pod's file had (a new tmpfs reuses both) is new too.
+    pub fn announce(&mut self, found: &Arc<TokenFiles>) {
+        for (key, file) in found.iter() {
+            let before = self.current.get(key).map(|seen| (seen.mount_ns, seen.pid));
+            if before != Some((file.mount_ns, file.pid)) {
                 tracing::info!(
                     path = %file.path.display(), mount_ns = file.mount_ns, pid = file.pid,
                     device = format!("{}:{}", key.dev >> 20, key.dev & 0xf_ffff), inode = key.ino,
@@ -79,11 +92,7 @@ impl Scanner {
                 );
             }
         }
-        if added + removed > 0 {
-            tracing::debug!(added, removed, watched = found.len(), "token files rescanned");
-        }
-        self.current.clone_from(&found);
-        Ok(found)
+        self.current = Arc::clone(found);
     }
 
     /// Rescans every `interval` until cancelled, publishing each result.
@@ -101,7 +110,8 @@ impl Scanner {
                 () = cancel.cancelled() => return Ok(()),
                 _ = ticker.tick() => {
                     let found = self.scan_once().await?;
-                    snapshots.send_replace(Arc::new(found));
+                    snapshots.send_replace(Arc::clone(&found));
+                    self.announce(&found);
                 }
             }
         }
