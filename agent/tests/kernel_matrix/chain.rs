@@ -4,31 +4,31 @@
 use tokenwatch_proto::v1::{alert::Evidence, Severity};
 
 use super::{
-    connects::ApiServer,
     pod::{describe, token, KubePod},
-    support,
+    stage, support,
 };
 
 #[test]
 #[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test and vmtest"]
 fn token_read_then_connect_is_one_chain() {
     let _serial = support::serialise();
-    let api = ApiServer::start();
+    let stage = stage::shared();
+    let (agent, api) = (&stage.agent, &stage.api);
     let mut pod = KubePod::start();
-    let agent = api.agent(&pod, &[]);
+    pod.watched_by(agent);
     pod.actor.must(&format!("open {}", token()));
     pod.actor.must(&format!("connect {}", api.v4));
     // A second dial is an alert of its own but no second chain.
     pod.actor.must(&format!("connect {}", api.v4));
-    let stopped = pod.settle_and_stop(agent);
-    let alerts = pod.alerts(&stopped.alerts);
+    let seen = pod.observe(agent);
+    let alerts = pod.alerts(&seen.alerts);
     let rules: Vec<&str> = alerts.iter().map(|a| a.rule.as_str()).collect();
     assert_eq!(
         rules,
         ["token-read", "apiserver-connect", "token-theft-chain", "apiserver-connect"],
         "{}\nlog:\n{}",
         describe(&alerts),
-        stopped.stderr
+        seen.stderr
     );
     for alert in &alerts {
         pod.assert_placed(alert);

@@ -11,7 +11,8 @@ use tokenwatch_proto::v1::{Alert, ApiServerConnect, Severity};
 
 use super::{
     helper,
-    pod::{describe, dial, pid_of, KubePod},
+    pod::{self, describe, dial, pid_of, KubePod},
+    stage,
     support::{self, agent::AgentProcess},
 };
 
@@ -34,12 +35,22 @@ impl ApiServer {
         ApiServer { v4: a4, v6: a6, _listeners: [v4, v6] }
     }
 
-    /// An agent watching `pod` and told both addresses are the API server.
+    /// An agent of the case's own watching `pod` and told both addresses
+    /// are the API server; the shared one stops first.
     pub fn agent(&self, pod: &KubePod, extra: &[&str]) -> AgentProcess {
+        stage::stop_shared();
+        let agent = self.start_agent(extra);
+        pod.watched_by(&agent);
+        agent
+    }
+
+    /// An agent told both addresses are the API server, once it watches
+    /// them.
+    pub fn start_agent(&self, extra: &[&str]) -> AgentProcess {
         let (v4, v6) = (self.v4.to_string(), self.v6.to_string());
         let mut args = vec!["--api-server", &v4, "--api-server", &v6];
         args.extend(extra);
-        let agent = pod.agent(&args);
+        let agent = pod::start_agent(&args);
         for endpoint in [&v4, &v6] {
             let logged = format!("endpoint={endpoint}");
             let watching = agent.wait_for_log(&["watching API-server endpoint", &logged], super::ALERT_TIMEOUT);
@@ -78,34 +89,37 @@ fn one_connect<'a>(pod: &KubePod, alerts: &'a [Alert], pid: u32, want: Expected<
 
 /// A connect(2) by the actor to `target`, which must succeed; the pod's
 /// alerts once settled.
-fn connect_and_settle(pod: &mut KubePod, agent: AgentProcess, target: &str) -> Vec<Alert> {
+fn connect_and_settle(pod: &mut KubePod, agent: &AgentProcess, target: &str) -> Vec<Alert> {
     pod.actor.must(&format!("connect {target}"));
-    pod.settle_and_stop(agent).alerts
+    pod.observe(agent).alerts
 }
 
 #[test]
 #[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test and vmtest"]
 fn connect_ipv4() {
     let _serial = support::serialise();
-    let api = ApiServer::start();
     let elsewhere = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let stage = stage::shared();
+    let (agent, api) = (&stage.agent, &stage.api);
     let mut pod = KubePod::start();
-    let agent = api.agent(&pod, &[]);
+    pod.watched_by(agent);
     // The same address on another port is not the API server: no alert.
     pod.actor.must(&format!("connect {}", elsewhere.local_addr().expect("addr")));
     let alerts = connect_and_settle(&mut pod, agent, &api.v4.to_string());
     let dial = one_connect(&pod, &alerts, pod.actor.pid, ("127.0.0.1", api.v4.port(), "ipv4", "connect"));
     assert_eq!((dial.result, dial.outcome.as_str()), (0, "connected"), "{dial:?}");
-    assert!(alerts.iter().all(|a| a.rule != "token-theft-chain"), "a connect without a token read is no chain");
+    let chains = pod.alerts(&alerts).into_iter().filter(|a| a.rule == "token-theft-chain").count();
+    assert_eq!(chains, 0, "a connect without a token read is no chain");
 }
 
 #[test]
 #[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test and vmtest"]
 fn connect_ipv6() {
     let _serial = support::serialise();
-    let api = ApiServer::start();
+    let stage = stage::shared();
+    let (agent, api) = (&stage.agent, &stage.api);
     let mut pod = KubePod::start();
-    let agent = api.agent(&pod, &[]);
+    pod.watched_by(agent);
     let alerts = connect_and_settle(&mut pod, agent, &api.v6.to_string());
     let dial = one_connect(&pod, &alerts, pod.actor.pid, ("::1", api.v6.port(), "ipv6", "connect"));
     assert_eq!((dial.result, dial.outcome.as_str()), (0, "connected"), "{dial:?}");
@@ -115,9 +129,10 @@ fn connect_ipv6() {
 #[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test and vmtest"]
 fn connect_ipv4_mapped_ipv6() {
     let _serial = support::serialise();
-    let api = ApiServer::start();
+    let stage = stage::shared();
+    let (agent, api) = (&stage.agent, &stage.api);
     let mut pod = KubePod::start();
-    let agent = api.agent(&pod, &[]);
+    pod.watched_by(agent);
     // An AF_INET6 socket dialling ::ffff:127.0.0.1 reaches the IPv4 listener.
     let alerts = connect_and_settle(&mut pod, agent, &format!("[::ffff:127.0.0.1]:{}", api.v4.port()));
     let dial = one_connect(&pod, &alerts, pod.actor.pid, ("::ffff:127.0.0.1", api.v4.port(), "ipv6", "connect"));
@@ -128,9 +143,10 @@ fn connect_ipv4_mapped_ipv6() {
 #[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test and vmtest"]
 fn connect_nonblocking() {
     let _serial = support::serialise();
-    let api = ApiServer::start();
+    let stage = stage::shared();
+    let (agent, api) = (&stage.agent, &stage.api);
     let mut pod = KubePod::start();
-    let agent = api.agent(&pod, &[]);
+    pod.watched_by(agent);
     let result: i64 = pod
         .actor
         .act(&format!("connect-nonblocking {}", api.v4))
@@ -138,7 +154,7 @@ fn connect_nonblocking() {
         .parse()
         .expect("connect(2)'s result");
     assert!(result == 0 || result == -i64::from(libc::EINPROGRESS), "result {result}");
-    let alerts = pod.settle_and_stop(agent).alerts;
+    let alerts = pod.observe(agent).alerts;
     let dial = one_connect(&pod, &alerts, pod.actor.pid, ("127.0.0.1", api.v4.port(), "ipv4", "connect"));
     let outcome = if result == 0 { "connected" } else { "in_progress" };
     assert_eq!((dial.result, dial.outcome.as_str()), (result, outcome), "connect(2)'s own result: {dial:?}");
@@ -177,14 +193,15 @@ impl Drop for FastOpenClient {
 fn tcp_fast_open_sendto() {
     let _serial = support::serialise();
     let _client = FastOpenClient::enable();
-    let api = ApiServer::start();
+    let stage = stage::shared();
+    let (agent, api) = (&stage.agent, &stage.api);
     let mut pod = KubePod::start();
-    let agent = api.agent(&pod, &[]);
+    pod.watched_by(agent);
     // sendto(MSG_FASTOPEN) on an unconnected socket: the SYN goes out
     // with no connect(2) at all.
     let ran = pod.actor.run(&["__evade", "tfo-sendto", &api.v4.to_string()]);
     assert_eq!(ran.status, "0", "{ran:?}");
-    let alerts = pod.settle_and_stop(agent).alerts;
+    let alerts = pod.observe(agent).alerts;
     one_connect(&pod, &alerts, ran.pid, ("127.0.0.1", api.v4.port(), "ipv4", "cgroup_connect"));
 }
 
@@ -196,11 +213,12 @@ fn io_uring_connect() {
         helper::unsupported("io_uring_connect", "io_uring_setup(2) returned ENOSYS");
         return;
     }
-    let api = ApiServer::start();
+    let stage = stage::shared();
+    let (agent, api) = (&stage.agent, &stage.api);
     let mut pod = KubePod::start();
-    let agent = api.agent(&pod, &[]);
+    pod.watched_by(agent);
     let ran = pod.actor.run(&["__evade", "uring-connect", &api.v4.to_string()]);
     assert_eq!(ran.status, "0", "IORING_OP_CONNECT: {ran:?}");
-    let alerts = pod.settle_and_stop(agent).alerts;
+    let alerts = pod.observe(agent).alerts;
     one_connect(&pod, &alerts, ran.pid, ("127.0.0.1", api.v4.port(), "ipv4", "cgroup_connect"));
 }

@@ -20,6 +20,8 @@
 //!
 //! Each case checks "exactly one alert" (or none) without a blind wait: a
 //! last token read by a path no case uses is waited for ([`pod::KubePod::settle`]).
+//! Most cases share one agent ([`stage`]): each agent start costs a
+//! minute of verification under emulation.
 //! On a slow machine (TCG) set `TOKENWATCH_TEST_SLOW` (see `support`).
 //! Root only; `#[ignore]`d for a plain `cargo test`.
 
@@ -37,6 +39,7 @@ mod flood;
 mod helper;
 mod pod;
 mod reads;
+mod stage;
 
 use std::time::Duration;
 

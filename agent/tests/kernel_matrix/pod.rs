@@ -14,6 +14,7 @@ use nix::sys::signal::Signal;
 use tokenwatch_proto::v1::{alert::Evidence, Alert, ApiServerConnect, TokenRead};
 
 use super::{
+    stage,
     support::{
         self,
         actor::{Actor, SA_DIR},
@@ -69,21 +70,27 @@ impl KubePod {
         format!("{}/secrets/kubernetes.io/serviceaccount", self.actor.run_dir.display())
     }
 
-    /// An agent that watches this pod's token (`--standalone` unless
-    /// `extra` gives a `--kubeconfig`), every event its own alert.
+    /// An agent of the case's own that watches this pod's token
+    /// (`--standalone` unless `extra` gives a `--kubeconfig`); the shared
+    /// one stops first, so one agent runs at a time.
     pub fn agent(&self, extra: &[&str]) -> AgentProcess {
-        let mut args = vec!["--dedup-window-seconds", "0", "--rescan-interval-seconds", "1"];
-        if !extra.contains(&"--kubeconfig") {
-            args.push("--standalone");
-        }
-        args.extend(extra);
-        let agent = AgentProcess::start(&args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>());
+        stage::stop_shared();
+        let agent = start_agent(extra);
+        self.watched_by(&agent);
+        agent
+    }
+
+    /// Waits until `agent` watches this pod's token: only then can a read
+    /// of it be an alert. The line must name the actor's pid as well as
+    /// its mount namespace: a shared agent logged the lines of earlier
+    /// pods, whose namespace inode a new namespace may reuse.
+    pub fn watched_by(&self, agent: &AgentProcess) {
+        let (ns, pid) = (support::mount_ns_of(self.actor.pid), format!(" pid={} ", self.actor.pid));
         assert!(
-            agent.wait_for_log(&["watching token file", &support::mount_ns_of(self.actor.pid)], ALERT_TIMEOUT),
+            agent.wait_for_log(&["watching token file", &ns, &pid], ALERT_TIMEOUT),
             "the agent never found the pod's token:\n{}",
             agent.stderr()
         );
-        agent
     }
 
     /// Reads the token once more, by a path no case uses, and waits for
@@ -106,10 +113,11 @@ impl KubePod {
         );
     }
 
-    /// [`Self::settle`], then stops the agent, which must exit cleanly.
-    pub fn settle_and_stop(&mut self, agent: AgentProcess) -> StoppedAgent {
-        self.settle(&agent);
-        stop(agent)
+    /// [`Self::settle`], then what `agent` (still running, shared) has
+    /// printed and logged so far.
+    pub fn observe(&mut self, agent: &AgentProcess) -> Observed {
+        self.settle(agent);
+        Observed { alerts: agent.alerts(), stderr: agent.stderr() }
     }
 
     /// The pod's alerts but for the settling reads.
@@ -138,6 +146,26 @@ impl KubePod {
         let kubernetes = alert.kubernetes.as_ref().unwrap_or_else(|| panic!("no kubernetes context: {json}"));
         assert_eq!(kubernetes.pod_uid, self.uid, "the uid in kubepods-besteffort-pod<uid>.slice: {json}");
     }
+}
+
+/// What an agent had printed and logged when a case looked.
+pub struct Observed {
+    /// Every alert, of every pod.
+    pub alerts: Vec<Alert>,
+    /// Its log.
+    pub stderr: String,
+}
+
+/// Starts an agent with the matrix's settings (every event its own alert,
+/// token files rescanned each second) and `extra`; `--standalone` unless
+/// `extra` gives a `--kubeconfig`.
+pub fn start_agent(extra: &[&str]) -> AgentProcess {
+    let mut args = vec!["--dedup-window-seconds", "0", "--rescan-interval-seconds", "1"];
+    if !extra.contains(&"--kubeconfig") {
+        args.push("--standalone");
+    }
+    args.extend(extra);
+    AgentProcess::start(&args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>())
 }
 
 /// Stops `agent` with SIGTERM; it must exit 0 having detached its hooks.

@@ -7,8 +7,9 @@ use tokenwatch_proto::v1::Alert;
 
 use super::{
     helper,
-    pod::{describe, pid_of, token, token_read, KubePod},
-    support::{self, actor::SA_DIR, agent::StoppedAgent},
+    pod::{describe, pid_of, token, token_read, KubePod, Observed},
+    stage,
+    support::{self, actor::SA_DIR},
 };
 
 /// `AT_FDCWD`, the dirfd of a path not relative to a descriptor.
@@ -16,9 +17,9 @@ const AT_FDCWD: i32 = -100;
 
 /// The pod's only alert (the settling read aside), which must be a
 /// `token-read` of the token by `pid` passing `requested` to `syscall`.
-fn one_read<'a>(pod: &KubePod, stopped: &'a StoppedAgent, pid: u32, requested: &str, syscall: &str) -> &'a Alert {
-    let alerts = pod.alerts(&stopped.alerts);
-    assert_eq!(alerts.len(), 1, "one alert for `{requested}`:\n{}\nlog:\n{}", describe(&alerts), stopped.stderr);
+fn one_read<'a>(pod: &KubePod, seen: &'a Observed, pid: u32, requested: &str, syscall: &str) -> &'a Alert {
+    let alerts = pod.alerts(&seen.alerts);
+    assert_eq!(alerts.len(), 1, "one alert for `{requested}`:\n{}\nlog:\n{}", describe(&alerts), seen.stderr);
     let alert = alerts[0];
     assert_read(pod, alert, pid, requested, syscall);
     alert
@@ -42,11 +43,13 @@ fn assert_read(pod: &KubePod, alert: &Alert, pid: u32, requested: &str, syscall:
 #[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test and vmtest"]
 fn open_absolute_path() {
     let _serial = support::serialise();
+    let stage = stage::shared();
+    let agent = &stage.agent;
     let mut pod = KubePod::start();
-    let agent = pod.agent(&[]);
+    pod.watched_by(agent);
     pod.actor.must(&format!("open {}", token()));
-    let stopped = pod.settle_and_stop(agent);
-    let alert = one_read(&pod, &stopped, pod.actor.pid, &token(), "openat");
+    let seen = pod.observe(agent);
+    let alert = one_read(&pod, &seen, pod.actor.pid, &token(), "openat");
     let read = token_read(alert).expect("a read");
     assert_eq!((read.dirfd, read.flags.as_str()), (AT_FDCWD, "O_RDONLY|O_CLOEXEC"), "{alert:?}");
     let process = alert.process.as_ref().expect("process");
@@ -58,11 +61,13 @@ fn open_absolute_path() {
 #[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test and vmtest"]
 fn open_relative_path_to_cwd() {
     let _serial = support::serialise();
+    let stage = stage::shared();
+    let agent = &stage.agent;
     let mut pod = KubePod::start();
-    let agent = pod.agent(&[]);
+    pod.watched_by(agent);
     pod.actor.must(&format!("open-in {SA_DIR} token"));
-    let stopped = pod.settle_and_stop(agent);
-    let alert = one_read(&pod, &stopped, pod.actor.pid, "token", "openat");
+    let seen = pod.observe(agent);
+    let alert = one_read(&pod, &seen, pod.actor.pid, "token", "openat");
     assert_eq!(token_read(alert).map(|r| r.dirfd), Some(AT_FDCWD), "{alert:?}");
 }
 
@@ -70,13 +75,15 @@ fn open_relative_path_to_cwd() {
 #[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test and vmtest"]
 fn open_relative_path_to_dirfd() {
     let _serial = support::serialise();
+    let stage = stage::shared();
+    let agent = &stage.agent;
     let mut pod = KubePod::start();
-    let agent = pod.agent(&[]);
+    pod.watched_by(agent);
     let ran = pod.actor.run(&[helper::MARKER, "openat-dirfd", SA_DIR, "token"]);
     assert_eq!(ran.status, "0", "openat(dirfd, \"token\"): {ran:?}");
     let dirfd: i32 = ran.stdout.trim().strip_prefix("ok ").and_then(|d| d.parse().ok()).expect("the dirfd");
-    let stopped = pod.settle_and_stop(agent);
-    let alert = one_read(&pod, &stopped, ran.pid, "token", "openat");
+    let seen = pod.observe(agent);
+    let alert = one_read(&pod, &seen, ran.pid, "token", "openat");
     assert_eq!(token_read(alert).map(|r| r.dirfd), Some(dirfd), "the directory's fd: {alert:?}");
 }
 
@@ -84,50 +91,56 @@ fn open_relative_path_to_dirfd() {
 #[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test and vmtest"]
 fn open_through_data_dir() {
     let _serial = support::serialise();
+    let stage = stage::shared();
+    let agent = &stage.agent;
     let mut pod = KubePod::start();
-    let agent = pod.agent(&[]);
+    pod.watched_by(agent);
     let path = format!("{SA_DIR}/..data/token");
     pod.actor.must(&format!("open {path}"));
-    let stopped = pod.settle_and_stop(agent);
-    one_read(&pod, &stopped, pod.actor.pid, &path, "openat");
+    let seen = pod.observe(agent);
+    one_read(&pod, &seen, pod.actor.pid, &path, "openat");
 }
 
 #[test]
 #[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test and vmtest"]
 fn open_run_twin_of_var_run() {
     let _serial = support::serialise();
+    let stage = stage::shared();
+    let agent = &stage.agent;
     let mut pod = KubePod::start();
     assert_eq!(
         pod.actor.run_dir,
         std::path::Path::new("/run"),
         "/var/run must link to /run (as on Debian) for /run to be another path to the token"
     );
-    let agent = pod.agent(&[]);
+    pod.watched_by(agent);
     let path = format!("{}/token", pod.run_sa_dir());
     pod.actor.must(&format!("open {path}"));
-    let stopped = pod.settle_and_stop(agent);
-    one_read(&pod, &stopped, pod.actor.pid, &path, "openat");
+    let seen = pod.observe(agent);
+    one_read(&pod, &seen, pod.actor.pid, &path, "openat");
 }
 
 #[test]
 #[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test and vmtest"]
 fn open_via_proc_pid_root_from_host() {
     let _serial = support::serialise();
+    let stage = stage::shared();
+    let agent = &stage.agent;
     let mut pod = KubePod::start();
-    let agent = pod.agent(&[]);
+    pod.watched_by(agent);
     // `/var/run` is an absolute link, which would resolve in the reader's
     // own root: the path names `/run` as the pod sees it.
     let path = format!("/proc/{}/root{}/token", pod.actor.pid, pod.run_sa_dir());
     std::fs::read(&path).expect("read the token through /proc/<pid>/root");
-    let stopped = pod.settle_and_stop(agent);
-    assert!(pod.alerts(&stopped.alerts).is_empty(), "the pod read nothing:\n{}", describe(&stopped.alerts));
+    let seen = pod.observe(agent);
+    assert!(pod.alerts(&seen.alerts).is_empty(), "the pod read nothing:\n{}", describe(&seen.alerts));
     let me = std::process::id();
-    let mine: Vec<&Alert> = stopped
+    let mine: Vec<&Alert> = seen
         .alerts
         .iter()
         .filter(|a| pid_of(a) == me && token_read(a).is_some_and(|r| r.requested_path == path))
         .collect();
-    assert_eq!(mine.len(), 1, "one alert for the node process's read:\n{}", describe(&stopped.alerts));
+    assert_eq!(mine.len(), 1, "one alert for the node process's read:\n{}", describe(&seen.alerts));
     let alert = mine[0];
     assert_eq!(alert.rule, "node-token-harvest", "a node process reading a pod's token: {alert:?}");
     let read = token_read(alert).expect("a read");
@@ -142,11 +155,13 @@ fn open_via_proc_pid_root_from_host() {
 #[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test and vmtest"]
 fn openat2() {
     let _serial = support::serialise();
+    let stage = stage::shared();
+    let agent = &stage.agent;
     let mut pod = KubePod::start();
-    let agent = pod.agent(&[]);
+    pod.watched_by(agent);
     pod.actor.must(&format!("openat2 {}", token()));
-    let stopped = pod.settle_and_stop(agent);
-    let alert = one_read(&pod, &stopped, pod.actor.pid, &token(), "openat2");
+    let seen = pod.observe(agent);
+    let alert = one_read(&pod, &seen, pod.actor.pid, &token(), "openat2");
     assert_eq!(token_read(alert).map(|r| r.flags.as_str()), Some("O_RDONLY|O_CLOEXEC"), "open_how's flags");
 }
 
@@ -154,12 +169,14 @@ fn openat2() {
 #[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test and vmtest"]
 fn open_from_non_main_thread() {
     let _serial = support::serialise();
+    let stage = stage::shared();
+    let agent = &stage.agent;
     let mut pod = KubePod::start();
-    let agent = pod.agent(&[]);
+    pod.watched_by(agent);
     let ran = pod.actor.run(&["__evade", "thread-read", &token()]);
     assert_eq!(ran.status, "0", "{ran:?}");
-    let stopped = pod.settle_and_stop(agent);
-    let alert = one_read(&pod, &stopped, ran.pid, &token(), "openat");
+    let seen = pod.observe(agent);
+    let alert = one_read(&pod, &seen, ran.pid, &token(), "openat");
     let process = alert.process.as_ref().expect("process");
     assert_ne!(process.tid, process.pid, "read by a thread that is not the leader, named by its process: {alert:?}");
 }
@@ -168,15 +185,17 @@ fn open_from_non_main_thread() {
 #[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test and vmtest"]
 fn open_from_vfork_child() {
     let _serial = support::serialise();
+    let stage = stage::shared();
+    let agent = &stage.agent;
     let mut pod = KubePod::start();
-    let agent = pod.agent(&[]);
+    pod.watched_by(agent);
     let ran = pod.actor.run(&[helper::MARKER, "vfork-read", &token()]);
     assert_eq!(ran.status, "0", "{ran:?}");
     let child: u32 = ran.stdout.trim().strip_prefix("ok ").and_then(|p| p.parse().ok()).expect("the child's pid");
-    let stopped = pod.settle_and_stop(agent);
+    let seen = pod.observe(agent);
     // The child shared its parent's memory and was gone before the agent
     // could look at /proc: the kernel's record still names and places it.
-    let alert = one_read(&pod, &stopped, child, &token(), "openat");
+    let alert = one_read(&pod, &seen, child, &token(), "openat");
     let parent = alert.process.as_ref().and_then(|p| p.parents.first()).map(|p| p.pid);
     assert_eq!(parent, Some(ran.pid), "the vforking process is the parent: {alert:?}");
 }
@@ -185,15 +204,17 @@ fn open_from_vfork_child() {
 #[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test and vmtest"]
 fn opath_open_then_reopen_via_proc_self_fd() {
     let _serial = support::serialise();
+    let stage = stage::shared();
+    let agent = &stage.agent;
     let mut pod = KubePod::start();
-    let agent = pod.agent(&[]);
+    pod.watched_by(agent);
     let ran = pod.actor.run(&["__evade", "opath-reopen", &token()]);
     assert_eq!(ran.status, "0", "{ran:?}");
-    let stopped = pod.settle_and_stop(agent);
+    let seen = pod.observe(agent);
     // Two opens, each an alert: the O_PATH one, then the real one through
     // the magic link.
-    let alerts = pod.alerts(&stopped.alerts);
-    assert_eq!(alerts.len(), 2, "{}\nlog:\n{}", describe(&alerts), stopped.stderr);
+    let alerts = pod.alerts(&seen.alerts);
+    assert_eq!(alerts.len(), 2, "{}\nlog:\n{}", describe(&alerts), seen.stderr);
     assert_read(&pod, alerts[0], ran.pid, &token(), "openat");
     let opath = token_read(alerts[0]).expect("a read");
     assert!(opath.flags.contains("O_PATH"), "{:?}", alerts[0]);
@@ -211,8 +232,10 @@ fn io_uring_openat() {
         helper::unsupported("io_uring_openat", "io_uring_setup(2) returned ENOSYS");
         return;
     }
+    let stage = stage::shared();
+    let agent = &stage.agent;
     let mut pod = KubePod::start();
-    let agent = pod.agent(&[]);
+    pod.watched_by(agent);
     // Before 6.0 io_uring's completion record names no request (and 5.10's
     // io-wq workers are kernel threads outside the pod): the agent says it
     // goes without this hook there, and that is what this case then checks.
@@ -224,8 +247,8 @@ fn io_uring_openat() {
     }
     let ran = pod.actor.run(&["__evade", "uring-openat", &token()]);
     assert_eq!(ran.status, "0", "IORING_OP_OPENAT then a read through the ring: {ran:?}");
-    let stopped = pod.settle_and_stop(agent);
-    let alert = one_read(&pod, &stopped, ran.pid, &token(), "io_uring_openat");
+    let seen = pod.observe(agent);
+    let alert = one_read(&pod, &seen, ran.pid, &token(), "io_uring_openat");
     let read = token_read(alert).expect("a read");
     assert_eq!((read.dirfd, read.flags.as_str()), (AT_FDCWD, "O_RDONLY|O_LARGEFILE"), "io_uring adds O_LARGEFILE");
 }
@@ -234,14 +257,16 @@ fn io_uring_openat() {
 #[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test and vmtest"]
 fn harmless_files_next_to_the_token_do_not_alert() {
     let _serial = support::serialise();
+    let stage = stage::shared();
+    let agent = &stage.agent;
     let mut pod = KubePod::start();
-    let agent = pod.agent(&[]);
+    pod.watched_by(agent);
     for name in ["ca.crt", "namespace", "..data/ca.crt", "..data/namespace"] {
         pod.actor.must(&format!("open {SA_DIR}/{name}"));
     }
     // The settling read is itself a token read: it alerting shows the agent
     // was watching the pod when the other files were opened.
-    let stopped = pod.settle_and_stop(agent);
-    let alerts = pod.alerts(&stopped.alerts);
+    let seen = pod.observe(agent);
+    let alerts = pod.alerts(&seen.alerts);
     assert!(alerts.is_empty(), "ca.crt and namespace are no token:\n{}", describe(&alerts));
 }
