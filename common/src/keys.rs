@@ -53,6 +53,9 @@ pub struct DevWatch {
     pub name: [u8; TOKEN_NAME_LEN],
 }
 
+/// `s_magic` of a tmpfs, which every token volume kubelet mounts is.
+pub const TMPFS_MAGIC: u64 = 0x0102_1994;
+
 /// `DevWatch::mode` bit: some files of this device are watched by inode in
 /// `WATCHED_FILES`.
 pub const DEV_EXACT_FILES: u32 = 1;

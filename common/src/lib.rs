@@ -23,7 +23,7 @@ pub use event::{
     CgroupNames, ConnectEvent, ConnectVia, EventHeader, EventKind, OpenEvent, OpenSyscall, ResolvedPath, TaskRef,
     UnknownValue,
 };
-pub use keys::{DevWatch, EndpointKey, FileKey, DEV_EXACT_FILES, DEV_TOKEN_VOLUME, TOKEN_NAME_LEN};
+pub use keys::{DevWatch, EndpointKey, FileKey, DEV_EXACT_FILES, DEV_TOKEN_VOLUME, TMPFS_MAGIC, TOKEN_NAME_LEN};
 pub use offsets::KernelOffsets;
 
 /// Length of a task's `comm`, as the kernel defines `TASK_COMM_LEN`.
@@ -59,6 +59,9 @@ pub const EVENTS_MAP: &str = "EVENTS";
 pub const WATCHED_FILES_MAP: &str = "WATCHED_FILES";
 /// Name of the map of watched devices, keyed by kernel-encoded device.
 pub const WATCHED_DEVS_MAP: &str = "WATCHED_DEVS";
+/// Name of the set of token file names ([`TOKEN_NAME_LEN`] bytes,
+/// NUL-padded) a file on a token volume not yet watched is matched by.
+pub const TOKEN_NAMES_MAP: &str = "TOKEN_NAMES";
 /// Name of the map of watched API-server endpoints, keyed by [`EndpointKey`].
 pub const WATCHED_ENDPOINTS_MAP: &str = "WATCHED_ENDPOINTS";
 /// Name of the per-CPU array of [`Counter`]s.

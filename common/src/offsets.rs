@@ -146,6 +146,11 @@ pub struct KernelOffsets {
     /// nodes where `bpf_get_current_ancestor_cgroup_id` is not given to
     /// tracepoints (5.10).
     pub kernfs_node_id: u32,
+    /// `super_block.s_magic`: a token volume is a tmpfs.
+    pub sb_s_magic: u32,
+    /// `super_block.s_root`: a token lies one directory below its volume's
+    /// root (`..<timestamp>/token`).
+    pub sb_s_root: u32,
     /// Explicit padding.
     pub _pad2: u32,
 }

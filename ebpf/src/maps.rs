@@ -7,6 +7,7 @@ use aya_ebpf::{
 };
 use tokenwatch_common::{
     counter_slot, Counter, DevWatch, EndpointKey, FileKey, Hook, KernelOffsets, OpenEvent, COUNTER_SLOTS,
+    TOKEN_NAME_LEN,
 };
 
 /// Matched events for userspace; the agent sets the size at load
@@ -23,6 +24,14 @@ pub static OPEN_SCRATCH: PerCpuArray<OpenEvent> = PerCpuArray::with_max_entries(
 /// for unrelated files, only lookup of an open.
 #[map(name = "WATCHED_DEVS")]
 pub static WATCHED_DEVS: HashMap<u32, DevWatch> = HashMap::with_max_entries(16384, 0);
+
+/// The file names a token has (`token`, and the `path` of each custom
+/// `serviceAccountToken` projection the agent knows of), NUL-padded to
+/// `TOKEN_NAME_LEN`, filled by userspace. A file of such a name laid out as
+/// kubelet lays out a token volume matches before the agent has found the
+/// volume (`open::on_new_token_volume`). The value is unused.
+#[map(name = "TOKEN_NAMES")]
+pub static TOKEN_NAMES: HashMap<[u8; TOKEN_NAME_LEN], u32> = HashMap::with_max_entries(256, 0);
 
 /// Token files to watch by inode, filled by userspace. The value is unused.
 #[map(name = "WATCHED_FILES")]

@@ -13,18 +13,22 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use tokenwatch_common::{
     Counter, EventKind, FileKey, Hook, OpenEvent, OpenSyscall, ResolvedPath, DEV_EXACT_FILES, DEV_TOKEN_VOLUME,
-    TOKEN_NAME_LEN,
+    TMPFS_MAGIC, TOKEN_NAME_LEN,
 };
 
 use crate::{
     identity::fill_header,
     kernel::{read_ptr, read_str, read_u32},
-    maps::{count, is_agent, kernel_offset, PendingOpen, EVENTS, OPEN_SCRATCH, WATCHED_DEVS, WATCHED_FILES},
+    maps::{
+        count, is_agent, kernel_offset, PendingOpen, EVENTS, OPEN_SCRATCH, TOKEN_NAMES, WATCHED_DEVS, WATCHED_FILES,
+    },
     syscall_args::SyscallArgs,
 };
 
 /// `AT_FDCWD`, reported as the dirfd of `open(2)`.
 pub const AT_FDCWD: i32 = -100;
+/// Bits of the minor number in the kernel's device encoding (`s_dev`).
+const MINOR_BITS: u32 = 20;
 /// Offset of `ret` in the `sys_exit_*` tracepoint record.
 const RET: usize = 16;
 
@@ -148,29 +152,72 @@ pub fn send<C: EbpfContext>(ctx: &C, hook: Hook, pending: &PendingOpen, ret: i64
 }
 
 /// The file's key when it is a watched token file: its device is watched and
-/// either its inode is (`WATCHED_FILES`) or, on a token volume, its name.
+/// either its inode is (`WATCHED_FILES`) or, on a token volume, its name; or
+/// its device is not watched yet but it lies on a new token volume
+/// ([`on_new_token_volume`]).
 #[inline(always)]
 pub fn watched(file: u64) -> Option<FileKey> {
     let inode = read_ptr(file, kernel_offset!(file_f_inode)).ok()?;
     let sb = read_ptr(inode, kernel_offset!(inode_i_sb)).unwrap_or(0);
     let dev = read_u32(sb, kernel_offset!(sb_s_dev)).unwrap_or(0);
+    let key = || FileKey { dev, _pad: 0, ino: read_ptr(inode, kernel_offset!(inode_i_ino)).unwrap_or(0) };
     // SAFETY: the value is copied out at once.
-    let watch = (unsafe { WATCHED_DEVS.get(dev) }).copied()?;
-    let key = FileKey { dev, _pad: 0, ino: read_ptr(inode, kernel_offset!(inode_i_ino)).unwrap_or(0) };
+    let Some(watch) = (unsafe { WATCHED_DEVS.get(dev) }).copied() else {
+        // Only a device without a major number (tmpfs among them) can be a
+        // token volume: files on disks go no further.
+        return (dev >> MINOR_BITS == 0 && on_new_token_volume(file, sb)).then(key);
+    };
+    let key = key();
     let by_name = watch.mode & DEV_TOKEN_VOLUME != 0 && has_name(file, &watch.name);
     // SAFETY: value not used beyond presence.
     let by_inode = watch.mode & DEV_EXACT_FILES != 0 && unsafe { WATCHED_FILES.get(key) }.is_some();
     (by_name || by_inode).then_some(key)
 }
 
+/// Whether `file` lies as kubelet's atomic writer lays out every token
+/// volume (projected or Secret): on a tmpfs, in a directory named
+/// `..<timestamp>` right under the volume's root, under one of the
+/// `TOKEN_NAMES`. The scanner finds a new volume up to a rescan after it
+/// appears, and a container may read its token with its first
+/// instruction: this match holds from the moment kubelet wrote the file.
+/// A tmpfs open that is no token costs a few reads more; the name is read
+/// last.
+#[inline(always)]
+fn on_new_token_volume(file: u64, sb: u64) -> bool {
+    if read_ptr(sb, kernel_offset!(sb_s_magic)).unwrap_or(0) != TMPFS_MAGIC {
+        return false;
+    }
+    let dentry = read_ptr(file, kernel_offset!(file_f_path) + kernel_offset!(path_dentry)).unwrap_or(0);
+    let parent = read_ptr(dentry, kernel_offset!(dentry_d_parent)).unwrap_or(0);
+    let root = read_ptr(sb, kernel_offset!(sb_s_root)).unwrap_or(0);
+    if parent == 0 || parent == root || read_ptr(parent, kernel_offset!(dentry_d_parent)).unwrap_or(0) != root {
+        return false;
+    }
+    let parent_name = read_ptr(parent, kernel_offset!(dentry_d_name) + kernel_offset!(qstr_name)).unwrap_or(0);
+    // SAFETY: kernel pointer read through the checked helper.
+    let prefix = unsafe { bpf_probe_read_kernel(parent_name as *const [u8; 3]) }.unwrap_or([0; 3]);
+    if prefix[0] != b'.' || prefix[1] != b'.' || !prefix[2].is_ascii_digit() {
+        return false;
+    }
+    let mut name = [0u8; TOKEN_NAME_LEN];
+    dentry_name(dentry, &mut name);
+    // SAFETY: value not used beyond presence.
+    unsafe { TOKEN_NAMES.get(name) }.is_some()
+}
+
 /// Whether the opened file's name (its dentry's) is `name`.
 #[inline(always)]
 fn has_name(file: u64, name: &[u8; TOKEN_NAME_LEN]) -> bool {
     let dentry = read_ptr(file, kernel_offset!(file_f_path) + kernel_offset!(path_dentry)).unwrap_or(0);
-    let ptr = read_ptr(dentry, kernel_offset!(dentry_d_name) + kernel_offset!(qstr_name)).unwrap_or(0);
     let mut actual = [0u8; TOKEN_NAME_LEN];
-    read_str(ptr, &mut actual);
+    dentry_name(dentry, &mut actual);
     actual == *name
+}
+
+/// A dentry's name, NUL-padded (empty if unreadable).
+#[inline(always)]
+fn dentry_name(dentry: u64, out: &mut [u8; TOKEN_NAME_LEN]) {
+    read_str(read_ptr(dentry, kernel_offset!(dentry_d_name) + kernel_offset!(qstr_name)).unwrap_or(0), out);
 }
 
 /// `task->files->fdt->fd[fd]` for an fd the syscall being exited just

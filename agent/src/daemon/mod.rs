@@ -141,7 +141,8 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
         Err(reason) => tracing::warn!(%reason, "no container runtime: alerts will lack container metadata"),
     }
     let cri_for_enforcer = cri.clone();
-    let enricher = Enricher::new(cri, pods, snapshot_rx, config.host_proc.clone());
+    let rescan = Arc::new(tokio::sync::Notify::new());
+    let enricher = Enricher::new(cri, pods, snapshot_rx, Arc::clone(&rescan), config.host_proc.clone());
     let spool_health = HealthAlerts::new(config.node_name.clone(), format!("{boot_id}-spool"));
     let loss_alerts = HealthAlerts::new(config.node_name.clone(), format!("{boot_id}-loss"));
     let blocks = BlockNames::default();
@@ -177,7 +178,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
         ("reader", result.map(drop).map_err(DaemonError::from))
     });
     let token = cancel.clone();
-    set.spawn(async move { ("scanner", scanner.run(config.rescan_interval, snapshot_tx, token).await) });
+    set.spawn(async move { ("scanner", scanner.run(config.rescan_interval, snapshot_tx, rescan, token).await) });
     let (loss_tx, loss_rx) = mpsc::channel(LOSS_QUEUE);
     let (counters_for_losses, token) = (Arc::clone(&counters), cancel.clone());
     set.spawn(async move { ("losses", health::watch_losses(counters_for_losses, loss_alerts, loss_tx, token).await) });

@@ -9,7 +9,7 @@ use std::{
 
 use tokenwatch_proto::v1::Alert;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::DaemonError;
@@ -62,6 +62,7 @@ impl Scanner {
                 }
             }
         }
+        let names = paths.iter().filter_map(|path| Some(path.file_name()?.to_str()?.to_owned())).collect();
         let proc = self.proc.clone();
         let found = tokio::task::spawn_blocking(move || token_files::scan(&proc, &paths))
             .await
@@ -69,6 +70,7 @@ impl Scanner {
         let wanted = Wanted {
             files: found.keys().copied().collect(),
             volumes: found.iter().filter_map(|(key, file)| Some((key.dev, file.volume_name.clone()?))).collect(),
+            names,
         };
         let (added, removed) = watchlist::sync_files(&mut self.maps, &wanted)?;
         if added + removed > 0 {
@@ -95,28 +97,44 @@ impl Scanner {
         self.current = Arc::clone(found);
     }
 
-    /// Rescans every `interval` until cancelled, publishing each result.
+    /// Rescans every `interval`, and at once when `rescan` is notified (an
+    /// open matched a token no scan had found), until cancelled, publishing
+    /// each result.
     pub async fn run(
         mut self,
         interval: Duration,
         snapshots: watch::Sender<Arc<TokenFiles>>,
+        rescan: Arc<Notify>,
         cancel: CancellationToken,
     ) -> Result<(), DaemonError> {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
         loop {
-            tokio::select! {
+            let asked = tokio::select! {
                 () = cancel.cancelled() => return Ok(()),
-                _ = ticker.tick() => {
-                    let found = self.scan_once().await?;
-                    snapshots.send_replace(Arc::clone(&found));
-                    self.announce(&found);
+                _ = ticker.tick() => false,
+                () = rescan.notified() => true,
+            };
+            let found = self.scan_once().await?;
+            snapshots.send_replace(Arc::clone(&found));
+            self.announce(&found);
+            if asked {
+                // Reads of a file no scan can find (its namespace gone)
+                // must not keep the scanner busy: one asked-for scan per
+                // gap at most.
+                ticker.reset();
+                tokio::select! {
+                    () = cancel.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(MIN_ASKED_RESCAN_GAP) => {}
                 }
             }
         }
     }
 }
+
+/// The least time between two scans asked for by the enricher.
+const MIN_ASKED_RESCAN_GAP: Duration = Duration::from_millis(250);
 
 /// Enriches, judges, applies the policy, merges repeats and delivers each
 /// event until the reader is done; then delivers the merged counts still

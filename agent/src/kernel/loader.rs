@@ -8,7 +8,8 @@ use aya::{
 use aya_log::EbpfLogger;
 use tokenwatch_common::{
     EndpointKey, KernelOffsets, AGENT_TGID_GLOBAL, CONTAINER_INITS_MAP, COUNTERS_MAP, ENFORCED_BINARIES_MAP,
-    ENFORCED_CGROUPS_MAP, EVENTS_MAP, OFFSETS_GLOBAL, WATCHED_DEVS_MAP, WATCHED_ENDPOINTS_MAP, WATCHED_FILES_MAP,
+    ENFORCED_CGROUPS_MAP, EVENTS_MAP, OFFSETS_GLOBAL, TOKEN_NAMES_MAP, WATCHED_DEVS_MAP, WATCHED_ENDPOINTS_MAP,
+    WATCHED_FILES_MAP,
 };
 
 use super::cgroup_hooks;
@@ -259,6 +260,7 @@ impl Hooks {
             files: FileMaps {
                 devs: take(&mut self.ebpf, WATCHED_DEVS_MAP)?,
                 files: take(&mut self.ebpf, WATCHED_FILES_MAP)?,
+                names: take(&mut self.ebpf, TOKEN_NAMES_MAP)?,
             },
             endpoints: take(&mut self.ebpf, WATCHED_ENDPOINTS_MAP)?,
             counters: CounterMap::new(take(&mut self.ebpf, COUNTERS_MAP)?),

@@ -80,6 +80,8 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
         inode_i_sb: field(btf, "inode", &["i_sb"])?,
         inode_i_ino: field(btf, "inode", &["i_ino"])?,
         sb_s_dev: field(btf, "super_block", &["s_dev"])?,
+        sb_s_magic: field(btf, "super_block", &["s_magic"])?,
+        sb_s_root: field(btf, "super_block", &["s_root"])?,
         dentry_d_parent: field(btf, "dentry", &["d_parent"])?,
         // 6.14+ wraps it as `union { const struct qstr d_name; struct qstr __d_name; }`.
         dentry_d_name: field(btf, "dentry", &["d_name", "__d_name"])?,

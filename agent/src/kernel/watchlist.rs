@@ -57,12 +57,14 @@ pub fn sync_endpoints(
     Ok(())
 }
 
-/// The two maps an open is looked up in.
+/// The maps an open is looked up in.
 pub struct FileMaps {
     /// Devices and how their files are watched.
     pub devs: BpfHashMap<MapData, u32, DevWatch>,
     /// Files watched by inode.
     pub files: BpfHashMap<MapData, FileKey, u32>,
+    /// The names a token file has, for volumes not watched yet.
+    pub names: BpfHashMap<MapData, [u8; TOKEN_NAME_LEN], u32>,
 }
 
 /// What should be watched: files by inode, and token volumes by device with
@@ -73,6 +75,21 @@ pub struct Wanted {
     pub files: HashSet<FileKey>,
     /// Token volumes: device and file name.
     pub volumes: HashMap<u32, String>,
+    /// Every name a token file may have (the configured paths' and pods'
+    /// projections'): the kernel matches a file of such a name on a token
+    /// volume it has not been told of yet. Names too long for the kernel's
+    /// compare are left out.
+    pub names: HashSet<String>,
+}
+
+/// `name` NUL-padded as the kernel compares it, if it fits.
+pub fn kernel_name(name: &str) -> Option<[u8; TOKEN_NAME_LEN]> {
+    let bytes = name.as_bytes();
+    (!bytes.is_empty() && bytes.len() < TOKEN_NAME_LEN).then(|| {
+        let mut padded = [0; TOKEN_NAME_LEN];
+        padded[..bytes.len()].copy_from_slice(bytes);
+        padded
+    })
 }
 
 /// The `WATCHED_DEVS` values `wanted` needs.
@@ -84,11 +101,9 @@ pub fn dev_watches(wanted: &Wanted) -> HashMap<u32, DevWatch> {
     }
     for (dev, name) in &wanted.volumes {
         let watch = devs.entry(*dev).or_insert_with(empty);
-        let bytes = name.as_bytes();
-        if bytes.len() < TOKEN_NAME_LEN {
+        if let Some(name) = kernel_name(name) {
             watch.mode |= DEV_TOKEN_VOLUME;
-            watch.name = [0; TOKEN_NAME_LEN];
-            watch.name[..bytes.len()].copy_from_slice(bytes);
+            watch.name = name;
         }
     }
     devs.retain(|_, watch| watch.mode != 0);
@@ -96,7 +111,8 @@ pub fn dev_watches(wanted: &Wanted) -> HashMap<u32, DevWatch> {
 }
 
 /// Makes the kernel maps hold exactly `wanted`; returns (added, removed)
-/// counted over both maps. Devices are added after their files and removed
+/// counted over the device and file maps (the names change seldom and are
+/// not counted). Devices are added after their files and removed
 /// before them, so the kernel never sees a device without its files.
 pub fn sync_files(maps: &mut FileMaps, wanted: &Wanted) -> Result<(usize, usize), WatchlistError> {
     let devs_error = |source| WatchlistError { map: "WATCHED_DEVS", source };
@@ -123,7 +139,25 @@ pub fn sync_files(maps: &mut FileMaps, wanted: &Wanted) -> Result<(usize, usize)
             added += 1;
         }
     }
+    sync_names(&mut maps.names, &wanted.names)?;
     Ok((added, removed))
+}
+
+/// Makes the token-name map hold exactly the names of `names` that fit.
+fn sync_names(
+    map: &mut BpfHashMap<MapData, [u8; TOKEN_NAME_LEN], u32>,
+    names: &HashSet<String>,
+) -> Result<(), WatchlistError> {
+    let error = |source| WatchlistError { map: "TOKEN_NAMES", source };
+    let wanted: HashSet<[u8; TOKEN_NAME_LEN]> = names.iter().filter_map(|name| kernel_name(name)).collect();
+    let present: HashSet<[u8; TOKEN_NAME_LEN]> = map.keys().filter_map(Result::ok).collect();
+    for name in wanted.difference(&present) {
+        map.insert(*name, 1, 0).map_err(error)?;
+    }
+    for name in present.difference(&wanted) {
+        map.remove(name).map_err(error)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -140,6 +174,7 @@ mod tests {
         let wanted = Wanted {
             files: [file(1, 10), file(1, 11), file(2, 20)].into(),
             volumes: [(2, "token".to_owned()), (3, "vault-token".to_owned()), (4, "x".repeat(32))].into(),
+            names: HashSet::new(),
         };
         let devs = dev_watches(&wanted);
         assert_eq!(devs[&1].mode, DEV_EXACT_FILES);
@@ -147,6 +182,14 @@ mod tests {
         assert_eq!(&devs[&2].name[..6], b"token\0");
         assert_eq!(devs[&3].mode, DEV_TOKEN_VOLUME);
         assert!(!devs.contains_key(&4), "a name too long for the kernel's compare is no volume watch");
+    }
+
+    #[test]
+    fn names_are_nul_padded_and_must_fit() {
+        assert_eq!(kernel_name("token").map(|n| n[..6].to_vec()), Some(b"token\0".to_vec()));
+        assert_eq!(kernel_name(&"x".repeat(31)).map(|n| n[31]), Some(0), "room for the NUL");
+        assert_eq!(kernel_name(&"x".repeat(32)), None);
+        assert_eq!(kernel_name(""), None);
     }
 
     #[test]

@@ -9,17 +9,18 @@ use std::{
 };
 
 use tokenwatch_common::FileKey;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use super::{
     cgroup::{self, CgroupIdentity},
     cri::{ContainerMeta, CriCache},
     kube::{PodInfo, PodStore},
+    new_volume,
     process::{self, ProcessInfo},
     process_cache::{ProcessCache, ProcessKey, DEFAULT_CAPACITY},
     token_files::{self, TokenFiles, WatchedFile},
 };
-use crate::kernel::{Identity, KernelEvent};
+use crate::kernel::{Identity, KernelEvent, OpenRecord};
 
 /// What the metadata stage learnt about an event.
 #[derive(Clone, Debug, Default)]
@@ -59,24 +60,44 @@ pub struct Enricher {
     cri: CriCache,
     pods: PodSource,
     token_files: watch::Receiver<Arc<TokenFiles>>,
+    rescan: Arc<Notify>,
     processes: Mutex<ProcessCache>,
 }
 
 impl Enricher {
     /// An enricher reading the node's processes under `proc` (the host's
     /// /proc), the runtime through `cri`, pods from `pods`, and the
-    /// scanner's latest token files.
-    pub fn new(cri: CriCache, pods: PodSource, token_files: watch::Receiver<Arc<TokenFiles>>, proc: PathBuf) -> Self {
-        Enricher { proc, cri, pods, token_files, processes: Mutex::new(ProcessCache::new(DEFAULT_CAPACITY)) }
+    /// scanner's latest token files; `rescan` wakes the scanner.
+    pub fn new(
+        cri: CriCache,
+        pods: PodSource,
+        token_files: watch::Receiver<Arc<TokenFiles>>,
+        rescan: Arc<Notify>,
+        proc: PathBuf,
+    ) -> Self {
+        let processes = Mutex::new(ProcessCache::new(DEFAULT_CAPACITY));
+        Enricher { proc, cri, pods, token_files, rescan, processes }
+    }
+
+    /// The watched file `open` matched: the last scan's, or, for a token
+    /// the kernel matched on a volume no scan has found yet (a container's
+    /// first read), what the node tells at once; the scanner is asked to
+    /// look again now.
+    fn watched(&self, open: &OpenRecord, reader: &CgroupIdentity) -> WatchedFile {
+        let key = FileKey { dev: open.dev, _pad: 0, ino: open.ino };
+        if let Some(known) = token_files::find(&self.token_files.borrow(), &key) {
+            return known;
+        }
+        self.rescan.notify_one();
+        new_volume::watched_on_new_volume(&self.proc, open.identity.pid, open.dev, &open.resolved_path, reader)
     }
 
     /// Everything known about `event`.
     pub async fn enrich(&self, event: &KernelEvent) -> Enrichment {
         let identity = event.identity();
+        let cgroup = identify(identity);
         let watched = match event {
-            KernelEvent::Open(open) => {
-                token_files::find(&self.token_files.borrow(), &FileKey { dev: open.dev, _pad: 0, ino: open.ino })
-            }
+            KernelEvent::Open(open) => Some(self.watched(open, &cgroup)),
             KernelEvent::Connect(_) => None,
         };
         let process = self.process(identity).await;
@@ -84,8 +105,7 @@ impl Enricher {
             (PodSource::Api(store), Some(uid)) => store.get(uid),
             _ => None,
         };
-        let mut enrichment =
-            Enrichment { process, watched, owner, cgroup: identify(identity), ..Enrichment::default() };
+        let mut enrichment = Enrichment { process, watched, owner, cgroup, ..Enrichment::default() };
 
         let owner_ids = enrichment.watched.as_ref().map(|w| w.container_ids.clone()).unwrap_or_default();
         for id in owner_ids {

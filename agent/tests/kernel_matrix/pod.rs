@@ -157,10 +157,13 @@ pub struct Observed {
 }
 
 /// Starts an agent with the matrix's settings (every event its own alert,
-/// token files rescanned each second) and `extra`; `--standalone` unless
+/// token files rescanned each second unless `extra` says) and `extra`; `--standalone` unless
 /// `extra` gives a `--kubeconfig`.
 pub fn start_agent(extra: &[&str]) -> AgentProcess {
-    let mut args = vec!["--dedup-window-seconds", "0", "--rescan-interval-seconds", "1"];
+    let mut args = vec!["--dedup-window-seconds", "0"];
+    if !extra.contains(&"--rescan-interval-seconds") {
+        args.extend(["--rescan-interval-seconds", "1"]);
+    }
     if !extra.contains(&"--kubeconfig") {
         args.push("--standalone");
     }

@@ -7,7 +7,7 @@ use tokenwatch_proto::v1::Alert;
 
 use super::{
     helper,
-    pod::{describe, pid_of, token, token_read, KubePod, Observed},
+    pod::{self, describe, pid_of, token, token_read, KubePod, Observed},
     stage,
     support::{self, actor::SA_DIR},
 };
@@ -269,4 +269,26 @@ fn harmless_files_next_to_the_token_do_not_alert() {
     let seen = pod.observe(agent);
     let alerts = pod.alerts(&seen.alerts);
     assert!(alerts.is_empty(), "ca.crt and namespace are no token:\n{}", describe(&alerts));
+}
+
+#[test]
+#[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test and vmtest"]
+fn read_before_any_scan_found_the_volume() {
+    let _serial = support::serialise();
+    // Rescans an hour apart: only the scan at start-up, before the pod
+    // existed. A container reading its token with its first instruction
+    // is caught by the kernel's own match of a token volume's layout.
+    stage::stop_shared();
+    let agent = pod::start_agent(&["--rescan-interval-seconds", "3600"]);
+    let mut pod = KubePod::start();
+    pod.actor.must(&format!("open {}", token()));
+    let seen = pod.observe(&agent);
+    pod::stop(agent);
+    let alert = one_read(&pod, &seen, pod.actor.pid, &token(), "openat");
+    let read = token_read(alert).expect("a read");
+    assert_eq!(read.owner_pod_uid, pod.uid, "the reader's own volume: {alert:?}");
+    assert_eq!(read.owner_containers, [pod.container_id.clone()], "{alert:?}");
+    // Not a scan's find (which names the configured path, under /var/run):
+    // the volume's own entry, as the kernel's match reported it.
+    assert_eq!(read.watched_path, format!("{}/token", pod.run_sa_dir()), "{alert:?}");
 }

@@ -40,7 +40,7 @@ fn open_from(leaf: &str, parent: &str) -> KernelEvent {
 
 fn enricher(pods: PodSource) -> Enricher {
     let (_tx, rx) = watch::channel(Arc::new(TokenFiles::new()));
-    Enricher::new(CriCache::new(Some("/nonexistent/cri.sock".into())), pods, rx, "/proc".into())
+    Enricher::new(CriCache::new(Some("/nonexistent/cri.sock".into())), pods, rx, Arc::default(), "/proc".into())
 }
 
 #[tokio::test]
