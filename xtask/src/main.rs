@@ -13,7 +13,7 @@
 //!   scratch with buildah (deploy/image/build.sh).
 //! * `fuzz [--seconds N] [TARGET...]`: the cargo-fuzz targets in `fuzz/`, each
 //!   for N seconds (nightly; installs cargo-fuzz if missing).
-//! * `test [--no-lint] [--no-fuzz] [--vmtest] [-- CARGO_TEST_ARGS]`: every test, as CI
+//! * `test [--no-lint] [--no-fuzz] [--no-vmtest] [-- CARGO_TEST_ARGS]`: every test, as CI
 //!   runs it, the fuzz targets briefly included.
 //! * `vmtest [--kernel 5.10|6.1|6.12|all] [--skip-build]`: the kernel check
 //!   and the kernel_matrix cases inside Debian's 5.10, 6.1 and 6.12 kernels,
