@@ -1,0 +1,232 @@
+//! Pods that read their token with their first instruction, as every
+//! Kubernetes client does at start-up and so does an attacker's one-shot
+//! pod (`kubectl run x -- sh -c 'cat token; wget https://kubernetes...'`).
+//! Real containerd pods whose entrypoint reads the token and dials the API
+//! server at once, started while the agent runs with its default rescan
+//! interval: no scan has found their token volume when they read it, so
+//! only the kernel's own match of a token volume's layout can see the read.
+//! Root only; run by `cargo xtask test`.
+
+mod support;
+
+use std::{net::TcpListener, time::Duration};
+
+use k8s_openapi::api::core::v1::Pod as ApiPod;
+use nix::sys::signal::Signal;
+use serde_json::json;
+use support::{
+    agent::{AgentProcess, StoppedAgent},
+    cri::{Containerd, Pod, PodSpec, IMAGE, SA_MOUNT},
+    fake_apiserver::FakeApiServer,
+};
+use tokenwatch_proto::v1::{alert::Evidence, Alert};
+
+const ALERT_TIMEOUT: Duration = Duration::from_secs(20);
+
+const NODE: &str = "node-under-test";
+
+/// A bare pod as the API holds it once scheduled to this node, before
+/// kubelet has started anything (no status yet).
+fn scheduled_pod(spec: &PodSpec) -> ApiPod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"namespace": spec.namespace, "name": spec.name, "uid": spec.uid},
+        "spec": {
+            "nodeName": NODE, "serviceAccountName": spec.service_account,
+            "containers": [{"name": spec.container_name, "image": IMAGE, "volumeMounts": [
+                {"name": "kube-api-access-abcde", "mountPath": SA_MOUNT, "readOnly": true}]}],
+            "volumes": [{"name": "kube-api-access-abcde", "projected": {"sources": [
+                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}}]}}],
+        },
+    }))
+    .expect("a Pod")
+}
+
+/// A loopback listener standing in for the API server: it closes each
+/// connection at once, so the pod's `nc` ends.
+fn api_server() -> TcpListener {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+    let acceptor = listener.try_clone().expect("clone the listener");
+    std::thread::spawn(move || {
+        for stream in acceptor.incoming() {
+            drop(stream);
+        }
+    });
+    listener
+}
+
+/// A one-shot pod in `namespace`: its entrypoint reads the token, dials
+/// `api` (the pods share the node's network; busybox's `nc`, as its `wget`
+/// crashes in the test image) and idles.
+fn one_shot(name: &str, namespace: &str, api: &TcpListener) -> PodSpec {
+    let api = api.local_addr().expect("addr");
+    let (ip, port) = (api.ip(), api.port());
+    let script = format!("cat {SA_MOUNT}/token >/dev/null; nc -w 1 {ip} {port} </dev/null; sleep 3600");
+    PodSpec {
+        namespace: namespace.into(),
+        service_account: "ci".into(),
+        command: vec!["sh".into(), "-c".into(), script],
+        ..PodSpec::new(name)
+    }
+}
+
+/// The agent on this node, with its default rescan interval, every event
+/// its own alert; `--api-server` names `api`.
+fn start_agent(containerd: &Containerd, api: &TcpListener, extra: &[&str]) -> AgentProcess {
+    let socket = containerd.socket().display().to_string();
+    let api = api.local_addr().expect("addr").to_string();
+    let base = ["--cri-socket", &socket, "--api-server", &api, "--dedup-window-seconds", "0"];
+    AgentProcess::start(&base.iter().chain(extra).map(|a| (*a).to_owned()).collect::<Vec<_>>())
+}
+
+fn describe(alerts: &[Alert]) -> String {
+    alerts.iter().map(|a| serde_json::to_string(a).unwrap_or_default()).collect::<Vec<_>>().join("\n")
+}
+
+/// The alerts about `pod`'s container.
+fn alerts_of<'a>(alerts: &'a [Alert], pod: &Pod<'_>) -> Vec<&'a Alert> {
+    alerts.iter().filter(|a| a.container.as_ref().is_some_and(|c| c.id == pod.container_id())).collect()
+}
+
+/// Waits for the read, the dial and the chain of `pod`, then stops the agent.
+fn read_dial_and_chain(agent: AgentProcess, pod: &Pod<'_>) -> StoppedAgent {
+    let done = |alerts: &[Alert]| {
+        let rules: Vec<&str> = alerts_of(alerts, pod).iter().map(|a| a.rule.as_str()).collect();
+        ["token-read", "apiserver-connect", "token-theft-chain"].iter().all(|rule| rules.contains(rule))
+    };
+    let arrived = agent.wait_for_alerts(ALERT_TIMEOUT, done);
+    let stopped = agent.stop(Signal::SIGTERM);
+    assert!(arrived, "alerts missing:\n{}\nlog:\n{}", describe(&stopped.alerts), stopped.stderr);
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    stopped
+}
+
+/// The pod's one token read, checked for what names the reader and the
+/// token's owner.
+fn the_read<'a>(stopped: &'a StoppedAgent, pod: &Pod<'_>) -> &'a Alert {
+    let reads: Vec<&Alert> = alerts_of(&stopped.alerts, pod)
+        .into_iter()
+        .filter(|a| matches!(a.evidence, Some(Evidence::TokenRead(_))) && a.rule == "token-read")
+        .collect();
+    assert_eq!(reads.len(), 1, "the entrypoint's one read:\n{}", describe(&stopped.alerts));
+    let alert = reads[0];
+    let json = serde_json::to_string(alert).unwrap_or_default();
+    assert_eq!(alert.process.as_ref().map(|p| p.comm.as_str()), Some("cat"), "{json}");
+    let Some(Evidence::TokenRead(read)) = &alert.evidence else { panic!("a token read: {json}") };
+    assert_eq!(read.owner_pod_uid, pod.spec().uid, "whose token: kubelet's volume of this pod: {json}");
+    assert_eq!(read.owner_containers.len(), 1, "given to the reader's container: {json}");
+    alert
+}
+
+#[test]
+#[ignore = "needs root: runs containerd pods and loads eBPF; run by cargo xtask test"]
+fn a_pod_reading_its_token_at_start_is_caught_in_cluster_mode() {
+    let _serial = support::serialise();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let cluster = runtime.block_on(FakeApiServer::start());
+    let containerd = Containerd::start();
+    let api = api_server();
+    let config = support::kubeconfig(containerd.dir(), cluster.url());
+    let agent = start_agent(&containerd, &api, &["--kubeconfig", &config, "--node-name", NODE]);
+    assert!(
+        support::wait_for(ALERT_TIMEOUT, || (cluster.watch_requests() > 0).then_some(())).is_some(),
+        "the agent never watched the pods:\n{}",
+        agent.stderr()
+    );
+    // Scheduled first, as the API has a pod before kubelet starts it.
+    let spec = one_shot("ctl-run-x", "shop", &api);
+    cluster.add_pod(scheduled_pod(&spec));
+    let pod = containerd.run_pod(&spec);
+    let stopped = read_dial_and_chain(agent, &pod);
+
+    let read = the_read(&stopped, &pod);
+    let json = serde_json::to_string(read).unwrap_or_default();
+    assert!(read.missing.is_empty(), "nothing missing: {json}");
+    let k8s = read.kubernetes.as_ref().expect("kubernetes context");
+    assert_eq!((k8s.namespace.as_str(), k8s.pod.as_str()), ("shop", "ctl-run-x"), "{json}");
+    assert_eq!((k8s.container.as_str(), k8s.service_account.as_str()), ("main", "ci"), "{json}");
+    let Some(Evidence::TokenRead(token)) = &read.evidence else { panic!("a token read") };
+    assert_eq!((token.owner_namespace.as_str(), token.owner_pod.as_str()), ("shop", "ctl-run-x"), "{json}");
+    assert_eq!(token.owner_containers, ["main"], "named by the runtime: {json}");
+}
+
+#[test]
+#[ignore = "needs root: runs containerd pods and loads eBPF; run by cargo xtask test"]
+fn a_pod_reading_its_token_at_start_is_caught_standalone() {
+    let _serial = support::serialise();
+    let containerd = Containerd::start();
+    let api = api_server();
+    let agent = start_agent(&containerd, &api, &["--standalone"]);
+    let spec = one_shot("ctl-run-y", "default", &api);
+    let pod = containerd.run_pod(&spec);
+    let stopped = read_dial_and_chain(agent, &pod);
+
+    let read = the_read(&stopped, &pod);
+    let json = serde_json::to_string(read).unwrap_or_default();
+    let k8s = read.kubernetes.as_ref().expect("kubernetes context");
+    // Without the API: the runtime's labels name the pod.
+    assert_eq!((k8s.namespace.as_str(), k8s.pod.as_str()), ("default", "ctl-run-y"), "{json}");
+    assert_eq!((k8s.pod_uid.as_str(), k8s.container.as_str()), (spec.uid.as_str(), "main"), "{json}");
+}
+
+/// Pods created in the burst, and how fast.
+const BURST: usize = 50;
+/// One pod started every this often: 20 a second.
+const BURST_PACE: Duration = Duration::from_millis(50);
+
+#[test]
+#[ignore = "needs root: runs containerd pods and loads eBPF; run by cargo xtask test"]
+fn fifty_pods_reading_their_tokens_at_start_in_a_burst_are_each_caught() {
+    let _serial = support::serialise();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let cluster = runtime.block_on(FakeApiServer::start());
+    let containerd = Containerd::start();
+    let api = api_server();
+    let config = support::kubeconfig(containerd.dir(), cluster.url());
+    let agent = start_agent(&containerd, &api, &["--kubeconfig", &config, "--node-name", NODE]);
+    assert!(
+        support::wait_for(ALERT_TIMEOUT, || (cluster.watch_requests() > 0).then_some(())).is_some(),
+        "the agent never watched the pods:\n{}",
+        agent.stderr()
+    );
+    let specs: Vec<PodSpec> = (0..BURST).map(|i| one_shot(&format!("burst-{i:02}"), "shop", &api)).collect();
+    for spec in &specs {
+        cluster.add_pod(scheduled_pod(spec));
+    }
+    // Started from threads of their own at the pace, as kubelet starts
+    // the pods of a scaled-up Deployment.
+    let started = std::time::Instant::now();
+    let pods: Vec<Pod<'_>> = std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..BURST)
+            .zip(&specs)
+            .map(|(i, spec)| {
+                let containerd = &containerd;
+                scope.spawn(move || {
+                    let due = BURST_PACE * u32::try_from(i).expect("small");
+                    std::thread::sleep(due.saturating_sub(started.elapsed()));
+                    containerd.run_pod(spec)
+                })
+            })
+            .collect();
+        runs.into_iter().map(|run| run.join().expect("a pod started")).collect()
+    });
+
+    let done = |alerts: &[Alert]| {
+        pods.iter().all(|pod| {
+            let rules: Vec<&str> = alerts_of(alerts, pod).iter().map(|a| a.rule.as_str()).collect();
+            ["token-read", "apiserver-connect", "token-theft-chain"].iter().all(|rule| rules.contains(rule))
+        })
+    };
+    let arrived = agent.wait_for_alerts(ALERT_TIMEOUT * 3, done);
+    let stopped = agent.stop(Signal::SIGTERM);
+    let caught = pods.iter().filter(|pod| alerts_of(&stopped.alerts, pod).len() >= 3).count();
+    assert!(arrived, "{caught} of {BURST} pods caught:\n{}\nlog:\n{}", describe(&stopped.alerts), stopped.stderr);
+    for pod in &pods {
+        let read = the_read(&stopped, pod);
+        let k8s = read.kubernetes.as_ref().expect("kubernetes context");
+        assert_eq!((k8s.namespace.as_str(), k8s.pod.as_str()), ("shop", pod.spec().name.as_str()), "{read:?}");
+        assert_eq!((k8s.container.as_str(), k8s.service_account.as_str()), ("main", "ci"), "{read:?}");
+    }
+    let degraded: Vec<&Alert> = stopped.alerts.iter().filter(|a| a.rule == "agent-degraded").collect();
+    assert!(degraded.is_empty(), "nothing lost, nothing degraded:\n{}", describe(&stopped.alerts));
+}
