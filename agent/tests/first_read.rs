@@ -19,7 +19,7 @@ use support::{
     cri::{Containerd, Pod, PodSpec, IMAGE, SA_MOUNT},
     fake_apiserver::FakeApiServer,
 };
-use tokenwatch_proto::v1::{alert::Evidence, Alert};
+use tokenwatch_proto::v1::{alert::Evidence, Alert, EnforcementAction};
 
 const ALERT_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -55,19 +55,34 @@ fn api_server() -> TcpListener {
     listener
 }
 
-/// A one-shot pod in `namespace`: its entrypoint reads the token, dials
-/// `api` (the pods share the node's network; busybox's `nc`, as its `wget`
-/// crashes in the test image) and idles.
-fn one_shot(name: &str, namespace: &str, api: &TcpListener) -> PodSpec {
-    let api = api.local_addr().expect("addr");
-    let (ip, port) = (api.ip(), api.port());
-    let script = format!("cat {SA_MOUNT}/token >/dev/null; nc -w 1 {ip} {port} </dev/null; sleep 3600");
+/// A pod in `namespace` of ServiceAccount `ci` whose entrypoint is `script`.
+fn pod_running(name: &str, namespace: &str, script: String) -> PodSpec {
     PodSpec {
         namespace: namespace.into(),
         service_account: "ci".into(),
         command: vec!["sh".into(), "-c".into(), script],
         ..PodSpec::new(name)
     }
+}
+
+/// `nc` dialling `api` (the pods share the node's network; busybox's
+/// `wget` crashes in the test image).
+fn dial(api: &TcpListener) -> String {
+    let api = api.local_addr().expect("addr");
+    format!("nc -w 1 {} {} </dev/null", api.ip(), api.port())
+}
+
+/// A one-shot pod in `namespace`: its entrypoint reads the token, dials
+/// `api` and idles.
+fn one_shot(name: &str, namespace: &str, api: &TcpListener) -> PodSpec {
+    pod_running(name, namespace, format!("cat {SA_MOUNT}/token >/dev/null; {}; sleep 3600", dial(api)))
+}
+
+/// A one-shot pod whose entrypoint keeps what it read of the token in
+/// `/tmp/stolen` and `cat`'s exit status in `/tmp/status`, then dials.
+fn stealer(name: &str, namespace: &str, api: &TcpListener) -> PodSpec {
+    let script = format!("cat {SA_MOUNT}/token >/tmp/stolen; echo $? >/tmp/status; {}; sleep 3600", dial(api));
+    pod_running(name, namespace, script)
 }
 
 /// The agent on this node, with its default rescan interval, every event
@@ -229,4 +244,73 @@ fn fifty_pods_reading_their_tokens_at_start_in_a_burst_are_each_caught() {
     }
     let degraded: Vec<&Alert> = stopped.alerts.iter().filter(|a| a.rule == "agent-degraded").collect();
     assert!(degraded.is_empty(), "nothing lost, nothing degraded:\n{}", describe(&stopped.alerts));
+}
+
+/// Every process in `shop` is stopped from reading its token and dialling
+/// the API server; in `batch`, the entrypoints (not exec'd processes) are
+/// stopped from reading.
+const BLOCKS: &str = "\
+blocks:
+  - id: shop-never-uses-the-api
+    reason: nothing in shop talks to the API server
+    actions: [token-read, apiserver-connect]
+    namespaces: [shop]
+  - id: batch-entrypoints-never-read
+    reason: batch jobs run without the API
+    actions: [token-read]
+    namespaces: [batch]
+    exec: false
+";
+
+/// What a pod's enforced alert says was done, and by which block.
+fn done(alert: &Alert) -> Option<(EnforcementAction, &str)> {
+    let done = alert.enforcement.as_ref()?;
+    Some((EnforcementAction::try_from(done.action).ok()?, done.block_id.as_str()))
+}
+
+#[test]
+#[ignore = "needs root: runs containerd pods and loads eBPF; run by cargo xtask test"]
+fn a_blocked_pod_reading_its_token_at_start_gets_no_byte() {
+    let _serial = support::serialise();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let cluster = runtime.block_on(FakeApiServer::start());
+    let containerd = Containerd::start();
+    let api = api_server();
+    let policy = containerd.dir().join("policy.yaml");
+    std::fs::write(&policy, BLOCKS).expect("write the policy");
+    let config = support::kubeconfig(containerd.dir(), cluster.url());
+    let policy = policy.display().to_string();
+    let agent = start_agent(&containerd, &api, &["--kubeconfig", &config, "--node-name", NODE, "--policy", &policy]);
+    assert!(
+        support::wait_for(ALERT_TIMEOUT, || (cluster.watch_requests() > 0).then_some(())).is_some(),
+        "the agent never watched the pods:\n{}",
+        agent.stderr()
+    );
+    let specs = [stealer("ctl-run-x", "shop", &api), stealer("job-x", "batch", &api)];
+    for spec in &specs {
+        cluster.add_pod(scheduled_pod(spec));
+    }
+    let pods: Vec<Pod<'_>> = specs.iter().map(|spec| containerd.run_pod(spec)).collect();
+    for pod in &pods {
+        let status = support::wait_for(ALERT_TIMEOUT, || std::fs::read_to_string(pod.host_path("/tmp/status")).ok());
+        let stolen = std::fs::read(pod.host_path("/tmp/stolen")).unwrap_or_default();
+        let name = &pod.spec().name;
+        assert_eq!(status.as_deref().map(str::trim), Some("137"), "{name}'s cat was killed (SIGKILL)");
+        assert!(stolen.is_empty(), "{name} got {} bytes of its token", stolen.len());
+    }
+    let killed = |alerts: &[Alert]| {
+        pods.iter()
+            .all(|pod| alerts_of(alerts, pod).iter().any(|a| done(a).map(|d| d.0) == Some(EnforcementAction::Killed)))
+    };
+    let arrived = agent.wait_for_alerts(ALERT_TIMEOUT, killed);
+    let stopped = agent.stop(Signal::SIGTERM);
+    assert!(arrived, "alerts missing:\n{}\nlog:\n{}", describe(&stopped.alerts), stopped.stderr);
+    for (pod, block) in pods.iter().zip(["shop-never-uses-the-api", "batch-entrypoints-never-read"]) {
+        let read = the_read(&stopped, pod);
+        assert_eq!(done(read), Some((EnforcementAction::Killed, block)), "{read:?}");
+    }
+    // The connect fence waits for the pod's cgroup (a reconcile, 250 ms):
+    // a dial this early is reported, refused or not.
+    let shop_dials = alerts_of(&stopped.alerts, &pods[0]).into_iter().filter(|a| a.rule == "apiserver-connect");
+    assert_eq!(shop_dials.count(), 1, "{}", describe(&stopped.alerts));
 }

@@ -17,6 +17,16 @@ pub const ENFORCE_SLOTS: usize = 8;
 
 /// Name of the map of [`CgroupEnforcement`]s by cgroup v2 id.
 pub const ENFORCED_CGROUPS_MAP: &str = "ENFORCED_CGROUPS";
+
+/// Name of the map of pod-level [`CgroupEnforcement`]s by pod uid, as the
+/// uid is spelt in the pod's cgroup name ([`POD_UID_LEN`] bytes, dashed for
+/// kubelet's cgroupfs driver, with underscores for its systemd driver). It
+/// covers a pod the API put on this node from its first instruction,
+/// before the agent has seen its cgroup.
+pub const ENFORCED_PODS_MAP: &str = "ENFORCED_PODS";
+
+/// Length of a pod uid (a UUID in its 8-4-4-4-12 text form).
+pub const POD_UID_LEN: usize = 36;
 /// Name of the map of containers' first processes (host tgid) by their
 /// cgroup v2 id, so the kernel tells exec'd processes apart the way the
 /// agent does (`detect/origin.rs`), even in a pod sharing one pid namespace.

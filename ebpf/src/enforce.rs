@@ -15,27 +15,30 @@
 //! image, each container's); the programs look up every ancestor of the
 //! current cgroup and the deepest entry wins. A slot that lists binaries
 //! covers only processes whose executable (`task->mm->exe_file`'s inode)
-//! the agent put in [`ENFORCED_BINARIES`] for that entry and slot. Nothing
-//! is pinned: when the
-//! agent exits, maps and links go with it and nothing stays blocked.
+//! the agent put in [`ENFORCED_BINARIES`] for that entry and slot. The open
+//! exits also look up [`ENFORCED_PODS`] by the pod uid in each ancestor's
+//! name, so a pod the API put on the node is covered before the agent has
+//! found its cgroup. Nothing is pinned: when the agent exits, maps and
+//! links go with it and nothing stays blocked.
 
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
+        bpf_probe_read_kernel_buf,
         generated::{bpf_get_current_ancestor_cgroup_id, bpf_send_signal},
     },
     macros::{cgroup_sock_addr, map},
-    maps::{HashMap, LruHashMap},
+    maps::{HashMap, LruHashMap, PerCpuArray},
     programs::SockAddrContext,
 };
 use tokenwatch_common::{
     BinaryKey, CgroupEnforcement, EndpointKey, EnforceAction, EnforceSlot, Enforcement, BINARIES_ANY, BINARIES_LISTED,
-    ENFORCE_SLOTS, EXEC_ANY, EXEC_NEVER, EXEC_ONLY, MODE_DRY_RUN, MODE_ENFORCE, MODE_NONE,
+    ENFORCE_SLOTS, EXEC_ANY, EXEC_NEVER, EXEC_ONLY, MODE_DRY_RUN, MODE_ENFORCE, MODE_NONE, POD_UID_LEN,
 };
 
 use crate::{
     identity::pid_in_namespace,
-    kernel::{read_ptr, read_u32},
+    kernel::{read_ptr, read_str, read_u32},
     maps::{is_agent, kernel_offset, WATCHED_ENDPOINTS},
     sock_addr::{endpoint4, endpoint6},
 };
@@ -43,6 +46,13 @@ use crate::{
 /// What a block entry covers, by cgroup v2 id; written by the agent.
 #[map(name = "ENFORCED_CGROUPS")]
 pub static ENFORCED_CGROUPS: HashMap<u64, CgroupEnforcement> = HashMap::with_max_entries(8192, 0);
+
+/// What a block entry covers at pod level, by the pod uid as the pod's
+/// cgroup name spells it; written by the agent for every pod the API put
+/// on this node, so a pod is covered from its first instruction, before
+/// the agent has found its cgroup (which [`ENFORCED_CGROUPS`] needs).
+#[map(name = "ENFORCED_PODS")]
+pub static ENFORCED_PODS: HashMap<[u8; POD_UID_LEN], CgroupEnforcement> = HashMap::with_max_entries(4096, 0);
 
 /// The executables slots with `BINARIES_LISTED` cover, resolved by the agent
 /// in each covered container; the value is the number of the entry naming it.
@@ -199,7 +209,9 @@ fn covering() -> Option<(u64, &'static CgroupEnforcement)> {
 /// As [`covering`], for the tracepoint programs: 5.10 does not give them
 /// `bpf_get_current_ancestor_cgroup_id`, so walk up the task's unified
 /// cgroup by its kernfs nodes, whose ids are the cgroup ids (5.5+). Leaf
-/// first, so the first entry found is the deepest.
+/// first, so the first entry found is the deepest. A level the agent has
+/// not written yet may still be a covered pod's, by the uid in its name
+/// ([`pod_by_name`]): a new pod's first read is refused too.
 #[inline(always)]
 fn covering_task(task: u64) -> Option<(u64, &'static CgroupEnforcement)> {
     let css_set = read_ptr(task, kernel_offset!(task_cgroups)).ok()?;
@@ -211,9 +223,66 @@ fn covering_task(task: u64) -> Option<(u64, &'static CgroupEnforcement)> {
         if let Some(entry) = unsafe { ENFORCED_CGROUPS.get(id) } {
             return Some((id, entry));
         }
+        if let Some(entry) = pod_by_name(kn) {
+            return Some((id, entry));
+        }
         kn = read_ptr(kn, kernel_offset!(kernfs_node_parent)).ok()?;
     }
     None
+}
+
+/// The [`ENFORCED_PODS`] entry of the pod whose cgroup kernfs node `kn`
+/// is, by the uid in its name as kubelet names it: `pod<uid>` (cgroupfs
+/// driver), `kubepods-pod<uid>.slice`, `kubepods-burstable-pod<uid>.slice`
+/// or `kubepods-besteffort-pod<uid>.slice` (systemd driver).
+/// Its name's head and the uid are read into [`NAME_SCRATCH`], not the
+/// stack: the open exits' call chains are near the 512-byte limit.
+#[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "the key is looked up where it lies, in the scratch map; by value it would be copied to the stack"
+)]
+fn pod_by_name(kn: u64) -> Option<&'static CgroupEnforcement> {
+    let name = read_ptr(kn, kernel_offset!(kernfs_node_name)).ok()?;
+    let scratch = NAME_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot, used by one program at a time (tracepoint
+    // programs do not nest on a CPU); every byte used is written here.
+    let scratch = unsafe { &mut *scratch };
+    let head = &mut scratch.head;
+    read_str(name, head);
+    let at: u64 = if head.starts_with(b"pod") {
+        3
+    } else if !head.starts_with(b"kubepods-") {
+        return None;
+    } else if head[9..].starts_with(b"pod") {
+        12
+    } else if head[9..].starts_with(b"burstable-pod") {
+        22
+    } else if head[9..].starts_with(b"besteffort-pod") {
+        23
+    } else {
+        return None;
+    };
+    // SAFETY: kernel memory read through the checked helper; past a short
+    // name it reads bytes no uid matches.
+    unsafe { bpf_probe_read_kernel_buf((name + at) as *const u8, &mut scratch.uid) }.ok()?;
+    // SAFETY: the map value lives as long as the entry; read at once.
+    unsafe { ENFORCED_PODS.get(&scratch.uid) }
+}
+
+/// A cgroup name's head and the pod uid in it, per CPU ([`pod_by_name`]).
+#[map(name = "NAME_SCRATCH")]
+static NAME_SCRATCH: PerCpuArray<NameScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// [`NAME_SCRATCH`]'s slot; kernel-only.
+#[repr(C)]
+pub struct NameScratch {
+    /// The first bytes of the name, NUL-terminated.
+    head: [u8; 24],
+    /// The uid, as the name spells it.
+    uid: [u8; POD_UID_LEN],
+    /// Explicit padding.
+    _pad: [u8; 4],
 }
 
 /// The first slot of `slots` whose exec and binaries filters cover the

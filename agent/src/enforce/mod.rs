@@ -3,15 +3,19 @@
 //! the pods on the node now.
 //!
 //! Every [`RECONCILE_INTERVAL`], and at once when the policy changes
-//! (SIGHUP), it walks the unified cgroup hierarchy for pod and container
+//! (SIGHUP) or the API puts a pod on the node, it walks the unified cgroup hierarchy for pod and container
 //! cgroups ([`cgroups`]), names them as an alert would (the pod store, the
 //! runtime over CRI: `detect::context::kubernetes`), resolves which block
 //! entries cover them ([`plan`]), finds the executables that entries with
 //! `binaries` name inside those containers ([`binaries`]) and applies the
 //! difference: map entries written or removed, fences attached to or
 //! dropped from pod directories.
-//! A policy change or a new pod is in force within that interval plus one
-//! walk. With no block entry and nothing applied, a round costs nothing.
+//! A pod the API knows is covered by its uid ([`plan::pod_entries`]; the
+//! kernel reads the uid in the name of the reader's cgroup), so a token
+//! read is refused from the pod's first instruction; its connect fence and
+//! entries that select on the image or list binaries wait for its cgroup,
+//! within that interval plus one walk, as does a policy change's effect on
+//! running pods. With no block entry and nothing applied, a round costs nothing.
 //!
 //! Fail-safe: nothing is pinned. When the agent exits (even `SIGKILL`ed),
 //! the kernel frees the maps and the fences' links with its file
@@ -28,6 +32,7 @@ use std::{
     time::Duration,
 };
 
+use tokenwatch_common::POD_UID_LEN;
 use tokenwatch_proto::v1::KubernetesContext;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -120,14 +125,25 @@ impl Enforcer {
     }
 
     /// Reconciles until cancelled; then removes everything it applied.
+    /// Besides the ticks, a new or changed pod in the store reconciles at
+    /// once: a pod the API put on the node is covered by its uid before
+    /// kubelet can start it.
     pub async fn run(mut self, mut policy: watch::Receiver<Arc<Policy>>, cancel: CancellationToken) {
         let mut ticker = tokio::time::interval(RECONCILE_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pods = self.pods.as_ref().map(PodStore::changes);
         loop {
+            let pod_changed = async {
+                match pods.as_mut() {
+                    Some(changes) => changes.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = cancel.cancelled() => break,
                 changed = policy.changed() => if changed.is_err() { break },
                 _ = ticker.tick() => {}
+                alive = pod_changed => if !alive { pods = None },
             }
             let current = Arc::clone(&policy.borrow_and_update());
             self.reconcile(&current).await;
@@ -152,6 +168,7 @@ impl Enforcer {
         let need_roots = blocks.iter().any(|(block, _)| block.matcher.binaries.is_some());
         let targets = if blocks.is_empty() { Vec::new() } else { self.targets(ask_runtime, need_roots).await };
         let mut plan = plan::plan(&blocks, &self.names, &targets);
+        plan.pods = plan::pod_entries(&blocks, &self.names, &self.scheduled());
         if !plan.scopes.is_empty() {
             let resolver = Arc::clone(&self.resolver);
             let scopes = plan.scopes.clone();
@@ -202,6 +219,20 @@ impl Enforcer {
         targets
     }
 
+    /// The pods the API put on this node, named at pod level: with the
+    /// kernel's match by uid they are covered from their first instruction.
+    fn scheduled(&self) -> Vec<KubernetesContext> {
+        let Some(store) = &self.pods else { return Vec::new() };
+        store
+            .snapshot()
+            .iter()
+            .map(|info| {
+                let identity = CgroupIdentity { container_id: None, pod_uid: Some(info.uid.clone()), runtime: None };
+                context::kubernetes(&identity, None, Some(info))
+            })
+            .collect()
+    }
+
     /// Makes the kernel hold `plan`, changing only what differs.
     fn apply(&mut self, mut plan: Plan) {
         // New executables before the cgroup entries that list them, stale
@@ -234,6 +265,20 @@ impl Enforcer {
         }
         for cgroup in self.applied.entries.keys().filter(|c| !plan.entries.contains_key(c)) {
             let _ = self.maps.cgroups.remove(cgroup);
+        }
+        for (uid, entry) in &plan.pods {
+            if self.applied.pods.get(uid) != Some(entry) {
+                for spelling in uid_spellings(uid) {
+                    if let Err(error) = self.maps.pods.insert(spelling, entry, 0) {
+                        tracing::error!(%uid, %error, "enforcement map update refused");
+                    }
+                }
+            }
+        }
+        for uid in self.applied.pods.keys().filter(|u| !plan.pods.contains_key(*u)) {
+            for spelling in uid_spellings(uid) {
+                let _ = self.maps.pods.remove(&spelling);
+            }
         }
         for (cgroup, pid) in &plan.inits {
             if self.applied.inits.get(cgroup) != Some(pid) {
@@ -283,7 +328,29 @@ impl Enforcer {
     }
 }
 
+/// A pod uid as its cgroup's name spells it: dashed (kubelet's cgroupfs
+/// driver) and with underscores (its systemd driver). None for a uid of
+/// another length, which no cgroup name carries.
+fn uid_spellings(uid: &str) -> Vec<[u8; POD_UID_LEN]> {
+    let Ok(dashed) = <[u8; POD_UID_LEN]>::try_from(uid.as_bytes()) else { return Vec::new() };
+    let underscored = dashed.map(|byte| if byte == b'-' { b'_' } else { byte });
+    vec![dashed, underscored]
+}
+
 /// A container's identity without the container.
 fn pod_level(container: &KubernetesContext) -> KubernetesContext {
     KubernetesContext { container: String::new(), image: String::new(), ..container.clone() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_uid_is_spelt_as_both_kubelet_cgroup_drivers_spell_it() {
+        let spellings = uid_spellings("3f0e1c2a-9b7d-4e61-8a2f-0c5d6e7f8a9b");
+        assert_eq!(spellings[0], *b"3f0e1c2a-9b7d-4e61-8a2f-0c5d6e7f8a9b");
+        assert_eq!(spellings[1], *b"3f0e1c2a_9b7d_4e61_8a2f_0c5d6e7f8a9b");
+        assert!(uid_spellings("not-a-uid").is_empty());
+    }
 }

@@ -87,12 +87,16 @@ pub struct Plan {
     /// What the scopes resolved to (filled by the enforcer, not [`plan`]):
     /// the value is the entry's number.
     pub binaries: BTreeMap<BinaryKey, u32>,
+    /// Pod-level entries by pod uid, for every pod the API put on the node
+    /// ([`pod_entries`]): the kernel applies them by the uid in a cgroup's
+    /// name, so they hold before the pod's cgroup is found.
+    pub pods: BTreeMap<String, CgroupEnforcement>,
 }
 
 impl Plan {
     /// Nothing to enforce anywhere.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty() && self.fences.is_empty()
+        self.entries.is_empty() && self.fences.is_empty() && self.pods.is_empty()
     }
 }
 
@@ -144,6 +148,29 @@ pub fn plan(blocks: &[(&BlockSpec, bool)], names: &BlockNames, targets: &[Target
         }
     }
     plan
+}
+
+/// The pod-level entries of `pods` (as the API describes them, no
+/// container yet) that `blocks` cover, by uid. Entries that select on the
+/// image or list binaries need the container: they take hold with the
+/// pod's cgroup entry, one reconcile after the cgroup appears.
+pub fn pod_entries(
+    blocks: &[(&BlockSpec, bool)],
+    names: &BlockNames,
+    pods: &[KubernetesContext],
+) -> BTreeMap<String, CgroupEnforcement> {
+    let numbered: Vec<(u32, &BlockSpec, bool)> = blocks
+        .iter()
+        .filter(|(block, _)| block.matcher.images.is_none() && block.matcher.binaries.is_none())
+        .map(|(block, enforce)| (names.number(&block.id), *block, *enforce))
+        .collect();
+    pods.iter()
+        .filter(|pod| !pod.pod_uid.is_empty())
+        .filter_map(|pod| {
+            let blocks = matching(&numbered, pod);
+            (!blocks.is_empty()).then(|| (pod.pod_uid.clone(), slots(&blocks).0))
+        })
+        .collect()
 }
 
 fn matching<'a>(

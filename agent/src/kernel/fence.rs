@@ -14,7 +14,7 @@ use aya::{
     programs::{cgroup_sock_addr::CgroupSockAddrLink, CgroupAttachMode},
     Ebpf,
 };
-use tokenwatch_common::{BinaryKey, CgroupEnforcement};
+use tokenwatch_common::{BinaryKey, CgroupEnforcement, POD_UID_LEN};
 
 use super::{cgroup_hooks, loader::LoadError};
 
@@ -32,6 +32,8 @@ pub struct EnforceMaps {
     pub inits: BpfHashMap<MapData, u64, u32>,
     /// Executables that slots listing binaries cover, naming their entry.
     pub binaries: BpfHashMap<MapData, BinaryKey, u32>,
+    /// What each covered pod refuses, by the uid its cgroup's name spells.
+    pub pods: BpfHashMap<MapData, [u8; POD_UID_LEN], CgroupEnforcement>,
 }
 
 /// The fences on one cgroup; dropping this detaches them.

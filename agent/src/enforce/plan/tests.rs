@@ -195,3 +195,19 @@ fn an_image_entry_listing_other_files_in_the_pods_slot_gets_its_own_entry() {
         "the container's entry is the deepest: it holds both lists"
     );
 }
+
+#[test]
+fn pods_the_api_put_on_the_node_are_covered_by_uid_unless_the_entry_needs_the_container() {
+    let text = "blocks:\n  - id: shop\n    reason: r\n    actions: [token-read]\n    namespaces: [shop]\n    \
+                exec: false\n  - id: by-image\n    reason: r\n    actions: [token-read]\n    images: ['evil/*']\n";
+    let scheduled = |namespace: &str, uid: &str| KubernetesContext {
+        pod_uid: uid.to_owned(),
+        image: String::new(),
+        ..kube(namespace, "default", "")
+    };
+    let pods = [scheduled("shop", "u-shop"), scheduled("other", "u-other"), scheduled("shop", "")];
+    let entries = pod_entries(&policy(text).blocks(), &BlockNames::default(), &pods);
+    assert_eq!(entries.keys().collect::<Vec<_>>(), ["u-shop"], "a uid-less pod cannot be matched by name");
+    assert_eq!(entries["u-shop"].token_read[0], slot(1, MODE_ENFORCE, EXEC_NEVER));
+    assert_eq!(entries["u-shop"].token_read[1].mode, MODE_NONE, "the image entry waits for the container");
+}

@@ -25,12 +25,21 @@ pub struct PodStore {
 struct Inner {
     pods: RwLock<HashMap<String, Arc<PodInfo>>>,
     deleted_grace: Duration,
+    /// Bumped on every added or changed pod: the enforcer covers a pod the
+    /// moment the API puts it on the node, not a reconcile later.
+    generation: tokio::sync::watch::Sender<u64>,
 }
 
 impl PodStore {
     /// An empty store whose deleted pods stay resolvable for `deleted_grace`.
     pub fn new(deleted_grace: Duration) -> Self {
-        PodStore { inner: Arc::new(Inner { pods: RwLock::new(HashMap::new()), deleted_grace }) }
+        let generation = tokio::sync::watch::Sender::new(0);
+        PodStore { inner: Arc::new(Inner { pods: RwLock::new(HashMap::new()), deleted_grace, generation }) }
+    }
+
+    /// A receiver that sees a change each time a pod is added or changed.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.generation.subscribe()
     }
 
     /// The pod with this UID, if it is on the node or was deleted less than
@@ -74,6 +83,7 @@ impl PodStore {
     /// is alive after all: its `deleted_at` is whatever `pod` says).
     pub(crate) fn upsert(&self, pod: PodInfo) {
         self.write().insert(pod.uid.clone(), Arc::new(pod));
+        self.inner.generation.send_modify(|generation| *generation = generation.wrapping_add(1));
     }
 
     /// Marks a pod deleted at `at`, storing `last` (its final state) if the
