@@ -26,9 +26,10 @@ const ALERT_TIMEOUT: Duration = Duration::from_secs(20);
 const NODE: &str = "node-under-test";
 
 /// A bare pod as the API holds it once scheduled to this node, before
-/// kubelet has started anything (no status yet).
+/// kubelet has started anything (no status yet), with its custom
+/// projection if `spec` has one.
 fn scheduled_pod(spec: &PodSpec) -> ApiPod {
-    serde_json::from_value(json!({
+    let mut pod = json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"namespace": spec.namespace, "name": spec.name, "uid": spec.uid},
         "spec": {
@@ -38,8 +39,16 @@ fn scheduled_pod(spec: &PodSpec) -> ApiPod {
             "volumes": [{"name": "kube-api-access-abcde", "projected": {"sources": [
                 {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}}]}}],
         },
-    }))
-    .expect("a Pod")
+    });
+    if let Some((mount_path, file)) = &spec.projected {
+        pod["spec"]["containers"][0]["volumeMounts"]
+            .as_array_mut()
+            .expect("mounts")
+            .push(json!({"name": "vault-token", "mountPath": mount_path, "readOnly": true}));
+        pod["spec"]["volumes"].as_array_mut().expect("volumes").push(json!({"name": "vault-token", "projected":
+            {"sources": [{"serviceAccountToken": {"audience": "vault", "expirationSeconds": 600, "path": file}}]}}));
+    }
+    serde_json::from_value(pod).expect("a Pod")
 }
 
 /// A loopback listener standing in for the API server: it closes each
@@ -163,6 +172,39 @@ fn a_pod_reading_its_token_at_start_is_caught_in_cluster_mode() {
     let Some(Evidence::TokenRead(token)) = &read.evidence else { panic!("a token read") };
     assert_eq!((token.owner_namespace.as_str(), token.owner_pod.as_str()), ("shop", "ctl-run-x"), "{json}");
     assert_eq!(token.owner_containers, ["main"], "named by the runtime: {json}");
+}
+
+#[test]
+#[ignore = "needs root: runs containerd pods and loads eBPF; run by cargo xtask test"]
+fn a_custom_projected_token_read_at_start_is_caught() {
+    let _serial = support::serialise();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let cluster = runtime.block_on(FakeApiServer::start());
+    let containerd = Containerd::start();
+    let api = api_server();
+    let config = support::kubeconfig(containerd.dir(), cluster.url());
+    let agent = start_agent(&containerd, &api, &["--kubeconfig", &config, "--node-name", NODE]);
+    assert!(
+        support::wait_for(ALERT_TIMEOUT, || (cluster.watch_requests() > 0).then_some(())).is_some(),
+        "the agent never watched the pods:\n{}",
+        agent.stderr()
+    );
+    // A name no configured path has: the agent learns it from the pod spec
+    // the moment the API puts the pod on the node.
+    let projected = "/var/run/secrets/tokens/vault-token";
+    let script = format!("cat {projected} >/dev/null; {}; sleep 3600", dial(&api));
+    let spec = PodSpec {
+        projected: Some(("/var/run/secrets/tokens".into(), "vault-token".into())),
+        ..pod_running("vault-agent-x", "vault", script)
+    };
+    cluster.add_pod(scheduled_pod(&spec));
+    let pod = containerd.run_pod(&spec);
+    let stopped = read_dial_and_chain(agent, &pod);
+    let read = the_read(&stopped, &pod);
+    let Some(Evidence::TokenRead(token)) = &read.evidence else { panic!("a token read") };
+    assert_eq!(token.requested_path, projected, "{read:?}");
+    assert!(token.resolved_path.ends_with("/vault-token"), "{read:?}");
+    assert_eq!((token.owner_namespace.as_str(), token.owner_pod.as_str()), ("vault", "vault-agent-x"), "{read:?}");
 }
 
 #[test]

@@ -75,11 +75,6 @@ pub struct Wanted {
     pub files: HashSet<FileKey>,
     /// Token volumes: device and file name.
     pub volumes: HashMap<u32, String>,
-    /// Every name a token file may have (the configured paths' and pods'
-    /// projections'): the kernel matches a file of such a name on a token
-    /// volume it has not been told of yet. Names too long for the kernel's
-    /// compare are left out.
-    pub names: HashSet<String>,
 }
 
 /// `name` NUL-padded as the kernel compares it, if it fits.
@@ -111,8 +106,7 @@ pub fn dev_watches(wanted: &Wanted) -> HashMap<u32, DevWatch> {
 }
 
 /// Makes the kernel maps hold exactly `wanted`; returns (added, removed)
-/// counted over the device and file maps (the names change seldom and are
-/// not counted). Devices are added after their files and removed
+/// counted over both maps. Devices are added after their files and removed
 /// before them, so the kernel never sees a device without its files.
 pub fn sync_files(maps: &mut FileMaps, wanted: &Wanted) -> Result<(usize, usize), WatchlistError> {
     let devs_error = |source| WatchlistError { map: "WATCHED_DEVS", source };
@@ -139,12 +133,14 @@ pub fn sync_files(maps: &mut FileMaps, wanted: &Wanted) -> Result<(usize, usize)
             added += 1;
         }
     }
-    sync_names(&mut maps.names, &wanted.names)?;
     Ok((added, removed))
 }
 
-/// Makes the token-name map hold exactly the names of `names` that fit.
-fn sync_names(
+/// Makes the token-name map hold exactly the names of `names` that fit:
+/// every name a token file may have (the configured paths' and the pods'
+/// projections'), by which the kernel matches a file on a token volume it
+/// has not been told of yet.
+pub fn sync_names(
     map: &mut BpfHashMap<MapData, [u8; TOKEN_NAME_LEN], u32>,
     names: &HashSet<String>,
 ) -> Result<(), WatchlistError> {
@@ -174,7 +170,6 @@ mod tests {
         let wanted = Wanted {
             files: [file(1, 10), file(1, 11), file(2, 20)].into(),
             volumes: [(2, "token".to_owned()), (3, "vault-token".to_owned()), (4, "x".repeat(32))].into(),
-            names: HashSet::new(),
         };
         let devs = dev_watches(&wanted);
         assert_eq!(devs[&1].mode, DEV_EXACT_FILES);
