@@ -55,19 +55,28 @@ pub fn wait_until_idle(pids: &[u32], step: Duration, limit: Duration) {
     }
 }
 
-/// Kernel events sent and dropped, summed over hooks, from `/metrics`.
-pub fn kernel_counters(addr: &str) -> Option<(u64, u64)> {
+/// The agent's `/metrics` page (with the HTTP head), or `None`.
+pub fn metrics_text(addr: &str) -> Option<String> {
     let mut stream = TcpStream::connect(addr).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(stream, "GET /metrics HTTP/1.1\r\nHost: soak\r\nConnection: close\r\n\r\n").ok()?;
     let mut text = String::new();
     stream.read_to_string(&mut text).ok()?;
-    let sum = |stage: &str| -> u64 {
-        text.lines()
-            .filter(|l| l.starts_with("tokenwatch_kernel_events_total{") && l.contains(&format!("stage=\"{stage}\"")))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
-    };
+    Some(text)
+}
+
+/// The sum of `metric`'s series that carry `label` (`name="value"`).
+pub fn counter_sum(text: &str, metric: &str, label: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.strip_prefix(metric).is_some_and(|rest| rest.starts_with('{')) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Kernel events sent and dropped, summed over hooks, from `/metrics`.
+pub fn kernel_counters(addr: &str) -> Option<(u64, u64)> {
+    let text = metrics_text(addr)?;
+    let sum = |stage: &str| counter_sum(&text, "tokenwatch_kernel_events_total", &format!("stage=\"{stage}\""));
     Some((sum("sent"), sum("dropped")))
 }
 

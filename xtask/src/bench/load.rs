@@ -263,7 +263,7 @@ fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
 
 /// Nanoseconds since the epoch of an RFC 3339 time as the agent writes it
 /// (`2026-11-29T12:54:57.554491676+00:00` or `...Z`).
-fn rfc3339_ns(text: &str) -> Option<i128> {
+pub(super) fn rfc3339_ns(text: &str) -> Option<i128> {
     let (date, rest) = text.split_once('T')?;
     let mut ymd = date.split('-').map(|v| v.parse::<i64>().ok());
     let (y, m, d) = (ymd.next()??, ymd.next()??, ymd.next()??);

@@ -14,6 +14,7 @@ mod agent;
 mod configs;
 mod load;
 mod memory;
+mod new_volumes;
 mod ops;
 mod profile;
 mod report;
@@ -126,11 +127,18 @@ pub fn bench(binary: &Path, args: &BenchArgs) -> Result<()> {
     }
     let profiles = if args.load_only { Vec::new() } else { profile_pass(&setup, &targets)? };
     let load = load::measure(binary, &work.join("load"), &setup.token)?;
+    let volumes = new_volumes::measure(binary, &work.join("new-volumes"))?;
     drop(volume);
     say(format!("bench: memory with {PODS} pods cached"));
     let memory = memory::measure(binary, &work.join("memory"), PODS)?;
-    let report =
-        report::Report { cells: &cells, repeats: args.repeats, profiles: &profiles, load: &load, memory: &memory };
+    let report = report::Report {
+        cells: &cells,
+        repeats: args.repeats,
+        profiles: &profiles,
+        load: &load,
+        memory: &memory,
+        volumes: &volumes,
+    };
     if args.load_only {
         eprintln!("{}", report.load_tables());
         return Ok(());

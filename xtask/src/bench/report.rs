@@ -3,7 +3,9 @@
 
 use std::fmt::Write;
 
-use super::{configs::Config, load::LoadFigures, memory::MemoryFigures, ops::Op, Cell, Profile};
+use super::{
+    configs::Config, load::LoadFigures, memory::MemoryFigures, new_volumes::VolumeWatch, ops::Op, Cell, Profile,
+};
 
 /// Where the time goes and what was done about it: hand-written, kept
 /// beside the code that measures it, appended to BENCHMARKS.md.
@@ -21,6 +23,8 @@ pub struct Report<'a> {
     pub load: &'a LoadFigures,
     /// Idle memory with and without pods cached.
     pub memory: &'a MemoryFigures,
+    /// How soon new token volumes are watched.
+    pub volumes: &'a VolumeWatch,
 }
 
 impl Report<'_> {
@@ -57,6 +61,18 @@ impl Report<'_> {
                 step.rss_max_kib as f64 / 1024.0
             );
         }
+        let v = self.volumes;
+        let scan = v.scan_ms.map_or_else(
+            || "not every volume was found by a scan".to_owned(),
+            |(p50, p99, max)| format!("p50 {p50:.0} ms, p99 {p99:.0} ms, max {max:.0} ms"),
+        );
+        let _ = writeln!(
+            out,
+            "\nNew token volumes ({} in a burst, 20 a second, each in a mount namespace of its own, read at once): \
+             {} first reads alerted by the kernel's match of the layout; from each mount to the scan's exact-file \
+             watch (`watching token file`, default 2 s interval): {scan}.",
+            v.volumes, v.first_reads_alerted
+        );
         let _ = writeln!(
             out,
             "\nIdle agent RSS (standalone, before the steps): {:.1} MiB.",
@@ -101,6 +117,15 @@ impl Report<'_> {
                 ));
             }
         }
+        let v = self.volumes;
+        verdicts.push((
+            format!(
+                "new token volumes: {} of {} first reads, made the moment each volume was written, alerted \
+                 (target: every one)",
+                v.first_reads_alerted, v.volumes
+            ),
+            v.first_reads_alerted >= v.volumes as u64,
+        ));
         let m = self.memory;
         verdicts.push((
             format!(
