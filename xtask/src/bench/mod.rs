@@ -94,8 +94,18 @@ pub fn bench(binary: &Path, args: &BenchArgs) -> Result<()> {
     fs::write(&token, "bench-token-not-a-credential")?;
     let plain = work.join("plain");
     fs::write(&plain, "nothing to see")?;
+    // A second volume laid out as kubelet's atomic writer lays one out,
+    // with no token in it: its `ca.crt` is unwatched, but the kernel's
+    // layout match walks it to the name.
+    token_volume::TokenVolume::clear_stale(&work.join("beside-volume"));
+    let beside_volume = token_volume::TokenVolume::mount(&work.join("beside-volume"))?;
+    let timestamped = beside_volume.path().join("..2026_12_04_00_00_00.1");
+    fs::create_dir(&timestamped)?;
+    let beside = timestamped.join("ca.crt");
+    fs::write(&beside, "not a certificate")?;
     let targets = Targets {
         plain: CString::new(plain.display().to_string())?,
+        beside: CString::new(beside.display().to_string())?,
         token: CString::new(token.display().to_string())?,
         plain_listener: TcpListener::bind("127.0.0.1:0")?,
         api_listener: TcpListener::bind("127.0.0.1:0")?,
@@ -129,6 +139,7 @@ pub fn bench(binary: &Path, args: &BenchArgs) -> Result<()> {
     let load = load::measure(binary, &work.join("load"), &setup.token)?;
     let volumes = new_volumes::measure(binary, &work.join("new-volumes"))?;
     drop(volume);
+    drop(beside_volume);
     say(format!("bench: memory with {PODS} pods cached"));
     let memory = memory::measure(binary, &work.join("memory"), PODS)?;
     let report = report::Report {

@@ -12,6 +12,11 @@ use std::{
 pub enum Op {
     /// open(2)+close(2) of a file no hook watches.
     OpenPlain,
+    /// open+close of `ca.crt` on a token volume no scan registered: the
+    /// longest way an unwatched open takes through the kernel's layout
+    /// match (tmpfs, `..<timestamp>` directory under the root, then the
+    /// name is no token's).
+    OpenBesideToken,
     /// open+close of the watched token file (every one is a match).
     OpenToken,
     /// connect(2)+close to a loopback port nobody watches.
@@ -25,12 +30,14 @@ pub enum Op {
 impl Op {
     /// Every operation, in table (and measuring) order: the unwatched first,
     /// so the work the watched ones cause cannot land on them.
-    pub const ALL: [Op; 5] = [Op::Getpid, Op::OpenPlain, Op::ConnectPlain, Op::OpenToken, Op::ConnectApi];
+    pub const ALL: [Op; 6] =
+        [Op::Getpid, Op::OpenPlain, Op::OpenBesideToken, Op::ConnectPlain, Op::OpenToken, Op::ConnectApi];
 
     /// The table's name for it.
     pub fn name(self) -> &'static str {
         match self {
             Op::OpenPlain => "open+close, not watched",
+            Op::OpenBesideToken => "open+close, ca.crt on a new token volume",
             Op::OpenToken => "open+close, token file",
             Op::ConnectPlain => "connect, not watched",
             Op::ConnectApi => "connect, API server",
@@ -42,7 +49,7 @@ impl Op {
     pub fn iterations(self) -> u32 {
         match self {
             Op::ConnectPlain | Op::ConnectApi => 20_000,
-            Op::OpenPlain | Op::OpenToken => 100_000,
+            Op::OpenPlain | Op::OpenBesideToken | Op::OpenToken => 100_000,
             Op::Getpid => 1_000_000,
         }
     }
@@ -52,6 +59,8 @@ impl Op {
 pub struct Targets {
     /// A file nobody watches.
     pub plain: CString,
+    /// `ca.crt` in a kubelet-shaped token volume of its own.
+    pub beside: CString,
     /// The watched token file.
     pub token: CString,
     /// A loopback listener nobody watches.
@@ -66,6 +75,7 @@ pub fn measure(op: Op, targets: &Targets) -> f64 {
     let started = Instant::now();
     match op {
         Op::OpenPlain => open_close(&targets.plain, n),
+        Op::OpenBesideToken => open_close(&targets.beside, n),
         Op::OpenToken => open_close(&targets.token, n),
         Op::ConnectPlain => connect_close(&targets.plain_listener, n),
         Op::ConnectApi => connect_close(&targets.api_listener, n),
