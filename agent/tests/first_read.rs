@@ -103,6 +103,45 @@ fn start_agent(containerd: &Containerd, api: &TcpListener, extra: &[&str]) -> Ag
     AgentProcess::start(&base.iter().chain(extra).map(|a| (*a).to_owned()).collect::<Vec<_>>())
 }
 
+/// The node of a cluster: the in-test API server, the runtime, the stand-in
+/// API server the pods dial. Fields drop in order: pods go before the
+/// runtime that runs them.
+struct Cluster {
+    api: TcpListener,
+    containerd: Containerd,
+    server: FakeApiServer,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+        let server = runtime.block_on(FakeApiServer::start());
+        Cluster { api: api_server(), containerd: Containerd::start(), server, _runtime: runtime }
+    }
+
+    /// The agent in cluster mode with `extra`, once it watches the pods.
+    fn agent(&self, extra: &[&str]) -> AgentProcess {
+        let config = support::kubeconfig(self.containerd.dir(), self.server.url());
+        let mut args = vec!["--kubeconfig", &config, "--node-name", NODE];
+        args.extend(extra);
+        let agent = start_agent(&self.containerd, &self.api, &args);
+        assert!(
+            support::wait_for(ALERT_TIMEOUT, || (self.server.watch_requests() > 0).then_some(())).is_some(),
+            "the agent never watched the pods:\n{}",
+            agent.stderr()
+        );
+        agent
+    }
+
+    /// Puts `spec` on the node in the API, as the scheduler does, then
+    /// starts it, as kubelet does.
+    fn schedule_and_run(&self, spec: &PodSpec) -> Pod<'_> {
+        self.server.add_pod(scheduled_pod(spec));
+        self.containerd.run_pod(spec)
+    }
+}
+
 fn describe(alerts: &[Alert]) -> String {
     alerts.iter().map(|a| serde_json::to_string(a).unwrap_or_default()).collect::<Vec<_>>().join("\n")
 }
@@ -146,21 +185,11 @@ fn the_read<'a>(stopped: &'a StoppedAgent, pod: &Pod<'_>) -> &'a Alert {
 #[ignore = "needs root: runs containerd pods and loads eBPF; run by cargo xtask test"]
 fn a_pod_reading_its_token_at_start_is_caught_in_cluster_mode() {
     let _serial = support::serialise();
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let cluster = runtime.block_on(FakeApiServer::start());
-    let containerd = Containerd::start();
-    let api = api_server();
-    let config = support::kubeconfig(containerd.dir(), cluster.url());
-    let agent = start_agent(&containerd, &api, &["--kubeconfig", &config, "--node-name", NODE]);
-    assert!(
-        support::wait_for(ALERT_TIMEOUT, || (cluster.watch_requests() > 0).then_some(())).is_some(),
-        "the agent never watched the pods:\n{}",
-        agent.stderr()
-    );
+    let cluster = Cluster::start();
+    let (api, agent) = (&cluster.api, cluster.agent(&[]));
     // Scheduled first, as the API has a pod before kubelet starts it.
-    let spec = one_shot("ctl-run-x", "shop", &api);
-    cluster.add_pod(scheduled_pod(&spec));
-    let pod = containerd.run_pod(&spec);
+    let spec = one_shot("ctl-run-x", "shop", api);
+    let pod = cluster.schedule_and_run(&spec);
     let stopped = read_dial_and_chain(agent, &pod);
 
     let read = the_read(&stopped, &pod);
@@ -178,27 +207,22 @@ fn a_pod_reading_its_token_at_start_is_caught_in_cluster_mode() {
 #[ignore = "needs root: runs containerd pods and loads eBPF; run by cargo xtask test"]
 fn a_custom_projected_token_read_at_start_is_caught() {
     let _serial = support::serialise();
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let cluster = runtime.block_on(FakeApiServer::start());
-    let containerd = Containerd::start();
-    let api = api_server();
-    let config = support::kubeconfig(containerd.dir(), cluster.url());
-    let agent = start_agent(&containerd, &api, &["--kubeconfig", &config, "--node-name", NODE]);
-    assert!(
-        support::wait_for(ALERT_TIMEOUT, || (cluster.watch_requests() > 0).then_some(())).is_some(),
-        "the agent never watched the pods:\n{}",
-        agent.stderr()
-    );
-    // A name no configured path has: the agent learns it from the pod spec
-    // the moment the API puts the pod on the node.
+    let cluster = Cluster::start();
+    let (api, agent) = (&cluster.api, cluster.agent(&["--log", "info,tokenwatch_agent::metadata::kube=debug"]));
+    // A name no configured path has, from the pod spec: the agent watches
+    // it on this pod's own volume from the moment kubelet mounts it.
     let projected = "/var/run/secrets/tokens/vault-token";
-    let script = format!("cat {projected} >/dev/null; {}; sleep 3600", dial(&api));
+    let script = format!("cat {projected} >/dev/null; {}; sleep 3600", dial(api));
     let spec = PodSpec {
         projected: Some(("/var/run/secrets/tokens".into(), "vault-token".into())),
         ..pod_running("vault-agent-x", "vault", script)
     };
-    cluster.add_pod(scheduled_pod(&spec));
-    let pod = containerd.run_pod(&spec);
+    // As on a node: the agent has the pod (and has looked for it) before
+    // kubelet mounts its volumes, so only the mount itself can tell it.
+    cluster.server.add_pod(scheduled_pod(&spec));
+    let known = agent.wait_for_log(&["pod in the store", "name=vault-agent-x"], ALERT_TIMEOUT);
+    assert!(known, "the agent never had the pod:\n{}", agent.stderr());
+    let pod = cluster.containerd.run_pod(&spec);
     let stopped = read_dial_and_chain(agent, &pod);
     let read = the_read(&stopped, &pod);
     let Some(Evidence::TokenRead(token)) = &read.evidence else { panic!("a token read") };
@@ -235,20 +259,11 @@ const BURST_PACE: Duration = Duration::from_millis(50);
 #[ignore = "needs root: runs containerd pods and loads eBPF; run by cargo xtask test"]
 fn fifty_pods_reading_their_tokens_at_start_in_a_burst_are_each_caught() {
     let _serial = support::serialise();
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let cluster = runtime.block_on(FakeApiServer::start());
-    let containerd = Containerd::start();
-    let api = api_server();
-    let config = support::kubeconfig(containerd.dir(), cluster.url());
-    let agent = start_agent(&containerd, &api, &["--kubeconfig", &config, "--node-name", NODE]);
-    assert!(
-        support::wait_for(ALERT_TIMEOUT, || (cluster.watch_requests() > 0).then_some(())).is_some(),
-        "the agent never watched the pods:\n{}",
-        agent.stderr()
-    );
-    let specs: Vec<PodSpec> = (0..BURST).map(|i| one_shot(&format!("burst-{i:02}"), "shop", &api)).collect();
+    let cluster = Cluster::start();
+    let (api, agent) = (&cluster.api, cluster.agent(&[]));
+    let specs: Vec<PodSpec> = (0..BURST).map(|i| one_shot(&format!("burst-{i:02}"), "shop", api)).collect();
     for spec in &specs {
-        cluster.add_pod(scheduled_pod(spec));
+        cluster.server.add_pod(scheduled_pod(spec));
     }
     // Started from threads of their own at the pace, as kubelet starts
     // the pods of a scaled-up Deployment.
@@ -257,7 +272,7 @@ fn fifty_pods_reading_their_tokens_at_start_in_a_burst_are_each_caught() {
         let runs: Vec<_> = (0..BURST)
             .zip(&specs)
             .map(|(i, spec)| {
-                let containerd = &containerd;
+                let containerd = &cluster.containerd;
                 scope.spawn(move || {
                     let due = BURST_PACE * u32::try_from(i).expect("small");
                     std::thread::sleep(due.saturating_sub(started.elapsed()));
@@ -314,25 +329,13 @@ fn done(alert: &Alert) -> Option<(EnforcementAction, &str)> {
 #[ignore = "needs root: runs containerd pods and loads eBPF; run by cargo xtask test"]
 fn a_blocked_pod_reading_its_token_at_start_gets_no_byte() {
     let _serial = support::serialise();
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let cluster = runtime.block_on(FakeApiServer::start());
-    let containerd = Containerd::start();
-    let api = api_server();
-    let policy = containerd.dir().join("policy.yaml");
+    let cluster = Cluster::start();
+    let policy = cluster.containerd.dir().join("policy.yaml");
     std::fs::write(&policy, BLOCKS).expect("write the policy");
-    let config = support::kubeconfig(containerd.dir(), cluster.url());
     let policy = policy.display().to_string();
-    let agent = start_agent(&containerd, &api, &["--kubeconfig", &config, "--node-name", NODE, "--policy", &policy]);
-    assert!(
-        support::wait_for(ALERT_TIMEOUT, || (cluster.watch_requests() > 0).then_some(())).is_some(),
-        "the agent never watched the pods:\n{}",
-        agent.stderr()
-    );
-    let specs = [stealer("ctl-run-x", "shop", &api), stealer("job-x", "batch", &api)];
-    for spec in &specs {
-        cluster.add_pod(scheduled_pod(spec));
-    }
-    let pods: Vec<Pod<'_>> = specs.iter().map(|spec| containerd.run_pod(spec)).collect();
+    let (api, agent) = (&cluster.api, cluster.agent(&["--policy", &policy]));
+    let specs = [stealer("ctl-run-x", "shop", api), stealer("job-x", "batch", api)];
+    let pods: Vec<Pod<'_>> = specs.iter().map(|spec| cluster.schedule_and_run(spec)).collect();
     for pod in &pods {
         let status = support::wait_for(ALERT_TIMEOUT, || std::fs::read_to_string(pod.host_path("/tmp/status")).ok());
         let stolen = std::fs::read(pod.host_path("/tmp/stolen")).unwrap_or_default();

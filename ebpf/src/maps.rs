@@ -25,9 +25,10 @@ pub static OPEN_SCRATCH: PerCpuArray<OpenEvent> = PerCpuArray::with_max_entries(
 #[map(name = "WATCHED_DEVS")]
 pub static WATCHED_DEVS: HashMap<u32, DevWatch> = HashMap::with_max_entries(16384, 0);
 
-/// The file names a token has (`token`, and the `path` of each custom
-/// `serviceAccountToken` projection the agent knows of), NUL-padded to
-/// `TOKEN_NAME_LEN`, filled by userspace. A file of such a name laid out as
+/// The file names a token has (those of the agent's configured token
+/// paths: `token` by default; never a name from a pod spec, which would
+/// let a pod's author choose what is matched in other pods), NUL-padded
+/// to `TOKEN_NAME_LEN`, filled by userspace. A file of such a name laid out as
 /// kubelet lays out a token volume matches before the agent has found the
 /// volume (`open::on_new_token_volume`). The value is unused.
 #[map(name = "TOKEN_NAMES")]

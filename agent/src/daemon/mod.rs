@@ -6,6 +6,7 @@ mod cluster;
 mod health;
 mod inventory;
 mod reload;
+mod scanner;
 mod tasks;
 
 use std::{path::Path, sync::Arc, time::SystemTime};
@@ -131,7 +132,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     };
     let store_for_inventory = store.clone();
     let store_for_enforcer = store.clone();
-    let mut scanner = tasks::Scanner::new(config.token_paths.clone(), config.host_proc.clone(), files, store);
+    let mut scanner = scanner::Scanner::new(config.token_paths.clone(), config.host_proc.clone(), files, store);
     let initial = scanner.scan_once().await?;
     let (snapshot_tx, snapshot_rx) = tokio::sync::watch::channel(Arc::clone(&initial));
     scanner.announce(&initial);

@@ -1,15 +1,14 @@
-//! The agent's long-running tasks besides the reader: the token-file scanner
-//! and the alert pipeline.
+//! The agent's alert pipeline, the long-running task besides the reader
+//! and the scanner (`scanner.rs`).
 
 use std::{
-    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use tokenwatch_proto::v1::Alert;
 
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::DaemonError;
@@ -23,150 +22,9 @@ use crate::{
         Judge,
     },
     inventory::Inventory,
-    kernel::{
-        watchlist::{self, FileMaps, Wanted},
-        KernelEvent,
-    },
-    metadata::{
-        enrich::Enricher,
-        kube::PodStore,
-        token_files::{self, TokenFiles},
-    },
+    kernel::KernelEvent,
+    metadata::enrich::Enricher,
 };
-
-/// Rescans the node for token files and keeps the kernel map in step.
-pub struct Scanner {
-    paths: Vec<PathBuf>,
-    proc: PathBuf,
-    maps: FileMaps,
-    current: Arc<TokenFiles>,
-    pods: Option<PodStore>,
-}
-
-impl Scanner {
-    /// A scanner of `paths` in every mount namespace listed under `proc`.
-    /// With `pods`, each pod's token mounts (projected volumes at their own
-    /// mountPath, legacy Secret tokens) are resolved too.
-    pub fn new(paths: Vec<PathBuf>, proc: PathBuf, maps: FileMaps, pods: Option<PodStore>) -> Self {
-        Scanner { paths, proc, maps, current: Arc::default(), pods }
-    }
-
-    /// One scan: find the files and update the kernel's map. The caller
-    /// publishes the result to the enricher, then calls [`Self::announce`].
-    pub async fn scan_once(&mut self) -> Result<Arc<TokenFiles>, DaemonError> {
-        // The names first, before the walk of every namespace: a pod just
-        // put on the node may start while it runs.
-        let paths = self.sync_names()?;
-        let proc = self.proc.clone();
-        let found = tokio::task::spawn_blocking(move || token_files::scan(&proc, &paths))
-            .await
-            .map_err(|error| DaemonError::Panic(format!("scanner: {error}")))?;
-        let wanted = Wanted {
-            files: found.keys().copied().collect(),
-            volumes: found.iter().filter_map(|(key, file)| Some((key.dev, file.volume_name.clone()?))).collect(),
-        };
-        let (added, removed) = watchlist::sync_files(&mut self.maps, &wanted)?;
-        if added + removed > 0 {
-            tracing::debug!(added, removed, watched = found.len(), "token files rescanned");
-        }
-        Ok(Arc::new(found))
-    }
-
-    /// The paths to resolve (the configured ones and every pod's token
-    /// mounts), after making the kernel's token names theirs; cheap, no
-    /// walk of the node's processes.
-    fn sync_names(&mut self) -> Result<Vec<PathBuf>, DaemonError> {
-        let mut paths = self.paths.clone();
-        for pod in self.pods.iter().flat_map(PodStore::snapshot) {
-            for mount in pod.containers.iter().flat_map(|c| &c.token_mounts) {
-                if let Some(path) = mount.token_path().map(PathBuf::from).filter(|p| !paths.contains(p)) {
-                    paths.push(path);
-                }
-            }
-        }
-        let names = paths.iter().filter_map(|path| Some(path.file_name()?.to_str()?.to_owned())).collect();
-        watchlist::sync_names(&mut self.maps.names, &names)?;
-        Ok(paths)
-    }
-
-    /// Logs each file `found` holds that the last scan did not, once the
-    /// enricher has `found`: after the line, a read of the file is
-    /// attributed to that namespace's pod. A file whose device and inode a
-    /// gone pod's file had (a new tmpfs reuses both) is new too.
-    pub fn announce(&mut self, found: &Arc<TokenFiles>) {
-        for (key, file) in found.iter() {
-            let before = self.current.get(key).map(|seen| (seen.mount_ns, seen.pid));
-            if before != Some((file.mount_ns, file.pid)) {
-                tracing::info!(
-                    path = %file.path.display(), mount_ns = file.mount_ns, pid = file.pid,
-                    device = format!("{}:{}", key.dev >> 20, key.dev & 0xf_ffff), inode = key.ino,
-                    "watching token file"
-                );
-            }
-        }
-        self.current = Arc::clone(found);
-    }
-
-    /// Rescans every `interval`, and when `rescan` is notified (an open
-    /// matched a token no scan had found) or the pod store changes, at most
-    /// once per [`MIN_WOKEN_RESCAN_GAP`], until cancelled, publishing each
-    /// result. A pod store change makes the kernel's token names the pods'
-    /// at once, whatever the gap: a pod the API put on the node may bring a
-    /// name of its own (a custom projection's `path`), and kubelet may
-    /// start it at any moment.
-    pub async fn run(
-        mut self,
-        interval: Duration,
-        snapshots: watch::Sender<Arc<TokenFiles>>,
-        rescan: Arc<Notify>,
-        cancel: CancellationToken,
-    ) -> Result<(), DaemonError> {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker.tick().await;
-        let mut pod_changes = self.pods.as_ref().map(PodStore::changes);
-        let mut woken_not_before = Instant::now();
-        loop {
-            let pod_changed = async {
-                match pod_changes.as_mut() {
-                    Some(changes) => changes.changed().await.is_ok(),
-                    None => std::future::pending().await,
-                }
-            };
-            // Reads of a file no scan can find (its namespace gone) must
-            // not keep the scanner busy: an ask waits out the gap.
-            let asked = async {
-                tokio::time::sleep_until(woken_not_before.into()).await;
-                rescan.notified().await;
-            };
-            let woken = tokio::select! {
-                () = cancel.cancelled() => return Ok(()),
-                _ = ticker.tick() => false,
-                () = asked => true,
-                alive = pod_changed => {
-                    if !alive {
-                        pod_changes = None;
-                    }
-                    self.sync_names()?;
-                    if Instant::now() < woken_not_before {
-                        continue;
-                    }
-                    true
-                }
-            };
-            let found = self.scan_once().await?;
-            snapshots.send_replace(Arc::clone(&found));
-            self.announce(&found);
-            if woken {
-                woken_not_before = Instant::now() + MIN_WOKEN_RESCAN_GAP;
-                ticker.reset();
-            }
-        }
-    }
-}
-
-/// The least time between two scans not due to the interval.
-const MIN_WOKEN_RESCAN_GAP: Duration = Duration::from_millis(250);
 
 /// Enriches, judges, applies the policy, merges repeats and delivers each
 /// event until the reader is done; then delivers the merged counts still

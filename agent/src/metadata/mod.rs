@@ -6,6 +6,7 @@ pub mod container_fs;
 pub mod cri;
 pub mod enrich;
 pub mod kube;
+pub mod kubelet_volumes;
 pub mod new_volume;
 pub mod process;
 pub mod process_cache;

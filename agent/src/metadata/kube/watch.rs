@@ -189,6 +189,7 @@ impl Applier {
         // Cached per owner, so a pod's MODIFIED events cost no request.
         info.workload = self.owners.resolve(&info).await;
         let uid = info.uid.clone();
+        debug!(namespace = %info.namespace, name = %info.name, %uid, "pod in the store");
         self.store.upsert(info);
         Some(uid)
     }
