@@ -68,7 +68,13 @@ fn actor_main(procs: &str, out: &mut impl Write) -> Result<(), String> {
     for (name, content) in
         [("token", FAKE_TOKEN), ("ca.crt", "-----BEGIN CERTIFICATE-----\n"), ("namespace", "default")]
     {
-        fs::write(data.join(name), content).map_err(|e| format!("write {name}: {e}"))?;
+        // Written under another name and renamed: an open of a file named
+        // `token` on this layout is one the kernel reports (a write-only
+        // one is no alert, but it wakes the agent's scanner), and a case
+        // about the first read wants no scan before it.
+        let staged = data.join(format!(".{name}.staged"));
+        fs::write(&staged, content).map_err(|e| format!("write {name}: {e}"))?;
+        fs::rename(&staged, data.join(name)).map_err(|e| format!("rename {name}: {e}"))?;
         symlink(format!("..data/{name}"), sa.join(name)).map_err(|e| format!("symlink {name}: {e}"))?;
     }
     symlink(TIMESTAMP_DIR, sa.join("..data")).map_err(|e| format!("symlink ..data: {e}"))?;
