@@ -24,7 +24,7 @@ use super::DaemonError;
 use crate::{
     kernel::watchlist::{self, FileMaps, Wanted},
     metadata::{
-        kube::PodStore,
+        kube::{self, PodStore},
         kubelet_volumes,
         token_files::{self, TokenFiles},
     },
@@ -83,7 +83,7 @@ impl Scanner {
     /// The node's mount table changed: the last scan's files, with the
     /// custom projected volumes mounted now. No walk of the namespaces.
     fn follow_mounts(&mut self) -> Result<(), DaemonError> {
-        let wanted = self.wanted(&Arc::clone(&self.current));
+        let wanted = self.wanted(&self.current);
         watchlist::sync_files(&mut self.maps, &wanted)?;
         Ok(())
     }
@@ -154,12 +154,6 @@ impl Scanner {
                     None => std::future::pending().await,
                 }
             };
-            let pod_changed = async {
-                match pod_changes.as_mut() {
-                    Some(changes) => changes.changed().await.is_ok(),
-                    None => std::future::pending().await,
-                }
-            };
             // Reads of a file no scan can find (its namespace gone) must
             // not keep the scanner busy: an ask waits out the gap.
             let asked = async {
@@ -177,10 +171,7 @@ impl Scanner {
                     self.follow_mounts()?;
                     continue;
                 }
-                alive = pod_changed => {
-                    if !alive {
-                        pod_changes = None;
-                    }
+                () = kube::next_change(&mut pod_changes) => {
                     if Instant::now() < woken_not_before {
                         continue;
                     }

@@ -44,7 +44,11 @@ use crate::{
         fence::{EnforceMaps, FenceLinks},
         Hooks,
     },
-    metadata::{cgroup::CgroupIdentity, cri::CriCache, kube::PodStore},
+    metadata::{
+        cgroup::CgroupIdentity,
+        cri::CriCache,
+        kube::{next_change, PodStore},
+    },
 };
 
 /// How often the pods are looked at again without a policy change.
@@ -133,17 +137,11 @@ impl Enforcer {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pods = self.pods.as_ref().map(PodStore::changes);
         loop {
-            let pod_changed = async {
-                match pods.as_mut() {
-                    Some(changes) => changes.changed().await.is_ok(),
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 () = cancel.cancelled() => break,
                 changed = policy.changed() => if changed.is_err() { break },
                 _ = ticker.tick() => {}
-                alive = pod_changed => if !alive { pods = None },
+                () = next_change(&mut pods) => {}
             }
             let current = Arc::clone(&policy.borrow_and_update());
             self.reconcile(&current).await;

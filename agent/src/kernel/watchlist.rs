@@ -3,10 +3,14 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    hash::Hash,
     net::IpAddr,
 };
 
-use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, MapError},
+    Pod,
+};
 use tokenwatch_common::{
     DevWatch, EndpointKey, FileKey, AF_INET, AF_INET6, DEV_EXACT_FILES, DEV_TOKEN_VOLUME, TOKEN_NAME_LEN,
 };
@@ -45,13 +49,22 @@ pub fn sync_endpoints(
     map: &mut BpfHashMap<MapData, EndpointKey, u32>,
     endpoints: &[Endpoint],
 ) -> Result<(), WatchlistError> {
-    let error = |source| WatchlistError { map: "WATCHED_ENDPOINTS", source };
-    let wanted: HashSet<EndpointKey> = endpoints.iter().map(endpoint_key).collect();
-    let present: HashSet<EndpointKey> = map.keys().filter_map(Result::ok).collect();
+    sync_set(map, "WATCHED_ENDPOINTS", &endpoints.iter().map(endpoint_key).collect())
+}
+
+/// Makes `map`, a set (every value 1), hold exactly `wanted`, changing
+/// only what differs.
+fn sync_set<K: Pod + Eq + Hash>(
+    map: &mut BpfHashMap<MapData, K, u32>,
+    name: &'static str,
+    wanted: &HashSet<K>,
+) -> Result<(), WatchlistError> {
+    let error = |source| WatchlistError { map: name, source };
+    let present: HashSet<K> = map.keys().filter_map(Result::ok).collect();
     for key in wanted.difference(&present) {
         map.insert(*key, 1, 0).map_err(error)?;
     }
-    for key in present.difference(&wanted) {
+    for key in present.difference(wanted) {
         map.remove(key).map_err(error)?;
     }
     Ok(())
@@ -137,23 +150,13 @@ pub fn sync_files(maps: &mut FileMaps, wanted: &Wanted) -> Result<(usize, usize)
 }
 
 /// Makes the token-name map hold exactly the names of `names` that fit:
-/// every name a token file may have (the configured paths' and the pods'
-/// projections'), by which the kernel matches a file on a token volume it
-/// has not been told of yet.
+/// the names a token file may have (the configured paths'), by which the
+/// kernel matches a file on a token volume it has not been told of yet.
 pub fn sync_names(
     map: &mut BpfHashMap<MapData, [u8; TOKEN_NAME_LEN], u32>,
     names: &HashSet<String>,
 ) -> Result<(), WatchlistError> {
-    let error = |source| WatchlistError { map: "TOKEN_NAMES", source };
-    let wanted: HashSet<[u8; TOKEN_NAME_LEN]> = names.iter().filter_map(|name| kernel_name(name)).collect();
-    let present: HashSet<[u8; TOKEN_NAME_LEN]> = map.keys().filter_map(Result::ok).collect();
-    for name in wanted.difference(&present) {
-        map.insert(*name, 1, 0).map_err(error)?;
-    }
-    for name in present.difference(&wanted) {
-        map.remove(name).map_err(error)?;
-    }
-    Ok(())
+    sync_set(map, "TOKEN_NAMES", &names.iter().filter_map(|name| kernel_name(name)).collect())
 }
 
 #[cfg(test)]

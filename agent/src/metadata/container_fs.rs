@@ -101,9 +101,14 @@ pub fn mount_dev(mountinfo: &str, id: u64) -> Option<u32> {
         if fields.next()?.parse::<u64>().ok()? != id {
             return None;
         }
-        let (major, minor) = fields.nth(1)?.split_once(':')?;
-        Some(kernel_dev_of(major.parse().ok()?, minor.parse().ok()?))
+        kernel_dev_text(fields.nth(1)?)
     })
+}
+
+/// The kernel's `s_dev` encoding of a mount table's `MAJOR:MINOR` field.
+pub fn kernel_dev_text(text: &str) -> Option<u32> {
+    let (major, minor) = text.split_once(':')?;
+    Some(kernel_dev_of(major.parse().ok()?, minor.parse().ok()?))
 }
 
 /// `/proc/<pid>/mountinfo`, or empty when the process is gone.

@@ -9,10 +9,48 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use super::kube::{PodInfo, TokenSource};
+use super::{
+    container_fs::kernel_dev_text,
+    kube::{PodInfo, TokenSource},
+};
 
 /// The plugin directory of projected volumes under a pod's `volumes/`.
 const PROJECTED: &str = "kubernetes.io~projected";
+
+/// A volume kubelet mounted for a pod, as the node's mount table shows it
+/// at `<kubelet root>/pods/<uid>/volumes/<plugin>/<volume>`. The kubelet
+/// root differs between distributions, so only the part from `pods/` on
+/// is matched.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KubeletVolume<'a> {
+    /// The mounted file system's device, in the kernel's encoding.
+    pub dev: u32,
+    /// Whether it is a tmpfs (projected and Secret volumes are).
+    pub tmpfs: bool,
+    /// The pod's uid.
+    pub pod_uid: &'a str,
+    /// `kubernetes.io~projected`, `kubernetes.io~secret`, ...
+    pub plugin: &'a str,
+    /// The pod spec's name for the volume.
+    pub volume: &'a str,
+}
+
+/// Every pod volume `mountinfo` (a mount table) shows mounted.
+pub fn mounted(mountinfo: &str) -> impl Iterator<Item = KubeletVolume<'_>> {
+    mountinfo.lines().filter_map(|line| {
+        let mut fields = line.split(' ');
+        let (device, mount_point) = (fields.nth(2)?, fields.nth(1)?);
+        let (_, after) = mount_point.rsplit_once("/pods/")?;
+        let (pod_uid, rest) = after.split_once('/')?;
+        let is_uid = pod_uid.len() == 36 && pod_uid.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+        let (plugin, volume) = rest.strip_prefix("volumes/")?.split_once('/')?;
+        if !is_uid || volume.is_empty() || volume.contains('/') {
+            return None;
+        }
+        let tmpfs = line.split(" - ").nth(1).is_some_and(|rest| rest.starts_with("tmpfs "));
+        Some(KubeletVolume { dev: kernel_dev_text(device)?, tmpfs, pod_uid, plugin, volume })
+    })
+}
 
 /// `(device, token file name)` of every custom projected token of `pods`
 /// whose volume `mountinfo` (the node's mount table) shows mounted, the
@@ -21,45 +59,25 @@ const PROJECTED: &str = "kubernetes.io~projected";
 pub fn custom_token_volumes(mountinfo: &str, pods: &[Arc<PodInfo>]) -> Vec<(u32, String)> {
     let by_uid: HashMap<&str, &PodInfo> = pods.iter().map(|pod| (pod.uid.as_str(), pod.as_ref())).collect();
     let mut found = Vec::new();
-    for line in mountinfo.lines() {
-        let mut fields = line.split(' ');
-        let (Some(device), Some(mount_point)) = (fields.nth(2), fields.nth(1)) else { continue };
-        let is_tmpfs = line.split(" - ").nth(1).is_some_and(|rest| rest.starts_with("tmpfs "));
-        let Some((uid, volume)) = projected_volume(mount_point).filter(|_| is_tmpfs) else { continue };
-        let Some(pod) = by_uid.get(uid) else { continue };
-        let Some(dev) = kernel_dev(device) else { continue };
+    for mount in mounted(mountinfo).filter(|mount| mount.tmpfs && mount.plugin == PROJECTED) {
+        let Some(pod) = by_uid.get(mount.pod_uid) else { continue };
         let names = pod
             .containers
             .iter()
             .flat_map(|c| &c.token_mounts)
-            .filter(|mount| mount.volume == volume && mount.sub_path.is_none())
-            .filter_map(|mount| match &mount.source {
+            .filter(|token| token.volume == mount.volume && token.sub_path.is_none())
+            .filter_map(|token| match &token.source {
                 TokenSource::Projected { path, .. } => path.rsplit('/').next(),
                 TokenSource::LegacySecret { .. } => None,
             })
             .filter(|name| !name.is_empty() && *name != "token");
         for name in names {
-            if !found.contains(&(dev, name.to_owned())) {
-                found.push((dev, name.to_owned()));
+            if !found.contains(&(mount.dev, name.to_owned())) {
+                found.push((mount.dev, name.to_owned()));
             }
         }
     }
     found
-}
-
-/// `(pod uid, volume name)` of a mount point
-/// `.../pods/<uid>/volumes/kubernetes.io~projected/<volume>`.
-fn projected_volume(mount_point: &str) -> Option<(&str, &str)> {
-    let (_, after) = mount_point.rsplit_once("/pods/")?;
-    let (uid, rest) = after.split_once('/')?;
-    let volume = rest.strip_prefix("volumes/")?.strip_prefix(PROJECTED)?.strip_prefix('/')?;
-    (!volume.is_empty() && !volume.contains('/')).then_some((uid, volume))
-}
-
-/// The kernel's encoding of a mount table's `major:minor`.
-fn kernel_dev(text: &str) -> Option<u32> {
-    let (major, minor) = text.split_once(':')?;
-    Some((major.parse::<u32>().ok()? << 20) | (minor.parse::<u32>().ok()? & 0xf_ffff))
 }
 
 #[cfg(test)]
@@ -120,9 +138,14 @@ mod tests {
 
     #[test]
     fn only_projected_tmpfs_mounts_of_a_pod_count() {
-        assert_eq!(projected_volume(&format!("/k/pods/{A}/volumes/kubernetes.io~projected/v")), Some((A, "v")));
-        assert_eq!(projected_volume(&format!("/k/pods/{A}/volumes/kubernetes.io~secret/v")), None);
-        assert_eq!(projected_volume(&format!("/k/pods/{A}/volumes/kubernetes.io~projected/v/x")), None);
+        let projected = |mount_point: &str| {
+            let line = format!("1 1 0:60 / {mount_point} rw - tmpfs tmpfs rw\n");
+            let found = custom_token_volumes(&line, &[pod(A, "v", "vault-token")]);
+            found.first().map(|(dev, _)| *dev)
+        };
+        assert_eq!(projected(&format!("/k/pods/{A}/volumes/kubernetes.io~projected/v")), Some(60));
+        assert_eq!(projected(&format!("/k/pods/{A}/volumes/kubernetes.io~secret/v")), None);
+        assert_eq!(projected(&format!("/k/pods/{A}/volumes/kubernetes.io~projected/v/x")), None);
         let mountinfo = format!("1 1 0:60 / /k/pods/{A}/volumes/kubernetes.io~projected/vault-token rw - ext4 x rw\n");
         assert!(custom_token_volumes(&mountinfo, &[pod(A, "vault-token", "vault-token")]).is_empty(), "not a tmpfs");
     }

@@ -11,26 +11,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::{cgroup::CgroupIdentity, token_files::WatchedFile};
+use super::{cgroup::CgroupIdentity, kubelet_volumes, token_files::WatchedFile};
 
 /// The pod whose kubelet volume device `dev` (kernel encoding) is, from a
-/// mount table: kubelet mounts each token volume's tmpfs at
-/// `<root-dir>/pods/<uid>/volumes/<plugin>/<volume>` before it starts any
-/// of the pod's containers, and `<root-dir>` differs between
-/// distributions, so only the `pods/<uid>/volumes/` part is matched.
+/// mount table: kubelet mounts each token volume before it starts any of
+/// the pod's containers.
 pub fn kubelet_volume_pod(mountinfo: &str, dev: u32) -> Option<String> {
-    let wanted = format!("{}:{}", dev >> 20, dev & 0xf_ffff);
-    mountinfo.lines().find_map(|line| {
-        let mut fields = line.split(' ');
-        if fields.nth(2)? != wanted {
-            return None;
-        }
-        let mount_point = fields.nth(1)?;
-        let (_, after) = mount_point.split_once("/pods/")?;
-        let (uid, rest) = after.split_once('/')?;
-        let is_uid = uid.len() == 36 && uid.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
-        (is_uid && rest.starts_with("volumes/")).then(|| uid.to_owned())
-    })
+    kubelet_volumes::mounted(mountinfo).find(|mount| mount.dev == dev).map(|mount| mount.pod_uid.to_owned())
 }
 
 /// What is known of a token at `resolved_path` on device `dev`, opened by

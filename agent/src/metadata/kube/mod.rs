@@ -33,7 +33,7 @@ pub use pod::{
     deployment_from_replicaset_name, direct_owner, ContainerInfo, ContainerKind, PodInfo, TokenMount, TokenSource,
     Workload, DEFAULT_TOKEN_DIR,
 };
-pub use store::PodStore;
+pub use store::{next_change, PodStore};
 pub use watch::{watch_pods, watch_pods_with, WatchOptions};
 
 /// What can go wrong talking to the Kubernetes API that is not transient: a

@@ -30,6 +30,19 @@ struct Inner {
     generation: tokio::sync::watch::Sender<u64>,
 }
 
+/// Waits until `changes` (from [`PodStore::changes`]) sees a pod added or
+/// changed. Without a store (`None`, standalone), or once the store is
+/// gone, it never returns, so a `select!` arm on it simply never fires.
+pub async fn next_change(changes: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    if let Some(receiver) = changes {
+        if receiver.changed().await.is_ok() {
+            return;
+        }
+        *changes = None;
+    }
+    std::future::pending().await
+}
+
 impl PodStore {
     /// An empty store whose deleted pods stay resolvable for `deleted_grace`.
     pub fn new(deleted_grace: Duration) -> Self {
@@ -37,7 +50,8 @@ impl PodStore {
         PodStore { inner: Arc::new(Inner { pods: RwLock::new(HashMap::new()), deleted_grace, generation }) }
     }
 
-    /// A receiver that sees a change each time a pod is added or changed.
+    /// A receiver that sees a change each time a pod is added or changed;
+    /// wait on it with [`next_change`].
     pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.generation.subscribe()
     }
