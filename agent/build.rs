@@ -1,10 +1,11 @@
 //! Builds the eBPF programs (crate `tokenwatch-ebpf`) for `bpfel-unknown-none`
 //! and puts the object in `OUT_DIR`, where `kernel::loader` embeds it.
 //!
-//! Two toolchains can do it (see DESIGN.md): Debian's `/usr/bin/rustc`, which
-//! ships a prebuilt `core` for the BPF target (what `cargo xtask setup`
-//! installs), or rustup nightly with `rust-src` (`-Z build-std`, the usual aya
-//! way). `TOKENWATCH_EBPF_OBJECT` may name a prebuilt object instead.
+//! Two toolchains can do it (ARCHITECTURE.md, "Build machines"): Debian's
+//! `/usr/bin/rustc`, which ships a prebuilt `core` for the BPF target (what
+//! `cargo xtask setup` installs where rustup's nightly has no `rust-src`), or
+//! rustup nightly with `rust-src` (`-Z build-std`, the usual aya way).
+//! `TOKENWATCH_EBPF_OBJECT` may name a prebuilt object instead.
 
 use std::{
     env,

@@ -16,3 +16,4 @@ pub mod inventory;
 pub mod kernel;
 pub mod metadata;
 pub mod metrics;
+pub mod printable;

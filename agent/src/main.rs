@@ -9,6 +9,7 @@ use tokenwatch_agent::{
     cli::{AgentArgs, Cli, Command},
     config::{self, Config, ConfigLayer, ServiceEnv},
     daemon,
+    printable::LogWriter,
 };
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::{util::SubscriberInitExt, EnvFilter};
@@ -84,7 +85,7 @@ fn run_agent(args: &AgentArgs) -> anyhow::Result<()> {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogWriter::new(std::io::stderr()))
         .with_ansi(ansi)
         .finish()
         .try_init()?;
@@ -95,7 +96,7 @@ fn run_agent(args: &AgentArgs) -> anyhow::Result<()> {
     };
     let hostname = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
     let service_env = ServiceEnv::from_process();
-    let config = Config::resolve(args.layer().over(file), &service_env, &hostname)?;
+    let config = Config::resolve(args.settings.clone().over(file), &service_env, &hostname)?;
     tracing::info!(
         node = %config.node_name,
         token_paths = ?config.token_paths,
@@ -126,7 +127,7 @@ fn client<E: std::error::Error + Send + Sync + 'static>(
 ) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new("warn"))
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogWriter::new(std::io::stderr()))
         .finish()
         .try_init()?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

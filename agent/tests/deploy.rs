@@ -119,10 +119,14 @@ fn the_manifests_ask_only_for_what_the_agent_needs() {
         for policy in &policies {
             for rule in policy["spec"]["ingress"].as_array().into_iter().flatten() {
                 let from = rule["from"].as_array().expect("ingress names its peers");
+                let namespace =
+                    |peer: &Value| peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"].clone();
+                let ports: Vec<String> =
+                    rule["ports"].as_array().into_iter().flatten().map(|p| p["port"].to_string()).collect();
+                let scrape = kustomization.ends_with("prometheus-operator") && ports == ["\"metrics\""];
                 assert!(
-                    from.iter()
-                        .all(|peer| peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] == "siem"),
-                    "ingress only from the SIEM's namespace: {rule}"
+                    from.iter().all(|peer| namespace(peer) == "siem" || (scrape && namespace(peer) == "monitoring")),
+                    "ingress only from the SIEM's namespace (and Prometheus's, to the metrics port only): {rule}"
                 );
             }
             for rule in policy["spec"]["egress"].as_array().into_iter().flatten() {
@@ -141,18 +145,48 @@ fn the_manifests_ask_only_for_what_the_agent_needs() {
 }
 
 #[test]
-fn the_overlays_turn_on_mutual_tls_and_the_otlp_push() {
+fn the_base_serves_mutual_tls_only_on_a_pinned_image_and_the_overlay_adds_the_otlp_push() {
     let base = documents(&render("deploy"));
-    let mtls = documents(&render("deploy/overlays/mtls"));
     let otlp = documents(&render("deploy/overlays/otlp"));
-    assert!(env(agent_of(&base).1, "TOKENWATCH_GRPC_TLS_CLIENT_CA").is_none(), "the base is server TLS only");
-    let client_ca = env(agent_of(&mtls).1, "TOKENWATCH_GRPC_TLS_CLIENT_CA").expect("mTLS sets a client CA");
-    assert_eq!(client_ca["value"], "/etc/tokenwatch/tls/ca.crt");
+    let image = agent_of(&base).1["image"].as_str().expect("an image").to_owned();
+    let tag = image.rsplit_once(':').map(|(_, tag)| tag).unwrap_or("");
+    assert!(!tag.is_empty() && tag != "latest", "a pinned tag, never a moving one: {image}");
+    assert_eq!(tag, env!("CARGO_PKG_VERSION"), "the agent's own version");
     let endpoint = env(agent_of(&otlp).1, "TOKENWATCH_OTLP_ENDPOINT").expect("the OTLP overlay sets an endpoint");
     assert!(endpoint["value"].as_str().is_some_and(|e| e.starts_with("https://")), "TLS to the collector: {endpoint}");
     let config = &object(&base, "ConfigMap", config_map_name(&base))["data"]["config.yaml"];
     let config = config.as_str().expect("config.yaml");
     assert!(config.contains("grpc-tls-cert:") && config.contains("host-proc: /host/proc"), "{config}");
+    // Mutual TLS by default: the agent refuses a remote listener without it.
+    assert!(config.contains("grpc-tls-client-ca: /etc/tokenwatch/tls/ca.crt"), "{config}");
+    assert!(config.contains("grpc-listen: 0.0.0.0:50051"), "{config}");
+}
+
+#[test]
+fn the_prometheus_operator_overlay_scrapes_every_agent_and_keeps_the_agents_labels() {
+    let docs = documents(&render("deploy/overlays/prometheus-operator"));
+    let monitor = object(&docs, "PodMonitor", "tokenwatch");
+    let daemonset = object(&docs, "DaemonSet", "tokenwatch");
+    assert_eq!(monitor["metadata"]["namespace"], daemonset["metadata"]["namespace"]);
+    assert_eq!(
+        strings(&monitor["spec"]["namespaceSelector"]["matchNames"]),
+        [daemonset["metadata"]["namespace"].as_str().unwrap_or("")]
+    );
+    // It selects the agent's pods, by labels the pod template carries.
+    let pod_labels = &daemonset["spec"]["template"]["metadata"]["labels"];
+    let selector = monitor["spec"]["selector"]["matchLabels"].as_object().expect("matchLabels");
+    assert!(!selector.is_empty() && selector.iter().all(|(k, v)| &pod_labels[k] == v), "{selector:?} vs {pod_labels}");
+    // On the container's metrics port, keeping the agent's namespace and node labels.
+    let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
+    let (_, agent) = agent_of(&docs);
+    let port = agent["ports"].as_array().into_iter().flatten().find(|p| p["name"] == endpoint["port"]);
+    assert!(port.is_some(), "{endpoint} names a port of the agent");
+    assert_eq!((&endpoint["path"], &endpoint["honorLabels"]), (&Value::from("/metrics"), &Value::from(true)));
+    assert!(all(&docs, "NetworkPolicy").any(|p| p["metadata"]["name"] == "tokenwatch-prometheus"));
+    let exported = env(agent, "TOKENWATCH_METRICS_INVENTORY").expect("the overlay turns the inventory's metrics on");
+    assert_eq!(exported["value"], "true");
+    let base = documents(&render("deploy"));
+    assert!(env(agent_of(&base).1, "TOKENWATCH_METRICS_INVENTORY").is_none(), "off in the base");
 }
 
 /// The generated ConfigMap's name (kustomize appends a hash).

@@ -187,6 +187,19 @@ fn token_reads_by_every_path_alert_once_each() {
     assert_eq!(from_cat.len(), 1, "{}", describe(&stopped.alerts));
     let process = from_cat[0].process.as_ref().expect("process");
     assert_eq!(process.comm, "cat");
+    // Gone before /proc could be read, it is named by the executable the
+    // kernel read with the event: the file `cat` on PATH resolves to.
+    let cat = fs::canonicalize(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .map(|dir| dir.join("cat"))
+            .find(|path| path.exists())
+            .expect("cat on PATH"),
+    )
+    .expect("cat's real path");
+    let cat_meta = fs::metadata(&cat).expect("stat cat");
+    assert_eq!(process.executable_name, cat.file_name().and_then(|n| n.to_str()).unwrap_or_default(), "{process:?}");
+    assert_eq!(process.executable_inode, std::os::unix::fs::MetadataExt::ino(&cat_meta), "{process:?}");
+    assert!(!process.executable_device.is_empty(), "{process:?}");
     let parent = process.parents.first().expect("recorded in the kernel although cat has exited");
     assert_eq!(parent.pid, actor.pid, "cat's parent is the actor");
     assert!(process.parents.iter().any(|p| p.pid == std::process::id()), "and its parent the test process");

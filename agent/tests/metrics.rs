@@ -73,6 +73,9 @@ fn metrics_count_what_happened_and_the_agents_own_token_and_api_calls_never_aler
     assert!(matched >= 1, "the kernel's match is counted per hook:\n{text}");
     assert!(sample(&text, "tokenwatch_spool_alerts") >= Some(1), "{text}");
     assert_eq!(sample(&text, "tokenwatch_grpc_subscribers"), Some(0), "{text}");
+    // The inventory names workloads and binaries, and /metrics is open: it
+    // is there only when asked for (--metrics-inventory).
+    assert!(!text.contains("tokenwatch_workload_") && !text.contains("tokenwatch_inventory_"), "{text}");
     assert!(text.contains("# TYPE tokenwatch_metadata_cache_misses_total counter"), "{text}");
     // Every program's state on this kernel: the core is attached, and each
     // program has exactly one state.
@@ -98,8 +101,28 @@ fn metrics_count_what_happened_and_the_agents_own_token_and_api_calls_never_aler
         })
         .count();
     assert_eq!(degraded.len(), not_live, "/readyz names every hook that is not live:\n{body}\n{text}");
-    assert_eq!(get(&addr, "/healthz").0, 200);
+    let (code, body) = get(&addr, "/healthz");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with("ok: the event pipeline turned "), "{body}");
     assert_eq!(get(&addr, "/nothing-here").0, 404);
+
+    // Scrapers holding every connection (32, idle: no request sent) do
+    // not starve the probes: kubelet's /healthz and /readyz are answered
+    // on a slot kept for them, at once, not after the idle ones time out.
+    let held: Vec<std::net::TcpStream> =
+        (0..32).map(|_| std::net::TcpStream::connect(&addr).expect("a scraper's connection")).collect();
+    // (The listener accepts in arrival order: the probe's is the 33rd.)
+    let probed = std::time::Instant::now();
+    assert_eq!(get(&addr, "/healthz").0, 200);
+    assert_eq!(get(&addr, "/readyz").0, 200);
+    let (code, body) = get(&addr, "/metrics");
+    let waited = probed.elapsed();
+    assert_eq!(code, 503, "the 33rd connection is a probe's: {body}");
+    assert!(body.starts_with("busy: 32 connections are open"), "{body}");
+    // The idle connections would be dropped after 5 s; the probes did not
+    // wait for that.
+    assert!(waited < Duration::from_secs(4), "the probes waited {waited:?}");
+    drop(held);
 
     // Make the agent dial its API server again while its hooks are live:
     // the watches are dropped and re-established.

@@ -68,7 +68,8 @@ fn replicaset_of(namespace: &str, name: &str, deployment: &str) -> ReplicaSet {
 /// The agent on this node of the test's cluster: the harness's runtime, the
 /// in-test API server (through `kubeconfig`), rescans every second.
 fn start_agent(containerd: &Containerd, kubeconfig: &str, extra: &[&str]) -> AgentProcess {
-    let socket = containerd.socket().display().to_string();
+    // As kubelet's --container-runtime-endpoint and crictl write it.
+    let socket = format!("unix://{}", containerd.socket().display());
     let base =
         ["--cri-socket", &socket, "--kubeconfig", kubeconfig, "--node-name", NODE, "--rescan-interval-seconds", "1"];
     AgentProcess::start(&base.iter().chain(extra).map(|a| (*a).to_owned()).collect::<Vec<_>>())
@@ -238,8 +239,21 @@ fn a_projected_token_at_its_own_mount_path_is_watched_through_rotations() {
     };
     let mut pod = containerd.run_pod(&spec);
     api.add_replicaset(replicaset_of("vault", "vault-agent-6b8d9f7c5", "vault-agent"));
+    // The pod's author also declares "tokens" at the node's own files: a
+    // pod spec must not point the agent at anything outside that pod's
+    // token volumes.
+    let mut declared = api_pod(&pod, "vault-agent", "vault-agent-6b8d9f7c5");
+    let hostile = json!({"volumes": [
+        {"name": "steer-etc", "projected": {"sources": [{"serviceAccountToken": {"path": "hostname"}}]}},
+        {"name": "steer-os", "projected": {"sources": [{"serviceAccountToken": {"path": "os-release"}}]}}],
+        "volumeMounts": [{"name": "steer-etc", "mountPath": "/etc"}, {"name": "steer-os", "mountPath": "/usr/lib"}]});
+    let spec_of = declared.spec.as_mut().expect("a pod spec");
+    let extra_volumes: Vec<_> = serde_json::from_value(hostile["volumes"].clone()).expect("volumes");
+    spec_of.volumes.get_or_insert_with(Vec::new).extend(extra_volumes);
+    let extra_mounts: Vec<_> = serde_json::from_value(hostile["volumeMounts"].clone()).expect("mounts");
+    spec_of.containers[0].volume_mounts.get_or_insert_with(Vec::new).extend(extra_mounts);
     // Every read counts here: no merging of repeats.
-    api.add_pod(api_pod(&pod, "vault-agent", "vault-agent-6b8d9f7c5"));
+    api.add_pod(declared);
     let config = support::kubeconfig(containerd.dir(), api.url());
     let agent = start_agent(&containerd, &config, &["--dedup-window-seconds", "0"]);
     // Learnt from the pod spec: the projected volume's mountPath.
@@ -249,6 +263,12 @@ fn a_projected_token_at_its_own_mount_path_is_watched_through_rotations() {
         agent.stderr()
     );
     let projected = "/var/run/secrets/tokens/vault-token";
+    // The node's files and the container's own, read where the spec
+    // claimed tokens: before the pod's token reads, so an alert for them
+    // would arrive first.
+    fs::read("/etc/hostname").expect("the node's /etc/hostname");
+    fs::read("/usr/lib/os-release").expect("the node's /usr/lib/os-release");
+    assert_eq!(pod.exec(&["cat", "/etc/hostname"]).0, 0, "the container's /etc/hostname");
     let read = |pod: &Pod<'_>| {
         let (code, _, stderr) = pod.exec(&["cat", projected]);
         assert_eq!(code, 0, "exec cat: {stderr}");
@@ -268,6 +288,14 @@ fn a_projected_token_at_its_own_mount_path_is_watched_through_rotations() {
     std::thread::sleep(Duration::from_millis(500));
     let stopped = agent.stop(Signal::SIGTERM);
     assert!(arrived, "alerts missing:\n{}\nlog:\n{}", describe(&stopped.alerts), stopped.stderr);
+    let steered = |path: &str| path == "/etc/hostname" || path == "/usr/lib/os-release";
+    let steered_alerts: Vec<&Alert> = stopped
+        .alerts
+        .iter()
+        .filter(|a| matches!(&a.evidence, Some(Evidence::TokenRead(r)) if steered(&r.watched_path)))
+        .collect();
+    assert!(steered_alerts.is_empty(), "a pod spec pointed the agent at the node's files:\n{steered_alerts:?}");
+    assert!(!stopped.stderr.contains("path=/etc/hostname"), "{}", stopped.stderr);
     let alerts = reads_in(&stopped.alerts, &pod);
     assert_eq!(alerts.len(), 3, "three token reads, no ca.crt:\n{}", describe(&stopped.alerts));
     let resolved: Vec<String> = alerts
@@ -342,4 +370,41 @@ fn a_policy_exception_silences_exactly_what_it_names() {
         "the suppression is counted per entry:\n{}",
         stopped.stderr
     );
+}
+
+#[test]
+#[ignore = "needs root: runs containerd pods and loads eBPF; run by cargo xtask test"]
+fn a_node_name_that_matches_no_pod_says_so_naming_the_nodes_the_api_knows() {
+    let _serial = support::serialise();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let api = runtime.block_on(FakeApiServer::start());
+    let containerd = Containerd::start();
+    let pod = containerd.run_pod(&PodSpec { namespace: "shop".into(), ..PodSpec::new("web-7f9c8d6b5-n4m3e") });
+    api.add_replicaset(replicaset_of("shop", "web-7f9c8d6b5", "web"));
+    api.add_pod(api_pod(&pod, "web", "web-7f9c8d6b5"));
+    api.add_node(NODE);
+    api.add_node("node-b");
+    let config = support::kubeconfig(containerd.dir(), api.url());
+    // The host name where the Node is called otherwise: the API lists no
+    // pod for it, while the runtime runs one.
+    let socket = containerd.socket().display().to_string();
+    let agent = AgentProcess::start(
+        &["--cri-socket", &socket, "--kubeconfig", &config, "--node-name", "ip-10-0-0-7.ec2.internal"]
+            .map(str::to_owned),
+    );
+    let said = agent.wait_for_log(
+        &[
+            "lists no pod on this node name",
+            "node=ip-10-0-0-7.ec2.internal",
+            "from=\"--node-name or the config file\"",
+            "pod_sandboxes=1",
+        ],
+        ALERT_TIMEOUT,
+    );
+    let stopped = agent.stop(Signal::SIGTERM);
+    assert!(said, "no warning about the node name:\n{}", stopped.stderr);
+    let line = stopped.stderr.lines().find(|l| l.contains("lists no pod on this node name")).unwrap_or_default();
+    assert!(line.contains(&format!("known_nodes=node-b, {NODE}")), "names the Nodes the API knows: {line}");
+    assert_eq!(stopped.stderr.matches("lists no pod on this node name").count(), 1, "said once");
+    drop(pod);
 }

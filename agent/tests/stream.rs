@@ -204,6 +204,28 @@ fn mutual_tls_refuses_clients_without_a_trusted_certificate() {
             String::from_utf8_lossy(&refused.stdout)
         );
     }
+
+    // cert-manager renews: a new CA, server certificate and key replace
+    // the files (by rename, as kubelet swaps a Secret's), then SIGHUP. New
+    // connections get the new certificate and the new CA's clients; the
+    // old CA's are refused. No restart.
+    let renewed = support::pki::Pki::new("renewed CA");
+    let (server_cert, server_key) = renewed.server(&["localhost"]);
+    let (client_cert, client_key) = renewed.client("siem");
+    for (name, pem) in [("ca.pem", &renewed.ca_pem), ("server.crt", &server_cert), ("server.key", &server_key)] {
+        let fresh = write(&format!("{name}.new"), pem);
+        std::fs::rename(&fresh, dir.path().join(name)).expect("swap in the renewed file");
+    }
+    let new_client = [write("new-client.crt", &client_cert), write("new-client.key", &client_key)];
+    let new_ca = write("new-ca.pem", &renewed.ca_pem);
+    let old_ca = write("old-ca.pem", &ours.ca_pem);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.pid() as i32), Signal::SIGHUP).expect("SIGHUP");
+    assert!(agent.wait_for_log(&["gRPC TLS certificate and keys reloaded"], TIMEOUT), "{}", agent.stderr());
+    let renewed_client = alerts(&strings(&["--ca", &new_ca, "--cert", &new_client[0], "--key", &new_client[1]]));
+    assert!(renewed_client.status.success(), "after renewal: {}", String::from_utf8_lossy(&renewed_client.stderr));
+    assert_eq!(String::from_utf8_lossy(&renewed_client.stdout).lines().count(), 1, "the renewed client gets the alert");
+    let old = alerts(&strings(&["--ca", &old_ca, "--cert", &file("client.crt"), "--key", &file("client.key")]));
+    assert!(!old.status.success() && old.stdout.is_empty(), "the old CA's client is refused after renewal");
     let stopped = agent.stop(Signal::SIGTERM);
     assert!(stopped.status.success(), "{}", stopped.stderr);
     drop(actor);
@@ -277,4 +299,125 @@ fn bad_and_oversized_requests_are_refused_and_the_agent_serves_on() {
     });
     let stopped = agent.stop(Signal::SIGTERM);
     assert!(stopped.status.success(), "{}", stopped.stderr);
+}
+
+#[test]
+#[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test"]
+fn a_thousand_subscribers_coming_and_going_leave_nothing_behind_and_the_cap_holds() {
+    let _serial = support::serialise();
+    let cgroup = TestCgroup::create("subscribers");
+    let mut actor = Actor::spawn(&cgroup.procs_files());
+    let agent = AgentProcess::start(&strings(&[
+        "--standalone",
+        "--dedup-window-seconds",
+        "0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]));
+    // Something to replay: each subscriber from sequence 0 reads the log.
+    actor.must(&format!("open-many {SA_DIR}/token 50"));
+    assert!(agent.wait_for_alerts(TIMEOUT, |alerts| alerts.len() >= 50), "{}", agent.stderr());
+    let metrics = support::metrics_addr(&agent.stderr()).expect("the metrics address");
+    let subscribers =
+        || support::metric_sample(&support::http_get(&metrics, "/metrics").1, "tokenwatch_grpc_subscribers");
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let socket = agent.grpc_socket();
+    let channel = || tokenwatch_agent::metadata::cri::channel(&socket).expect("a channel");
+    // Opens `count` subscriptions from sequence 0, ten at a time on a
+    // connection of their own, each read to its first alert and dropped;
+    // half of them follow. (A thousand resets on one connection is what
+    // h2 treats as an attack, "rapid reset": it ends that connection.)
+    let come_and_go = |count: usize| {
+        runtime.block_on(async {
+            for round in 0..count / 10 {
+                let client = AlertServiceClient::new(channel());
+                let opened = (0..10).map(|i| {
+                    let mut client = client.clone();
+                    let follow = (round + i) % 2 == 0;
+                    async move {
+                        let request = SubscribeRequest { follow, ..SubscribeRequest::default() };
+                        let mut stream = client.subscribe(request).await.expect("subscribe").into_inner();
+                        stream.message().await.expect("a message").expect("an alert");
+                    }
+                });
+                futures::future::join_all(opened).await;
+            }
+        });
+    };
+    let settled = |fds: usize| {
+        support::wait_for(TIMEOUT, || {
+            (subscribers() == Some(0) && support::fd_count(agent.pid()) <= fds + 2).then_some(())
+        })
+    };
+    come_and_go(100);
+    assert!(settled(usize::MAX - 2).is_some(), "subscribers left: {:?}", subscribers());
+    let (fds, rss) = (support::fd_count(agent.pid()), support::rss_kib(agent.pid()));
+    come_and_go(1000);
+    assert!(
+        settled(fds).is_some(),
+        "after 1,000: {:?} subscribers, {} fds (was {fds})",
+        subscribers(),
+        support::fd_count(agent.pid())
+    );
+    let grown = support::rss_kib(agent.pid()).saturating_sub(rss);
+    assert!(grown < 16 * 1024, "1,000 subscribers came and went; the agent grew by {grown} KiB");
+
+    // The cap: 64 held (16 streams a connection), the 65th refused, and
+    // served again once one goes.
+    let refused = runtime.block_on(async {
+        let follow = SubscribeRequest { follow: true, ..SubscribeRequest::default() };
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let client = AlertServiceClient::new(channel());
+            for _ in 0..16 {
+                held.push(client.clone().subscribe(follow.clone()).await.expect("one of 64").into_inner());
+            }
+        }
+        let mut extra = AlertServiceClient::new(channel());
+        let status = extra.subscribe(follow.clone()).await.expect_err("the 65th is refused");
+        held.pop();
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        while extra.subscribe(follow.clone()).await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "never served again after one went");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        status
+    });
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("64 subscribers are connected"), "{refused:?}");
+    let stopped = agent.stop(Signal::SIGTERM);
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    drop(actor);
+}
+
+#[test]
+#[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test"]
+fn a_python_siem_discovers_the_api_by_reflection_subscribes_and_reads_the_inventory() {
+    let _serial = support::serialise();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let server = format!("127.0.0.1:{port}");
+    let cgroup = TestCgroup::create("python");
+    let mut actor = Actor::spawn(&cgroup.procs_files());
+    let agent = AgentProcess::start(&strings(&["--standalone", "--grpc-listen", &server, "--node-name", "node-py"]));
+    actor.must(&format!("open {SA_DIR}/token"));
+    assert!(agent.wait_for_alerts(TIMEOUT, |alerts| !alerts.is_empty()), "{}", agent.stderr());
+    // The official client, installed from PyPI by `cargo xtask setup`.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/python/siem_client.py");
+    let output = Command::new("python3").arg(script).arg(&server).output().expect("run python3");
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let stopped = agent.stop(Signal::SIGTERM);
+    assert!(output.status.success(), "the Python client failed:\n{stdout}\n{stderr}\n{}", stopped.stderr);
+    let steps: Vec<serde_json::Value> =
+        stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    let services: Vec<&str> =
+        steps[0]["services"].as_array().expect("services").iter().filter_map(|s| s.as_str()).collect();
+    for wanted in ["tokenwatch.v1.AlertService", "tokenwatch.v1.InventoryService", "grpc.health.v1.Health"] {
+        assert!(services.contains(&wanted), "reflection lists {wanted}: {services:?}");
+    }
+    assert_eq!(steps[1]["step"], "alert");
+    assert_eq!(steps[1]["rule"], "token-read", "{}", steps[1]);
+    assert_eq!(steps[1]["pid"], actor.pid, "the actor's read: {}", steps[1]);
+    assert_eq!(steps[2]["step"], "inventory");
+    assert_eq!(steps[2]["nodes"], serde_json::json!(["node-py"]), "{}", steps[2]);
+    drop(actor);
 }

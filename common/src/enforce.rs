@@ -128,6 +128,10 @@ pub enum EnforceAction {
     Killed = 3,
     /// A dry-run entry covers the read: the process lives.
     WouldKill = 4,
+    /// An enforcing entry covers the read, and the kernel refused the
+    /// `SIGKILL` (the opener is exiting, or is the node's init): the
+    /// process lives and may read.
+    KillFailed = 5,
 }
 
 impl TryFrom<u32> for EnforceAction {
@@ -139,6 +143,7 @@ impl TryFrom<u32> for EnforceAction {
             2 => Ok(EnforceAction::WouldBlock),
             3 => Ok(EnforceAction::Killed),
             4 => Ok(EnforceAction::WouldKill),
+            5 => Ok(EnforceAction::KillFailed),
             other => Err(UnknownValue(other)),
         }
     }
@@ -179,6 +184,7 @@ mod tests {
     fn actions_decode_checked() {
         assert_eq!(EnforceAction::try_from(1), Ok(EnforceAction::Blocked));
         assert_eq!(EnforceAction::try_from(3), Ok(EnforceAction::Killed));
-        assert_eq!(EnforceAction::try_from(5), Err(UnknownValue(5)));
+        assert_eq!(EnforceAction::try_from(5), Ok(EnforceAction::KillFailed));
+        assert_eq!(EnforceAction::try_from(6), Err(UnknownValue(6)));
     }
 }

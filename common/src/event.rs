@@ -2,7 +2,8 @@
 //! [`EventHeader`] whose `kind` says which struct follows.
 
 use crate::{
-    Enforcement, CGROUP_NAME_LEN, COMM_LEN, MAX_ANCESTORS, MAX_PATH_COMPONENTS, PATH_COMPONENT_LEN, REQUESTED_PATH_LEN,
+    Enforcement, CGROUP_NAME_LEN, COMM_LEN, EXE_NAME_LEN, MAX_ANCESTORS, MAX_PATH_COMPONENTS, PATH_COMPONENT_LEN,
+    REQUESTED_PATH_LEN,
 };
 
 /// An integer that names no variant of the enum it was decoded into.
@@ -163,6 +164,16 @@ pub struct EventHeader {
     /// The task's `self_exec_id` (low 32 bits): bumped by every execve, so
     /// a process that exec'd another program is told apart from itself.
     pub exec_id: u32,
+    /// The executable the process runs (`mm->exe_file`), read with the
+    /// event: a process that exits at once is still named by it. Its
+    /// superblock's `s_dev` (0 for a task without one).
+    pub exe_dev: u32,
+    /// Explicit padding.
+    pub _exe_pad: u32,
+    /// Its inode number.
+    pub exe_ino: u64,
+    /// Its file name, NUL-padded.
+    pub exe_name: [u8; EXE_NAME_LEN],
     /// Parent first.
     pub ancestors: [TaskRef; MAX_ANCESTORS],
     /// The cgroup directories that identify its container.
@@ -253,7 +264,19 @@ mod tests {
         assert_eq!(size_of::<TaskRef>(), 16 + COMM_LEN);
         assert_eq!(
             size_of::<EventHeader>(),
-            4 + 4 + 8 + 4 * 4 + 8 + 8 + COMM_LEN + 16 + MAX_ANCESTORS * size_of::<TaskRef>() + size_of::<CgroupNames>()
+            4 + 4
+                + 8
+                + 4 * 4
+                + 8
+                + 8
+                + COMM_LEN
+                + 16
+                + 4
+                + 4
+                + 8
+                + EXE_NAME_LEN
+                + MAX_ANCESTORS * size_of::<TaskRef>()
+                + size_of::<CgroupNames>()
         );
         assert_eq!(size_of::<ResolvedPath>(), 8 + MAX_PATH_COMPONENTS * PATH_COMPONENT_LEN);
         assert_eq!(

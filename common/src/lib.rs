@@ -32,6 +32,9 @@ pub const COMM_LEN: usize = 16;
 pub const REQUESTED_PATH_LEN: usize = 256;
 /// Bytes kept of one path component (a dentry name) of the opened file.
 pub const PATH_COMPONENT_LEN: usize = 64;
+/// Bytes of the executable's file name kept in every event, its NUL
+/// included (31 of the name at most; a longer name is cut).
+pub const EXE_NAME_LEN: usize = 32;
 /// Steps of the in-kernel path walk for an opened file: one per component and
 /// one per mount crossed; deeper paths are marked truncated. A token path is
 /// six components and a few mounts deep.

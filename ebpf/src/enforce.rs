@@ -37,10 +37,10 @@ use tokenwatch_common::{
 };
 
 use crate::{
-    identity::pid_in_namespace,
+    identity::{self, pid_in_namespace},
     kernel::{read_ptr, read_str, read_u32},
     maps::{is_agent, kernel_offset, WATCHED_ENDPOINTS},
-    sock_addr::{endpoint4, endpoint6},
+    sock_endpoint::{endpoint4, endpoint6},
 };
 
 /// What a block entry covers, by cgroup v2 id; written by the agent.
@@ -178,10 +178,8 @@ pub fn token_opened(flags: u64, task: u64) -> Enforcement {
         // SAFETY: signals the current process; the kernel refuses kernel
         // threads and exiting tasks itself.
         let sent = unsafe { bpf_send_signal(SIGKILL) };
-        if sent == 0 {
-            return Enforcement { action: EnforceAction::Killed as u32, block: slot.block };
-        }
-        return Enforcement::default();
+        let action = if sent == 0 { EnforceAction::Killed } else { EnforceAction::KillFailed };
+        return Enforcement { action: action as u32, block: slot.block };
     }
     Enforcement { action: EnforceAction::WouldKill as u32, block: slot.block }
 }
@@ -329,12 +327,7 @@ fn decide(slots: &[EnforceSlot; ENFORCE_SLOTS], task: u64, (cgroup, base): (u64,
 /// or `(0, 0)` for a task without one (a kernel thread, an exiting task).
 #[inline(always)]
 fn executable(task: u64) -> (u32, u64) {
-    // read_ptr refuses a null base, so a missing link ends the chain.
-    let mm = read_ptr(task, kernel_offset!(task_mm)).unwrap_or(0);
-    let file = read_ptr(mm, kernel_offset!(mm_exe_file)).unwrap_or(0);
-    let Ok(inode) = read_ptr(file, kernel_offset!(file_f_inode)) else { return (0, 0) };
-    let sb = read_ptr(inode, kernel_offset!(inode_i_sb)).unwrap_or(0);
-    (read_u32(sb, kernel_offset!(sb_s_dev)).unwrap_or(0), read_ptr(inode, kernel_offset!(inode_i_ino)).unwrap_or(0))
+    identity::file_key(identity::exe_file(task))
 }
 
 /// Whether the process was put into its container from outside.

@@ -35,6 +35,16 @@ pub fn fill_header(header: &mut EventHeader, kind: EventKind, task: u64) {
     let leader = read_ptr(task, kernel_offset!(task_group_leader)).unwrap_or(task);
     header.process_start_ns = read_ptr(leader, kernel_offset!(task_start_boottime)).unwrap_or(0);
     header.exec_id = read_u32(task, kernel_offset!(task_self_exec_id)).unwrap_or(0);
+    let file = exe_file(task);
+    let (exe_dev, exe_ino) = file_key(file);
+    header.exe_dev = exe_dev;
+    header._exe_pad = 0;
+    header.exe_ino = exe_ino;
+    let dentry = read_ptr(file, kernel_offset!(file_f_path) + kernel_offset!(path_dentry)).unwrap_or(0);
+    read_str(
+        read_ptr(dentry, kernel_offset!(dentry_d_name) + kernel_offset!(qstr_name)).unwrap_or(0),
+        &mut header.exe_name,
+    );
     header.ancestor_count = ancestors(task, &mut header.ancestors);
 
     let css_set = read_ptr(task, kernel_offset!(task_cgroups)).unwrap_or(0);
@@ -47,6 +57,23 @@ pub fn fill_header(header: &mut EventHeader, kind: EventKind, task: u64) {
     let v1 = read_ptr(css, kernel_offset!(css_cgroup)).unwrap_or(0);
     let v1_kn = read_ptr(v1, kernel_offset!(cgroup_kn)).unwrap_or(0);
     kernfs_names(v1_kn, &mut header.cgroups.v1_leaf, &mut header.cgroups.v1_parent);
+}
+
+/// The file the process runs (`task->mm->exe_file`), 0 for a task without
+/// one (a kernel thread, an exiting task).
+#[inline(always)]
+pub fn exe_file(task: u64) -> u64 {
+    // read_ptr refuses a null base, so a missing link ends the chain.
+    let mm = read_ptr(task, kernel_offset!(task_mm)).unwrap_or(0);
+    read_ptr(mm, kernel_offset!(mm_exe_file)).unwrap_or(0)
+}
+
+/// `(s_dev, i_ino)` of `file`, or `(0, 0)`.
+#[inline(always)]
+pub fn file_key(file: u64) -> (u32, u64) {
+    let Ok(inode) = read_ptr(file, kernel_offset!(file_f_inode)) else { return (0, 0) };
+    let sb = read_ptr(inode, kernel_offset!(inode_i_sb)).unwrap_or(0);
+    (read_u32(sb, kernel_offset!(sb_s_dev)).unwrap_or(0), read_ptr(inode, kernel_offset!(inode_i_ino)).unwrap_or(0))
 }
 
 /// The process's pid in its own pid namespace, and that namespace's depth:

@@ -32,8 +32,10 @@ mod kernel;
 mod maps;
 mod open;
 mod sock_addr;
+mod sock_endpoint;
 mod syscall_args;
 mod uring;
+mod uring_file;
 mod uring_skip;
 
 #[cfg(target_arch = "bpf")]

@@ -22,11 +22,9 @@ use crate::{
     maps::{
         count, is_agent, kernel_offset, PendingOpen, EVENTS, OPEN_SCRATCH, TOKEN_NAMES, WATCHED_DEVS, WATCHED_FILES,
     },
-    syscall_args::SyscallArgs,
+    syscall_args::{SyscallArgs, AT_FDCWD},
 };
 
-/// `AT_FDCWD`, reported as the dirfd of `open(2)`.
-pub const AT_FDCWD: i32 = -100;
 /// Bits of the minor number in the kernel's device encoding (`s_dev`).
 const MINOR_BITS: u32 = 20;
 /// Offset of `ret` in the `sys_exit_*` tracepoint record.

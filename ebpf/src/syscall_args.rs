@@ -25,8 +25,11 @@ use tokenwatch_common::OpenSyscall;
 use crate::{
     kernel::read_ptr,
     maps::{kernel_offset, PendingOpen},
-    open::AT_FDCWD,
 };
+
+/// `AT_FDCWD`: the dirfd reported for `open(2)`, and when the kernel's own
+/// record of one cannot be read.
+pub const AT_FDCWD: i32 = -100;
 
 /// Offsets in x86_64's `struct pt_regs` of the first three syscall
 /// arguments (`rdi`, `rsi`, `rdx`). The object is built for x86_64 only

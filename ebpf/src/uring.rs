@@ -28,6 +28,8 @@ use crate::{
     kernel::{read_ptr, read_u32},
     maps::{count, is_agent, kernel_offset, PendingOpen, PendingUringOpen, PENDING_URING_OPENS},
     open::{fd_to_file, report_file},
+    syscall_args::AT_FDCWD,
+    uring_file::fixed_file,
     uring_skip,
 };
 
@@ -38,19 +40,12 @@ const IORING_OP_OPENAT2: u8 = 28;
 /// `IORING_FILE_INDEX_ALLOC`: the kernel picks the direct descriptor's slot
 /// and returns it as the result.
 const IORING_FILE_INDEX_ALLOC: u32 = u32::MAX;
-/// Low bits of a fixed file's `file_ptr` that carry flags, not address.
-const FILE_PTR_FLAGS: u64 = 7;
-/// Direct descriptors above this are not looked up (the kernel's own limit
-/// is 1 << 20; the bound keeps the verifier's arithmetic simple).
-const MAX_FIXED_SLOT: u64 = 1 << 20;
 /// Record offsets, shared by both tracepoints' formats (and 6.1's).
 const CTX: usize = 8;
 const REQ: usize = 16;
 const USER_DATA: usize = 24;
 /// `opcode` of `io_uring_submit_req`, `res` of `io_uring_complete`.
 const OPCODE_OR_RES: usize = 32;
-/// `AT_FDCWD`, reported when the kernel's `io_open` cannot be read.
-const AT_FDCWD: i32 = -100;
 
 #[tracepoint]
 pub fn io_uring_submit_req(ctx: TracePointContext) -> u32 {
@@ -132,21 +127,4 @@ pub fn io_uring_complete(ctx: TracePointContext) -> u32 {
     let Some(file) = file else { return 0 };
     report_file(&ctx, Hook::IoUring, &pending.open, res, task, file);
     0
-}
-
-/// The file in slot `slot` of the ring's fixed-file table.
-#[inline(always)]
-pub fn fixed_file(ring: u64, slot: u64) -> Option<u64> {
-    if slot >= MAX_FIXED_SLOT {
-        return None;
-    }
-    let table = ring + u64::from(kernel_offset!(io_ring_ctx_file_table));
-    let array = read_ptr(table, kernel_offset!(io_file_table_array)).ok()?;
-    let file_ptr = if kernel_offset!(io_file_table_indirect) != 0 {
-        let node = read_ptr(array, (slot * 8) as u32).ok()?;
-        read_ptr(node, kernel_offset!(io_rsrc_node_file_ptr)).ok()?
-    } else {
-        read_ptr(array, (slot * 8) as u32).ok()?
-    };
-    Some(file_ptr & !FILE_PTR_FLAGS).filter(|f| *f != 0)
 }

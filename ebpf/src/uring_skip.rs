@@ -9,7 +9,8 @@
 //! `io_uring_enter` and at any completion of the process: the fds just
 //! below `files->next_fd` (the allocator's hint, one above the fd it last
 //! gave) are looked up; a direct descriptor is read from its fixed-file
-//! slot. The `sched_switch` program costs one array lookup per context
+//! slot. One report per open: the thread whose removal of the record
+//! succeeds sends it. The `sched_switch` program costs one array lookup per context
 //! switch, and a hash lookup only within [`WINDOW_NS`] of a completion-less
 //! open anywhere on the node; entries expire after the same window.
 
@@ -25,7 +26,7 @@ use crate::{
     kernel::{read_ptr, read_u32},
     maps::{count, kernel_offset, SkippedUringOpen, LAST_SKIPPED_OPEN, SKIPPED_URING_OPENS},
     open::{fd_to_file, send, watched},
-    uring::fixed_file,
+    uring_file::fixed_file,
 };
 
 /// `REQ_F_CQE_SKIP`: bit 6, mirroring `IOSQE_CQE_SKIP_SUCCESS`.
@@ -102,9 +103,13 @@ fn check<C: EbpfContext>(ctx: &C) {
         newest_watched_fd(task)
     };
     if let Some((file, ret, key)) = hit {
-        let _ = SKIPPED_URING_OPENS.remove(tgid);
-        count(Hook::IoUring, Counter::OpensSeen);
-        send(ctx, Hook::IoUring, &found.open, ret, task, file, key);
+        // Two threads of the process may judge the same open at once (the
+        // io-wq worker going idle on one CPU, the submitter's next syscall
+        // on another): the one whose removal succeeds reports it.
+        if SKIPPED_URING_OPENS.remove(tgid).is_ok() {
+            count(Hook::IoUring, Counter::OpensSeen);
+            send(ctx, Hook::IoUring, &found.open, ret, task, file, key);
+        }
     // SAFETY: helper without preconditions.
     } else if unsafe { bpf_ktime_get_ns() }.saturating_sub(skipped.since_ns) > WINDOW_NS {
         let _ = SKIPPED_URING_OPENS.remove(tgid);

@@ -12,7 +12,7 @@ use tokenwatch_agent::config::{self, Config, ServiceEnv};
 fuzz_target!(|text: &str| {
     match config::parse_yaml(Path::new("config.yaml"), text) {
         Ok(layer) => {
-            let env = ServiceEnv { host: Some("10.96.0.1".into()), port: Some("443".into()) };
+            let env = ServiceEnv { host: Some("10.96.0.1".into()), port: Some("443".into()), ..ServiceEnv::default() };
             let _ = Config::resolve(layer, &env, "node-1").map_err(|error| error.to_string());
         }
         Err(error) => {

@@ -27,6 +27,8 @@ mod bench;
 mod compile;
 mod fixtures;
 mod fuzz;
+#[cfg(test)]
+mod modgraph;
 mod run;
 mod setup;
 mod soak;

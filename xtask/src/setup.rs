@@ -1,5 +1,6 @@
 //! `cargo xtask setup`: install what building and testing need, and only what
-//! is missing (DESIGN.md, "Toolchain facts"). Safe to run any number of times.
+//! is missing (the build machines' facts: ARCHITECTURE.md, "Build machines").
+//! Safe to run any number of times.
 //!
 //! * A compiler for `bpfel-unknown-none`: rustup nightly with `rust-src` (the
 //!   usual aya way) if present, else Debian's `rustc-web` with its prebuilt
@@ -14,6 +15,8 @@
 //! * For the deploy tests: `buildah` (the image, built from scratch), and
 //!   `kubectl` (its kustomize renders deploy/) and `kubernetes-validate` (from
 //!   PyPI) to check the manifests against the Kubernetes schemas.
+//! * For the metrics tests: Debian's `prometheus`, run by the test itself
+//!   (own port, own storage) to scrape two agents.
 //! * tracefs, where the agent's tracepoints are listed.
 //! * `kubernetes-validate` from PyPI (with pip, and python3 from Debian if
 //!   missing): the advise tests check every Kubernetes object
@@ -33,14 +36,19 @@ const DEBIAN_PACKAGES: [&str; 3] = ["rustc-web", "libstd-rust-web-dev-bpf", "llv
 /// CRI client crate (k8s-cri) runs in its build script.
 const COMMON_PACKAGES: [&str; 1] = ["protobuf-compiler"];
 /// What the CRI tests need to run real pods without a cluster or a registry
-/// (DESIGN.md, "Real pods here, without a cluster").
+/// (ARCHITECTURE.md, "Build machines").
 const CRI_TEST_PACKAGES: [&str; 4] = ["containerd", "runc", "umoci", "busybox-static"];
 /// What the deploy tests need: `buildah` builds the agent's image from
 /// scratch with neither a registry nor a Docker daemon.
 const DEPLOY_TEST_PACKAGES: [&str; 1] = ["buildah"];
+/// What the metrics tests need: a real Prometheus scraping two agents, which
+/// `tokenwatch inventory --prometheus` and `advise --prometheus` then ask.
+const METRICS_TEST_PACKAGES: [&str; 1] = ["prometheus"];
 /// The Kubernetes schema validator the deploy and advise tests run (from
 /// PyPI), pinned so CI validates against a known schema set.
 const SCHEMA_VALIDATOR: &str = "kubernetes-validate==1.37.0";
+/// The official Python gRPC client's reflection (it pulls grpcio and protobuf).
+const GRPC_REFLECTION: &str = "grpcio-reflection==1.85.1";
 /// The peers `cargo xtask bench` measures tokenwatch against.
 const BENCH_PACKAGES: [&str; 3] = ["bpftrace", "auditd", "bpftool"];
 /// What `cargo xtask vmtest` needs: qemu to boot other kernels, `cpio` to
@@ -81,56 +89,33 @@ pub fn setup() -> Result<()> {
 
     let mut missing: Vec<&str> = Vec::new();
     let mut reasons: Vec<&str> = Vec::new();
-    if route == Route::Debian {
-        for package in DEBIAN_PACKAGES {
+    let debian: &[&str] = if route == Route::Debian { &DEBIAN_PACKAGES } else { &[] };
+    let groups: [(&[&str], &str); 5] = [
+        (debian, "Debian's rustc ships core for bpfel-unknown-none; rustup cannot fetch rust-src here"),
+        (&COMMON_PACKAGES, "the CRI client crate compiles the CRI protos with protoc at build time"),
+        (
+            &CRI_TEST_PACKAGES,
+            "the CRI tests run real pods in a containerd of their own (with runc), in an image built from \
+             busybox-static with umoci, since no registry is reachable",
+        ),
+        (
+            &DEPLOY_TEST_PACKAGES,
+            "the deploy tests build the agent's image from scratch with buildah (no registry, no Docker)",
+        ),
+        (&METRICS_TEST_PACKAGES, "the inventory's metrics are tested against a real Prometheus scraping two agents"),
+    ];
+    for (packages, reason) in groups {
+        let before = missing.len();
+        for &package in packages {
             if package_installed(package)? {
                 report.present.push(package.to_owned());
             } else {
                 missing.push(package);
             }
         }
-        if !missing.is_empty() {
-            reasons.push("Debian's rustc ships core for bpfel-unknown-none; rustup cannot fetch rust-src here");
+        if missing.len() > before {
+            reasons.push(reason);
         }
-    }
-    let mut common_missing = false;
-    for package in COMMON_PACKAGES {
-        if package_installed(package)? {
-            report.present.push(package.to_owned());
-        } else {
-            missing.push(package);
-            common_missing = true;
-        }
-    }
-    if common_missing {
-        reasons.push("the CRI client crate compiles the CRI protos with protoc at build time");
-    }
-    let mut cri_test_missing = false;
-    for package in CRI_TEST_PACKAGES {
-        if package_installed(package)? {
-            report.present.push(package.to_owned());
-        } else {
-            missing.push(package);
-            cri_test_missing = true;
-        }
-    }
-    if cri_test_missing {
-        reasons.push(
-            "the CRI tests run real pods in a containerd of their own (with runc), in an image built from \
-             busybox-static with umoci, since no registry is reachable",
-        );
-    }
-    let mut deploy_missing = false;
-    for package in DEPLOY_TEST_PACKAGES {
-        if package_installed(package)? {
-            report.present.push(package.to_owned());
-        } else {
-            missing.push(package);
-            deploy_missing = true;
-        }
-    }
-    if deploy_missing {
-        reasons.push("the deploy tests build the agent's image from scratch with buildah (no registry, no Docker)");
     }
     if util::which("cc").is_none() {
         missing.extend(["gcc", "libc6-dev"]);
@@ -140,7 +125,7 @@ pub fn setup() -> Result<()> {
     bpf_linker(route, &mut report)?;
     tracefs(&mut report)?;
     deploy_tools(&mut report)?;
-    schema_validator(&mut report)?;
+    python_tools(&mut report)?;
 
     let list = |items: &[String]| if items.is_empty() { "nothing".to_owned() } else { items.join(", ") };
     say(format!(
@@ -332,46 +317,82 @@ fn tracefs(report: &mut Report) -> Result<()> {
     Ok(())
 }
 
-/// Whether `python3` can import the schema validator and its command is on
-/// PATH (the deploy tests run the command, the advise tests both).
-fn schema_validator_present() -> bool {
-    util::probe(Command::new("python3").args(["-c", "import kubernetes_validate"])).is_some_and(|o| o.status.success())
-        && util::which("kubernetes-validate").is_some()
+/// A package from PyPI the tests use, and how to tell it is there.
+struct PythonTool {
+    /// What pip installs (pinned).
+    spec: &'static str,
+    /// A module python3 must import.
+    module: &'static str,
+    /// A command that must be on PATH, if the tests run one.
+    command: Option<&'static str>,
+    /// Why the tests need it.
+    why: &'static str,
 }
 
-/// Install `kubernetes-validate` with pip unless python3 has it (python3
-/// and pip from Debian first if they are missing).
-fn schema_validator(report: &mut Report) -> Result<()> {
-    if schema_validator_present() {
-        report.present.push(format!("{SCHEMA_VALIDATOR} (PyPI)"));
+/// The PyPI packages the tests use.
+const PYTHON_TOOLS: [PythonTool; 2] = [
+    PythonTool {
+        spec: SCHEMA_VALIDATOR,
+        module: "kubernetes_validate",
+        command: Some("kubernetes-validate"),
+        why: "the deploy and advise tests check every rendered manifest and every object `tokenwatch advise` \
+              emits with kubernetes-validate --strict, a schema validator from PyPI",
+    },
+    PythonTool {
+        spec: GRPC_REFLECTION,
+        module: "grpc_reflection.v1alpha.proto_reflection_descriptor_database",
+        command: None,
+        why: "the stream tests discover the agent's API by reflection with the official Python gRPC client, as a \
+              SIEM integration written in Python does",
+    },
+];
+
+/// Whether `python3` can import `tool` and its command is on PATH.
+fn python_tool_present(tool: &PythonTool) -> bool {
+    util::probe(Command::new("python3").args(["-c", &format!("import {}", tool.module)]))
+        .is_some_and(|o| o.status.success())
+        && tool.command.is_none_or(|command| util::which(command).is_some())
+}
+
+/// Installs each of [`PYTHON_TOOLS`] with pip unless python3 has it
+/// (python3 and pip from Debian first if they are missing).
+fn python_tools(report: &mut Report) -> Result<()> {
+    for tool in &PYTHON_TOOLS {
+        python_tool(tool, report)?;
+    }
+    Ok(())
+}
+
+fn python_tool(tool: &PythonTool, report: &mut Report) -> Result<()> {
+    let spec = tool.spec;
+    if python_tool_present(tool) {
+        report.present.push(format!("{spec} (PyPI)"));
         return Ok(());
     }
-    let why = "the deploy and advise tests check every rendered manifest and every object `tokenwatch advise` \
-               emits with kubernetes-validate --strict, a schema validator from PyPI";
     let has_pip =
         util::probe(Command::new("python3").args(["-m", "pip", "--version"])).is_some_and(|o| o.status.success());
     if !has_pip {
-        install_packages(&["python3", "python3-pip"], why, report)?;
+        install_packages(&["python3", "python3-pip"], tool.why, report)?;
     }
     let pip = |extra: &[&str]| {
-        util::probe(Command::new("python3").args(["-m", "pip", "install", "--quiet"]).args(extra).arg(SCHEMA_VALIDATOR))
+        util::probe(Command::new("python3").args(["-m", "pip", "install", "--quiet"]).args(extra).arg(spec))
     };
-    say(format!("installing {SCHEMA_VALIDATOR} with pip ({why})"));
+    say(format!("installing {spec} with pip ({})", tool.why));
     let output = pip(&[]).context("running python3 -m pip")?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         if !stderr.contains("externally-managed-environment") {
-            bail!("pip install {SCHEMA_VALIDATOR} failed:\n{stderr}");
+            bail!("pip install {spec} failed:\n{stderr}");
         }
         // Debian's own python3 refuses pip (PEP 668); this machine is a build box.
         let output = pip(&["--break-system-packages"]).context("running python3 -m pip")?;
         if !output.status.success() {
-            bail!("pip install {SCHEMA_VALIDATOR} failed:\n{}", String::from_utf8_lossy(&output.stderr));
+            bail!("pip install {spec} failed:\n{}", String::from_utf8_lossy(&output.stderr));
         }
     }
-    if !schema_validator_present() {
-        bail!("pip installed {SCHEMA_VALIDATOR}, but python3 cannot import it or `kubernetes-validate` is not on PATH");
+    if !python_tool_present(tool) {
+        bail!("pip installed {spec}, but python3 cannot import {} or its command is not on PATH", tool.module);
     }
-    report.installed.push(format!("{SCHEMA_VALIDATOR} (PyPI)"));
+    report.installed.push(format!("{spec} (PyPI)"));
     Ok(())
 }

@@ -97,10 +97,12 @@ fn quote(word: &OsStr) -> String {
     }
 }
 
-/// Announce `command` and why, run it with inherited stdio, and fail unless
-/// it succeeds.
+/// Announce `command` and why, run it with its stdout sent to stderr (stdout
+/// is the product's: `cargo xtask run | jq` must see alerts only, never
+/// apt's or cargo's chatter), and fail unless it succeeds.
 pub fn run(command: &mut Command, why: &str) -> Result<()> {
     say(format!("running `{}` ({why})", shell_line(command)));
+    command.stdout(std::process::Stdio::from(std::io::stderr()));
     let status = command.status().with_context(|| format!("starting `{}`", shell_line(command)))?;
     if !status.success() {
         bail!("`{}` failed ({status})", shell_line(command));
@@ -161,5 +163,31 @@ pub fn human(duration: Duration) -> String {
     } else {
         let whole = duration.as_secs();
         format!("{}m {:02}s", whole / 60, whole % 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    /// Set in the child run of [`a_tools_output_goes_to_stderr`].
+    const CHILD: &str = "XTASK_TEST_RUN_CHILD";
+
+    #[test]
+    fn a_tools_output_goes_to_stderr() {
+        if std::env::var_os(CHILD).is_some() {
+            super::run(Command::new("sh").args(["-c", "echo from-the-tool"]), "a test").expect("runs");
+            return;
+        }
+        // This test binary again, running only this test, as the child.
+        let output = Command::new(std::env::current_exe().expect("the test binary"))
+            .args(["--exact", "util::tests::a_tools_output_goes_to_stderr", "--nocapture"])
+            .env(CHILD, "1")
+            .output()
+            .expect("run the child");
+        let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(output.status.success(), "{stdout}{stderr}");
+        assert!(!stdout.contains("from-the-tool"), "a tool wrote to xtask's stdout:\n{stdout}");
+        assert!(stderr.contains("from-the-tool"), "the tool's output is on stderr:\n{stderr}");
     }
 }

@@ -8,7 +8,8 @@ use tokenwatch_proto::v1::Inventory;
 use tokio::io::AsyncWriteExt;
 
 use super::connect::TlsArgs;
-use super::inventory::{fetch, InventoryCliError};
+use super::inventory::{fetch_from, InventoryCliError};
+use super::prometheus::PrometheusArgs;
 use crate::deliver::grpc::Listen;
 use crate::inventory::advise::{self, AdviseError, AdviseOptions, DEFAULT_AUDIENCE, DEFAULT_TOKEN_EXPIRATION_SECONDS};
 
@@ -21,9 +22,9 @@ pub struct AdviseArgs {
     pub servers: Vec<Listen>,
     /// Read the inventory from this file (`tokenwatch inventory -o json`)
     /// instead of asking agents.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "prometheus")]
     pub from: Option<PathBuf>,
-    /// Only workloads in this namespace (repeatable; agents only).
+    /// Only workloads in this namespace (repeatable; agents or Prometheus).
     #[arg(long = "namespace", short = 'n')]
     pub namespaces: Vec<String>,
     /// How long the evidence must cover: 24h, 90m, 2d... Advice from less
@@ -47,6 +48,9 @@ pub struct AdviseArgs {
     /// TLS to the agents (the same for all).
     #[command(flatten)]
     pub tls: TlsArgs,
+    /// Or the cluster's inventory from Prometheus.
+    #[command(flatten)]
+    pub prometheus: PrometheusArgs,
 }
 
 /// Why no advice was printed.
@@ -107,7 +111,7 @@ pub async fn run(args: &AdviseArgs) -> Result<(), AdviseCliError> {
                 .parse()
                 .map_err(|_| InventoryCliError::Write(std::io::ErrorKind::InvalidInput.into()))?];
             let servers = if args.servers.is_empty() { &default[..] } else { &args.servers[..] };
-            fetch(servers, &args.tls, &args.namespaces).await?
+            fetch_from(&args.prometheus, servers, &args.tls, &args.namespaces).await?
         }
     };
     let yaml = advise::advise(&inventory, &args.options())?;

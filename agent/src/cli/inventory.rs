@@ -8,6 +8,7 @@ use tokenwatch_proto::v1::{
 use tokio::io::AsyncWriteExt;
 
 use super::connect::{self, ConnectError, TlsArgs};
+use super::prometheus::{PrometheusArgs, PrometheusError};
 use crate::deliver::grpc::Listen;
 use crate::inventory::{advise::human, merge::merge_inventories};
 
@@ -37,6 +38,9 @@ pub struct InventoryArgs {
     /// TLS to the agents (the same for all).
     #[command(flatten)]
     pub tls: TlsArgs,
+    /// Or the cluster's inventory from Prometheus.
+    #[command(flatten)]
+    pub prometheus: PrometheusArgs,
 }
 
 /// Why the inventory could not be had.
@@ -53,6 +57,9 @@ pub enum InventoryCliError {
         /// What it said.
         status: Box<tonic::Status>,
     },
+    /// Prometheus gave none.
+    #[error(transparent)]
+    Prometheus(#[from] PrometheusError),
     /// The inventory could not be encoded as JSON (a bug).
     #[error("encoding JSON: {0}")]
     Json(#[from] serde_json::Error),
@@ -81,9 +88,23 @@ pub async fn fetch(servers: &[Listen], tls: &TlsArgs, namespaces: &[String]) -> 
     Ok(merge_inventories(parts))
 }
 
+/// The cluster's inventory from Prometheus when `--prometheus` is given,
+/// else merged from the agents.
+pub async fn fetch_from(
+    prometheus: &PrometheusArgs,
+    servers: &[Listen],
+    tls: &TlsArgs,
+    namespaces: &[String],
+) -> Result<Inventory, InventoryCliError> {
+    match prometheus.prometheus {
+        Some(_) => Ok(super::prometheus::fetch(prometheus, namespaces).await?),
+        None => fetch(servers, tls, namespaces).await,
+    }
+}
+
 /// Prints the merged inventory.
 pub async fn run(args: &InventoryArgs) -> Result<(), InventoryCliError> {
-    let inventory = fetch(&args.servers, &args.tls, &args.namespaces).await?;
+    let inventory = fetch_from(&args.prometheus, &args.servers, &args.tls, &args.namespaces).await?;
     let text = match args.output {
         Output::Json => format!("{}\n", serde_json::to_string_pretty(&inventory)?),
         Output::Table => table(&inventory),

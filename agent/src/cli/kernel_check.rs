@@ -74,7 +74,7 @@ pub fn run(args: &KernelCheckArgs) -> Result<(), KernelCheckError> {
         Err(error) => return Err(KernelCheckError::Load(Box::new(error))),
     };
     let stacks = program_stack_depths();
-    let reports = crate::metrics::global().hooks.snapshot();
+    let reports = crate::kernel::hook_status::status().snapshot();
     let mut out = std::io::stdout().lock();
     for report in &reports {
         let stack = stacks.get(report.program).copied();

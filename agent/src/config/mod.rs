@@ -2,7 +2,6 @@
 //! over an optional YAML file, over defaults. Everything is checked here, so
 //! the rest of the agent gets a `Config` it can trust.
 
-pub mod endpoint;
 pub mod layer;
 pub mod values;
 
@@ -12,9 +11,11 @@ use std::{
     time::Duration,
 };
 
-pub use endpoint::{Endpoint, EndpointError, DEFAULT_API_SERVER_PORT};
-pub use layer::{ConfigLayer, StdoutFormat};
-pub use values::{RescanSeconds, RingBufferKib, TokenPath, ValueError};
+pub use crate::kernel::endpoint::{Endpoint, EndpointError, DEFAULT_API_SERVER_PORT};
+pub use layer::ConfigLayer;
+pub use values::{CriSocket, RescanSeconds, RingBufferKib, TokenPath, ValueError};
+
+pub use crate::deliver::stdout::StdoutFormat;
 
 use crate::deliver::{
     grpc::{listen::DEFAULT_LISTEN, Listen, TlsFiles},
@@ -54,6 +55,9 @@ pub struct Config {
     pub rescan_interval: Duration,
     /// Node name put in every alert.
     pub node_name: String,
+    /// Where [`Config::node_name`] came from, for the warning when it
+    /// matches no pod.
+    pub node_name_source: &'static str,
     /// Ring buffer size in bytes (a power of two, at least one page).
     pub ring_buffer_bytes: u32,
     /// The CRI socket; `None` detects the usual ones.
@@ -78,6 +82,9 @@ pub struct Config {
     pub otlp: Option<OtlpConfig>,
     /// Where the metrics and probe endpoints listen; `None`: not served.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Whether the token inventory is exported as metrics (`/metrics` and
+    /// OTLP): it names workloads and binaries, and `/metrics` is open.
+    pub metrics_inventory: bool,
     /// The host's /proc (the node's processes, their roots and the agent's
     /// own pid as the kernel knows it).
     pub host_proc: PathBuf,
@@ -106,15 +113,21 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
-    /// A plaintext gRPC listener on a non-loopback address.
+    /// A gRPC listener on a non-loopback address without mutual TLS: anyone
+    /// who reaches the port would read the alerts and the inventory.
     #[error(
-        "--grpc-listen {0} is reachable from other machines: give --grpc-tls-cert and --grpc-tls-key, \
-         or --grpc-allow-insecure-remote to accept plaintext"
+        "--grpc-listen {0} is reachable from other machines: give --grpc-tls-cert, --grpc-tls-key and \
+         --grpc-tls-client-ca (mutual TLS: only clients with a certificate that CA signed are served), \
+         or --grpc-allow-insecure-remote to serve unauthenticated clients"
     )]
     InsecureRemote(Listen),
     /// Half a TLS configuration.
     #[error("--grpc-tls-cert and --grpc-tls-key go together (and --grpc-tls-client-ca needs both)")]
     PartialTls,
+    /// TLS asked for on a unix socket, whose file mode already says who
+    /// may connect.
+    #[error("--grpc-listen {0}: TLS is for TCP listeners; a unix socket is the agent's alone (mode 0600)")]
+    TlsOnUnix(Listen),
     /// A plaintext OTLP endpoint off this machine.
     #[error(
         "--otlp-endpoint {0} sends alerts in plaintext over the network: use https:// (with --otlp-ca as needed), \
@@ -150,7 +163,7 @@ pub fn parse_yaml(path: &Path, text: &str) -> Result<ConfigLayer, ConfigError> {
     if text.trim().is_empty() {
         return Ok(ConfigLayer::default());
     }
-    serde_yaml::from_str(text).map_err(|error| {
+    yaml_serde::from_str(text).map_err(|error| {
         let message = strip_location(&error.to_string());
         let (line, column) = error.location().map_or((0, 0), |l| (l.line(), l.column()));
         let (line, column) = locate_value(text, &message, line).unwrap_or((line, column));
@@ -158,7 +171,7 @@ pub fn parse_yaml(path: &Path, text: &str) -> Result<ConfigLayer, ConfigError> {
     })
 }
 
-/// serde_yaml places an error raised while checking one element of a list at
+/// yaml_serde places an error raised while checking one element of a list at
 /// the list's start. The agent's own checks quote the bad value in backticks,
 /// so point at the first line from there on that holds it.
 fn locate_value(text: &str, message: &str, from_line: usize) -> Option<(usize, usize)> {
@@ -169,7 +182,7 @@ fn locate_value(text: &str, message: &str, from_line: usize) -> Option<(usize, u
         .find_map(|(index, line)| line.find(value).map(|column| (index + 1, column + 1)))
 }
 
-/// serde_yaml appends " at line L column C"; the error says it up front.
+/// yaml_serde appends " at line L column C"; the error says it up front.
 fn strip_location(message: &str) -> String {
     message.find(" at line ").map_or(message, |i| &message[..i]).to_owned()
 }
@@ -181,13 +194,23 @@ pub struct ServiceEnv {
     pub host: Option<String>,
     /// `KUBERNETES_SERVICE_PORT`.
     pub port: Option<String>,
+    /// `TOKENWATCH_NODE_NAME` (clap reads it for `--node-name`; kept to
+    /// say where the name came from).
+    pub tokenwatch_node_name: Option<String>,
+    /// `NODE_NAME`: the downward-API variable most DaemonSets set.
+    pub node_name: Option<String>,
 }
 
 impl ServiceEnv {
     /// Reads the two variables from the process environment.
     pub fn from_process() -> Self {
         let read = |name| std::env::var(name).ok().filter(|v: &String| !v.trim().is_empty());
-        ServiceEnv { host: read("KUBERNETES_SERVICE_HOST"), port: read("KUBERNETES_SERVICE_PORT") }
+        ServiceEnv {
+            host: read("KUBERNETES_SERVICE_HOST"),
+            port: read("KUBERNETES_SERVICE_PORT"),
+            tokenwatch_node_name: read("TOKENWATCH_NODE_NAME"),
+            node_name: read("NODE_NAME"),
+        }
     }
 
     fn endpoint(&self) -> Result<Option<Endpoint>, ConfigError> {
@@ -228,19 +251,33 @@ impl Config {
             (None, None, None) => None,
             _ => return Err(ConfigError::PartialTls),
         };
-        if grpc_tls.is_none() && !grpc_listen.is_local() && layer.grpc_allow_insecure_remote != Some(true) {
+        if grpc_tls.is_some() && matches!(grpc_listen, Listen::Unix(_)) {
+            return Err(ConfigError::TlsOnUnix(grpc_listen));
+        }
+        let mutual = grpc_tls.as_ref().is_some_and(|tls| tls.client_ca.is_some());
+        if !mutual && !grpc_listen.is_local() && !layer.grpc_allow_insecure_remote {
             return Err(ConfigError::InsecureRemote(grpc_listen));
         }
         let rescan = layer.rescan_interval_seconds.map_or(DEFAULT_RESCAN_INTERVAL_SECONDS, RescanSeconds::get);
+        let (node_name, node_name_source) = match layer.node_name.filter(|n| !n.is_empty()) {
+            Some(name) if service_env.tokenwatch_node_name.as_ref() == Some(&name) => (name, "TOKENWATCH_NODE_NAME"),
+            // The flags and the file are merged by now.
+            Some(name) => (name, "--node-name or the config file"),
+            None => match service_env.node_name.clone() {
+                Some(name) => (name, "NODE_NAME"),
+                None => (hostname.to_owned(), "the host name"),
+            },
+        };
         Ok(Config {
-            standalone: layer.standalone.unwrap_or(false),
+            standalone: layer.standalone,
             token_paths,
             api_servers,
             stdout: layer.stdout.unwrap_or_default(),
             rescan_interval: Duration::from_secs(rescan),
-            node_name: layer.node_name.filter(|n| !n.is_empty()).unwrap_or_else(|| hostname.to_owned()),
+            node_name,
+            node_name_source,
             ring_buffer_bytes: layer.ring_buffer_kib.unwrap_or(RingBufferKib::DEFAULT).bytes(),
-            cri_socket: layer.cri_socket,
+            cri_socket: layer.cri_socket.map(|socket| socket.0),
             kubeconfig: layer.kubeconfig,
             policy: layer.policy,
             dedup_window: Duration::from_secs(layer.dedup_window_seconds.unwrap_or(DEFAULT_DEDUP_WINDOW_SECONDS)),
@@ -251,6 +288,7 @@ impl Config {
             state_dir: layer.state_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
             otlp,
             metrics_listen: layer.metrics_listen,
+            metrics_inventory: layer.metrics_inventory,
             host_proc: layer.host_proc.unwrap_or_else(|| PathBuf::from("/proc")),
         })
     }
@@ -272,7 +310,7 @@ fn otlp(layer: &ConfigLayer) -> Result<Option<OtlpConfig>, ConfigError> {
     if tls_files && !endpoint.is_tls() {
         return Err(ConfigError::OtlpTlsWithoutHttps);
     }
-    if !endpoint.is_tls() && !endpoint.is_local() && layer.otlp_allow_insecure_remote != Some(true) {
+    if !endpoint.is_tls() && !endpoint.is_local() && !layer.otlp_allow_insecure_remote {
         return Err(ConfigError::OtlpInsecureRemote(endpoint.clone()));
     }
     Ok(Some(OtlpConfig { endpoint: endpoint.clone(), ca: layer.otlp_ca.clone(), identity }))

@@ -21,7 +21,7 @@ fn flags_win_over_the_file_and_env_endpoint_is_added() {
     let file = yaml("stdout: text\nnode-name: from-file\napi-servers: ['10.0.0.1']\nrescan-interval-seconds: 9\n")
         .expect("valid yaml");
     let flags = ConfigLayer { stdout: Some(StdoutFormat::None), ..ConfigLayer::default() };
-    let env = ServiceEnv { host: Some("fd00::1".into()), port: Some("6443".into()) };
+    let env = ServiceEnv { host: Some("fd00::1".into()), port: Some("6443".into()), ..ServiceEnv::default() };
     let config = Config::resolve(flags.over(file), &env, "host").expect("valid");
     assert_eq!(config.stdout, StdoutFormat::None);
     assert_eq!(config.node_name, "from-file");
@@ -69,7 +69,7 @@ fn values_in_the_file_are_checked_where_they_stand() {
 
 #[test]
 fn a_bad_service_environment_names_the_variables() {
-    let env = ServiceEnv { host: Some("kubernetes".into()), port: None };
+    let env = ServiceEnv { host: Some("kubernetes".into()), ..ServiceEnv::default() };
     let error = Config::resolve(ConfigLayer::default(), &env, "h").expect_err("hostname");
     assert!(
         error.to_string().starts_with("KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT (kubernetes:443)"),
@@ -77,7 +77,7 @@ fn a_bad_service_environment_names_the_variables() {
     );
     assert!(error.to_string().contains("`kubernetes` is not an IP address"), "{error}");
 
-    let env = ServiceEnv { host: Some("10.96.0.1".into()), port: Some("https".into()) };
+    let env = ServiceEnv { host: Some("10.96.0.1".into()), port: Some("https".into()), ..ServiceEnv::default() };
     let error = Config::resolve(ConfigLayer::default(), &env, "h").expect_err("port");
     assert!(error.to_string().contains("`https` is not a port"), "{error}");
 }
@@ -96,19 +96,24 @@ fn user_token_paths_are_added_once() {
 }
 
 #[test]
-fn grpc_is_loopback_by_default_and_remote_plaintext_needs_consent() {
+fn grpc_is_loopback_by_default_and_remote_needs_mutual_tls_or_consent() {
     let config = Config::resolve(ConfigLayer::default(), &ServiceEnv::default(), "h").expect("defaults");
     assert_eq!(config.grpc_listen.to_string(), "127.0.0.1:50051");
     assert_eq!(config.grpc_tls, None);
     let remote = || ConfigLayer { grpc_listen: Some("0.0.0.0:50051".parse().expect("addr")), ..ConfigLayer::default() };
     let error = Config::resolve(remote(), &ServiceEnv::default(), "h").expect_err("plaintext on the network");
     assert!(error.to_string().contains("--grpc-allow-insecure-remote"), "{error}");
-    let allowed = ConfigLayer { grpc_allow_insecure_remote: Some(true), ..remote() };
+    let allowed = ConfigLayer { grpc_allow_insecure_remote: true, ..remote() };
     assert!(Config::resolve(allowed, &ServiceEnv::default(), "h").is_ok());
-    let tls = ConfigLayer { grpc_tls_cert: Some("/c.pem".into()), grpc_tls_key: Some("/k.pem".into()), ..remote() };
-    assert!(Config::resolve(tls, &ServiceEnv::default(), "h").is_ok());
+    let tls = || ConfigLayer { grpc_tls_cert: Some("/c.pem".into()), grpc_tls_key: Some("/k.pem".into()), ..remote() };
+    let error = Config::resolve(tls(), &ServiceEnv::default(), "h").expect_err("server TLS alone: anyone is served");
+    assert!(error.to_string().contains("--grpc-tls-client-ca"), "{error}");
+    let mutual = ConfigLayer { grpc_tls_client_ca: Some("/ca.pem".into()), ..tls() };
+    assert!(Config::resolve(mutual, &ServiceEnv::default(), "h").is_ok());
     let half = ConfigLayer { grpc_tls_cert: Some("/c.pem".into()), ..ConfigLayer::default() };
     assert!(matches!(Config::resolve(half, &ServiceEnv::default(), "h"), Err(ConfigError::PartialTls)));
+    let unix = ConfigLayer { grpc_listen: Some("unix:/run/tw.sock".parse().expect("unix")), ..tls() };
+    assert!(matches!(Config::resolve(unix, &ServiceEnv::default(), "h"), Err(ConfigError::TlsOnUnix(_))));
 }
 
 #[test]
@@ -127,7 +132,7 @@ fn otlp_is_off_by_default_and_checked_like_the_grpc_listener() {
 
     let error = resolve(endpoint("http://collector.observability:4317")).expect_err("plaintext on the network");
     assert!(error.to_string().contains("--otlp-allow-insecure-remote"), "{error}");
-    let allowed = ConfigLayer { otlp_allow_insecure_remote: Some(true), ..endpoint("http://10.0.0.9:4317") };
+    let allowed = ConfigLayer { otlp_allow_insecure_remote: true, ..endpoint("http://10.0.0.9:4317") };
     assert!(resolve(allowed).expect("consented").otlp.is_some());
 
     let mtls = ConfigLayer {
@@ -157,4 +162,20 @@ fn otlp_settings_come_from_the_file_and_a_bad_url_names_its_place() {
     let error = yaml("stdout: json\notlp-endpoint: collector:4317\n").expect_err("no scheme").to_string();
     assert!(error.starts_with("/etc/tokenwatch.yaml:2:"), "{error}");
     assert!(error.contains("is not http://HOST:PORT or https://HOST:PORT"), "{error}");
+}
+
+#[test]
+fn the_node_name_says_where_it_came_from_and_node_name_is_the_fallback() {
+    let resolve = |layer: ConfigLayer, env: ServiceEnv| Config::resolve(layer, &env, "host-a").expect("valid");
+    let named = |name: &str| ConfigLayer { node_name: Some(name.into()), ..ConfigLayer::default() };
+    let config = resolve(ConfigLayer::default(), ServiceEnv::default());
+    assert_eq!((config.node_name.as_str(), config.node_name_source), ("host-a", "the host name"));
+    let downward = ServiceEnv { node_name: Some("node-7".into()), ..ServiceEnv::default() };
+    let config = resolve(ConfigLayer::default(), downward.clone());
+    assert_eq!((config.node_name.as_str(), config.node_name_source), ("node-7", "NODE_NAME"));
+    let config = resolve(named("flag-node"), downward);
+    assert_eq!((config.node_name.as_str(), config.node_name_source), ("flag-node", "--node-name or the config file"));
+    let env = ServiceEnv { tokenwatch_node_name: Some("env-node".into()), ..ServiceEnv::default() };
+    let config = resolve(named("env-node"), env);
+    assert_eq!(config.node_name_source, "TOKENWATCH_NODE_NAME");
 }

@@ -11,6 +11,12 @@ use serde::Deserialize;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenPath(pub PathBuf);
 
+/// The container runtime's CRI socket, as a path or as kubelet's
+/// `--container-runtime-endpoint` and crictl write it (`unix:///run/...`).
+/// Only unix sockets: the runtime is on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CriSocket(pub PathBuf);
+
 /// Seconds between token-file scans; at least one.
 pub type RescanSeconds = NonZeroU64;
 
@@ -27,6 +33,24 @@ pub enum ValueError {
     /// A ring buffer size that is not a power of two in range.
     #[error("ring buffer size `{0}` KiB must be a power of two from 4 to 1048576")]
     RingBufferSize(String),
+    /// A CRI endpoint that is not a unix socket's absolute path.
+    #[error("CRI socket `{0}`: give the runtime's unix socket as `unix:///path` or `/path` (no other scheme)")]
+    CriSocket(String),
+}
+
+impl FromStr for CriSocket {
+    type Err = ValueError;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let path = match text.strip_prefix("unix://") {
+            Some(rest) => rest,
+            None => text.strip_prefix("unix:").unwrap_or(text),
+        };
+        if path.starts_with('/') && !path.contains("://") {
+            Ok(CriSocket(PathBuf::from(path)))
+        } else {
+            Err(ValueError::CriSocket(text.to_owned()))
+        }
+    }
 }
 
 impl FromStr for TokenPath {
@@ -81,7 +105,7 @@ macro_rules! deserialize_from_str {
     )*};
 }
 
-deserialize_from_str!(TokenPath, RingBufferKib, super::Endpoint);
+deserialize_from_str!(TokenPath, RingBufferKib, CriSocket, super::Endpoint);
 
 /// A YAML scalar as text, whether written as a string or a number.
 struct Scalar(String);
@@ -110,6 +134,17 @@ mod tests {
         assert_eq!("/a/token".parse(), Ok(TokenPath("/a/token".into())));
         assert_eq!("a/token".parse::<TokenPath>(), Err(ValueError::RelativeTokenPath("a/token".into())));
         assert_eq!("4".parse::<RingBufferKib>().map(RingBufferKib::bytes), Ok(4096));
+        // The runtime endpoint as kubelet and crictl write it, or a path.
+        for (given, path) in [
+            ("unix:///run/containerd/containerd.sock", "/run/containerd/containerd.sock"),
+            ("unix:/run/crio/crio.sock", "/run/crio/crio.sock"),
+            ("/var/run/containerd/containerd.sock", "/var/run/containerd/containerd.sock"),
+        ] {
+            assert_eq!(given.parse::<CriSocket>(), Ok(CriSocket(PathBuf::from(path))), "{given}");
+        }
+        for bad in ["tcp://10.0.0.1:1234", "npipe:////./pipe/containerd", "unix://run/x.sock", "containerd.sock"] {
+            assert_eq!(bad.parse::<CriSocket>(), Err(ValueError::CriSocket(bad.into())), "{bad}");
+        }
         for bad in ["0", "2", "12", "2097152", "big"] {
             assert_eq!(bad.parse::<RingBufferKib>(), Err(ValueError::RingBufferSize(bad.into())), "{bad}");
         }

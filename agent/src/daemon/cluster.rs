@@ -9,7 +9,7 @@ use tokenwatch_common::EndpointKey;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{DaemonError, Tasks};
+use super::{tasks::Tasks, DaemonError};
 use crate::{
     config::{Config, Endpoint},
     kernel::watchlist,
@@ -25,12 +25,12 @@ const DELETED_POD_GRACE: std::time::Duration = std::time::Duration::from_secs(30
 /// Starts the cluster watches unless standalone, and keeps the endpoint map
 /// equal to the configured endpoints plus the cluster's. No configuration
 /// found means standalone; an explicit `--kubeconfig` that fails is an error.
+/// Returns the pods' source and, in a cluster, the API client.
 pub async fn start(
     config: &Config,
     endpoints: BpfHashMap<MapData, EndpointKey, u32>,
-    set: &mut Tasks,
-    cancel: &CancellationToken,
-) -> Result<PodSource, DaemonError> {
+    tasks: &mut Tasks,
+) -> Result<(PodSource, Option<::kube::Client>), DaemonError> {
     let client = if config.standalone {
         tracing::info!("standalone: the Kubernetes API is not watched");
         None
@@ -47,24 +47,19 @@ pub async fn start(
     let (learnt_tx, learnt_rx) = watch::channel(BTreeSet::new());
     let mut sync = EndpointSync { map: endpoints, configured: config.api_servers.clone(), current: BTreeSet::new() };
     sync.apply(&BTreeSet::new())?;
-    let token = cancel.clone();
-    set.spawn(async move { ("endpoint-sync", sync.run(learnt_rx, token).await) });
+    tasks.spawn("endpoint-sync", |token| sync.run(learnt_rx, token));
     let Some(client) = client else {
         drop(learnt_tx);
-        return Ok(PodSource::Standalone);
+        return Ok((PodSource::Standalone, None));
     };
     let store = PodStore::new(DELETED_POD_GRACE);
-    let (node, watched, token) = (config.node_name.clone(), store.clone(), cancel.clone());
+    let (node, watched) = (config.node_name.clone(), store.clone());
     tracing::info!(node = %node, "watching this node's pods and the API server's endpoints on the Kubernetes API");
     let pods_client = client.clone();
-    set.spawn(
-        async move { ("pod-watch", kube::watch_pods(pods_client, node, watched, token).await.map_err(Into::into)) },
-    );
-    let token = cancel.clone();
-    set.spawn(async move {
-        ("endpoint-watch", kube::watch_api_server_endpoints(client, learnt_tx, token).await.map_err(Into::into))
-    });
-    Ok(PodSource::Api(store))
+    tasks.spawn("pod-watch", |token| kube::watch_pods(pods_client, node, watched, token));
+    let endpoints_client = client.clone();
+    tasks.spawn("endpoint-watch", |token| kube::watch_api_server_endpoints(endpoints_client, learnt_tx, token));
+    Ok((PodSource::Api(store), Some(client)))
 }
 
 /// Owns the kernel's endpoint map.

@@ -24,14 +24,21 @@ pub const LOSS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Sends a loss alert to the pipeline whenever the drop counters moved
 /// since the last look; a last look at cancellation catches the tail.
+///
+/// The counters start at zero: this agent created the map when it loaded
+/// the programs (nothing is pinned), so every drop since `attached`, the
+/// moment the hooks went live, is reported, including those made before
+/// this task first ran. Taking a first reading as the baseline instead hid
+/// the drops of a flood that began while the agent was still starting.
 pub async fn watch_losses(
     counters: Arc<CounterMap>,
+    attached: SystemTime,
     mut alerts: HealthAlerts,
     pipeline: mpsc::Sender<Alert>,
     cancel: CancellationToken,
 ) -> Result<(), DaemonError> {
-    let mut seen = dropped_by_hook(&counters).unwrap_or_default();
-    let mut since = SystemTime::now();
+    let mut seen: HashMap<&'static str, u64> = HashMap::new();
+    let mut since = attached;
     let mut ticker = tokio::time::interval(LOSS_CHECK_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

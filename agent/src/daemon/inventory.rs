@@ -28,8 +28,9 @@ pub async fn keep(inventory: Inventory, pods: Option<PodStore>, cancel: Cancella
         tokio::select! {
             () = cancel.cancelled() => return Ok(()),
             _ = sync.tick() => {
-                if let Some(pods) = &pods {
-                    inventory.observe_pods(&pods.snapshot(), SystemTime::now());
+                match &pods {
+                    Some(pods) => inventory.observe_pods(&pods.snapshot(), SystemTime::now()),
+                    None => inventory.forget_gone(SystemTime::now()),
                 }
             }
             _ = save.tick() => {

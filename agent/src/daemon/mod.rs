@@ -5,33 +5,42 @@
 mod cluster;
 mod health;
 mod inventory;
+mod node_name;
+mod pipeline;
 mod reload;
-mod scanner;
 mod tasks;
 
-use std::{path::Path, sync::Arc, time::SystemTime};
+use std::{
+    path::{Path, PathBuf},
+    sync::{atomic::Ordering, Arc},
+    time::SystemTime,
+};
 
-use tokio::{sync::mpsc, task::JoinSet};
+use aya::maps::{MapData, RingBuf};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
+use self::tasks::Tasks;
 use crate::{
     config::Config,
-    deliver::spool::Spool,
-    deliver::stdout::StdoutError,
-    detect::{health::HealthAlerts, policy::Policy, Judge},
+    deliver::{otlp::OtlpConfig, spool::Spool, stdout::StdoutError},
+    detect::{chain::DEFAULT_WINDOW as DEFAULT_CHAIN_WINDOW, health::HealthAlerts, policy::Policy, Judge},
     enforce::{BlockNames, Enforcer},
+    inventory::Inventory,
     kernel::{
         clock::BootClock,
+        counters::CounterMap,
         loader::HookMaps,
         offsets::{resolve_running_kernel, OffsetsError},
         reader::{self, ReaderError},
         watchlist::WatchlistError,
-        Hooks, LoadError,
+        Hooks, KernelEvent, LoadError,
     },
     metadata::{
         cri::CriCache,
-        enrich::{Enricher, PodSource},
+        enrich::Enricher,
         kube::KubeError,
+        scanner::{ScanError, Scanner},
     },
 };
 
@@ -54,6 +63,9 @@ pub enum DaemonError {
     /// A watch map update was refused.
     #[error(transparent)]
     Watchlist(#[from] WatchlistError),
+    /// The token-file scanner stopped.
+    #[error(transparent)]
+    Scan(#[from] ScanError),
     /// The ring buffer could not be read.
     #[error(transparent)]
     Reader(#[from] ReaderError),
@@ -78,6 +90,13 @@ pub enum DaemonError {
     /// The metrics listener failed.
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    /// The agent's own pid on the host is unknown: the hooks could not
+    /// skip the agent's own reads, and guessing would skip another process.
+    #[error(
+        "cannot find the agent's own pid on the node from {0}: {1} (is --host-proc the node's /proc? \
+         the DaemonSet mounts it at /host/proc)"
+    )]
+    OwnPid(PathBuf, String),
     /// A signal handler could not be installed.
     #[error("installing the {0} handler: {1}")]
     Signal(&'static str, std::io::Error),
@@ -97,128 +116,176 @@ impl DaemonError {
     }
 }
 
-/// The agent's tasks; each reports its name with its result.
-type Tasks = JoinSet<(&'static str, Result<(), DaemonError>)>;
+/// How long the start-up check of the runtime's socket may take.
+const CRI_DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Runs until `cancel` fires or a task fails. Hooks are detached on return.
 pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), DaemonError> {
-    let policy = Arc::new(match &config.policy {
-        Some(path) => Policy::load(path)?,
-        None => Policy::default_policy(),
-    });
-    for rule in crate::detect::rules::ALL.iter().filter(|r| !policy.rule_enabled(r.id)) {
-        tracing::info!(rule = rule.id, "rule disabled by policy");
-    }
+    let own_tgid = own_tgid(&config.host_proc)?;
+    let policy = load_policy(config.policy.as_deref())?;
     let boot_id = run_id();
     let spool = Spool::open(&config.spool_dir, config.spool_max_bytes, SPOOL_SEGMENT_BYTES, &boot_id)?;
     tracing::info!(dir = %config.spool_dir.display(), last_sequence = spool.last_sequence(), "delivery log open");
-    let inventory = crate::inventory::Inventory::open(&config.state_dir, &config.node_name)?;
+    let inventory = Inventory::open(&config.state_dir, &config.node_name)?;
     let offsets = resolve_running_kernel()?;
     let debug_logs = tracing::enabled!(target: "tokenwatch_ebpf", tracing::Level::DEBUG);
-    let mut hooks = Hooks::load(&offsets, config.ring_buffer_bytes, debug_logs, own_tgid(&config.host_proc))?;
+    let mut hooks = Hooks::load(&offsets, config.ring_buffer_bytes, debug_logs, own_tgid)?;
     let HookMaps { events, files, endpoints, counters, logger, enforcement } = hooks.take_maps()?;
     let counters = Arc::new(counters);
-    let (policy_tx, policy) = tokio::sync::watch::channel(policy);
-    crate::metrics::global().register(Arc::clone(&counters), spool.clone(), policy.clone());
+    let (policy_tx, policy) = watch::channel(policy);
+    register_metrics(&counters, &spool, &policy, config.metrics_inventory.then(|| inventory.clone()));
     log_enforcement(&policy.borrow());
-    let mut set = Tasks::new();
+    let mut tasks = Tasks::new(&cancel);
 
-    // The first scan fills the map before the hooks go live, so everything
-    // present at start-up is watched from the first event.
-    let pods = cluster::start(&config, endpoints, &mut set, &cancel).await?;
-    let store = match &pods {
-        PodSource::Api(store) => Some(store.clone()),
-        PodSource::Standalone => None,
-    };
-    let store_for_inventory = store.clone();
-    let store_for_enforcer = store.clone();
-    let mut scanner = scanner::Scanner::new(config.token_paths.clone(), config.host_proc.clone(), files, store);
+    // Metadata: the cluster's pods and API-server endpoints, the container
+    // runtime, and the token files, whose first scan fills the kernel's map
+    // before the hooks go live, so everything present is watched from the
+    // first event.
+    let (pods, api) = cluster::start(&config, endpoints, &mut tasks).await?;
+    let store = pods.store();
+    let mut scanner = Scanner::new(config.token_paths.clone(), config.host_proc.clone(), files, store.clone());
     let initial = scanner.scan_once().await?;
-    let (snapshot_tx, snapshot_rx) = tokio::sync::watch::channel(Arc::clone(&initial));
+    let (snapshot_tx, snapshot_rx) = watch::channel(Arc::clone(&initial));
     scanner.announce(&initial);
-    let cri = CriCache::new(config.cri_socket.clone());
-    match cri.socket() {
-        Ok(socket) => tracing::info!(socket = %socket.display(), "container metadata from the runtime over CRI"),
-        Err(reason) => tracing::warn!(%reason, "no container runtime: alerts will lack container metadata"),
+    let cri = container_runtime(&config).await;
+    if let (Some(pods), Some(client)) = (store.clone(), api) {
+        let (node, source, cri) = (config.node_name.clone(), config.node_name_source, cri.clone());
+        tasks.spawn("node-name-check", |token| node_name::NodeNameCheck { node, source, pods, cri, client }.run(token));
     }
-    let cri_for_enforcer = cri.clone();
-    let rescan = Arc::new(tokio::sync::Notify::new());
-    let enricher = Enricher::new(cri, pods, snapshot_rx, Arc::clone(&rescan), config.host_proc.clone());
-    let spool_health = HealthAlerts::new(config.node_name.clone(), format!("{boot_id}-spool"));
-    let loss_alerts = HealthAlerts::new(config.node_name.clone(), format!("{boot_id}-loss"));
+    let rescan = Arc::new(Notify::new());
+    let enricher = Enricher::new(cri.clone(), pods, snapshot_rx, Arc::clone(&rescan), config.host_proc.clone());
     let blocks = BlockNames::default();
-    let judge =
-        Judge::new(config.node_name.clone(), boot_id, BootClock::measure(), crate::detect::chain::DEFAULT_WINDOW)
-            .naming_blocks(blocks.clone());
+    let judge = Judge::new(config.node_name.clone(), boot_id.clone(), BootClock::measure(), DEFAULT_CHAIN_WINDOW)
+        .naming_blocks(blocks.clone());
 
+    // The hooks go live. The stream is bound first: a script that waits
+    // for "hooks attached" can subscribe at once.
+    let grpc_bound = crate::deliver::grpc::bind(&config.grpc_listen).await?;
     let attached = hooks.attach()?.join(",");
+    let attached_at = SystemTime::now();
     tracing::info!(hooks = %attached, "hooks attached");
+    crate::metrics::global().hooks_attached.store(true, Ordering::Relaxed);
     // The enforcer attaches fences through the hooks while it runs; the
     // hooks are dropped (everything detached) once every task has stopped.
     let hooks = Arc::new(std::sync::Mutex::new(hooks));
     let root = crate::kernel::cgroup_hooks::unified_root();
-    let enforcer = Enforcer::new(Arc::clone(&hooks), enforcement, root, store_for_enforcer, cri_for_enforcer, blocks);
-    let (watched, token) = (policy.clone(), cancel.clone());
-    set.spawn(async move {
+    let enforcer =
+        Enforcer::new(Arc::clone(&hooks), enforcement, root, store.clone(), cri, blocks, config.host_proc.clone());
+    let watched = policy.clone();
+    tasks.spawn("enforce", |token| async move {
         enforcer.run(watched, token).await;
-        ("enforce", Ok(()))
+        Ok::<(), DaemonError>(())
     });
-    crate::metrics::global().hooks_attached.store(true, std::sync::atomic::Ordering::Relaxed);
     if let Some(addr) = config.metrics_listen {
-        let token = cancel.clone();
-        set.spawn(async move { ("metrics", crate::metrics::serve(addr, token).await.map_err(Into::into)) });
+        tasks.spawn("metrics", |token| crate::metrics::serve(addr, token));
     }
 
+    // Events: kernel -> metadata -> detect -> deliver, with the agent's own
+    // health alerts beside them.
     let (event_tx, event_rx) = mpsc::channel(EVENT_QUEUE);
-    let token = cancel.clone();
-    set.spawn(async move {
-        let result = reader::read_events(events, event_tx, token).await;
-        if let Ok(stats) = &result {
-            tracing::info!(delivered = stats.delivered, undecodable = stats.undecodable, "event reader stopped");
-        }
-        ("reader", result.map(drop).map_err(DaemonError::from))
-    });
-    let token = cancel.clone();
-    set.spawn(async move { ("scanner", scanner.run(config.rescan_interval, snapshot_tx, rescan, token).await) });
+    tasks.spawn("reader", |token| read_events(events, event_tx, token));
+    let interval = config.rescan_interval;
+    tasks.spawn("scanner", |token| scanner.run(interval, snapshot_tx, rescan, token));
     let (loss_tx, loss_rx) = mpsc::channel(LOSS_QUEUE);
-    let (counters_for_losses, token) = (Arc::clone(&counters), cancel.clone());
-    set.spawn(async move { ("losses", health::watch_losses(counters_for_losses, loss_alerts, loss_tx, token).await) });
-    let dedup_window = config.dedup_window;
-    let health = tasks::Health { losses: loss_rx, alerts: spool_health };
+    let losses = HealthAlerts::new(config.node_name.clone(), format!("{boot_id}-loss"));
+    let kernel = Arc::clone(&counters);
+    tasks.spawn("losses", |token| health::watch_losses(kernel, attached_at, losses, loss_tx, token));
+    let spool_alerts = HealthAlerts::new(config.node_name.clone(), format!("{boot_id}-spool"));
+    let health = pipeline::Health { losses: loss_rx, alerts: spool_alerts };
     let delivery =
-        tasks::Delivery { spool: spool.clone(), format: config.stdout, health, inventory: inventory.clone() };
-    set.spawn(
-        async move { ("pipeline", tasks::pipeline(event_rx, enricher, judge, policy, dedup_window, delivery).await) },
-    );
-    let (path, token) = (config.policy.clone(), cancel.clone());
-    set.spawn(async move { ("policy-reload", reload::reload_policy_on_hangup(path, policy_tx, token).await) });
-    let (book, token) = (inventory.clone(), cancel.clone());
-    set.spawn(async move { ("inventory", inventory::keep(book, store_for_inventory, token).await) });
-    let (listen, tls, log, token) =
-        (config.grpc_listen.clone(), config.grpc_tls.clone(), spool.clone(), cancel.clone());
+        pipeline::Delivery { spool: spool.clone(), format: config.stdout, health, inventory: inventory.clone() };
+    let (watched, window) = (policy.clone(), config.dedup_window);
+    tasks.spawn("pipeline", |_| pipeline::pipeline(event_rx, enricher, judge, watched, window, delivery));
+
+    // Upkeep and the ways out: SIGHUP reloads the policy and the gRPC
+    // server's TLS files; the inventory syncs and saves; the stream, OTLP
+    // and the delivery log's flushes.
+    let tls_reload = Arc::new(Notify::new());
+    let (path, hangup) = (config.policy.clone(), Arc::clone(&tls_reload));
+    tasks.spawn("policy-reload", |token| reload::reload_on_hangup(path, policy_tx, hangup, token));
     let book = inventory.clone();
-    set.spawn(
-        async move { ("grpc", crate::deliver::grpc::serve(listen, tls, log, book, token).await.map_err(Into::into)) },
-    );
+    tasks.spawn("inventory", |token| inventory::keep(book, store, token));
+    let (tls, log, book) = (config.grpc_tls.clone(), spool.clone(), inventory.clone());
+    tasks.spawn("grpc", |token| crate::deliver::grpc::serve(grpc_bound, tls, tls_reload, log, book, token));
     if let Some(otlp) = config.otlp.clone() {
-        crate::metrics::global().otlp_enabled.store(true, std::sync::atomic::Ordering::Relaxed);
-        let (log, token) = (spool.clone(), cancel.clone());
-        set.spawn(async move { ("otlp", crate::deliver::otlp::export(log, otlp, token).await.map_err(Into::into)) });
+        spawn_otlp(&mut tasks, otlp, &spool, config.metrics_inventory.then(|| inventory.clone()));
     }
-    let (log, token) = (spool.clone(), cancel.clone());
-    set.spawn(async move { ("spool-sync", tasks::sync_spool(log, token).await) });
+    let log = spool.clone();
+    tasks.spawn("spool-sync", |token| async move { log.keep_flushed(token).await });
     if let Some(logger) = logger {
-        let token = cancel.clone();
-        set.spawn(async move { ("ebpf-log", reader::forward_logs(logger, token).await.map_err(DaemonError::from)) });
+        tasks.spawn("ebpf-log", |token| reader::forward_logs(logger, token));
     }
 
-    let first_error = supervise(set, &cancel).await;
-    // The pipeline has counted its last event: keep all of it.
+    let first_error = tasks.supervise().await;
+    shut_down(&inventory, &spool, &counters);
+    drop(hooks);
+    tracing::info!("hooks detached");
+    first_error.map_or(Ok(()), Err)
+}
+
+/// The policy file's, or the shipped default; says which rules it turns off.
+fn load_policy(path: Option<&Path>) -> Result<Arc<Policy>, DaemonError> {
+    let policy = match path {
+        Some(path) => Policy::load(path)?,
+        None => Policy::default_policy(),
+    };
+    for rule in crate::detect::rules::ALL.iter().filter(|r| !policy.rule_enabled(r.id)) {
+        tracing::info!(rule = rule.id, "rule disabled by policy");
+    }
+    Ok(Arc::new(policy))
+}
+
+/// The container runtime's client. It dials lazily: say now, once, if
+/// nothing answers there (within a bound: a stuck runtime must not hold
+/// the start).
+async fn container_runtime(config: &Config) -> CriCache {
+    let cri = CriCache::new(config.cri_socket.clone());
+    match cri.socket() {
+        Ok(socket) => {
+            let dialled = tokio::time::timeout(CRI_DIAL_TIMEOUT, tokio::net::UnixStream::connect(socket)).await;
+            match dialled.unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut))) {
+                Ok(_) => tracing::info!(socket = %socket.display(), "container metadata from the runtime over CRI"),
+                Err(error) => tracing::warn!(
+                    socket = %socket.display(), %error,
+                    "cannot reach the container runtime: alerts lack container metadata until it answers"
+                ),
+            }
+        }
+        Err(reason) => tracing::warn!(%reason, "no container runtime: alerts will lack container metadata"),
+    }
+    cri
+}
+
+/// The ring-buffer reader, saying at its end what it delivered.
+async fn read_events(
+    events: RingBuf<MapData>,
+    out: mpsc::Sender<KernelEvent>,
+    cancel: CancellationToken,
+) -> Result<(), DaemonError> {
+    let stats = reader::read_events(events, out, cancel).await?;
+    tracing::info!(delivered = stats.delivered, undecodable = stats.undecodable, "event reader stopped");
+    Ok(())
+}
+
+/// The OTLP exporters: the alerts as logs, and the inventory as metrics
+/// when it is exported.
+fn spawn_otlp(tasks: &mut Tasks, otlp: OtlpConfig, spool: &Spool, inventory: Option<Inventory>) {
+    crate::metrics::global().otlp_enabled.store(true, Ordering::Relaxed);
+    if let Some(book) = inventory {
+        let config = otlp.clone();
+        tasks.spawn("otlp-metrics", |token| crate::deliver::otlp::metrics::export_inventory(book, config, token));
+    }
+    let log = spool.clone();
+    tasks.spawn("otlp", |token| crate::deliver::otlp::export(log, otlp, token));
+}
+
+/// After every task has stopped: keep the inventory's last counts, mark the
+/// delivery log cleanly closed (the next start continues its sequence
+/// exactly), and say what the kernel saw.
+fn shut_down(inventory: &Inventory, spool: &Spool, counters: &CounterMap) {
     if let Err(error) = inventory.save() {
         tracing::warn!(%error, "saving the inventory");
     }
-    // Every writer has stopped: mark the log cleanly closed, so the next
-    // start continues its sequence exactly.
     if let Err(error) = spool.close() {
         tracing::warn!(%error, "closing the delivery log");
     }
@@ -226,26 +293,6 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
         Ok(counters) => tracing::info!(counters = %counters.summary(), "kernel counters"),
         Err(error) => tracing::warn!(%error, "reading kernel counters"),
     }
-    drop(hooks);
-    tracing::info!("hooks detached");
-    first_error.map_or(Ok(()), Err)
-}
-
-/// Waits for every task; the first failure cancels the rest and is returned.
-async fn supervise(mut set: Tasks, cancel: &CancellationToken) -> Option<DaemonError> {
-    let mut first_error = None;
-    while let Some(joined) = set.join_next().await {
-        let (name, result) = match joined {
-            Ok(done) => done,
-            Err(error) => ("?", Err(DaemonError::Panic(error.to_string()))),
-        };
-        if let Err(error) = result {
-            tracing::error!(task = name, %error, "task failed; shutting down");
-            cancel.cancel();
-            first_error.get_or_insert(error);
-        }
-    }
-    first_error
 }
 
 /// Says at start what the policy's blocks will do, so an operator sees a
@@ -268,15 +315,45 @@ fn run_id() -> String {
 
 /// The agent's own tgid as the kernel (the host's pid namespace) knows it,
 /// so the programs skip its own token reads and API calls. In a pod without
-/// hostPID, `std::process::id()` is the pid in the pod's namespace; the
-/// host's /proc names the host's pid in its `self` link.
-fn own_tgid(host_proc: &Path) -> u32 {
+/// hostPID, `std::process::id()` is the pid in the pod's namespace (often
+/// 1, which on the node is init); the host's /proc names the host's pid in
+/// its `self` link. Without that link the agent does not start: any guess
+/// would hide another process from the hooks.
+fn own_tgid(host_proc: &Path) -> Result<u32, DaemonError> {
     let link = host_proc.join("self");
-    match std::fs::read_link(&link).ok().and_then(|target| target.to_str()?.parse().ok()) {
-        Some(tgid) => tgid,
-        None => {
-            tracing::warn!(link = %link.display(), "cannot read the agent's host pid; assuming this pid namespace is the host's");
-            std::process::id()
-        }
+    let target = std::fs::read_link(&link).map_err(|error| DaemonError::OwnPid(link.clone(), error.to_string()))?;
+    target
+        .to_str()
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| DaemonError::OwnPid(link.clone(), format!("`{}` is not a pid", target.display())))
+}
+
+/// Registers the parts read at scrape time: the kernel's counters, the
+/// hooks' states (also `/readyz`'s detail), the policy in force, the
+/// delivery log and, with `--metrics-inventory`, the inventory.
+fn register_metrics(
+    counters: &Arc<crate::kernel::counters::CounterMap>,
+    spool: &Spool,
+    policy: &tokio::sync::watch::Receiver<Arc<Policy>>,
+    inventory: Option<crate::inventory::Inventory>,
+) {
+    use std::sync::atomic::Ordering;
+    let metrics = crate::metrics::global();
+    let kernel = Arc::clone(counters);
+    metrics.register_source(move |out| kernel.expose(out));
+    metrics.register_source(|out| crate::kernel::hook_status::status().expose(out));
+    metrics.set_ready_detail(|| crate::kernel::hook_status::status().degraded_lines());
+    let policy = policy.clone();
+    metrics.register_source(move |out| policy.borrow().expose(out));
+    let log = spool.clone();
+    metrics.register_source(move |out| {
+        let counts = crate::metrics::global();
+        let acknowledged =
+            counts.otlp_enabled.load(Ordering::Relaxed).then(|| counts.otlp_acknowledged.load(Ordering::Relaxed));
+        log.expose(out, counts.spool_write_failures.load(Ordering::Relaxed), acknowledged);
+    });
+    if let Some(book) = inventory {
+        let scrape = crate::inventory::scrape::InventoryScrape::new(book);
+        metrics.register_source(move |out| scrape.expose(out));
     }
 }

@@ -1,19 +1,23 @@
-//! SIGHUP reloads the policy file. A file that does not load is refused
-//! with its file:line:column and the policy in force stays: a typo must
-//! never leave the node unwatched or change what is excepted.
+//! SIGHUP reloads the policy file, and the gRPC server's TLS files
+//! (`deliver/grpc/tls`, which also notices a change by itself). A policy
+//! file that does not load is refused with its file:line:column and the
+//! policy in force stays: a typo must never leave the node unwatched or
+//! change what is excepted.
 
 use std::{path::PathBuf, sync::Arc};
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::DaemonError;
 use crate::detect::policy::Policy;
 
-/// Waits for SIGHUP until cancelled; each one reloads `path` into `policy`.
-pub async fn reload_policy_on_hangup(
+/// Waits for SIGHUP until cancelled; each one reloads `path` into `policy`
+/// and wakes `tls` (the gRPC server's reload).
+pub async fn reload_on_hangup(
     path: Option<PathBuf>,
     policy: watch::Sender<Arc<Policy>>,
+    tls: Arc<Notify>,
     cancel: CancellationToken,
 ) -> Result<(), DaemonError> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -23,6 +27,7 @@ pub async fn reload_policy_on_hangup(
             () = cancel.cancelled() => return Ok(()),
             received = hangups.recv() => if received.is_none() { return Ok(()) },
         }
+        tls.notify_one();
         let Some(path) = path.clone() else {
             tracing::warn!("SIGHUP: no --policy file was given; the built-in default policy stays in force");
             continue;

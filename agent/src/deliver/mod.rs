@@ -4,5 +4,6 @@
 
 pub mod grpc;
 pub mod otlp;
+pub mod sinks;
 pub mod spool;
 pub mod stdout;

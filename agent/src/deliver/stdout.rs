@@ -5,7 +5,22 @@
 use tokenwatch_proto::v1::{alert::Evidence, Alert, EnforcementAction, Severity};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::config::StdoutFormat;
+use serde::Deserialize;
+
+use crate::printable::printable;
+
+/// How alerts are printed on stdout.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum StdoutFormat {
+    /// One JSON object per alert per line (the proto3 JSON mapping).
+    #[default]
+    Json,
+    /// One human-readable line per alert.
+    Text,
+    /// Nothing on stdout (alerts go to the other sinks only).
+    None,
+}
 
 /// Why an alert could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +51,8 @@ fn text(alert: &Alert) -> Result<String, StdoutError> {
     let severity = severity.as_str_name().trim_start_matches("SEVERITY_");
     let process = alert.process.clone().unwrap_or_default();
     let container = alert.container.as_ref().map(|c| c.id.as_str()).filter(|id| !id.is_empty()).unwrap_or("-");
+    // The summary and ids quote the node (comm, paths): one alert, one line.
+    let container = printable(container);
     let evidence = match &alert.evidence {
         Some(Evidence::TokenRead(read)) => format!("requested={:?} flags={}", read.requested_path, read.flags),
         Some(Evidence::ApiServerConnect(connect)) => format!("outcome={}", connect.outcome),
@@ -58,8 +75,13 @@ fn text(alert: &Alert) -> Result<String, StdoutError> {
         pid = process.pid,
         uid = process.uid,
         comm = process.comm,
-        exe = if process.exe.is_empty() { String::new() } else { format!(" exe={:?}", process.exe) },
-        summary = alert.summary,
+        // The path from /proc, else the name the kernel read with the event.
+        exe = match (process.exe.as_str(), process.executable_name.as_str()) {
+            ("", "") => String::new(),
+            ("", name) => format!(" exe_name={name:?}"),
+            (path, _) => format!(" exe={path:?}"),
+        },
+        summary = printable(&alert.summary),
     ))
 }
 
@@ -142,6 +164,19 @@ mod tests {
         let value: serde_json::Value = serde_json::from_str(&json).expect("valid json");
         assert_eq!(value["enforcement"]["action"], "ENFORCEMENT_ACTION_KILLED");
         assert_eq!(value["enforcement"]["blockId"], "no-reads");
+    }
+
+    #[test]
+    fn text_from_the_node_cannot_forge_a_line() {
+        // A process named by its author: a line end and a fake alert.
+        let forged = Alert {
+            summary: "x\n2023-11-14T22:13:20Z INFO nothing-to-see \u{1b}[2J (pid 7) opened ...".into(),
+            process: Some(ProcessContext { pid: 7, comm: "a\nb".into(), exe: "/tmp/\r".into(), ..Default::default() }),
+            ..alert()
+        };
+        let line = render(StdoutFormat::Text, &forged).expect("renders").expect("a line");
+        assert!(!line.contains(['\n', '\r', '\u{1b}']), "{line:?}");
+        assert!(line.contains("x\\n2023-11-14T22:13:20Z INFO"), "{line}");
     }
 
     #[tokio::test]

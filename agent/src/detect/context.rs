@@ -8,8 +8,11 @@ use tokenwatch_proto::v1::{ContainerContext, KubernetesContext, ProcessContext, 
 
 use super::origin::origin;
 use crate::{
-    kernel::Identity,
-    metadata::{cgroup::CgroupIdentity, cri::ContainerMeta, kube::PodInfo, process::ProcessInfo},
+    kernel::{clock::BootClock, Identity},
+    metadata::{
+        cgroup::CgroupIdentity, container_fs::kernel_dev_display, cri::ContainerMeta, kube::PodInfo,
+        process::ProcessInfo,
+    },
 };
 
 /// Pod-level identity: the API's view first, the runtime's labels where
@@ -72,7 +75,12 @@ pub fn container(identity: &Identity, cgroup: &CgroupIdentity) -> ContainerConte
 
 /// The process and its ancestry: pids and names as the kernel recorded
 /// them, executables from /proc where the process still existed.
-pub fn process(identity: &Identity, info: &ProcessInfo, container: Option<&Arc<ContainerMeta>>) -> ProcessContext {
+pub fn process(
+    identity: &Identity,
+    info: &ProcessInfo,
+    container: Option<&Arc<ContainerMeta>>,
+    clock: BootClock,
+) -> ProcessContext {
     let exe_of = |pid: u32| info.ancestors.iter().find(|a| a.pid == pid).map(|a| a.exe.clone()).unwrap_or_default();
     ProcessContext {
         pid: identity.pid,
@@ -89,6 +97,16 @@ pub fn process(identity: &Identity, info: &ProcessInfo, container: Option<&Arc<C
             .collect(),
         ns_pid: identity.ns_pid,
         origin: origin(identity, container.and_then(|c| c.init_pid)).into(),
+        executable_name: identity.executable.name.clone(),
+        executable_device: match identity.executable.dev {
+            0 => String::new(),
+            dev => kernel_dev_display(dev),
+        },
+        executable_inode: identity.executable.ino,
+        start_time: (identity.process_start_ns != 0).then(|| {
+            let (seconds, nanos) = clock.wall(identity.process_start_ns);
+            pbjson_types::Timestamp { seconds, nanos }
+        }),
     }
 }
 

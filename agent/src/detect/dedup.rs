@@ -14,6 +14,12 @@
 //! final count. Windows are fixed, starting at the first occurrence; the
 //! next occurrence after a window closes opens a new one (and a new alert).
 //!
+//! The re-emission says who: `folded_processes` lists each distinct
+//! process (pid, start, parent) the alert stands for with its own count,
+//! at most [`MAX_FOLDED_PROCESSES`], and `folded_processes_more` counts the
+//! events of the rest. A second shell's reads are never hidden behind the
+//! first's pid.
+//!
 //! Memory is bounded by `max_keys` open windows; when full, the oldest
 //! window is closed early (re-emitted if it absorbed anything), so counts
 //! are never dropped.
@@ -23,7 +29,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokenwatch_proto::v1::Alert;
+use tokenwatch_proto::v1::{Alert, FoldedProcess};
 
 #[cfg(test)]
 mod tests;
@@ -34,6 +40,8 @@ pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
 /// The default bound on open windows (distinct rule/container/binary
 /// triples seen within one window).
 pub const DEFAULT_MAX_KEYS: usize = 10_000;
+/// The most processes a re-emitted alert lists.
+pub const MAX_FOLDED_PROCESSES: usize = 16;
 
 /// What makes two alerts the same.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -77,11 +85,41 @@ impl Key {
     }
 }
 
-/// One open window: the alert as first sent, with the running count.
+/// One open window: the alert as first sent, with the running count and
+/// the processes folded in.
 #[derive(Debug)]
 struct Window {
     alert: Alert,
     closes: Instant,
+    processes: Vec<FoldedProcess>,
+    /// Events of processes beyond [`MAX_FOLDED_PROCESSES`].
+    more: u64,
+}
+
+impl Window {
+    /// Counts `occurrences` of `alert`'s process.
+    fn fold(&mut self, alert: &Alert, occurrences: u64) {
+        let folded = folded_process(alert, occurrences);
+        let same = |known: &FoldedProcess| known.pid == folded.pid && known.start_time == folded.start_time;
+        match self.processes.iter().position(same) {
+            Some(at) => self.processes[at].count = self.processes[at].count.saturating_add(occurrences),
+            None if self.processes.len() < MAX_FOLDED_PROCESSES => self.processes.push(folded),
+            None => self.more = self.more.saturating_add(occurrences),
+        }
+    }
+}
+
+/// `alert`'s process as one of those an alert stands for.
+fn folded_process(alert: &Alert, count: u64) -> FoldedProcess {
+    let process = alert.process.as_ref();
+    let parent = process.and_then(|p| p.parents.first());
+    FoldedProcess {
+        pid: process.map_or(0, |p| p.pid),
+        start_time: process.and_then(|p| p.start_time),
+        parent_pid: parent.map_or(0, |p| p.pid),
+        parent_comm: parent.map(|p| p.comm.clone()).unwrap_or_default(),
+        count,
+    }
 }
 
 /// The deduplicator. One per pipeline; not shared, so `&mut self`.
@@ -125,6 +163,7 @@ impl Deduper {
         let occurrences = alert.count.max(1);
         if let Some(open) = self.open.get_mut(&key) {
             absorb(&mut open.alert, &alert, occurrences);
+            open.fold(&alert, occurrences);
             return None;
         }
         if self.open.len() >= self.max_keys {
@@ -139,7 +178,8 @@ impl Deduper {
         if alert.last_seen.is_none() {
             alert.last_seen = alert.time;
         }
-        self.open.insert(key.clone(), Window { alert: alert.clone(), closes: now + self.window });
+        let processes = vec![folded_process(&alert, occurrences)];
+        self.open.insert(key.clone(), Window { alert: alert.clone(), closes: now + self.window, processes, more: 0 });
         self.order.push_back(key);
         Some(alert)
     }
@@ -189,8 +229,10 @@ impl Deduper {
     /// Ends one window; queues its alert again if it stands for more than
     /// the one occurrence already sent.
     fn close(&mut self, key: &Key, now: Instant) {
-        let Some(window) = self.open.remove(key) else { return };
+        let Some(mut window) = self.open.remove(key) else { return };
         if window.alert.count > 1 {
+            window.alert.folded_processes = window.processes;
+            window.alert.folded_processes_more = window.more;
             self.due.push(window.alert);
             self.due_since.get_or_insert(now);
         }

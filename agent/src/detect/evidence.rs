@@ -6,7 +6,7 @@ use tokenwatch_proto::v1::{alert::Evidence, ApiServerConnect, TokenRead};
 use super::describe;
 use crate::{
     kernel::{ConnectRecord, OpenRecord},
-    metadata::enrich::Enrichment,
+    metadata::{container_fs::kernel_dev_display, enrich::Enrichment},
 };
 
 /// " in pod shop/checkout-7f9c (container api)", or "" off Kubernetes.
@@ -45,7 +45,7 @@ pub fn token_read(open: &OpenRecord, enrichment: &Enrichment) -> Evidence {
         dirfd: open.dirfd,
         flags: describe::open_flags(open.flags),
         fd: open.fd,
-        device: format!("{}:{}", open.dev >> 20, open.dev & 0xf_ffff),
+        device: kernel_dev_display(open.dev),
         inode: open.ino,
         watched_path: enrichment.watched.as_ref().map(|w| w.path.display().to_string()).unwrap_or_default(),
         owner_pod_uid: enrichment.watched.as_ref().and_then(|w| w.pod_uid.clone()).unwrap_or_default(),

@@ -16,9 +16,8 @@ use std::time::Instant;
 use tokenwatch_common::EnforceAction;
 use tokenwatch_proto::v1::{Alert, Enforcement, EnforcementAction, ProcessOrigin};
 
-use self::{chain::ChainTracker, rules::Rule};
+use self::{chain::ChainTracker, policy::BlockNames, rules::Rule};
 use crate::{
-    enforce::BlockNames,
     kernel::{clock::BootClock, Enforced, KernelEvent},
     metadata::enrich::Enrichment,
 };
@@ -103,7 +102,7 @@ impl Judge {
         let identity = event.identity();
         let (seconds, nanos) = self.clock.wall(identity.boot_time_ns);
         let time = Some(pbjson_types::Timestamp { seconds, nanos });
-        let process = context::process(identity, &enrichment.process, enrichment.container.as_ref());
+        let process = context::process(identity, &enrichment.process, enrichment.container.as_ref(), self.clock);
         let origin = ProcessOrigin::try_from(process.origin).unwrap_or(ProcessOrigin::Unspecified);
         let (severity, severity_reasons) = rules::raise(rule, origin, &process.exe, &process.comm);
         let enforcement = enforcement(event.enforced(), &self.blocks);
@@ -138,6 +137,9 @@ impl Judge {
             sequence: 0,
             boot_id: String::new(),
             enforcement,
+            // Filled by the deduplicator when it folds repeats in.
+            folded_processes: Vec::new(),
+            folded_processes_more: 0,
         }
     }
 }
@@ -150,6 +152,7 @@ fn enforcement(enforced: Enforced, blocks: &BlockNames) -> Option<Enforcement> {
         EnforceAction::WouldBlock => EnforcementAction::WouldBlock,
         EnforceAction::Killed => EnforcementAction::Killed,
         EnforceAction::WouldKill => EnforcementAction::WouldKill,
+        EnforceAction::KillFailed => EnforcementAction::KillFailed,
     };
     let block_id = blocks.id(enforced.block).unwrap_or_else(|| format!("#{}", enforced.block));
     Some(Enforcement { action: action.into(), block_id })
@@ -162,6 +165,7 @@ fn describe_enforcement(done: &Enforcement) -> String {
         EnforcementAction::WouldBlock => "would have been refused (dry run)",
         EnforcementAction::Killed => "process killed before it could read",
         EnforcementAction::WouldKill => "process would have been killed (dry run)",
+        EnforcementAction::KillFailed => "process NOT killed: the kernel refused the signal (it may have read)",
         EnforcementAction::Unspecified => "nothing done",
     };
     format!("{what} by block `{}`", done.block_id)
@@ -207,6 +211,7 @@ mod tests {
                 ns_pid: 7,
                 ns_level: 1,
                 ancestors: Vec::new(),
+                executable: Default::default(),
             },
             syscall: OpenSyscall::Openat2,
             dirfd: -100,
@@ -236,5 +241,11 @@ mod tests {
         let done = alerts.first().and_then(|a| a.enforcement.clone()).expect("an alert saying what was done");
         assert_eq!((done.action, done.block_id.as_str()), (EnforcementAction::Killed as i32, "no-reads"));
         assert!(alerts[0].summary.ends_with("process killed before it could read by block `no-reads`"));
+        // The kernel refused the signal: the alert says the process lives.
+        let failed = Enforced { action: EnforceAction::KillFailed, block };
+        let alerts = judge.judge(&write_only_open(failed), &enrichment);
+        let done = alerts.first().and_then(|a| a.enforcement.clone()).expect("an alert saying what failed");
+        assert_eq!(done.action, EnforcementAction::KillFailed as i32);
+        assert!(alerts[0].summary.contains("process NOT killed"), "{}", alerts[0].summary);
     }
 }

@@ -56,6 +56,7 @@ mod tests {
                 .iter()
                 .map(|&(pid, ns_pid, ns_level)| KernelAncestor { pid, ns_pid, ns_level, comm: String::new() })
                 .collect(),
+            executable: Default::default(),
         }
     }
 

@@ -37,7 +37,7 @@ use tokenwatch_common::BinaryKey;
 use super::plan::BinaryScope;
 use crate::{
     detect::policy::Glob,
-    metadata::container_fs::{kernel_file_key, mountinfo_of, open_dir, open_in_root},
+    metadata::container_fs::{kernel_file_key, mountinfo_of, open_dir, open_in_root, OFlags},
 };
 
 /// How long a glob's result is trusted while its directories look unchanged.
@@ -143,7 +143,7 @@ impl Resolver {
 
     /// The kernel identity of the regular file at `path` in the container.
     fn key(&self, root: &Root, path: &Path) -> Option<(u32, u64)> {
-        let fd = open_in_root(&root.fd, path, libc::O_PATH | libc::O_CLOEXEC)?;
+        let fd = open_in_root(&root.fd, path, OFlags::PATH | OFlags::CLOEXEC)?;
         kernel_file_key(&fd, root.mountinfo.get_or_init(|| mountinfo_of(&self.proc, root.pid)))
     }
 
@@ -211,7 +211,7 @@ fn walk(root: &Root, pattern: &str, listed: &mut Vec<(PathBuf, Option<DirStamp>)
 
 /// A directory's stamp and entry names.
 fn list(root: &Root, dir: &Path) -> Option<(DirStamp, Vec<String>)> {
-    let fd = open_in_root(&root.fd, dir, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC)?;
+    let fd = open_in_root(&root.fd, dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC)?;
     let file = fs::File::from(fd);
     let stamp = stamp_of(&file.metadata().ok()?);
     // The descriptor's own directory, whatever its path is on the host.
@@ -221,7 +221,7 @@ fn list(root: &Root, dir: &Path) -> Option<(DirStamp, Vec<String>)> {
 }
 
 fn dir_stamp(root: &Root, dir: &Path) -> Option<DirStamp> {
-    let fd = open_in_root(&root.fd, dir, libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)?;
+    let fd = open_in_root(&root.fd, dir, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC)?;
     Some(stamp_of(&fs::File::from(fd).metadata().ok()?))
 }
 

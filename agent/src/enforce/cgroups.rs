@@ -69,10 +69,11 @@ fn walk(dir: &Path, depth: usize, pods: &mut Vec<PodCgroup>) {
     }
 }
 
-/// A process of the cgroup at `dir`, if it has one.
+/// A process of the cgroup at `dir`, if it has one the agent's pid
+/// namespace can name: the kernel lists a process outside it as pid 0.
 pub fn any_process(dir: &Path) -> Option<u32> {
     let procs = fs::read_to_string(dir.join("cgroup.procs")).ok()?;
-    procs.lines().find_map(|line| line.trim().parse().ok())
+    procs.lines().filter_map(|line| line.trim().parse().ok()).find(|pid| *pid != 0)
 }
 
 /// (name, path, inode) of each subdirectory.

@@ -21,18 +21,18 @@
 //! the kernel frees the maps and the fences' links with its file
 //! descriptors, so nothing stays refused that the policy no longer asks.
 
+mod apply;
 pub mod binaries;
 pub mod cgroups;
 pub mod plan;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     path::PathBuf,
-    sync::{Arc, Mutex, PoisonError, RwLock},
+    sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
-use tokenwatch_common::POD_UID_LEN;
 use tokenwatch_proto::v1::KubernetesContext;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -54,31 +54,7 @@ use crate::{
 /// How often the pods are looked at again without a policy change.
 pub const RECONCILE_INTERVAL: Duration = Duration::from_millis(250);
 
-/// The agent's numbers for block entries, by which the kernel names the
-/// entry that decided. Numbers are never reused in a run, so an event
-/// decided under an older policy still names its own entry.
-#[derive(Clone, Debug, Default)]
-pub struct BlockNames {
-    ids: Arc<RwLock<Vec<String>>>,
-}
-
-impl BlockNames {
-    /// The number of entry `id` (from 1), given one on first sight.
-    pub fn number(&self, id: &str) -> u32 {
-        let mut ids = self.ids.write().unwrap_or_else(PoisonError::into_inner);
-        let at = ids.iter().position(|known| known == id).unwrap_or_else(|| {
-            ids.push(id.to_owned());
-            ids.len() - 1
-        });
-        u32::try_from(at + 1).unwrap_or(u32::MAX)
-    }
-
-    /// The id of entry `number`.
-    pub fn id(&self, number: u32) -> Option<String> {
-        let ids = self.ids.read().unwrap_or_else(PoisonError::into_inner);
-        ids.get(usize::try_from(number).ok()?.checked_sub(1)?).cloned()
-    }
-}
+pub use crate::detect::policy::BlockNames;
 
 /// Keeps the kernel in step with the policy's blocks.
 pub struct Enforcer {
@@ -90,8 +66,11 @@ pub struct Enforcer {
     names: BlockNames,
     applied: Plan,
     fences: HashMap<PathBuf, FenceLinks>,
-    /// Pod directories a fence could not be attached to, warned about once.
-    refused: HashSet<PathBuf>,
+    /// Pod directories a fence could not be attached to, tried again later.
+    fence_retries: apply::FenceRetries,
+    /// Whether the last round had map entries the kernel refused (logged
+    /// once an episode).
+    entries_refused: bool,
     /// Whether the lack of a cgroup2 hierarchy was reported.
     warned: bool,
     /// Finds `binaries` in containers; shared with the blocking pool.
@@ -103,7 +82,10 @@ pub struct Enforcer {
 impl Enforcer {
     /// An enforcer attaching fences through `hooks`, writing `maps`, finding
     /// pods below the unified cgroup `root`, naming them from `pods` and
-    /// `cri`, numbering entries in `names`.
+    /// `cri`, numbering entries in `names`, and finding the containers'
+    /// `binaries` through `host_proc`: the node's `/proc` (the DaemonSet's
+    /// `/host/proc`), since the agent's own pid namespace holds none of
+    /// the containers' processes.
     pub fn new(
         hooks: Arc<Mutex<Hooks>>,
         maps: EnforceMaps,
@@ -111,6 +93,7 @@ impl Enforcer {
         pods: Option<PodStore>,
         cri: CriCache,
         names: BlockNames,
+        host_proc: PathBuf,
     ) -> Self {
         Enforcer {
             hooks,
@@ -121,9 +104,10 @@ impl Enforcer {
             names,
             applied: Plan::default(),
             fences: HashMap::new(),
-            refused: HashSet::new(),
+            fence_retries: apply::FenceRetries::default(),
+            entries_refused: false,
             warned: false,
-            resolver: Arc::new(Mutex::new(binaries::Resolver::new(PathBuf::from("/proc")))),
+            resolver: Arc::new(Mutex::new(binaries::Resolver::new(host_proc))),
             binaries_refused: false,
         }
     }
@@ -158,12 +142,15 @@ impl Enforcer {
             tracing::error!("no cgroup2 hierarchy: block entries cannot be enforced on this node");
             self.warned = true;
         }
-        // The runtime is asked only for what the pod store cannot say: the
-        // image, the init pid (for `exec`), or everything when standalone.
-        let ask_runtime = self.pods.is_none()
-            || blocks.iter().any(|(block, _)| block.matcher.images.is_some() || block.matcher.exec.is_some());
         // Containers' roots only for entries that list binaries.
         let need_roots = blocks.iter().any(|(block, _)| block.matcher.binaries.is_some());
+        // The runtime is asked only for what the pod store cannot say: the
+        // image, the init pid (for `exec`, and the root `binaries` resolve
+        // in: the agent's own pid namespace reads every pid in a pod's
+        // `cgroup.procs` as 0), or everything when standalone.
+        let ask_runtime = self.pods.is_none()
+            || need_roots
+            || blocks.iter().any(|(block, _)| block.matcher.images.is_some() || block.matcher.exec.is_some());
         let targets = if blocks.is_empty() { Vec::new() } else { self.targets(ask_runtime, need_roots).await };
         let mut plan = plan::plan(&blocks, &self.names, &targets);
         plan.pods = plan::pod_entries(&blocks, &self.names, &self.scheduled());
@@ -230,125 +217,9 @@ impl Enforcer {
             })
             .collect()
     }
-
-    /// Makes the kernel hold `plan`, changing only what differs.
-    fn apply(&mut self, mut plan: Plan) {
-        // New executables before the cgroup entries that list them, stale
-        // ones after, so a slot being renumbered never finds its files gone.
-        let mut refused = 0usize;
-        plan.binaries.retain(|key, block| {
-            if self.applied.binaries.get(key) == Some(block) {
-                return true;
-            }
-            // A key the map refused (full) is left out of what is applied,
-            // so the next round tries it again.
-            let inserted = self.maps.binaries.insert(key, *block, 0).is_ok();
-            refused += usize::from(!inserted);
-            inserted
-        });
-        if refused > 0 && !self.binaries_refused {
-            tracing::error!(
-                refused,
-                held = plan.binaries.len(),
-                "the enforcement binaries map is full: some listed executables are not covered"
-            );
-        }
-        self.binaries_refused = refused > 0;
-        for (cgroup, entry) in &plan.entries {
-            if self.applied.entries.get(cgroup) != Some(entry) {
-                if let Err(error) = self.maps.cgroups.insert(cgroup, entry, 0) {
-                    tracing::error!(cgroup, %error, "enforcement map update refused");
-                }
-            }
-        }
-        for cgroup in self.applied.entries.keys().filter(|c| !plan.entries.contains_key(c)) {
-            let _ = self.maps.cgroups.remove(cgroup);
-        }
-        for (uid, entry) in &plan.pods {
-            if self.applied.pods.get(uid) != Some(entry) {
-                for spelling in uid_spellings(uid) {
-                    if let Err(error) = self.maps.pods.insert(spelling, entry, 0) {
-                        tracing::error!(%uid, %error, "enforcement map update refused");
-                    }
-                }
-            }
-        }
-        for uid in self.applied.pods.keys().filter(|u| !plan.pods.contains_key(*u)) {
-            for spelling in uid_spellings(uid) {
-                let _ = self.maps.pods.remove(&spelling);
-            }
-        }
-        for (cgroup, pid) in &plan.inits {
-            if self.applied.inits.get(cgroup) != Some(pid) {
-                let _ = self.maps.inits.insert(cgroup, pid, 0);
-            }
-        }
-        for cgroup in self.applied.inits.keys().filter(|c| !plan.inits.contains_key(c)) {
-            let _ = self.maps.inits.remove(cgroup);
-        }
-        for key in self.applied.binaries.keys().filter(|k| !plan.binaries.contains_key(k)) {
-            let _ = self.maps.binaries.remove(key);
-        }
-        self.fences.retain(|dir, _| plan.fences.contains(dir));
-        self.refused.retain(|dir| plan.fences.contains(dir));
-        let new: Vec<PathBuf> = plan
-            .fences
-            .iter()
-            .filter(|d| !self.fences.contains_key(*d) && !self.refused.contains(*d))
-            .cloned()
-            .collect();
-        for dir in new {
-            let attached = std::fs::File::open(&dir).map_err(|e| e.to_string()).and_then(|file| {
-                self.hooks.lock().unwrap_or_else(PoisonError::into_inner).attach_fence(&file).map_err(|e| e.to_string())
-            });
-            match attached {
-                Ok(links) => {
-                    tracing::debug!(cgroup = %dir.display(), "connect fence attached");
-                    self.fences.insert(dir, links);
-                }
-                Err(error) => {
-                    tracing::error!(cgroup = %dir.display(), %error, "connect fence not attached: connects from this pod are not refused");
-                    self.refused.insert(dir);
-                }
-            }
-        }
-        for (pod, block) in plan.covered.difference(&self.applied.covered) {
-            tracing::info!(%pod, %block, "block entry covers pod");
-        }
-        for (pod, block) in self.applied.covered.difference(&plan.covered) {
-            tracing::info!(%pod, %block, "block entry no longer covers pod");
-        }
-        let metrics = crate::metrics::global();
-        metrics.enforced_cgroups.store(plan.entries.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        metrics.enforcement_fences.store(self.fences.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        metrics.enforcement_binaries.store(plan.binaries.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        self.applied = plan;
-    }
-}
-
-/// A pod uid as its cgroup's name spells it: dashed (kubelet's cgroupfs
-/// driver) and with underscores (its systemd driver). None for a uid of
-/// another length, which no cgroup name carries.
-fn uid_spellings(uid: &str) -> Vec<[u8; POD_UID_LEN]> {
-    let Ok(dashed) = <[u8; POD_UID_LEN]>::try_from(uid.as_bytes()) else { return Vec::new() };
-    let underscored = dashed.map(|byte| if byte == b'-' { b'_' } else { byte });
-    vec![dashed, underscored]
 }
 
 /// A container's identity without the container.
 fn pod_level(container: &KubernetesContext) -> KubernetesContext {
     KubernetesContext { container: String::new(), image: String::new(), ..container.clone() }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_uid_is_spelt_as_both_kubelet_cgroup_drivers_spell_it() {
-        let spellings = uid_spellings("3f0e1c2a-9b7d-4e61-8a2f-0c5d6e7f8a9b");
-        assert_eq!(spellings[0], *b"3f0e1c2a-9b7d-4e61-8a2f-0c5d6e7f8a9b");
-        assert_eq!(spellings[1], *b"3f0e1c2a_9b7d_4e61_8a2f_0c5d6e7f8a9b");
-        assert!(uid_spellings("not-a-uid").is_empty());
-    }
 }

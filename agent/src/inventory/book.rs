@@ -7,17 +7,19 @@ use std::sync::Arc;
 use pbjson_types::Timestamp;
 use tokenwatch_proto::v1::{Alert, Inventory as InventoryMessage, TokenMount, Usage, WorkloadInventory};
 
-use super::merge::{later, max_time, min_time};
 use super::pods::{self, Key};
+use super::usage::{add_use, max_time};
 use crate::metadata::kube::PodInfo;
 
 /// Workloads kept at most; past it, the one idle longest with no pod running
 /// makes room (a node runs a few hundred pods at most, so this bounds churn).
 pub const MAX_WORKLOADS: usize = 10_000;
-/// Binaries remembered per kind of use.
-pub const MAX_BINARIES: usize = 32;
 /// How stale a saved `last_pod_seen` may get before a pod sync saves it.
 const LAST_SEEN_SAVE_SECONDS: i64 = 60;
+/// How long a workload with no pod on the node and no use is kept: past it
+/// the workload is forgotten, and its metric series go. Five weeks, so a
+/// monthly CronJob is still known at its next run.
+pub const RETENTION_SECONDS: i64 = 35 * 24 * 3600;
 /// Pod UIDs remembered per workload, so a pod seen again (after a restart of
 /// the agent too) is not counted twice.
 pub const MAX_POD_UIDS: usize = 512;
@@ -187,6 +189,17 @@ impl Book {
             entry.usage.token_mounted = token_mounted;
             entry.usage.automount_service_account_token = automount;
         }
+        self.forget_gone(now);
+    }
+
+    /// Forgets the workloads with no pod running whose last sign of life is
+    /// older than [`RETENTION_SECONDS`].
+    pub fn forget_gone(&mut self, now: Timestamp) {
+        let before = self.entries.len();
+        self.entries.retain(|_, entry| {
+            entry.running > 0 || now.seconds.saturating_sub(last_sign_of_life(entry).seconds) <= RETENTION_SECONDS
+        });
+        self.dirty |= self.entries.len() != before;
     }
 
     /// See [`super::Inventory::snapshot`].
@@ -234,20 +247,26 @@ impl Book {
             .iter()
             .filter(|(_, entry)| entry.running == 0)
             .min_by_key(|(_, entry)| {
-                let u = &entry.usage;
-                let last = [
-                    u.last_pod_seen,
-                    u.token_reads.as_ref().and_then(|r| r.last_seen),
-                    u.api_server_connects.as_ref().and_then(|c| c.last_seen),
-                ]
-                .into_iter()
-                .flatten()
-                .fold(u.observed_since.unwrap_or_default(), max_time);
+                let last = last_sign_of_life(entry);
                 (last.seconds, last.nanos)
             })
             .map(|(key, _)| key.clone());
         idlest.is_some_and(|key| self.entries.remove(&key).is_some())
     }
+}
+
+/// The latest of a workload's first sight, last pod seen, last read and
+/// last connect.
+fn last_sign_of_life(entry: &Entry) -> Timestamp {
+    let u = &entry.usage;
+    [
+        u.last_pod_seen,
+        u.token_reads.as_ref().and_then(|r| r.last_seen),
+        u.api_server_connects.as_ref().and_then(|c| c.last_seen),
+    ]
+    .into_iter()
+    .flatten()
+    .fold(u.observed_since.unwrap_or_default(), max_time)
 }
 
 /// Counts a pod once (the first pod's labels start the selector; each new
@@ -266,24 +285,6 @@ fn add_pod(entry: &mut Entry, uid: &str, labels: &std::collections::BTreeMap<Str
     entry.pod_uids.push_back(uid.to_owned());
     if entry.pod_uids.len() > MAX_POD_UIDS {
         entry.pod_uids.pop_front();
-    }
-}
-
-/// Adds `count` uses by `binary` at `time`.
-pub(super) fn add_use(usage: &mut Usage, count: u64, binary: &str, time: Timestamp) {
-    usage.count = usage.count.saturating_add(count);
-    add_binary(&mut usage.binaries, binary);
-    usage.first_seen = Some(usage.first_seen.map_or(time, |t| min_time(t, time)));
-    usage.last_seen = Some(usage.last_seen.map_or(time, |t| if later(&time, &t) { time } else { t }));
-}
-
-/// Inserts a binary into a sorted, bounded list.
-pub(super) fn add_binary(binaries: &mut Vec<String>, binary: &str) {
-    if binary.is_empty() || binaries.len() >= MAX_BINARIES {
-        return;
-    }
-    if let Err(at) = binaries.binary_search_by(|b| b.as_str().cmp(binary)) {
-        binaries.insert(at, binary.to_owned());
     }
 }
 

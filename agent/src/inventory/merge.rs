@@ -10,31 +10,8 @@ use std::collections::BTreeMap;
 use pbjson_types::Timestamp;
 use tokenwatch_proto::v1::{Inventory, Usage, WorkloadInventory};
 
-use super::book::add_binary;
 use super::pods::{self, Key};
-
-/// Whether `a` is after `b`.
-pub fn later(a: &Timestamp, b: &Timestamp) -> bool {
-    (a.seconds, a.nanos) > (b.seconds, b.nanos)
-}
-
-/// The earlier of two times.
-pub fn min_time(a: Timestamp, b: Timestamp) -> Timestamp {
-    if later(&a, &b) {
-        b
-    } else {
-        a
-    }
-}
-
-/// The later of two times.
-pub fn max_time(a: Timestamp, b: Timestamp) -> Timestamp {
-    if later(&a, &b) {
-        a
-    } else {
-        b
-    }
-}
+use super::usage::{add_binary, max_time, min_time};
 
 fn merge_option(
     a: Option<Timestamp>,

@@ -14,11 +14,17 @@
 
 pub mod advise;
 mod book;
+pub mod from_series;
 pub mod merge;
 pub mod persist;
 pub mod pods;
+pub mod scrape;
+pub mod series;
+#[cfg(test)]
+mod series_tests;
 #[cfg(test)]
 mod tests;
+pub mod usage;
 
 use std::{
     path::{Path, PathBuf},
@@ -29,7 +35,8 @@ use std::{
 use pbjson_types::Timestamp;
 use tokenwatch_proto::v1::{Alert, Inventory as InventoryMessage};
 
-pub use book::{Book, MAX_BINARIES, MAX_POD_UIDS, MAX_WORKLOADS};
+pub use book::{Book, MAX_POD_UIDS, MAX_WORKLOADS, RETENTION_SECONDS};
+pub use usage::MAX_BINARIES;
 
 use crate::metadata::kube::PodInfo;
 
@@ -127,6 +134,12 @@ impl Inventory {
     /// ones deleted lately): token mounts, pods seen and running.
     pub fn observe_pods(&self, pods: &[Arc<PodInfo>], now: SystemTime) {
         self.lock().observe_pods(pods, timestamp(now));
+    }
+
+    /// Forgets workloads gone past [`RETENTION_SECONDS`] (a pod sync does
+    /// it too; this is for standalone mode, which has no pods to sync).
+    pub fn forget_gone(&self, now: SystemTime) {
+        self.lock().forget_gone(timestamp(now));
     }
 
     /// The inventory as the API shows it, optionally only some namespaces.

@@ -15,9 +15,9 @@ use super::merge::merge_inventories;
 use super::*;
 use crate::metadata::kube::{PodInfo, Workload as PodWorkload};
 
-const T0: i64 = 1_800_000_000;
+pub(super) const T0: i64 = 1_800_000_000;
 
-fn at(seconds: i64) -> SystemTime {
+pub(super) fn at(seconds: i64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(seconds).unwrap_or(0))
 }
 
@@ -75,6 +75,23 @@ pub(super) fn pod(name: &str, deployment: &str, sa: &str, extra: &[(serde_json::
     }
 }
 
+/// A legacy Secret token volume and its mount.
+pub(super) fn legacy_volume() -> (serde_json::Value, serde_json::Value) {
+    (
+        json!({"name": "legacy", "secret": {"secretName": "ctl-token-ab1cd"}}),
+        json!({"name": "legacy", "mountPath": "/var/run/secrets/legacy"}),
+    )
+}
+
+/// A projected token volume for Vault (its own audience, 600 s) and its mount.
+pub(super) fn vault_volume() -> (serde_json::Value, serde_json::Value) {
+    (
+        json!({"name": "vault", "projected": {"sources": [{"serviceAccountToken":
+            {"path": "vault-token", "audience": "vault", "expirationSeconds": 600}}]}}),
+        json!({"name": "vault", "mountPath": "/var/run/secrets/tokens"}),
+    )
+}
+
 fn find<'a>(inventory: &'a Message, name: &str) -> &'a WorkloadInventory {
     inventory
         .workloads
@@ -117,15 +134,7 @@ fn events_count_reads_and_connects_with_binaries_and_first_and_last_sight() {
 #[test]
 fn pods_make_workloads_that_never_use_their_token_appear_with_how_it_is_mounted() {
     let inventory = Inventory::in_memory("node-a", at(T0));
-    let legacy = (
-        json!({"name": "legacy", "secret": {"secretName": "ctl-token-ab1cd"}}),
-        json!({"name": "legacy", "mountPath": "/var/run/secrets/legacy"}),
-    );
-    let vault = (
-        json!({"name": "vault", "projected": {"sources": [{"serviceAccountToken":
-            {"path": "vault-token", "audience": "vault", "expirationSeconds": 600}}]}}),
-        json!({"name": "vault", "mountPath": "/var/run/secrets/tokens"}),
-    );
+    let (legacy, vault) = (legacy_volume(), vault_volume());
     let mut gone = pod("web-abc-3", "web", "default", &[]);
     gone.deleted_at = Some(std::time::Instant::now());
     let pods: Vec<Arc<PodInfo>> = vec![

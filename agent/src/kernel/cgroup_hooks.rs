@@ -20,7 +20,7 @@ use aya::{
     Ebpf,
 };
 
-use super::loader::LoadError;
+use super::load_error::LoadError;
 
 /// The programs, by name in the object; their section says the attach type.
 /// The loader verifies them with the others (`loader::Hooks::load`): the

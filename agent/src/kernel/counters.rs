@@ -4,6 +4,8 @@
 use aya::maps::{MapData, MapError, PerCpuArray};
 use tokenwatch_common::{counter_slot, Counter, Hook};
 
+use crate::metrics::Exposition;
+
 /// The programs' `COUNTERS` map, taken from the loaded object so the
 /// shutdown summary and every metrics scrape read the same map.
 pub struct CounterMap {
@@ -26,6 +28,36 @@ impl CounterMap {
             }
         }
         Ok(KernelCounters { readings })
+    }
+
+    /// The counters for Prometheus: per hook and stage, and drops per CPU
+    /// (non-zero CPUs only). A map that cannot be read leaves the families
+    /// declared and empty.
+    pub fn expose(&self, out: &mut Exposition) {
+        const EVENTS: &str = "tokenwatch_kernel_events_total";
+        const DROPPED: &str = "tokenwatch_kernel_dropped_per_cpu_total";
+        out.family(EVENTS, "counter", "Kernel hook calls by stage: seen, matched, sent, dropped, entry_missing.");
+        let counters = self.read().unwrap_or_default();
+        for reading in &counters.readings {
+            let is_connect = matches!(reading.hook, Hook::Connect | Hook::CgroupConnect);
+            let stage = match reading.counter {
+                Counter::OpensSeen if !is_connect => "seen",
+                Counter::ConnectsSeen if is_connect => "seen",
+                Counter::OpensMatched if !is_connect => "matched",
+                Counter::ConnectsMatched if is_connect => "matched",
+                Counter::EventsSent => "sent",
+                Counter::EventsDropped => "dropped",
+                Counter::EntriesMissing => "entry_missing",
+                _ => continue,
+            };
+            out.sample(EVENTS, &[("hook", reading.hook.name()), ("stage", stage)], reading.total());
+        }
+        out.family(DROPPED, "counter", "Matched events lost to a full ring buffer, by hook and CPU.");
+        for reading in counters.readings.iter().filter(|r| r.counter == Counter::EventsDropped) {
+            for (cpu, &count) in reading.per_cpu.iter().enumerate().filter(|(_, &c)| c > 0) {
+                out.sample(DROPPED, &[("hook", reading.hook.name()), ("cpu", &cpu.to_string())], count);
+            }
+        }
     }
 }
 

@@ -47,7 +47,7 @@ pub enum DecodeError {
 pub struct Enforced {
     /// Refused, killed, or only reported (dry run).
     pub action: EnforceAction,
-    /// The agent's number for the block entry (`enforce::BlockNames`).
+    /// The agent's number for the block entry (`detect::policy::BlockNames`).
     pub block: u32,
 }
 
@@ -81,6 +81,21 @@ pub struct Identity {
     pub ns_level: u32,
     /// Parent first, as the kernel saw them at the event.
     pub ancestors: Vec<KernelAncestor>,
+    /// The executable as the kernel saw it at the event.
+    pub executable: KernelExecutable,
+}
+
+/// The file a process runs (`mm->exe_file`), read with the event: what
+/// names a process that is gone before `/proc` can be read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelExecutable {
+    /// Its device, in the kernel's encoding (`s_dev`); 0 when unknown.
+    pub dev: u32,
+    /// Its inode.
+    pub ino: u64,
+    /// Its file name (the last component of its path), cut to
+    /// `EXE_NAME_LEN` bytes.
+    pub name: String,
 }
 
 /// An ancestor as the kernel saw it.
@@ -259,6 +274,7 @@ fn identity(header: &EventHeader) -> Identity {
             .iter()
             .map(|a| KernelAncestor { pid: a.tgid, ns_pid: a.ns_pid, ns_level: a.ns_level, comm: c_string(&a.comm) })
             .collect(),
+        executable: KernelExecutable { dev: header.exe_dev, ino: header.exe_ino, name: c_string(&header.exe_name) },
     }
 }
 

@@ -16,7 +16,7 @@ use aya::{
 };
 use tokenwatch_common::{BinaryKey, CgroupEnforcement, POD_UID_LEN};
 
-use super::{cgroup_hooks, loader::LoadError};
+use super::{cgroup_hooks, load_error::LoadError};
 
 /// The fence programs, by name in the object. Like the observing connect
 /// hooks they need `CAP_NET_ADMIN`; the loader verifies them with the others,

@@ -5,7 +5,7 @@
 //! and written into `/readyz`'s body, so an operator sees which detections a
 //! node runs without reading its logs.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::{LazyLock, Mutex, PoisonError};
 
 use aya::programs::ProgramError;
 
@@ -60,6 +60,15 @@ pub struct HookReport {
     pub reason: Option<String>,
 }
 
+/// The process's hook status: one agent loads its programs once, and the
+/// metrics, the probes and `kernel-check` read what became of them.
+static STATUS: LazyLock<HookStatus> = LazyLock::new(HookStatus::default);
+
+/// The process's hook status.
+pub fn status() -> &'static HookStatus {
+    &STATUS
+}
+
 /// The reports of every program, kept for metrics and probes.
 #[derive(Default)]
 pub struct HookStatus {
@@ -110,6 +119,27 @@ impl HookStatus {
                 )
             })
             .collect()
+    }
+
+    /// Each program's state for Prometheus: 1 for its state, 0 for the
+    /// others, so `tokenwatch_hooks{state="refused"} == 1` finds every node
+    /// running without a hook.
+    pub fn expose(&self, out: &mut crate::metrics::Exposition) {
+        const NAME: &str = "tokenwatch_hooks";
+        out.family(
+            NAME,
+            "gauge",
+            "eBPF programs by state on this kernel: attached, loaded, refused, absent, attach_failed.",
+        );
+        for report in self.snapshot() {
+            for state in HookState::ALL {
+                out.sample(
+                    NAME,
+                    &[("hook", report.program), ("state", state.name())],
+                    u64::from(report.state == state),
+                );
+            }
+        }
     }
 }
 

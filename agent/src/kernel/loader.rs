@@ -3,7 +3,7 @@
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, MapError, RingBuf},
     programs::{ProgramError, RawTracePoint, TracePoint},
-    Ebpf, EbpfError, EbpfLoader,
+    Ebpf, EbpfLoader,
 };
 use aya_log::EbpfLogger;
 use tokenwatch_common::{
@@ -16,6 +16,7 @@ use super::cgroup_hooks;
 use super::counters::CounterMap;
 use super::fence::{self, EnforceMaps, FenceLinks};
 use super::hook_status::{self, HookReport, HookState, HookStatus};
+use super::load_error::LoadError;
 use super::tracepoints::{self, TRACEFS, TRACEPOINTS};
 use super::watchlist::FileMaps;
 
@@ -37,79 +38,6 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// one array slot and returns unless a completion-less io_uring open
 /// happened in the last 2 s (`ebpf/src/uring_skip.rs`). Optional.
 const RAW_TRACEPOINTS: &[(&str, &str)] = &[("sched_switch", "sched_switch_skipped")];
-
-/// Why the programs could not be loaded or attached.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    /// tracefs is not mounted and mounting it failed.
-    #[error("tracefs is not mounted and mounting it at {TRACEFS} failed: {0}")]
-    Tracefs(nix::Error),
-    /// The kernel refused the object (maps, BTF, globals).
-    #[error("loading the eBPF object: {0}")]
-    Load(#[from] EbpfError),
-    /// A program is missing from the object.
-    #[error("the eBPF object has no program `{0}`")]
-    MissingProgram(&'static str),
-    /// A program failed to load or attach.
-    #[error("program {name}: {source}")]
-    Program {
-        /// The tracepoint.
-        name: &'static str,
-        /// Why.
-        source: ProgramError,
-    },
-    /// A core tracepoint does not exist on this kernel.
-    #[error(
-        "tracepoint {0} does not exist on kernel {1}: the agent cannot watch token reads or API-server connects here"
-    )]
-    MissingTracepoint(&'static str, String),
-    /// The kernel refused a core program: the agent would see nothing.
-    #[error(
-        "kernel {kernel} refused the core program {name}, without which the agent cannot watch token reads or \
-         API-server connects; this kernel is not supported (README, \"Supported kernels\"): {reason}"
-    )]
-    CoreRefused {
-        /// The program.
-        name: &'static str,
-        /// The running kernel's release.
-        kernel: String,
-        /// The verifier's last lines.
-        reason: String,
-    },
-    /// A map is missing or of the wrong type.
-    #[error("map {name}: {source}")]
-    Map {
-        /// The map.
-        name: &'static str,
-        /// Why.
-        source: MapError,
-    },
-    /// The cgroup2 root could not be opened to attach the connect hooks.
-    #[error("opening the cgroup2 root {path}: {source}")]
-    CgroupRoot {
-        /// The mount point.
-        path: std::path::PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// A map is missing from the object.
-    #[error("the eBPF object has no map `{0}`")]
-    MissingMap(&'static str),
-}
-
-impl LoadError {
-    /// What to do about it, when the cause is the agent's privileges rather
-    /// than the kernel: a verifier's refusal must not send people looking at
-    /// capabilities.
-    pub fn hint(&self) -> &'static str {
-        let text = self.to_string();
-        if text.contains("os error 1)") || text.contains("Operation not permitted") {
-            " (the agent needs CAP_BPF, CAP_PERFMON and, for the cgroup hooks, CAP_NET_ADMIN; see deploy/README.md)"
-        } else {
-            ""
-        }
-    }
-}
 
 /// The loaded programs and the maps the agent drives them through.
 pub struct Hooks {
@@ -337,7 +265,7 @@ fn skip(name: &'static str, why: &str, kernel: &str) {
 
 /// The process's hook reports (kept by the metrics, read by `/readyz`).
 fn status() -> &'static HookStatus {
-    &crate::metrics::global().hooks
+    hook_status::status()
 }
 
 /// What the node goes without when `program` is not live: said in the one

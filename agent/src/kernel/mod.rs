@@ -7,8 +7,10 @@ pub mod cgroup_hooks;
 pub mod clock;
 pub mod counters;
 pub mod decode;
+pub mod endpoint;
 pub mod fence;
 pub mod hook_status;
+pub mod load_error;
 pub mod loader;
 pub mod offsets;
 pub mod reader;
@@ -18,4 +20,5 @@ pub mod watchlist;
 
 pub use counters::{CounterReading, KernelCounters};
 pub use decode::{decode, ConnectRecord, DecodeError, Enforced, Identity, KernelAncestor, KernelEvent, OpenRecord};
-pub use loader::{Hooks, LoadError};
+pub use load_error::LoadError;
+pub use loader::Hooks;

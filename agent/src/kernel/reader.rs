@@ -1,13 +1,19 @@
-//! Reads the ring buffer as it becomes readable and hands decoded events on.
-//! On shutdown it drains what the kernel already wrote, so nothing accepted is
-//! lost; records it cannot decode are logged and counted, never fatal.
+//! Reads the ring buffer as it becomes readable and hands decoded events on,
+//! at most [`MAX_BATCH`] records at a time: while the pipeline behind it is
+//! full, records wait in the kernel's ring (where a flood is counted as
+//! lost) rather than in the agent's memory. On shutdown it drains what the
+//! kernel already wrote, so nothing accepted is lost; records it cannot
+//! decode are logged and counted, never fatal.
 
 use aya::maps::{MapData, RingBuf};
 use aya_log::EbpfLogger;
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::decode::{decode, KernelEvent};
+use super::decode::{decode, DecodeError, KernelEvent};
+
+/// The most records taken from the ring buffer before they are handed on.
+pub const MAX_BATCH: usize = 256;
 
 /// Why reading stopped.
 #[derive(Debug, thiserror::Error)]
@@ -41,8 +47,11 @@ pub async fn read_events(
             () = cancel.cancelled() => break,
             guard = fd.readable_mut() => {
                 let mut guard = guard.map_err(ReaderError::Poll)?;
-                let batch = drain(guard.get_inner_mut(), &mut stats);
-                guard.clear_ready();
+                let (batch, more) = drain(guard.get_inner_mut(), &mut stats, MAX_BATCH);
+                // Left ready while records remain: the next turn takes them.
+                if !more {
+                    guard.clear_ready();
+                }
                 for event in batch {
                     if events.send(event).await.is_err() {
                         return Ok(stats);
@@ -51,19 +60,38 @@ pub async fn read_events(
             }
         }
     }
-    for event in drain(fd.get_mut(), &mut stats) {
-        if events.send(event).await.is_err() {
-            break;
+    loop {
+        let (batch, more) = drain(fd.get_mut(), &mut stats, MAX_BATCH);
+        for event in batch {
+            if events.send(event).await.is_err() {
+                return Ok(stats);
+            }
+        }
+        if !more {
+            return Ok(stats);
         }
     }
-    Ok(stats)
 }
 
-/// Takes every record now in the ring buffer.
-fn drain(ring: &mut RingBuf<MapData>, stats: &mut ReaderStats) -> Vec<KernelEvent> {
-    let mut batch = Vec::new();
-    while let Some(item) = ring.next() {
-        match decode(&item) {
+/// Where records come from: the ring buffer, or a test's list.
+trait Records {
+    /// The next record, decoded; `None` when there is none now.
+    fn next_decoded(&mut self) -> Option<Result<KernelEvent, DecodeError>>;
+}
+
+impl Records for RingBuf<MapData> {
+    fn next_decoded(&mut self) -> Option<Result<KernelEvent, DecodeError>> {
+        self.next().map(|item| decode(&item))
+    }
+}
+
+/// Takes up to `max` records now in the ring buffer (decodable or not);
+/// says whether it stopped at `max`, so more may be waiting.
+fn drain(ring: &mut impl Records, stats: &mut ReaderStats, max: usize) -> (Vec<KernelEvent>, bool) {
+    let mut batch = Vec::with_capacity(max.min(64));
+    for _ in 0..max {
+        let Some(record) = ring.next_decoded() else { return (batch, false) };
+        match record {
             Ok(event) => {
                 stats.delivered += 1;
                 batch.push(event);
@@ -74,7 +102,7 @@ fn drain(ring: &mut RingBuf<MapData>, stats: &mut ReaderStats) -> Vec<KernelEven
             }
         }
     }
-    batch
+    (batch, true)
 }
 
 /// Forwards the programs' aya-log records to the agent's log until `cancel`.
@@ -96,4 +124,30 @@ pub async fn forward_logs(
     }
     fd.get_mut().flush();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+
+    impl Records for VecDeque<Vec<u8>> {
+        fn next_decoded(&mut self) -> Option<Result<KernelEvent, DecodeError>> {
+            self.pop_front().map(|bytes| decode(&bytes))
+        }
+    }
+
+    #[test]
+    fn each_batch_takes_at_most_its_bound_and_says_more_wait() {
+        // Records the decoder refuses count too: a flood of them is bounded.
+        let mut ring: VecDeque<Vec<u8>> = (0..MAX_BATCH * 2 + 3).map(|_| vec![0xff; 3]).collect();
+        let mut stats = ReaderStats::default();
+        assert!(drain(&mut ring, &mut stats, MAX_BATCH).1);
+        assert_eq!((stats.undecodable, ring.len()), (MAX_BATCH as u64, MAX_BATCH + 3));
+        assert!(drain(&mut ring, &mut stats, MAX_BATCH).1);
+        let (batch, more) = drain(&mut ring, &mut stats, MAX_BATCH);
+        assert!(!more && batch.is_empty() && ring.is_empty());
+        assert_eq!(stats, ReaderStats { delivered: 0, undecodable: (MAX_BATCH * 2 + 3) as u64 });
+    }
 }

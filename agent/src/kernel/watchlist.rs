@@ -15,7 +15,7 @@ use tokenwatch_common::{
     DevWatch, EndpointKey, FileKey, AF_INET, AF_INET6, DEV_EXACT_FILES, DEV_TOKEN_VOLUME, TOKEN_NAME_LEN,
 };
 
-use crate::config::Endpoint;
+use super::endpoint::Endpoint;
 
 /// A map update the kernel refused.
 #[derive(Debug, thiserror::Error)]

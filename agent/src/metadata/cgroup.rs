@@ -75,7 +75,8 @@ pub fn pod_uid(dir: &str) -> Option<String> {
     is_uid(&raw).then_some(raw)
 }
 
-fn is_uid(uid: &str) -> bool {
+/// Whether `uid` is a pod uid as Kubernetes writes it (8-4-4-4-12 hex).
+pub fn is_uid(uid: &str) -> bool {
     let groups: Vec<&str> = uid.split('-').collect();
     groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
         && groups.iter().all(|g| g.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -99,6 +100,13 @@ pub fn identify_path(path: &str) -> CgroupIdentity {
     let leaf = parts.next().unwrap_or_default();
     let parent = parts.next().unwrap_or_default();
     identify([(leaf, parent)])
+}
+
+/// The pod uid anywhere in a full cgroup path: a container's processes
+/// may sit in a cgroup of their own below the container's (systemd in a
+/// container: `.../cri-containerd-<id>.scope/init.scope`).
+pub fn pod_uid_in_path(path: &str) -> Option<String> {
+    path.split('/').rev().find_map(pod_uid)
 }
 
 /// The first container id among cgroup names (unified leaf first).

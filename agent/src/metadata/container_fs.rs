@@ -6,15 +6,10 @@
 //! `/usr/bin/python3 -> /usr/bin/python3.11`) resolves inside that
 //! container, never on the host. Files are opened `O_PATH`: never read.
 
-use std::{
-    ffi::CString,
-    fs,
-    os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd},
-        unix::ffi::OsStrExt,
-    },
-    path::Path,
-};
+use std::{fs, os::fd::OwnedFd, path::Path};
+
+pub use rustix::fs::OFlags;
+use rustix::fs::{AtFlags, FileType, Mode, ResolveFlags, StatxFlags};
 
 /// Converts a userspace `st_dev` to the kernel's `s_dev` encoding.
 pub fn kernel_dev(st_dev: u64) -> u32 {
@@ -28,33 +23,16 @@ fn kernel_dev_of(major: u32, minor: u32) -> u32 {
 
 /// Opens the directory `path` (`O_PATH`), e.g. `/proc/<pid>/root`.
 pub fn open_dir(path: &Path) -> std::io::Result<OwnedFd> {
-    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    // SAFETY: valid C string; the returned fd is owned below.
-    let fd = unsafe { libc::open(c_path.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(rustix::fs::open(path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?)
 }
 
 /// `openat2(root, path, flags, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`:
 /// absolute symlinks resolve inside `root`, as for a process whose root it is.
-pub fn open_in_root(root: &OwnedFd, path: &Path, flags: i32) -> Option<OwnedFd> {
+pub fn open_in_root(root: &OwnedFd, path: &Path, flags: OFlags) -> Option<OwnedFd> {
     let relative = path.strip_prefix("/").unwrap_or(path);
     let relative = if relative.as_os_str().is_empty() { Path::new(".") } else { relative };
-    let c_path = CString::new(relative.as_os_str().as_bytes()).ok()?;
-    // SAFETY: open_how is plain integers; zero is "no flags" for each.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = u64::try_from(flags).ok()?;
-    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: valid pointers for the call's duration; fd owned below.
-    let fd = unsafe {
-        libc::syscall(libc::SYS_openat2, root.as_raw_fd(), c_path.as_ptr(), &how, std::mem::size_of::<libc::open_how>())
-    };
-    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
-    // SAFETY: fresh descriptor we own.
-    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+    let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+    rustix::fs::openat2(root, relative, flags, Mode::empty(), resolve).ok()
 }
 
 /// `(s_dev, i_ino)` of the open file `fd` as the kernel's programs read
@@ -67,23 +45,12 @@ pub fn open_in_root(root: &OwnedFd, path: &Path, flags: i32) -> Option<OwnedFd> 
 /// id in `mountinfo` (which prints the superblock's `s_dev`); `mountinfo`
 /// is the text of `/proc/<pid>/mountinfo` of a process that sees the mount.
 pub fn kernel_file_key(fd: &OwnedFd, mountinfo: &str) -> Option<(u32, u64)> {
-    // SAFETY: statx is plain data; zero is a valid value.
-    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    let empty = c"";
-    // SAFETY: valid fd, C string and out-pointer for the call's duration.
-    let rc = unsafe {
-        libc::statx(
-            fd.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_EMPTY_PATH,
-            libc::STATX_TYPE | libc::STATX_INO | libc::STATX_MNT_ID,
-            &mut stx,
-        )
-    };
-    if rc != 0 || u32::from(stx.stx_mode) & libc::S_IFMT != libc::S_IFREG {
+    let wanted = StatxFlags::TYPE | StatxFlags::INO | StatxFlags::MNT_ID;
+    let stx = rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, wanted).ok()?;
+    if FileType::from_raw_mode(u32::from(stx.stx_mode)) != FileType::RegularFile {
         return None;
     }
-    let dev = if stx.stx_mask & libc::STATX_MNT_ID != 0 {
+    let dev = if stx.stx_mask & StatxFlags::MNT_ID.bits() != 0 {
         mount_dev(mountinfo, stx.stx_mnt_id)?
     } else {
         // Before 5.8 there is no mount id; stat's device is then wrong on a
@@ -109,6 +76,11 @@ pub fn mount_dev(mountinfo: &str, id: u64) -> Option<u32> {
 pub fn kernel_dev_text(text: &str) -> Option<u32> {
     let (major, minor) = text.split_once(':')?;
     Some(kernel_dev_of(major.parse().ok()?, minor.parse().ok()?))
+}
+
+/// A kernel `s_dev` as `MAJOR:MINOR`, as mount tables and alerts write it.
+pub fn kernel_dev_display(dev: u32) -> String {
+    format!("{}:{}", dev >> 20, dev & 0xf_ffff)
 }
 
 /// `/proc/<pid>/mountinfo`, or empty when the process is gone.
@@ -147,11 +119,11 @@ mod tests {
         fs::write(&file, "x").expect("write");
         let root = open_dir(Path::new("/")).expect("open /");
         let mountinfo = mountinfo_of(Path::new("/proc"), std::process::id());
-        let fd = open_in_root(&root, &file, libc::O_PATH | libc::O_CLOEXEC).expect("open");
+        let fd = open_in_root(&root, &file, OFlags::PATH | OFlags::CLOEXEC).expect("open");
         let meta = fs::metadata(&file).expect("stat");
         // Off overlayfs, the mount's device is stat's.
         assert_eq!(kernel_file_key(&fd, &mountinfo), Some((kernel_dev(meta.dev()), meta.ino())));
-        let dir_fd = open_in_root(&root, dir.path(), libc::O_PATH | libc::O_CLOEXEC).expect("open dir");
+        let dir_fd = open_in_root(&root, dir.path(), OFlags::PATH | OFlags::CLOEXEC).expect("open dir");
         assert_eq!(kernel_file_key(&dir_fd, &mountinfo), None);
     }
 }

@@ -54,6 +54,16 @@ pub enum PodSource {
     Api(PodStore),
 }
 
+impl PodSource {
+    /// The pod store, in a cluster.
+    pub fn store(&self) -> Option<PodStore> {
+        match self {
+            PodSource::Api(store) => Some(store.clone()),
+            PodSource::Standalone => None,
+        }
+    }
+}
+
 /// Gathers an [`Enrichment`] per event.
 pub struct Enricher {
     proc: PathBuf,

@@ -7,15 +7,19 @@
 //! container's first read of it is seen, and the name the pod's author
 //! chose matches nothing outside that pod's own volume.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
 use super::{
+    cgroup,
     container_fs::kernel_dev_text,
     kube::{PodInfo, TokenSource},
+    token_files::DeclaredPath,
 };
 
 /// The plugin directory of projected volumes under a pod's `volumes/`.
 const PROJECTED: &str = "kubernetes.io~projected";
+/// The plugin directory of Secret volumes (legacy token Secrets).
+const SECRET: &str = "kubernetes.io~secret";
 
 /// A volume kubelet mounted for a pod, as the node's mount table shows it
 /// at `<kubelet root>/pods/<uid>/volumes/<plugin>/<volume>`. The kubelet
@@ -42,14 +46,51 @@ pub fn mounted(mountinfo: &str) -> impl Iterator<Item = KubeletVolume<'_>> {
         let (device, mount_point) = (fields.nth(2)?, fields.nth(1)?);
         let (_, after) = mount_point.rsplit_once("/pods/")?;
         let (pod_uid, rest) = after.split_once('/')?;
-        let is_uid = pod_uid.len() == 36 && pod_uid.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
         let (plugin, volume) = rest.strip_prefix("volumes/")?.split_once('/')?;
-        if !is_uid || volume.is_empty() || volume.contains('/') {
+        if !cgroup::is_uid(pod_uid) || volume.is_empty() || volume.contains('/') {
             return None;
         }
         let tmpfs = line.split(" - ").nth(1).is_some_and(|rest| rest.starts_with("tmpfs "));
         Some(KubeletVolume { dev: kernel_dev_text(device)?, tmpfs, pod_uid, plugin, volume })
     })
+}
+
+/// The token paths `pods`' specs declare, each with the devices of the
+/// volume kubelet mounted for it, as `mountinfo` (the node's mount table)
+/// shows them: a projected or Secret volume's tmpfs under the pod's own
+/// directory. A path whose volume is not mounted (yet) is left out, and
+/// so are `configured` paths, which every namespace resolves already.
+pub fn declared_token_paths(mountinfo: &str, pods: &[Arc<PodInfo>], configured: &[PathBuf]) -> Vec<DeclaredPath> {
+    let token_volumes: Vec<KubeletVolume<'_>> =
+        mounted(mountinfo).filter(|m| m.tmpfs && (m.plugin == PROJECTED || m.plugin == SECRET)).collect();
+    let mut declared: Vec<DeclaredPath> = Vec::new();
+    for pod in pods {
+        for mount in pod.containers.iter().flat_map(|c| &c.token_mounts) {
+            let Some(path) = mount.token_path().map(PathBuf::from) else { continue };
+            if configured.contains(&path) {
+                continue;
+            }
+            let devices =
+                token_volumes.iter().filter(|v| v.pod_uid == pod.uid && v.volume == mount.volume).map(|v| v.dev);
+            // Two containers may mount different volumes at one path.
+            match declared.iter_mut().find(|d| d.path == path && d.pod_uid == pod.uid) {
+                Some(known) => {
+                    for dev in devices {
+                        if !known.devices.contains(&dev) {
+                            known.devices.push(dev);
+                        }
+                    }
+                }
+                None => {
+                    let devices: Vec<u32> = devices.collect();
+                    if !devices.is_empty() {
+                        declared.push(DeclaredPath { path, pod_uid: pod.uid.clone(), devices });
+                    }
+                }
+            }
+        }
+    }
+    declared
 }
 
 /// `(device, token file name)` of every custom projected token of `pods`
@@ -148,5 +189,28 @@ mod tests {
         assert_eq!(projected(&format!("/k/pods/{A}/volumes/kubernetes.io~projected/v/x")), None);
         let mountinfo = format!("1 1 0:60 / /k/pods/{A}/volumes/kubernetes.io~projected/vault-token rw - ext4 x rw\n");
         assert!(custom_token_volumes(&mountinfo, &[pod(A, "vault-token", "vault-token")]).is_empty(), "not a tmpfs");
+    }
+
+    #[test]
+    fn declared_paths_are_bound_to_their_pods_mounted_token_volumes() {
+        let mountinfo = format!(
+            "812 29 0:57 / /var/lib/kubelet/pods/{A}/volumes/kubernetes.io~projected/vault-token rw - tmpfs tmpfs rw\n\
+             813 29 0:58 / /var/lib/kubelet/pods/{B}/volumes/kubernetes.io~secret/legacy rw - tmpfs tmpfs rw\n\
+             814 29 8:1 /x /var/lib/kubelet/pods/{B}/volumes/kubernetes.io~projected/app-config rw - ext4 /dev/sda1 rw\n"
+        );
+        let mut legacy = pod(B, "legacy", "token");
+        let container = &mut Arc::get_mut(&mut legacy).expect("own").containers[0];
+        container.token_mounts[0].mount_path = "/etc".to_owned();
+        container.token_mounts[0].source =
+            TokenSource::LegacySecret { secret_name: "b-token".into(), path: "hostname".into() };
+        let unmounted = pod(B, "app-config", "config.yaml");
+        let pods = [pod(A, "vault-token", "vault-token"), legacy, unmounted];
+        let configured = [PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")];
+        let declared = declared_token_paths(&mountinfo, &pods, &configured);
+        let got: Vec<(&str, &str, &[u32])> = declared
+            .iter()
+            .map(|d| (d.path.to_str().unwrap_or(""), d.pod_uid.as_str(), d.devices.as_slice()))
+            .collect();
+        assert_eq!(got, [("/var/run/secrets/tokens/vault-token", A, &[57][..]), ("/etc/hostname", B, &[58][..])]);
     }
 }

@@ -10,4 +10,6 @@ pub mod kubelet_volumes;
 pub mod new_volume;
 pub mod process;
 pub mod process_cache;
+pub mod redact;
+pub mod scanner;
 pub mod token_files;

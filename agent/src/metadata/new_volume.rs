@@ -11,7 +11,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::{cgroup::CgroupIdentity, kubelet_volumes, token_files::WatchedFile};
+use super::{cgroup::CgroupIdentity, container_fs::mountinfo_of, kubelet_volumes, token_files::WatchedFile};
 
 /// The pod whose kubelet volume device `dev` (kernel encoding) is, from a
 /// mount table: kubelet mounts each token volume before it starts any of
@@ -33,7 +33,7 @@ pub fn watched_on_new_volume(
     resolved_path: &str,
     reader: &CgroupIdentity,
 ) -> WatchedFile {
-    let node_mounts = fs::read_to_string(proc.join("1/mountinfo")).unwrap_or_default();
+    let node_mounts = mountinfo_of(proc, 1);
     let kubelet_pod = kubelet_volume_pod(&node_mounts, dev);
     let readers_own = kubelet_pod.is_none() || kubelet_pod == reader.pod_uid;
     let mount_ns = fs::metadata(proc.join(pid.to_string()).join("ns/mnt")).map_or(0, |ns| ns.ino());

@@ -2,7 +2,9 @@
 //! arrives, so a process that has already exited yields empty fields (the
 //! kernel-side identity in the event still stands).
 
-use std::{fs, path::Path};
+use std::{fs, io::Read, path::Path};
+
+use super::redact;
 
 /// How many ancestors are reported at most.
 pub const MAX_ANCESTORS: usize = 16;
@@ -12,7 +14,7 @@ pub const MAX_ANCESTORS: usize = 16;
 pub struct ProcessInfo {
     /// Path of the executable.
     pub exe: String,
-    /// Command line.
+    /// Command line, with secrets redacted and long arguments cut.
     pub args: Vec<String>,
     /// Parent first, up to pid 1.
     pub ancestors: Vec<Ancestor>,
@@ -53,12 +55,17 @@ fn comm(dir: &Path) -> String {
     fs::read_to_string(dir.join("comm")).map(|c| c.trim_end().to_owned()).unwrap_or_default()
 }
 
+/// The command line, secrets redacted and cut to size
+/// ([`super::redact`]) before anything else holds it.
 fn args(dir: &Path) -> Vec<String> {
-    fs::read(dir.join("cmdline"))
-        .map(|raw| {
-            raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
-        })
-        .unwrap_or_default()
+    let mut raw = Vec::new();
+    let read = fs::File::open(dir.join("cmdline"))
+        .and_then(|file| file.take(redact::MAX_CMDLINE_READ as u64).read_to_end(&mut raw));
+    if read.is_err() {
+        return Vec::new();
+    }
+    let args = raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned());
+    redact::command_line(args.collect())
 }
 
 fn parent_pid(dir: &Path) -> Option<u32> {

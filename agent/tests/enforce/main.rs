@@ -250,8 +250,12 @@ fn a_binaries_block_covers_those_executables_and_no_other() {
     let text = "blocks:\n  - id: no-tools\n    reason: the tools never touch the API\n    \
                 actions: [token-read, apiserver-connect]\n    namespaces: [shop]\n    binaries: [\"/opt/tools/*\"]\n";
     let policy = write_policy(dir.path(), text);
-    let agent =
-        scene.agent_with(&[&shop], &["--policy", &policy.display().to_string(), "--metrics-listen", "127.0.0.1:0"]);
+    // As the DaemonSet runs it: its own /proc is not the node's, and the
+    // containers' executables are found through --host-proc.
+    let agent = scene.agent_as_daemonset_with(
+        &[&shop],
+        &["--policy", &policy.display().to_string(), "--metrics-listen", "127.0.0.1:0"],
+    );
     let pod_name = format!("pod=shop/{}", shop.spec().name);
     assert!(
         agent.wait_for_log(&["block entry covers pod", &pod_name, "block=no-tools"], ALERT_TIMEOUT),
@@ -262,7 +266,11 @@ fn a_binaries_block_covers_those_executables_and_no_other() {
     let api = scene.api_v4.to_string();
 
     let (code, out, err) = shop.exec(&["/opt/tools/cat", &token]);
-    assert!(code != 0 && !out.contains(shop.token()), "the listed cat is killed before a byte: {code} {out:?} {err}");
+    assert!(
+        code != 0 && !out.contains(shop.token()),
+        "the listed cat is killed before a byte: {code} {out:?} {err}\n{}",
+        agent.stderr()
+    );
     let (code, out, err) = shop.exec(&["/bin/cat", &token]);
     assert!(code == 0 && out.contains(shop.token()), "busybox's own cat is another file: {code} {out:?} {err}");
     let (code, out, err) = shop.exec(&["/opt/tools/helper", "__evade", "connect", &api]);

@@ -72,6 +72,17 @@ impl Scene {
 
     /// [`Self::agent`] with more flags.
     pub fn agent_with(&self, pods: &[&Pod<'_>], extra: &[&str]) -> AgentProcess {
+        self.agent_started(pods, extra, AgentProcess::start)
+    }
+
+    /// [`Self::agent_with`], the agent run as the DaemonSet runs it: a pid
+    /// namespace of its own, the host's `/proc` at `--host-proc`.
+    #[allow(dead_code, reason = "the evasion tests run the agent on the host")]
+    pub fn agent_as_daemonset_with(&self, pods: &[&Pod<'_>], extra: &[&str]) -> AgentProcess {
+        self.agent_started(pods, extra, AgentProcess::start_as_daemonset)
+    }
+
+    fn agent_started(&self, pods: &[&Pod<'_>], extra: &[&str], start: fn(&[String]) -> AgentProcess) -> AgentProcess {
         let socket = self.containerd.socket().display().to_string();
         let (v4, v6) = (self.api_v4.to_string(), self.api_v6.to_string());
         let mut args = vec![
@@ -91,7 +102,7 @@ impl Scene {
             &v6,
         ];
         args.extend(extra);
-        let agent = AgentProcess::start(&args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>());
+        let agent = start(&args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>());
         for pod in pods {
             assert!(
                 agent.wait_for_log(&["watching token file", &support::mount_ns_of(pod.pid())], ALERT_TIMEOUT),

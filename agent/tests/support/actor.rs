@@ -324,8 +324,19 @@ impl Actor {
 
     /// Performs one action; `Ok(detail)` when it succeeded.
     pub fn act(&mut self, command: &str) -> Result<String, String> {
+        self.send(command);
+        self.reply(command)
+    }
+
+    /// Starts one action without waiting for it (a `run` whose child waits
+    /// for the test); [`Self::reply`] then waits for its outcome.
+    pub fn send(&mut self, command: &str) {
         writeln!(self.stdin, "{command}").expect("actor stdin");
         self.stdin.flush().expect("actor stdin");
+    }
+
+    /// The outcome of the action [`Self::send`] started.
+    pub fn reply(&mut self, command: &str) -> Result<String, String> {
         let mut line = String::new();
         self.stdout.read_line(&mut line).expect("actor reply");
         let line = line.trim_end();
@@ -346,7 +357,13 @@ impl Actor {
     /// Runs this test binary with `args` as the actor's child (see the
     /// `run` command), in the actor's cgroups and mount namespace.
     pub fn run(&mut self, args: &[&str]) -> Ran {
-        let detail = self.act(&format!("run {}", args.join(" "))).unwrap_or_else(|e| panic!("run {args:?}: {e}"));
+        self.send(&format!("run {}", args.join(" ")));
+        self.ran(args)
+    }
+
+    /// The outcome of a `run` [`Self::send`] started.
+    pub fn ran(&mut self, args: &[&str]) -> Ran {
+        let detail = self.reply(&format!("run {}", args.join(" "))).unwrap_or_else(|e| panic!("run {args:?}: {e}"));
         let mut parts = detail.splitn(3, ' ');
         let pid = parts.next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("run {args:?}: `{detail}`"));
         let status = parts.next().unwrap_or_default().to_owned();

@@ -37,6 +37,12 @@ pub struct AgentProcess {
     /// unless the test gave its own.
     dir: tempfile::TempDir,
     child: Child,
+    /// The agent's own pid when `child` is a launcher (`unshare`) that
+    /// neither is the agent nor passes signals on.
+    inner_pid: Option<u32>,
+    /// The host's `/proc` bound for the agent at `--host-proc`, unmounted
+    /// when the agent is dropped.
+    host_proc: Option<std::path::PathBuf>,
     stdout_lines: Arc<Mutex<Vec<String>>>,
     stderr_lines: Arc<Mutex<Vec<String>>>,
     readers: Vec<thread::JoinHandle<()>>,
@@ -58,6 +64,36 @@ impl AgentProcess {
     /// and the gRPC socket (`unix:`) live in a directory of this agent's own.
     pub fn start(args: &[String]) -> AgentProcess {
         let dir = tempfile::tempdir().expect("agent tempdir");
+        let command = Command::new(agent_binary());
+        Self::launch(dir, command, None, args)
+    }
+
+    /// Starts the agent as the DaemonSet runs it: in a pid namespace of its
+    /// own (no `hostPID`), its `/proc` that namespace's, and the host's
+    /// `/proc` bound at the `--host-proc` it is given, as the manifest's
+    /// `/host/proc` mount gives it.
+    pub fn start_as_daemonset(args: &[String]) -> AgentProcess {
+        use nix::mount::{mount, MsFlags};
+        let dir = tempfile::tempdir().expect("agent tempdir");
+        let host_proc = dir.path().join("host-proc");
+        std::fs::create_dir(&host_proc).expect("mkdir host-proc");
+        mount(Some("/proc"), &host_proc, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+            .expect("binding the host's /proc");
+        let mut command = Command::new("unshare");
+        // The kubelet mounts /host/proc with HostToContainer propagation.
+        command.args(["--pid", "--fork", "--mount-proc", "--propagation", "slave", "--kill-child=SIGKILL"]);
+        command.arg(agent_binary());
+        let mut args = args.to_vec();
+        args.extend(["--host-proc".to_owned(), host_proc.display().to_string()]);
+        Self::launch(dir, command, Some(host_proc), &args)
+    }
+
+    fn launch(
+        dir: tempfile::TempDir,
+        mut command: Command,
+        host_proc: Option<std::path::PathBuf>,
+        args: &[String],
+    ) -> AgentProcess {
         let mut own = Vec::new();
         if !args.iter().any(|a| a == "--spool-dir") {
             own.extend(["--spool-dir".to_owned(), dir.path().join("spool").display().to_string()]);
@@ -69,7 +105,7 @@ impl AgentProcess {
         if own_socket {
             own.extend(["--grpc-listen".to_owned(), format!("unix:{}", dir.path().join("grpc.sock").display())]);
         }
-        let mut child = Command::new(agent_binary())
+        let mut child = command
             .arg("agent")
             .args(args)
             .args(own)
@@ -85,17 +121,27 @@ impl AgentProcess {
             collect(child.stdout.take().expect("stdout"), Arc::clone(&stdout_lines)),
             collect(child.stderr.take().expect("stderr"), Arc::clone(&stderr_lines)),
         ];
-        let mut agent = AgentProcess { dir, child, stdout_lines, stderr_lines, readers };
+        let launcher = host_proc.is_some().then(|| child.id());
+        let mut agent = AgentProcess { dir, child, inner_pid: None, host_proc, stdout_lines, stderr_lines, readers };
+        if let Some(launcher) = launcher {
+            // `unshare --fork`'s one child is the agent.
+            let children = format!("/proc/{launcher}/task/{launcher}/children");
+            agent.inner_pid = wait_for(super::scaled(START_TIMEOUT), || {
+                std::fs::read_to_string(&children).ok()?.split_whitespace().next()?.parse().ok()
+            });
+        }
         let start_timeout = super::scaled(START_TIMEOUT);
         let started = wait_for(start_timeout, || {
             if let Ok(Some(status)) = agent.child.try_wait() {
                 return Some(Err(status));
             }
-            // The gRPC server starts after the hooks are attached: a test
-            // that subscribes at once needs its socket there too.
-            let serving = !own_socket || agent.grpc_socket().exists();
-            (agent.log_has(&["hooks attached"]) && serving).then_some(Ok(()))
+            agent.log_has(&["hooks attached"]).then_some(Ok(()))
         });
+        // What the README tells a script: once "hooks attached" is logged,
+        // the stream accepts subscribers (its listener is bound before).
+        if matches!(started, Some(Ok(()))) && own_socket {
+            assert!(agent.grpc_socket().exists(), "\"hooks attached\" before the gRPC listener:\n{}", agent.stderr());
+        }
         match started {
             Some(Ok(())) => agent,
             Some(Err(status)) => {
@@ -106,9 +152,9 @@ impl AgentProcess {
         }
     }
 
-    /// The agent's pid.
+    /// The agent's pid (on the host).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.inner_pid.unwrap_or_else(|| self.child.id())
     }
 
     /// The gRPC socket, when the test did not choose the address.
@@ -142,7 +188,7 @@ impl AgentProcess {
 
     /// Sends `signal` and waits for the agent to exit.
     pub fn stop(mut self, signal: Signal) -> StoppedAgent {
-        let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("pid fits"));
+        let pid = Pid::from_raw(i32::try_from(self.pid()).expect("pid fits"));
         nix::sys::signal::kill(pid, signal).expect("signal agent");
         let status = wait_for(super::scaled(STOP_TIMEOUT), || self.child.try_wait().ok().flatten())
             .unwrap_or_else(|| panic!("agent did not exit after {signal}:\n{}", self.stderr()));
@@ -156,8 +202,12 @@ impl AgentProcess {
 impl Drop for AgentProcess {
     fn drop(&mut self) {
         if self.child.try_wait().ok().flatten().is_none() {
+            // unshare's child (the agent) dies with it (--kill-child).
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+        if let Some(host_proc) = &self.host_proc {
+            let _ = nix::mount::umount2(host_proc, nix::mount::MntFlags::MNT_DETACH);
         }
     }
 }

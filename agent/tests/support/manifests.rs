@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 /// The kustomizations a user can apply: the base and each overlay.
-pub const KUSTOMIZATIONS: [&str; 3] = ["deploy", "deploy/overlays/mtls", "deploy/overlays/otlp"];
+pub const KUSTOMIZATIONS: [&str; 3] = ["deploy", "deploy/overlays/otlp", "deploy/overlays/prometheus-operator"];
 
 /// The repository's root.
 pub fn workspace_root() -> PathBuf {
@@ -29,7 +29,7 @@ pub fn render(dir: &str) -> String {
 
 /// Every document of a multi-document YAML stream.
 pub fn documents(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
+    yaml_serde::Deserializer::from_str(yaml)
         .map(|doc| Value::deserialize(doc).expect("a YAML document"))
         .filter(|doc| !doc.is_null())
         .collect()

@@ -1,5 +1,6 @@
 //! An in-test OpenTelemetry Collector: a tonic server implementing the OTLP
-//! logs service on 127.0.0.1, recording every log record it receives. It
+//! logs and metrics services on 127.0.0.1, recording every log record and
+//! metrics export it receives. It
 //! can be stopped (the port closes, connections are cut) and started again
 //! on the same port, to stand in for a collector outage.
 
@@ -14,6 +15,10 @@ use opentelemetry_proto::tonic::{
         logs_service_server::{LogsService, LogsServiceServer},
         ExportLogsServiceRequest, ExportLogsServiceResponse,
     },
+    collector::metrics::v1::{
+        metrics_service_server::{MetricsService, MetricsServiceServer},
+        ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+    },
     common::v1::any_value::Value,
     logs::v1::LogRecord,
 };
@@ -25,6 +30,7 @@ pub struct Collector {
     addr: SocketAddr,
     records: Arc<Mutex<Vec<LogRecord>>>,
     requests: Arc<Mutex<u64>>,
+    metrics: Arc<Mutex<Vec<ExportMetricsServiceRequest>>>,
     running: Option<(Runtime, oneshot::Sender<()>)>,
     tls: Option<tonic::transport::ServerTlsConfig>,
 }
@@ -45,6 +51,22 @@ impl LogsService for Recorder {
         self.records.lock().expect("lock").extend(records);
         *self.requests.lock().expect("lock") += 1;
         Ok(Response::new(ExportLogsServiceResponse::default()))
+    }
+}
+
+/// Keeps every metrics export.
+struct MetricsRecorder {
+    exports: Arc<Mutex<Vec<ExportMetricsServiceRequest>>>,
+}
+
+#[tonic::async_trait]
+impl MetricsService for MetricsRecorder {
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        self.exports.lock().expect("lock").push(request.into_inner());
+        Ok(Response::new(ExportMetricsServiceResponse::default()))
     }
 }
 
@@ -71,6 +93,7 @@ impl Collector {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             records: Arc::default(),
             requests: Arc::default(),
+            metrics: Arc::default(),
             running: None,
             tls,
         };
@@ -113,6 +136,7 @@ impl Collector {
             records: Arc::clone(&self.records),
             requests: Arc::clone(&self.requests),
         });
+        let metrics = MetricsServiceServer::new(MetricsRecorder { exports: Arc::clone(&self.metrics) });
         let (shutdown, stopped) = oneshot::channel::<()>();
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = &self.tls {
@@ -122,6 +146,7 @@ impl Collector {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             let _ = builder
                 .add_service(service)
+                .add_service(metrics)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stopped.await;
                 })
@@ -133,6 +158,11 @@ impl Collector {
     /// Every record received so far, in arrival order (duplicates included).
     pub fn records(&self) -> Vec<LogRecord> {
         self.records.lock().expect("lock").clone()
+    }
+
+    /// Every metrics export received so far, in arrival order.
+    pub fn metrics_exports(&self) -> Vec<ExportMetricsServiceRequest> {
+        self.metrics.lock().expect("lock").clone()
     }
 
     /// Export requests answered so far.

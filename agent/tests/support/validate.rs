@@ -16,7 +16,7 @@ use serde_json::Value;
 
 /// Every object of a multi-document YAML stream.
 pub fn documents(yaml: &str) -> Vec<Value> {
-    yaml.split("\n---\n").filter_map(|doc| serde_yaml::from_str::<Value>(doc).ok()).filter(Value::is_object).collect()
+    yaml.split("\n---\n").filter_map(|doc| yaml_serde::from_str::<Value>(doc).ok()).filter(Value::is_object).collect()
 }
 
 /// The object of `kind` named `name`, if any.
@@ -71,7 +71,7 @@ pub fn kubernetes_validate(objects: &[Value]) {
     let mut files = Vec::new();
     for (i, object) in objects.iter().enumerate() {
         let path = dir.path().join(format!("{i:02}-{}.yaml", object["kind"].as_str().unwrap_or("object")));
-        std::fs::write(&path, serde_yaml::to_string(object).expect("yaml")).expect("write object");
+        std::fs::write(&path, yaml_serde::to_string(object).expect("yaml")).expect("write object");
         files.push(path);
     }
     let output = Command::new("python3")

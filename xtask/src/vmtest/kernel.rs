@@ -1,8 +1,9 @@
 //! Debian's cloud kernels, fetched with apt in a state of its own under
 //! `target/vmtest/apt/<suite>/`, so that the machine's own sources, lists and
-//! package cache stay exactly as they are (DESIGN.md, "Kernel matrix"). Each
-//! suite's newest `linux-image-<abi>-cloud-amd64` is what the metapackage
-//! `linux-image-cloud-amd64` depends on; only its `boot/vmlinuz-*` is kept.
+//! package cache stay exactly as they are (ARCHITECTURE.md, "Build
+//! machines"). Each suite's newest `linux-image-<abi>-cloud-amd64` is what
+//! the metapackage `linux-image-cloud-amd64` depends on; only its
+//! `boot/vmlinuz-*` is kept.
 //! `cargo xtask fixtures` takes its 6.1 kernel from here too.
 
 use std::cmp::Ordering;

@@ -1,8 +1,8 @@
 //! `cargo xtask vmtest`: the agent on the kernels of Debian's releases, each
-//! in a VM (DESIGN.md, "Kernel matrix"). Each verifier differs, so a program
-//! the build machine's kernel accepts may be refused on 5.10 or 6.1; this
-//! runs `tokenwatch kernel-check` and the `kernel_matrix` test cases inside
-//! each kernel and reports both side by side.
+//! in a VM (TCG: ARCHITECTURE.md, "Build machines"). Each verifier differs,
+//! so a program the build machine's kernel accepts may be refused on 5.10 or
+//! 6.1; this runs `tokenwatch kernel-check` and the `kernel_matrix` test
+//! cases inside each kernel and reports both side by side.
 //!
 //! The steps: the kernels (kernel.rs, with apt in a state of its own), the
 //! release agent and test executable (binaries.rs), one initramfs

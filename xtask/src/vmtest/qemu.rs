@@ -1,5 +1,5 @@
-//! One VM: qemu with TCG (KVM guests hang on this machine, DESIGN.md
-//! "Kernel matrix"), the kernel and the initramfs given directly, the serial
+//! One VM: qemu with TCG (KVM guests hang on this machine: ARCHITECTURE.md,
+//! "Build machines"), the kernel and the initramfs given directly, the serial
 //! console written whole to `target/vmtest/<label>.log`, and a wall-clock
 //! limit past which the VM is killed.
 

@@ -14,7 +14,7 @@ use crate::util;
 /// verifier's 1M limit, so growth is seen before a kernel refuses it.
 const INSNS_WARN: u64 = 500_000;
 /// Stack depth past which a program is marked: up to 6.12 the whole call
-/// chain must fit in 512 bytes (DESIGN.md, "Kernel matrix").
+/// chain must fit in 512 bytes (`kernel/stack_depth.rs` in the agent).
 const STACK_WARN: u64 = 448;
 /// Lines of a failed kernel check's other output the report shows.
 const CHECK_TAIL: usize = 20;

@@ -1,14 +1,17 @@
 //! `tokenwatch.v1.AlertService`: each subscriber gets its own task reading
 //! the delivery log from its resume point, so a slow subscriber only ever
-//! waits on itself, never on the kernel reader or other subscribers.
+//! waits on itself, never on the kernel reader or other subscribers. At
+//! most [`MAX_SUBSCRIBERS`] at once: each holds a task, a buffer and (when
+//! it starts from an old sequence) a read of the log, so a client opening
+//! streams without end is refused rather than served into exhaustion.
 
-use std::pin::Pin;
+use std::{pin::Pin, sync::Arc};
 
 use futures::Stream;
 use tokenwatch_proto::v1::{
     alert_service_server::AlertService, subscribe_response::Item, Gap, SubscribeRequest, SubscribeResponse,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -20,17 +23,21 @@ use crate::deliver::spool::Spool;
 const BATCH: usize = 256;
 /// Responses buffered per subscriber before its task waits for it.
 const BUFFER: usize = 64;
+/// The most subscribers served at once; one more is refused with
+/// `RESOURCE_EXHAUSTED` until one goes.
+pub const MAX_SUBSCRIBERS: usize = 64;
 
 /// The service over one delivery log.
 pub struct AlertStream {
     spool: Spool,
     cancel: CancellationToken,
+    slots: Arc<Semaphore>,
 }
 
 impl AlertStream {
     /// Serves `spool` until `cancel`.
     pub fn new(spool: Spool, cancel: CancellationToken) -> Self {
-        AlertStream { spool, cancel }
+        AlertStream { spool, cancel, slots: Arc::new(Semaphore::new(MAX_SUBSCRIBERS)) }
     }
 }
 
@@ -43,10 +50,16 @@ impl AlertService for AlertStream {
     async fn subscribe(&self, request: Request<SubscribeRequest>) -> Result<Response<Responses>, Status> {
         let request = request.into_inner();
         super::filter::validate(&request).map_err(Status::invalid_argument)?;
+        let slot = Arc::clone(&self.slots).try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "{MAX_SUBSCRIBERS} subscribers are connected, the most this agent serves at once; retry later"
+            ))
+        })?;
         let (tx, rx) = mpsc::channel(BUFFER);
         let (spool, cancel) = (self.spool.clone(), self.cancel.clone());
         tracing::debug!(after = request.after_sequence, follow = request.follow, "subscriber connected");
         tokio::spawn(async move {
+            let _slot = slot;
             let _counted = Subscribed::new();
             if let Err(status) = feed(spool, request, &tx, cancel).await {
                 let _ = tx.send(Err(status)).await;

@@ -121,6 +121,7 @@ fn attributes(alert: &Alert) -> Vec<KeyValue> {
     }
     if let Some(process) = &alert.process {
         text("process.executable.path", &process.exe);
+        text("process.executable.name", &process.executable_name);
         if process.pid != 0 {
             list.push(int("process.pid", u64::from(process.pid)));
         }
@@ -171,7 +172,12 @@ mod tests {
                 ..KubernetesContext::default()
             }),
             container: Some(ContainerContext { id: "abc".into(), ..ContainerContext::default() }),
-            process: Some(ProcessContext { pid: 42, exe: "/bin/cat".into(), ..ProcessContext::default() }),
+            process: Some(ProcessContext {
+                pid: 42,
+                exe: "/bin/cat".into(),
+                executable_name: "cat".into(),
+                ..ProcessContext::default()
+            }),
             ..Alert::default()
         }
     }
@@ -206,6 +212,7 @@ mod tests {
             ("k8s.node.name", text("node-a")),
             ("container.id", text("abc")),
             ("process.executable.path", text("/bin/cat")),
+            ("process.executable.name", text("cat")),
             ("process.pid", Some(Value::IntValue(42))),
         ];
         for (key, value) in &expected {

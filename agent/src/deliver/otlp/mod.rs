@@ -1,5 +1,6 @@
 //! Push: alerts exported as OTLP logs over gRPC to an OpenTelemetry
-//! Collector (or anything speaking `opentelemetry.proto.collector.logs.v1`).
+//! Collector (or anything speaking `opentelemetry.proto.collector.logs.v1`),
+//! and the token inventory as OTLP metrics beside them ([`metrics`]).
 //!
 //! The exporter reads the delivery log (`spool`) from the position the
 //! collector last acknowledged, so delivery is at-least-once across
@@ -11,9 +12,12 @@
 
 pub mod convert;
 pub mod endpoint;
+pub mod metrics;
 pub mod position;
 
 use std::{path::PathBuf, time::Duration};
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 
 use opentelemetry_proto::tonic::collector::logs::v1::{
     logs_service_client::LogsServiceClient, ExportLogsServiceRequest, ExportLogsServiceResponse,
@@ -41,7 +45,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// After shutdown is asked, how long an export may still take: what is
 /// caught up by then is acknowledged, the rest goes at the next start.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Where and how to export; built from `--otlp-*` by the configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,33 +102,17 @@ pub enum OtlpError {
     Join(#[from] tokio::task::JoinError),
 }
 
-/// Delays between retries: `initial`, doubling up to `max`, back to
-/// `initial` after a success. No jitter: there is one exporter per node and
-/// collectors shed load with their own limits.
-#[derive(Clone, Debug)]
-pub struct Backoff {
-    initial: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    /// Starts at `initial`, never above `max`.
-    pub fn new(initial: Duration, max: Duration) -> Backoff {
-        Backoff { initial, max, next: initial.min(max) }
-    }
-
-    /// The delay before the next retry; each call doubles the following.
-    pub fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = self.next.saturating_mul(2).min(self.max);
-        delay
-    }
-
-    /// After a success: the next failure waits `initial` again.
-    pub fn reset(&mut self) {
-        self.next = self.initial.min(self.max);
-    }
+/// Delays between retries: [`INITIAL_BACKOFF`], doubling up to
+/// [`MAX_BACKOFF`], for as long as it takes; a fresh one after a success.
+/// No jitter: there is one exporter per node and collectors shed load with
+/// their own limits.
+pub fn retry_delays() -> ExponentialBackoff {
+    ExponentialBuilder::new()
+        .with_min_delay(INITIAL_BACKOFF)
+        .with_max_delay(MAX_BACKOFF)
+        .with_factor(2.0)
+        .without_max_times()
+        .build()
 }
 
 /// What the exporter did, logged when it stops.
@@ -178,7 +166,7 @@ async fn run(
     cancel: &CancellationToken,
 ) -> Result<(), OtlpError> {
     let mut appended = spool.subscribe();
-    let mut backoff = Backoff::new(INITIAL_BACKOFF, MAX_BACKOFF);
+    let mut backoff = retry_delays();
     loop {
         let reader = spool.clone();
         let from = *after;
@@ -217,7 +205,7 @@ async fn send(
     client: &mut LogsServiceClient<Channel>,
     request: ExportLogsServiceRequest,
     records: usize,
-    backoff: &mut Backoff,
+    backoff: &mut ExponentialBackoff,
     counts: &mut ExportCounts,
     cancel: &CancellationToken,
 ) -> Option<u64> {
@@ -234,13 +222,13 @@ async fn send(
         };
         let status = match result {
             Ok(response) => {
-                backoff.reset();
+                *backoff = retry_delays();
                 return Some(records - rejected(response.into_inner(), records, counts));
             }
             Err(status) if status.code() == tonic::Code::InvalidArgument => {
                 tracing::warn!(%status, records, "OTLP exporter: the collector refused the batch as invalid; dropped");
                 counts.rejected += records;
-                backoff.reset();
+                *backoff = retry_delays();
                 return Some(0);
             }
             Err(status) => status,
@@ -248,7 +236,7 @@ async fn send(
         if cancel.is_cancelled() {
             return None;
         }
-        let delay = backoff.next_delay();
+        let delay = backoff.next().unwrap_or(MAX_BACKOFF);
         counts.retries += 1;
         tracing::warn!(attempt, code = ?status.code(), message = status.message(), retry_in = ?delay, "OTLP export failed; retrying");
         attempt += 1;
@@ -299,7 +287,7 @@ async fn store(position: &Position, sequence: u64) -> Result<(), OtlpError> {
 
 /// A lazily connecting channel: it (re)connects on each request while the
 /// collector is down, so the retry loop is all the reconnection needed.
-fn channel(config: &OtlpConfig) -> Result<Channel, OtlpError> {
+pub(crate) fn channel(config: &OtlpConfig) -> Result<Channel, OtlpError> {
     let mut endpoint = Channel::from_shared(config.endpoint.to_string())
         .map_err(|_| OtlpError::Endpoint(config.endpoint.clone()))?
         .connect_timeout(CONNECT_TIMEOUT)
@@ -325,14 +313,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_up_to_the_cap_and_resets() {
-        let mut backoff = Backoff::new(INITIAL_BACKOFF, MAX_BACKOFF);
-        let delays: Vec<u64> = (0..9).map(|_| backoff.next_delay().as_millis() as u64).collect();
-        assert_eq!(delays, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
-        backoff.reset();
-        assert_eq!(backoff.next_delay(), INITIAL_BACKOFF);
-        let mut tiny = Backoff::new(Duration::from_secs(5), Duration::from_secs(1));
-        assert_eq!(tiny.next_delay(), Duration::from_secs(1), "never above the cap");
+    fn retries_wait_half_a_second_then_double_up_to_thirty_seconds_for_ever() {
+        let delays: Vec<u64> = retry_delays().take(12).map(|d| d.as_millis() as u64).collect();
+        assert_eq!(delays, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000, 30000, 30000, 30000]);
     }
 
     #[tokio::test]

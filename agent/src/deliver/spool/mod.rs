@@ -19,7 +19,9 @@
 //! Every call does blocking file I/O, usually a few microseconds (an append is a `write(2)` to the page cache), but a
 //! roll or `sync` waits for the disk: async callers with latency to protect use `spawn_blocking`.
 
+mod flush;
 mod index;
+mod metrics;
 mod reader;
 mod recover;
 mod segment;
@@ -84,6 +86,13 @@ pub enum SpoolError {
     /// [`Spool::close`] was called; nothing more can be appended.
     #[error("spool: closed")]
     Closed,
+    /// Another process (a second agent) holds the directory: two writers
+    /// would hand out the same sequence numbers.
+    #[error(
+        "spool: {} is in use by another process (another tokenwatch agent?); each agent needs a --spool-dir of its own",
+        .0.display()
+    )]
+    InUse(PathBuf),
 }
 
 impl SpoolError {
@@ -135,6 +144,9 @@ impl std::fmt::Debug for Spool {
 struct Inner {
     shared: Shared,
     writer: Mutex<Writer>,
+    /// The directory's lock, held until [`Spool::close`] or the last
+    /// handle goes.
+    dir_lock: Mutex<Option<nix::fcntl::Flock<fs::File>>>,
 }
 
 /// What the writer and the readers share.
@@ -152,6 +164,30 @@ struct Shared {
     truncated: u64,
     corrupt_reads: AtomicU64,
     deleted: AtomicU64,
+}
+
+/// The name of the lock file in a spool directory.
+const LOCK_FILE: &str = "lock";
+
+/// Takes `dir`'s lock (`flock` on its lock file, released by the kernel
+/// when the process ends, even killed), or says who cannot have it.
+fn lock_dir(dir: &Path) -> Result<nix::fcntl::Flock<fs::File>, SpoolError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| SpoolError::io("opening", &path, e))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+        if errno == nix::errno::Errno::EWOULDBLOCK {
+            SpoolError::InUse(dir.to_owned())
+        } else {
+            SpoolError::io("locking", &path, errno.into())
+        }
+    })
 }
 
 /// Locks, ignoring poisoning: every critical section leaves its data consistent before anything can panic.
@@ -185,6 +221,7 @@ impl Spool {
         // even in a directory someone created with a wider mode.
         fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .map_err(|e| SpoolError::io("restricting", dir, e))?;
+        let lock = lock_dir(dir)?;
         let saved = state::load(dir)?;
         let mut rec = recover::recover(dir)?;
         let mut next = rec.next;
@@ -252,7 +289,7 @@ impl Spool {
         let reserved = saved.filter(|s| !s.clean).map_or(next, |s| s.reserved.max(next));
         let writer = Mutex::new(Writer::new(file, path, end, next, reserved));
         tracing::info!(dir = %dir.display(), next_sequence = next, "spool opened");
-        Ok(Spool { inner: Arc::new(Inner { shared, writer }) })
+        Ok(Spool { inner: Arc::new(Inner { shared, writer, dir_lock: Mutex::new(Some(lock)) }) })
     }
 
     /// Gives `alert` the next sequence and this run's boot id, appends it, wakes subscribers and returns the
@@ -318,7 +355,10 @@ impl Spool {
     /// Syncs and records a clean shutdown, so the next open continues at exactly the next sequence even if the node
     /// restarts. Later appends fail with [`SpoolError::Closed`]; reads still work. Call it once, at shutdown.
     pub fn close(&self) -> Result<(), SpoolError> {
-        lock(&self.inner.writer).close(&self.inner.shared)
+        lock(&self.inner.writer).close(&self.inner.shared)?;
+        // Closed, this handle writes no more: another may take the directory.
+        lock(&self.inner.dir_lock).take();
+        Ok(())
     }
 
     /// Counters and sizes, for logs and metrics.

@@ -273,3 +273,19 @@ fn large_alerts_round_trip() {
     assert!(matches!(spool.append(&mut huge), Err(SpoolError::TooLarge { .. })));
     assert_eq!(append_n(&spool, 1)[0].sequence, 6, "a refused alert uses no sequence");
 }
+
+#[test]
+fn a_second_writer_on_one_directory_is_refused_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = Spool::open(dir.path(), 1 << 20, MIN_SEGMENT_BYTES, "boot").expect("the first agent's spool");
+    first.append(&mut alert(1)).expect("append");
+    match Spool::open(dir.path(), 1 << 20, MIN_SEGMENT_BYTES, "boot") {
+        Err(error @ SpoolError::InUse(_)) => {
+            assert!(error.to_string().contains(&dir.path().display().to_string()), "{error}");
+        }
+        other => panic!("a second agent would reuse sequence numbers: {other:?}"),
+    }
+    drop(first);
+    let reopened = Spool::open(dir.path(), 1 << 20, MIN_SEGMENT_BYTES, "boot").expect("free once the first is gone");
+    assert_eq!(reopened.last_sequence(), 1);
+}

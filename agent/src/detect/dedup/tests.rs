@@ -165,3 +165,43 @@ fn a_refused_occurrence_is_never_folded_into_one_that_was_not() {
     assert!(dedup.offer(dry, now).is_some(), "and so does a dry run's report");
     assert!(dedup.offer(killed, now).is_none(), "a second kill is folded into the first");
 }
+
+#[test]
+fn a_folded_alert_names_every_process_it_stands_for() {
+    use tokenwatch_proto::v1::ProcessRef;
+    let by = |n: i64, pid: u32, started: i64, parent: (u32, &str)| {
+        let mut alert = read(n, "c1", "/bin/cat");
+        let process = alert.process.as_mut().expect("process");
+        process.pid = pid;
+        process.start_time = Some(Timestamp { seconds: started, nanos: 0 });
+        process.parents = vec![ProcessRef { pid: parent.0, comm: parent.1.to_owned(), ..Default::default() }];
+        alert
+    };
+    let start = Instant::now();
+    let mut dedup = Deduper::new(WINDOW, 10);
+    let first = dedup.offer(by(0, 100, 1, (90, "app")), start).expect("passes through");
+    assert!(first.folded_processes.is_empty(), "one event: nothing folded yet");
+    // The app reads twice more; a shell someone exec'd reads once; then
+    // pid 100 is reused by another process (a new start).
+    assert!(dedup.offer(by(1, 100, 1, (90, "app")), start).is_none());
+    assert!(dedup.offer(by(2, 100, 1, (90, "app")), start).is_none());
+    assert!(dedup.offer(by(3, 200, 5, (150, "sh")), start).is_none());
+    assert!(dedup.offer(by(4, 100, 9, (150, "sh")), start).is_none());
+    let folded = dedup.flush_all();
+    let processes: Vec<(u32, i64, u32, &str, u64)> = folded[0]
+        .folded_processes
+        .iter()
+        .map(|p| (p.pid, p.start_time.map_or(0, |t| t.seconds), p.parent_pid, p.parent_comm.as_str(), p.count))
+        .collect();
+    assert_eq!(processes, [(100, 1, 90, "app", 3), (200, 5, 150, "sh", 1), (100, 9, 150, "sh", 1)]);
+    assert_eq!((folded[0].count, folded[0].folded_processes_more), (5, 0));
+
+    // Bounded: the 17th process and later are counted, not listed.
+    let mut dedup = Deduper::new(WINDOW, 10);
+    for pid in 0..20 {
+        let _ = dedup.offer(by(i64::from(pid), pid + 1, 1, (1, "init")), start);
+    }
+    let folded = dedup.flush_all();
+    assert_eq!(folded[0].folded_processes.len(), super::MAX_FOLDED_PROCESSES);
+    assert_eq!(folded[0].folded_processes_more, 4);
+}

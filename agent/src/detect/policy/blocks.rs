@@ -21,7 +21,7 @@ use serde::{
 };
 
 use super::{
-    file::{globs, names, present, NonEmpty, NonEmptyList, Selector},
+    fields::{globs, names, present, NonEmpty, NonEmptyList, Selector},
     matcher::Matcher,
     unique::{ListEntry, UniqueList},
 };
@@ -109,7 +109,7 @@ struct RawBlock {
 
 /// A `binaries` entry of a block: an absolute path (glob), since it is
 /// resolved inside each container from its root, where no working
-/// directory applies. Refused where it is written, so serde_yaml places
+/// directory applies. Refused where it is written, so yaml_serde places
 /// the error at the value.
 struct AbsolutePath(String);
 
@@ -146,7 +146,7 @@ impl ListEntry for BlockSpec {
     const LIST_EXPECTING: &'static str = "a list of block entries";
     const EXPECTING: &'static str = "a block entry (a map with id, reason, actions and match fields)";
 
-    /// Checks that span fields, placed at the entry by serde_yaml.
+    /// Checks that span fields, placed at the entry by yaml_serde.
     fn from_map<'de, A: de::MapAccess<'de>>(map: A) -> Result<Self, A::Error> {
         let raw = RawBlock::deserialize(MapAccessDeserializer::new(map))?;
         let matcher = Matcher {

@@ -10,9 +10,12 @@
 //! bad policy is refused at start-up with `file:line:column`, never
 //! half-applied.
 
+mod apply;
 mod blocks;
+mod fields;
 mod file;
 mod matcher;
+mod names;
 mod unique;
 
 #[cfg(test)]
@@ -33,6 +36,7 @@ use tokenwatch_proto::v1::{Alert, Severity};
 pub use self::blocks::{BlockActions, BlockSpec, EnforcementMode};
 use self::file::{ExceptionSpec, PolicyFile, RuleSettings};
 pub use self::matcher::{Glob, Matcher};
+pub use self::names::BlockNames;
 
 /// Every rule id the detector emits; a policy naming any other is refused.
 /// The one list of rule ids, so the detector, the policy and the docs agree.
@@ -176,6 +180,15 @@ impl Policy {
             .collect()
     }
 
+    /// Suppressions per exception, for Prometheus.
+    pub fn expose(&self, out: &mut crate::metrics::Exposition) {
+        const NAME: &str = "tokenwatch_policy_suppressed_total";
+        out.family(NAME, "counter", "Alerts dropped by a policy exception, by exception id.");
+        for (id, _reason, count) in self.suppression_counts() {
+            out.sample(NAME, &[("exception", &id)], count);
+        }
+    }
+
     /// Is `rule` on? For a start-up log of what the policy turns off.
     pub fn rule_enabled(&self, rule: &str) -> bool {
         self.rules.get(rule).and_then(|s| s.enabled) != Some(false)
@@ -211,12 +224,12 @@ fn raised(base: Severity, steps: usize) -> Severity {
     ladder[at.saturating_add(steps).min(ladder.len() - 1)]
 }
 
-/// Turns serde_yaml's error into file:line:column plus a message that starts
+/// Turns yaml_serde's error into file:line:column plus a message that starts
 /// with the YAML path and, inside an exception, names the exception's id.
-fn invalid(path: &Path, text: &str, error: &serde_yaml::Error) -> PolicyError {
+fn invalid(path: &Path, text: &str, error: &yaml_serde::Error) -> PolicyError {
     let (line, column) = error.location().map_or((0, 0), |l| (l.line(), l.column()));
     let message = error.to_string();
-    // serde_yaml appends " at line L column C"; the error says it up front.
+    // yaml_serde appends " at line L column C"; the error says it up front.
     let message = message.find(" at line ").map_or(message.as_str(), |i| &message[..i]);
     PolicyError::Invalid { path: path.to_owned(), line, column, message: name_exception(text, message) }
 }
@@ -236,7 +249,7 @@ fn name_exception(text: &str, message: &str) -> String {
     }
     #[derive(serde::Deserialize)]
     struct Id {
-        id: Option<serde_yaml::Value>,
+        id: Option<yaml_serde::Value>,
     }
     let (what, rest) = match message.strip_prefix("blocks[") {
         Some(rest) => ("block", Some(rest)),
@@ -244,11 +257,11 @@ fn name_exception(text: &str, message: &str) -> String {
     };
     let id = || -> Option<String> {
         let index: usize = rest?.split(']').next()?.parse().ok()?;
-        let ids: Ids = serde_yaml::from_str(text).ok()?;
+        let ids: Ids = yaml_serde::from_str(text).ok()?;
         let list = if what == "block" { ids.blocks } else { ids.exceptions };
         match list.into_iter().nth(index)?.id? {
-            serde_yaml::Value::String(id) => Some(id),
-            serde_yaml::Value::Number(id) => Some(id.to_string()),
+            yaml_serde::Value::String(id) => Some(id),
+            yaml_serde::Value::Number(id) => Some(id.to_string()),
             _ => None,
         }
     };

@@ -1,5 +1,5 @@
 //! Lists whose entries have unique ids (`exceptions`, `blocks`), read entry
-//! by entry from each entry's own YAML map, so serde_yaml places the checks
+//! by entry from each entry's own YAML map, so yaml_serde places the checks
 //! that span an entry's fields, and a repeated id, at the entry.
 
 use std::{collections::HashMap, fmt, marker::PhantomData};
@@ -10,7 +10,7 @@ use serde::{
 };
 
 /// An entry of a list whose ids must be unique (`exceptions`, `blocks`),
-/// read from its own YAML map, so serde_yaml places the checks that span
+/// read from its own YAML map, so yaml_serde places the checks that span
 /// its fields (and a repeated id) at the entry.
 pub trait ListEntry: Sized {
     /// The list's key, for messages: `exceptions`, `blocks`.

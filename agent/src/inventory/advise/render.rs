@@ -10,7 +10,7 @@ use tokenwatch_proto::v1::{Inventory, TokenMount, TokenMountKind, Usage, Workloa
 use super::decide::{self, Decision};
 use super::objects::{self, STEP_ADMISSION, STEP_LABEL, STEP_NETWORK, STEP_SERVICE_ACCOUNTS, STEP_WORKLOADS};
 use super::{human, AdviseOptions};
-use crate::inventory::rfc3339;
+use crate::{inventory::rfc3339, printable::printable};
 
 /// One YAML document with the comments above it.
 struct Document {
@@ -28,9 +28,10 @@ pub(super) fn render(inventory: &Inventory, options: &AdviseOptions) -> String {
         let name = full_name(workload);
         let evidence = evidence(workload, inventory);
         let advice = verdicts(workload, &decision, options);
-        let _ = writeln!(out, "#   {name}\n#     evidence: {evidence}");
+        comment(&mut out, &format!("  {name}"));
+        comment(&mut out, &format!("    evidence: {evidence}"));
         for line in &advice {
-            let _ = writeln!(out, "#     advice: {line}");
+            comment(&mut out, &format!("    advice: {line}"));
         }
         let beside = |why: &str| vec![format!("{name}: {why}"), format!("evidence: {evidence}")];
         if let Some(off) = &decision.disable_automount {
@@ -122,18 +123,25 @@ fn header(inventory: &Inventory, options: &AdviseOptions) -> String {
          #  4. {STEP_NETWORK}: after the token change holds, namespace by namespace. They allow DNS only: tokenwatch\n\
          #     sees API-server connects, not other egress, so add the workload's other destinations first.\n\
          #  5. {STEP_ADMISSION}: the Kyverno ClusterPolicy, last (set validationFailureAction: Audit to try it first).\n",
-        nodes = inventory.nodes.join(", "),
+        nodes = printable(&inventory.nodes.join(", ")),
         observed = human(observed),
         window = human(options.window),
     )
 }
 
+/// One `# line` of comment. What it says comes from the inventory, so from
+/// the nodes (executable paths, names): a line end in it would end the
+/// comment and start YAML the operator applies, so it is escaped.
+fn comment(out: &mut String, line: &str) {
+    let _ = writeln!(out, "# {}", printable(line));
+}
+
 fn push_document(out: &mut String, document: &Document) {
     out.push_str("---\n");
     for line in &document.comments {
-        let _ = writeln!(out, "# {line}");
+        comment(out, line);
     }
-    match serde_yaml::to_string(&document.object) {
+    match yaml_serde::to_string(&document.object) {
         Ok(yaml) => out.push_str(&yaml),
         Err(error) => {
             let _ = writeln!(out, "# (could not render this object: {error})");
@@ -192,10 +200,16 @@ fn usage(usage: Option<&Usage>) -> String {
             "{} by {} ({} .. {})",
             u.count,
             u.binaries.join(", "),
-            u.first_seen.map(|t| rfc3339(&t)).unwrap_or_default(),
-            u.last_seen.map(|t| rfc3339(&t)).unwrap_or_default()
+            u.first_seen.map(to_the_second).unwrap_or_default(),
+            u.last_seen.map(to_the_second).unwrap_or_default()
         ),
     }
+}
+
+/// A time as RFC 3339 to the second: what a reader of the advice needs,
+/// and all a metrics store keeps (`advise --prometheus` says the same).
+fn to_the_second(time: pbjson_types::Timestamp) -> String {
+    rfc3339(&pbjson_types::Timestamp { nanos: 0, ..time })
 }
 
 /// The advice in words, including what is not advised and why.

@@ -175,7 +175,7 @@ fn durations_parse_and_print() {
 
 /// Every YAML document of the advice, parsed.
 pub(crate) fn documents(yaml: &str) -> Vec<Value> {
-    yaml.split("\n---\n").filter_map(|doc| serde_yaml::from_str::<Value>(doc).ok()).filter(|v| v.is_object()).collect()
+    yaml.split("\n---\n").filter_map(|doc| yaml_serde::from_str::<Value>(doc).ok()).filter(|v| v.is_object()).collect()
 }
 
 #[test]
@@ -218,5 +218,24 @@ pub(crate) fn assert_kyverno_policy(policy: &Value) {
         assert!(validate["message"].as_str().is_some_and(|m| !m.is_empty()), "validate.message");
         assert!(validate["pattern"].is_object() || validate["deny"].is_object(), "validate.pattern or deny");
         assert_eq!(validate["pattern"]["spec"]["automountServiceAccountToken"], "false");
+    }
+}
+
+#[test]
+fn an_executable_path_from_a_node_cannot_add_yaml_to_the_advice() {
+    // A file name is the attacker's choice: a newline, `---` and an object.
+    let injected = "/tmp/x\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: planted}\n# ";
+    let mut reader = workload("ctl", "ctl", &[LEGACY], 2, 2);
+    for usage in [&mut reader.token_reads, &mut reader.api_server_connects] {
+        usage.as_mut().expect("usage").binaries = vec![injected.into(), "/bin/\u{202e}gpj.exe\r".into()];
+    }
+    let yaml =
+        advise(&inventory(vec![workload("web", "default", &[AUTO], 0, 0), reader], 2 * DAY), &Default::default())
+            .expect("advice");
+    let kinds: Vec<String> = documents(&yaml).iter().filter_map(|d| d["kind"].as_str().map(str::to_owned)).collect();
+    assert_eq!(kinds, ["ServiceAccount", "Deployment", "Deployment", "NetworkPolicy", "ClusterPolicy"], "{yaml}");
+    assert!(yaml.contains("/tmp/x\\n---\\napiVersion: v1\\nkind: Secret"), "the path is shown, escaped:\n{yaml}");
+    for line in yaml.lines() {
+        assert!(!line.starts_with("kind: Secret") && !line.contains('\r') && !line.contains('\u{202e}'), "{line:?}");
     }
 }

@@ -57,6 +57,25 @@ impl CriCache {
         self.inner.client.as_ref().map(|(path, _)| path).map_err(String::as_str)
     }
 
+    /// How many pod sandboxes the runtime runs now (ready ones), or why it
+    /// cannot say: with none listed by the API for this node, a sign the
+    /// node name is wrong.
+    pub async fn ready_pod_sandboxes(&self) -> Result<usize, String> {
+        use k8s_cri::v1::{ListPodSandboxRequest, PodSandboxFilter, PodSandboxState, PodSandboxStateValue};
+        let (_, client) = self.inner.client.as_ref().map_err(|reason| format!("cri: {reason}"))?;
+        let ready = PodSandboxStateValue { state: PodSandboxState::SandboxReady.into() };
+        let request = ListPodSandboxRequest {
+            filter: Some(PodSandboxFilter { state: Some(ready), ..PodSandboxFilter::default() }),
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, client.clone().list_pod_sandbox(request)).await {
+            Err(_) => Err(format!("cri: ListPodSandbox timed out after {CALL_TIMEOUT:?}")),
+            Ok(Err(status)) => {
+                Err(format!("cri: {}", CriError::Call { call: "ListPodSandbox", status: Box::new(status) }))
+            }
+            Ok(Ok(response)) => Ok(response.get_ref().items.len()),
+        }
+    }
+
     /// Metadata of `container_id`, or why it could not be had.
     pub async fn lookup(&self, container_id: &str) -> Result<Arc<ContainerMeta>, String> {
         let metrics = crate::metrics::global();

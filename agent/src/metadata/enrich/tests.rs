@@ -24,6 +24,7 @@ fn open_from(leaf: &str, parent: &str) -> KernelEvent {
             ns_pid: 3,
             ns_level: 1,
             ancestors: vec![KernelAncestor { pid: 1, ns_pid: 1, ns_level: 0, comm: "init".into() }],
+            executable: Default::default(),
         },
         syscall: OpenSyscall::Openat,
         dirfd: -100,

@@ -23,7 +23,6 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::watch::backoff;
 use super::{KubeError, WatchOptions};
 
 /// The namespace of the API server's Service; fixed by Kubernetes.
@@ -241,7 +240,8 @@ fn retrying<K, S>(stream: S, options: WatchOptions, kind: &'static str) -> impl 
 where
     S: Stream<Item = Result<Event<K>, watcher::Error>>,
 {
-    futures::stream::unfold((Box::pin(stream), 0u32), move |(mut stream, mut failures)| {
+    let start = (Box::pin(stream), 0u32, options.retry_delays());
+    futures::stream::unfold(start, move |(mut stream, mut failures, mut delays)| {
         let options = options.clone();
         async move {
             loop {
@@ -250,8 +250,9 @@ where
                         // `Init` comes before every list attempt, even ones that fail.
                         if !matches!(event, Event::Init) {
                             failures = 0;
+                            delays = options.retry_delays();
                         }
-                        return Some((event, (stream, failures)));
+                        return Some((event, (stream, failures, delays)));
                     }
                     Err(err) => {
                         failures = failures.saturating_add(1);
@@ -260,7 +261,7 @@ where
                             info!(kind, error = %err, "API server address watch expired; relisting");
                             continue;
                         }
-                        let delay = backoff(&options, failures);
+                        let delay = delays.next().unwrap_or(options.backoff_max);
                         warn!(kind, retry = failures, delay_ms = delay.as_millis() as u64, error = %err,
                             "API server address watch failed; retrying");
                         tokio::time::sleep(delay).await;

@@ -28,6 +28,8 @@ struct Inner {
     /// Bumped on every added or changed pod: the enforcer covers a pod the
     /// moment the API puts it on the node, not a reconcile later.
     generation: tokio::sync::watch::Sender<u64>,
+    /// Set once the first list of the node's pods is complete.
+    listed: std::sync::atomic::AtomicBool,
 }
 
 /// Waits until `changes` (from [`PodStore::changes`]) sees a pod added or
@@ -47,7 +49,8 @@ impl PodStore {
     /// An empty store whose deleted pods stay resolvable for `deleted_grace`.
     pub fn new(deleted_grace: Duration) -> Self {
         let generation = tokio::sync::watch::Sender::new(0);
-        PodStore { inner: Arc::new(Inner { pods: RwLock::new(HashMap::new()), deleted_grace, generation }) }
+        let listed = std::sync::atomic::AtomicBool::new(false);
+        PodStore { inner: Arc::new(Inner { pods: RwLock::new(HashMap::new()), deleted_grace, generation, listed }) }
     }
 
     /// A receiver that sees a change each time a pod is added or changed;
@@ -86,6 +89,17 @@ impl PodStore {
     pub fn snapshot(&self) -> Vec<Arc<PodInfo>> {
         let now = Instant::now();
         self.read().values().filter(|pod| self.visible(pod, now)).cloned().collect()
+    }
+
+    /// Whether the API's first list of this node's pods is complete: until
+    /// then, an empty store says nothing about the node name.
+    pub fn listed(&self) -> bool {
+        self.inner.listed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Notes that a list of the node's pods is complete.
+    pub(crate) fn mark_listed(&self) {
+        self.inner.listed.store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// How long deleted pods stay resolvable.

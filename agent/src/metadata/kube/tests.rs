@@ -250,9 +250,9 @@ fn relist_marks_missing_pods_deleted() {
 #[test]
 fn backoff_doubles_up_to_the_maximum() {
     let options = WatchOptions { backoff_min: Duration::from_millis(100), ..WatchOptions::default() };
-    let delays: Vec<_> = [1, 2, 3, 9, 1000].into_iter().map(|n| super::watch::backoff(&options, n)).collect();
-    let ms = |m| Duration::from_millis(m);
-    assert_eq!(delays, [ms(100), ms(200), ms(400), ms(25_600), Duration::from_secs(30)]);
+    // Whole milliseconds: backon doubles in f32.
+    let delays: Vec<u128> = options.retry_delays().take(12).map(|d| d.as_millis()).collect();
+    assert_eq!(delays, [100, 200, 400, 800, 1_600, 3_200, 6_400, 12_800, 25_600, 30_000, 30_000, 30_000]);
 }
 
 #[tokio::test]

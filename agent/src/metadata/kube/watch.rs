@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::pin::pin;
 use std::time::{Duration, Instant};
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher::{self, watcher, Event};
@@ -32,6 +33,20 @@ pub struct WatchOptions {
     /// How long one owner GET (ReplicaSet, Job) may take before the fallback
     /// name is used; the watch loop waits for it.
     pub owner_lookup_timeout: Duration,
+}
+
+impl WatchOptions {
+    /// Delays between retries of a failing watch: `backoff_min`, doubling
+    /// up to `backoff_max`, for as long as it takes; a fresh one after an
+    /// event arrives.
+    pub fn retry_delays(&self) -> ExponentialBackoff {
+        ExponentialBuilder::new()
+            .with_min_delay(self.backoff_min)
+            .with_max_delay(self.backoff_max.max(self.backoff_min))
+            .with_factor(2.0)
+            .without_max_times()
+            .build()
+    }
 }
 
 impl Default for WatchOptions {
@@ -87,6 +102,7 @@ pub async fn watch_pods_with(
         tokio::time::interval(store.deleted_grace().clamp(Duration::from_millis(100), Duration::from_secs(30)));
     prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failures: u32 = 0;
+    let mut delays = options.retry_delays();
     info!(node, "watching the node's pods");
     loop {
         let item = tokio::select! {
@@ -109,6 +125,7 @@ pub async fn watch_pods_with(
             Ok(event) => {
                 if !matches!(event, Event::Init) {
                     failures = 0;
+                    delays = options.retry_delays();
                 }
                 applier.apply(event).await;
             }
@@ -120,7 +137,7 @@ pub async fn watch_pods_with(
                     info!(error = %err, "pod watch resourceVersion expired; relisting");
                     continue;
                 }
-                let delay = backoff(&options, failures);
+                let delay = delays.next().unwrap_or(options.backoff_max);
                 warn!(retry = failures, delay_ms = delay.as_millis() as u64, error = %err, "pod watch failed; retrying");
                 tokio::select! {
                     () = cancel.cancelled() => return Ok(()),
@@ -129,12 +146,6 @@ pub async fn watch_pods_with(
             }
         }
     }
-}
-
-/// Exponential backoff for the `failures`-th consecutive failure.
-pub(super) fn backoff(options: &WatchOptions, failures: u32) -> Duration {
-    let factor = 1u32.checked_shl(failures.saturating_sub(1).min(16)).unwrap_or(u32::MAX);
-    options.backoff_min.saturating_mul(factor).min(options.backoff_max.max(options.backoff_min))
 }
 
 /// Applies watcher events to the store.
@@ -162,6 +173,7 @@ impl Applier {
             Event::InitDone => {
                 let listed = self.relisting.take().unwrap_or_default();
                 let gone = self.store.mark_missing(&listed, Instant::now());
+                self.store.mark_listed();
                 info!(pods = listed.len(), deleted_while_unwatched = gone, "pod list complete");
                 release_freed_memory();
             }

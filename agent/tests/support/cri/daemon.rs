@@ -1,9 +1,9 @@
 //! A containerd of the test's own: config, root, state, socket and logs under
 //! a fresh `/tmp/tokenwatch-containerd-<pid>-<n>`, never the system's
 //! `/run/containerd/containerd.sock` or `/var/lib/containerd`. Its CRI plugin
-//! is set up as this machine needs (DESIGN.md, "Real pods here, without a
-//! cluster"): cgroupfs driver (`SystemdCgroup = false`; PID 1 is not
-//! systemd), `restrict_oom_score_adj = true`, a sandbox image imported by the
+//! is set up as this machine needs (ARCHITECTURE.md, "Build machines"):
+//! cgroupfs driver (`SystemdCgroup = false`; PID 1 is not systemd),
+//! `restrict_oom_score_adj = true`, a sandbox image imported by the
 //! harness so nothing is pulled, and CNI directories of its own that stay
 //! empty (pods use the node's network, so CRI never calls CNI; it only logs
 //! at start that no network config was found).

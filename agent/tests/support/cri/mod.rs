@@ -1,6 +1,6 @@
-//! Real pods without a cluster (DESIGN.md, "Real pods here, without a
-//! cluster"): a containerd of the test's own ([`Containerd`]) whose CRI
-//! plugin runs pod sandboxes and containers just as kubelet asks for them
+//! Real pods without a cluster (ARCHITECTURE.md, "Build machines"): a
+//! containerd of the test's own ([`Containerd`]) whose CRI plugin runs pod
+//! sandboxes and containers just as kubelet asks for them
 //! ([`Containerd::run_pod`], [`Pod`]), from an image built here from
 //! busybox-static (no registry is reachable), each pod with a ServiceAccount
 //! token volume laid out as kubelet lays it out ([`token`]).

@@ -61,6 +61,8 @@ pub enum Resource {
     Services,
     /// `endpointslices.discovery.k8s.io` (v1).
     EndpointSlices,
+    /// `nodes` (core v1, cluster-scoped).
+    Nodes,
 }
 
 impl Resource {
@@ -70,12 +72,13 @@ impl Resource {
             Resource::Pods => "Pod",
             Resource::Services => "Service",
             Resource::EndpointSlices => "EndpointSlice",
+            Resource::Nodes => "Node",
         }
     }
 
     fn api_version(self) -> &'static str {
         match self {
-            Resource::Pods | Resource::Services => "v1",
+            Resource::Pods | Resource::Services | Resource::Nodes => "v1",
             Resource::EndpointSlices => "discovery.k8s.io/v1",
         }
     }
@@ -316,6 +319,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         ["api", "v1", "pods"] => (Resource::Pods, None),
         ["api", "v1", "namespaces", ns, "pods"] => (Resource::Pods, Some(*ns)),
         ["api", "v1", "services"] => (Resource::Services, None),
+        ["api", "v1", "nodes"] => (Resource::Nodes, None),
         ["api", "v1", "namespaces", ns, "services"] => (Resource::Services, Some(*ns)),
         ["apis", "discovery.k8s.io", "v1", "endpointslices"] => (Resource::EndpointSlices, None),
         ["apis", "discovery.k8s.io", "v1", "namespaces", ns, "endpointslices"] => (Resource::EndpointSlices, Some(*ns)),

@@ -11,6 +11,7 @@ fn selectable_fields(resource: Resource) -> &'static [&'static str] {
         Resource::Pods => &["spec.nodeName", "metadata.name", "metadata.namespace"],
         Resource::Services => &["metadata.name", "metadata.namespace", "spec.clusterIP", "spec.type"],
         Resource::EndpointSlices => &["metadata.name", "metadata.namespace"],
+        Resource::Nodes => &["metadata.name"],
     }
 }
 

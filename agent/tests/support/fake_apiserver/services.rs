@@ -1,4 +1,5 @@
-//! Services and EndpointSlices: what the API server's own address watch reads.
+//! Services and EndpointSlices: what the API server's own address watch
+//! reads; and Nodes, which the agent lists to say which names exist.
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -6,6 +7,12 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use super::{to_json, FakeApiServer, Resource};
 
 impl FakeApiServer {
+    /// Creates a Node named `name`; returns its resourceVersion.
+    pub fn add_node(&self, name: &str) -> u64 {
+        let node = serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}});
+        self.add(Resource::Nodes, node, "add_node")
+    }
+
     /// Creates a Service (keyed by namespace and name); returns its resourceVersion.
     pub fn add_service(&self, service: Service) -> u64 {
         self.add(Resource::Services, to_json(&service), "add_service")

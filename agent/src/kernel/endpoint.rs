@@ -1,5 +1,6 @@
 //! API-server endpoints as the user writes them: `ADDR`, `ADDR:PORT`,
-//! `[V6]:PORT`, a bare IPv6 address.
+//! `[V6]:PORT`, a bare IPv6 address. The kernel's watch list holds them;
+//! the configuration parses them.
 
 use std::{
     fmt,

@@ -20,15 +20,25 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::DaemonError;
-use crate::{
-    kernel::watchlist::{self, FileMaps, Wanted},
-    metadata::{
-        kube::{self, PodStore},
-        kubelet_volumes,
-        token_files::{self, TokenFiles},
-    },
+use super::{
+    container_fs,
+    kube::{self, PodInfo, PodStore},
+    kubelet_volumes,
+    token_files::{self, TokenFiles},
 };
+use crate::kernel::watchlist::{self, FileMaps, Wanted, WatchlistError};
+
+/// Why the scanner stopped: the kernel's map refused an update, or a scan
+/// (run on the blocking pool) panicked.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    /// The watch map could not be updated.
+    #[error(transparent)]
+    Watchlist(#[from] WatchlistError),
+    /// A scan panicked.
+    #[error("scanner: {0}")]
+    Panic(String),
+}
 
 /// Rescans the node for token files and keeps the kernel map in step.
 pub struct Scanner {
@@ -49,15 +59,19 @@ impl Scanner {
 
     /// One scan: find the files and update the kernel's map. The caller
     /// publishes the result to the enricher, then calls [`Self::announce`].
-    pub async fn scan_once(&mut self) -> Result<Arc<TokenFiles>, DaemonError> {
+    pub async fn scan_once(&mut self) -> Result<Arc<TokenFiles>, ScanError> {
         // The names first, before the walk of every namespace: a pod just
         // put on the node may start while it runs.
-        let paths = self.sync_names()?;
-        let proc = self.proc.clone();
-        let found = tokio::task::spawn_blocking(move || token_files::scan(&proc, &paths))
+        self.sync_names()?;
+        let node = self.node_view();
+        let declared = node
+            .as_ref()
+            .map_or_else(Vec::new, |(mounts, pods)| kubelet_volumes::declared_token_paths(mounts, pods, &self.paths));
+        let (proc, paths) = (self.proc.clone(), self.paths.clone());
+        let found = tokio::task::spawn_blocking(move || token_files::scan(&proc, &paths, &declared))
             .await
-            .map_err(|error| DaemonError::Panic(format!("scanner: {error}")))?;
-        let wanted = self.wanted(&found);
+            .map_err(|error| ScanError::Panic(error.to_string()))?;
+        let wanted = Self::wanted(&found, node.as_ref());
         let (added, removed) = watchlist::sync_files(&mut self.maps, &wanted)?;
         if added + removed > 0 {
             tracing::debug!(added, removed, watched = found.len(), "token files rescanned");
@@ -65,15 +79,22 @@ impl Scanner {
         Ok(Arc::new(found))
     }
 
+    /// The node's mount table and the pods the API put here, read once
+    /// per scan or mount change; `None` standalone.
+    fn node_view(&self) -> Option<(String, Vec<Arc<PodInfo>>)> {
+        let store = self.pods.as_ref()?;
+        Some((container_fs::mountinfo_of(&self.proc, 1), store.snapshot()))
+    }
+
     /// What the kernel must watch: the files `found` by a scan, the token
     /// volumes among them, and the custom projected tokens kubelet has
-    /// mounted for the pods the API put here, each on its own volume.
-    fn wanted(&self, found: &TokenFiles) -> Wanted {
+    /// mounted for the pods the API put here (`node`), each on its own
+    /// volume.
+    fn wanted(found: &TokenFiles, node: Option<&(String, Vec<Arc<PodInfo>>)>) -> Wanted {
         let mut volumes: std::collections::HashMap<u32, String> =
             found.iter().filter_map(|(key, file)| Some((key.dev, file.volume_name.clone()?))).collect();
-        if let Some(store) = &self.pods {
-            let node_mounts = fs::read_to_string(self.proc.join("1/mountinfo")).unwrap_or_default();
-            for (dev, name) in kubelet_volumes::custom_token_volumes(&node_mounts, &store.snapshot()) {
+        if let Some((mounts, pods)) = node {
+            for (dev, name) in kubelet_volumes::custom_token_volumes(mounts, pods) {
                 volumes.entry(dev).or_insert(name);
             }
         }
@@ -82,33 +103,24 @@ impl Scanner {
 
     /// The node's mount table changed: the last scan's files, with the
     /// custom projected volumes mounted now. No walk of the namespaces.
-    fn follow_mounts(&mut self) -> Result<(), DaemonError> {
-        let wanted = self.wanted(&self.current);
+    fn follow_mounts(&mut self) -> Result<(), ScanError> {
+        let wanted = Self::wanted(&self.current, self.node_view().as_ref());
         watchlist::sync_files(&mut self.maps, &wanted)?;
         Ok(())
     }
 
-    /// The paths to resolve (the configured ones and every pod's token
-    /// mounts), after making the kernel's token names the configured
-    /// paths' file names; cheap, no walk of the node's processes. The
-    /// names a pod spec declares (a custom projection's `path`) are not
-    /// given to the kernel's layout match: it applies to every volume on
-    /// the node, and no pod's author may choose what the agent matches
-    /// outside that pod (a name such as `config.yaml` would make other
-    /// pods' Secret files "tokens", and their readers killable by a
-    /// block). Those tokens are watched once a scan has found them.
-    fn sync_names(&mut self) -> Result<Vec<PathBuf>, DaemonError> {
+    /// Makes the kernel's token names the configured paths' file names;
+    /// cheap, no walk of the node's processes. The names a pod spec
+    /// declares (a custom projection's `path`) are not given to the
+    /// kernel's layout match: it applies to every volume on the node, and
+    /// no pod's author may choose what the agent matches outside that pod
+    /// (a name such as `config.yaml` would make other pods' Secret files
+    /// "tokens", and their readers killable by a block). Those tokens are
+    /// watched on their own volume ([`Self::wanted`]) and found by a scan.
+    fn sync_names(&mut self) -> Result<(), ScanError> {
         let names = self.paths.iter().filter_map(|path| Some(path.file_name()?.to_str()?.to_owned())).collect();
         watchlist::sync_names(&mut self.maps.names, &names)?;
-        let mut paths = self.paths.clone();
-        for pod in self.pods.iter().flat_map(PodStore::snapshot) {
-            for mount in pod.containers.iter().flat_map(|c| &c.token_mounts) {
-                if let Some(path) = mount.token_path().map(PathBuf::from).filter(|p| !paths.contains(p)) {
-                    paths.push(path);
-                }
-            }
-        }
-        Ok(paths)
+        Ok(())
     }
 
     /// Logs each file `found` holds that the last scan did not, once the
@@ -121,7 +133,7 @@ impl Scanner {
             if before != Some((file.mount_ns, file.pid)) {
                 tracing::info!(
                     path = %file.path.display(), mount_ns = file.mount_ns, pid = file.pid,
-                    device = format!("{}:{}", key.dev >> 20, key.dev & 0xf_ffff), inode = key.ino,
+                    device = container_fs::kernel_dev_display(key.dev), inode = key.ino,
                     "watching token file"
                 );
             }
@@ -140,7 +152,7 @@ impl Scanner {
         snapshots: watch::Sender<Arc<TokenFiles>>,
         rescan: Arc<Notify>,
         cancel: CancellationToken,
-    ) -> Result<(), DaemonError> {
+    ) -> Result<(), ScanError> {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;

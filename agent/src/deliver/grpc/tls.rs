@@ -1,0 +1,193 @@
+//! The gRPC server's TLS, reloaded without a restart. cert-manager renews
+//! the Secret's certificate (and kubelet swaps the mounted files) long
+//! before it expires; an agent that read them once would serve an expired
+//! certificate until restarted. Each new connection gets the configuration
+//! in force when it arrives; it is rebuilt when the files change (looked at
+//! every [`CHECK_INTERVAL`]) or on SIGHUP, and a rebuild that fails (a
+//! half-written file) keeps the one in force and says why. Connections
+//! already open keep the configuration they were made with.
+//!
+//! Handshakes run each in a task of its own, at most [`MAX_HANDSHAKES`] at
+//! once and each within [`HANDSHAKE_TIMEOUT`], so a client that connects
+//! and says nothing holds up no one.
+
+use std::{
+    fs,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{mpsc, Notify, Semaphore},
+};
+use tokio_rustls::{
+    rustls::{self, server::WebPkiClientVerifier, RootCertStore, ServerConfig},
+    server::TlsStream,
+    TlsAcceptor,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::{GrpcError, TlsFiles};
+
+/// How often the files are looked at for a change.
+pub const CHECK_INTERVAL: Duration = Duration::from_secs(30);
+/// TLS handshakes in progress at once; more connections wait to be accepted.
+const MAX_HANDSHAKES: usize = 64;
+/// A client must finish its handshake within this time.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The pause after a failed accept, doubling up to [`ACCEPT_PAUSE_MAX`].
+const ACCEPT_PAUSE_FIRST: Duration = Duration::from_millis(100);
+const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
+
+/// The server configuration built from `files`.
+pub fn load(files: &TlsFiles) -> Result<ServerConfig, GrpcError> {
+    let read = |path: &PathBuf| fs::read(path).map_err(|source| GrpcError::Read { path: path.clone(), source });
+    let bad = |path: &Path, why: String| GrpcError::Tls { path: path.to_owned(), why };
+    let cert_pem = read(&files.cert)?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(&files.cert, e.to_string()))?;
+    if chain.is_empty() {
+        return Err(bad(&files.cert, "no certificate in it".to_owned()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&read(&files.key)?).map_err(|e| bad(&files.key, e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(&files.cert, e.to_string()))?;
+    let builder = match &files.client_ca {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(&read(ca)?) {
+                roots.add(cert.map_err(|e| bad(ca, e.to_string()))?).map_err(|e| bad(ca, e.to_string()))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| bad(ca, e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(chain, key).map_err(|e| bad(&files.key, e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// The configuration in force, and how to renew it.
+pub struct Reloading {
+    files: TlsFiles,
+    current: RwLock<Arc<ServerConfig>>,
+    stamp: RwLock<Vec<Option<(u64, i64, u64)>>>,
+}
+
+impl Reloading {
+    /// Loads `files` (an error here stops the server: there is nothing to serve with).
+    pub fn new(files: TlsFiles) -> Result<Arc<Self>, GrpcError> {
+        let config = load(&files)?;
+        let stamp = stamps(&files);
+        Ok(Arc::new(Reloading { files, current: RwLock::new(Arc::new(config)), stamp: RwLock::new(stamp) }))
+    }
+
+    fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(Arc::clone(&self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner)))
+    }
+
+    /// Rebuilds the configuration if `forced` or a file changed; a failed
+    /// rebuild keeps the configuration in force.
+    pub fn reload(&self, forced: bool) {
+        let now = stamps(&self.files);
+        if !forced && *self.stamp.read().unwrap_or_else(std::sync::PoisonError::into_inner) == now {
+            return;
+        }
+        match load(&self.files) {
+            Ok(config) => {
+                *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(config);
+                *self.stamp.write().unwrap_or_else(std::sync::PoisonError::into_inner) = now;
+                tracing::info!(cert = %self.files.cert.display(), "gRPC TLS certificate and keys reloaded");
+            }
+            Err(error) => {
+                tracing::error!(%error, "gRPC TLS files changed but cannot be used; serving with the ones in force");
+            }
+        }
+    }
+}
+
+/// (inode, mtime, size) of each file: kubelet swaps a Secret's files by
+/// renaming, so a new certificate is a new inode.
+fn stamps(files: &TlsFiles) -> Vec<Option<(u64, i64, u64)>> {
+    [Some(&files.cert), Some(&files.key), files.client_ca.as_ref()]
+        .into_iter()
+        .flatten()
+        .map(|path| fs::metadata(path).ok().map(|m| (m.ino(), m.mtime(), m.size())))
+        .collect()
+}
+
+/// Accepts on `listener` and hands on each connection once its handshake,
+/// with the configuration in force, succeeded; until `cancel`. Also
+/// reloads the configuration every [`CHECK_INTERVAL`] and when `reload`
+/// is notified (SIGHUP).
+pub fn accept(
+    listener: TcpListener,
+    tls: Arc<Reloading>,
+    reload: Arc<Notify>,
+    cancel: CancellationToken,
+) -> mpsc::Receiver<Result<TlsStream<TcpStream>, std::io::Error>> {
+    let (tx, rx) = mpsc::channel(MAX_HANDSHAKES);
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let (renewed, token) = (Arc::clone(&tls), cancel.clone());
+    tokio::spawn(async move {
+        let mut check = tokio::time::interval(CHECK_INTERVAL);
+        loop {
+            // The files are read on the blocking pool; a slow disk holds up no handshake.
+            let forced = tokio::select! {
+                () = token.cancelled() => return,
+                _ = check.tick() => false,
+                () = reload.notified() => true,
+            };
+            let renewed = Arc::clone(&renewed);
+            let _ = tokio::task::spawn_blocking(move || renewed.reload(forced)).await;
+        }
+    });
+    tokio::spawn(async move {
+        let mut pause = ACCEPT_PAUSE_FIRST;
+        loop {
+            let permit = tokio::select! {
+                () = cancel.cancelled() => return,
+                permit = Arc::clone(&handshakes).acquire_owned() => permit.expect("the semaphore is never closed"),
+            };
+            let stream = tokio::select! {
+                () = cancel.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        // Out of descriptors, say: wait before the next try
+                        // rather than spin.
+                        tracing::warn!(%error, retry_in = ?pause, "gRPC: accept failed");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(ACCEPT_PAUSE_MAX);
+                        continue;
+                    }
+                },
+            };
+            pause = ACCEPT_PAUSE_FIRST;
+            // What tonic sets on the connections it accepts itself.
+            let _ = stream.set_nodelay(true);
+            let (acceptor, tx) = (tls.acceptor(), tx.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(error)) => tracing::debug!(%error, "gRPC: TLS handshake refused"),
+                    Err(_) => tracing::debug!("gRPC: TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    rx
+}
