@@ -164,7 +164,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Daemon
     let attached = hooks.attach()?.join(",");
     let attached_at = SystemTime::now();
     tracing::info!(hooks = %attached, "hooks attached");
-    crate::metrics::global().hooks_attached.store(true, Ordering::Relaxed);
+    crate::metrics::global().set_hooks_attached();
     // The enforcer attaches fences through the hooks while it runs; the
     // hooks are dropped (everything detached) once every task has stopped.
     let hooks = Arc::new(std::sync::Mutex::new(hooks));
@@ -350,7 +350,7 @@ fn register_metrics(
         let counts = crate::metrics::global();
         let acknowledged =
             counts.otlp_enabled.load(Ordering::Relaxed).then(|| counts.otlp_acknowledged.load(Ordering::Relaxed));
-        log.expose(out, counts.spool_write_failures.load(Ordering::Relaxed), acknowledged);
+        log.expose(out, acknowledged)
     });
     if let Some(book) = inventory {
         let scrape = crate::inventory::scrape::InventoryScrape::new(book);

@@ -12,7 +12,7 @@ use super::{
     spool::Spool,
     stdout::{StdoutError, StdoutSink},
 };
-use crate::metrics::{self, Metrics};
+use crate::metrics;
 
 /// The delivery log, then stdout.
 pub struct Sinks<W> {
@@ -48,7 +48,7 @@ impl<W: AsyncWrite + Unpin> Sinks<W> {
                 }
             }
             Err(error) => {
-                Metrics::bump(&counts.spool_write_failures);
+                counts.spool_write_failures.inc();
                 match self.failing.as_mut() {
                     Some(failing) => failing.refused += 1,
                     None => {

@@ -91,9 +91,10 @@ impl Enforcer {
             tracing::info!(%pod, %block, "block entry no longer covers pod");
         }
         let metrics = crate::metrics::global();
-        metrics.enforced_cgroups.store(plan.entries.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        metrics.enforcement_fences.store(self.fences.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        metrics.enforcement_binaries.store(plan.binaries.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        metrics.enforced_cgroups.set(count(plan.entries.len()));
+        metrics.enforcement_fences.set(count(self.fences.len()));
+        metrics.enforcement_binaries.set(count(plan.binaries.len()));
         self.applied = plan;
     }
 

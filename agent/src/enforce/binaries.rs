@@ -125,7 +125,7 @@ impl Resolver {
 
     /// The regular files `pattern` names in one container now.
     fn files(&mut self, root: &Root, pattern: &str) -> Vec<(u32, u64)> {
-        if is_literal(pattern) {
+        if Glob::is_literal(pattern) {
             return self.key(root, Path::new(pattern)).into_iter().collect();
         }
         let paths = self.candidates(root, pattern);
@@ -174,11 +174,6 @@ impl Resolver {
     }
 }
 
-/// Whether `pattern` has no wildcard.
-fn is_literal(pattern: &str) -> bool {
-    !pattern.contains(['*', '?'])
-}
-
 /// Every path in the container that `pattern` may name, component by
 /// component (a wildcard never spans a `/`; a literal component is
 /// appended whether or not it exists, and resolved each round), with the
@@ -186,11 +181,12 @@ fn is_literal(pattern: &str) -> bool {
 fn walk(root: &Root, pattern: &str, listed: &mut Vec<(PathBuf, Option<DirStamp>)>) -> Vec<PathBuf> {
     let mut paths = vec![PathBuf::from("/")];
     for component in pattern.split('/').filter(|c| !c.is_empty()) {
-        if is_literal(component) {
+        if Glob::is_literal(component) {
             paths.iter_mut().for_each(|path| path.push(component));
             continue;
         }
-        let glob = Glob::new(component);
+        // Every segment of a policy's pattern compiled when it was loaded.
+        let Ok(glob) = Glob::new(component) else { return Vec::new() };
         let mut next = Vec::new();
         for dir in &paths {
             let Some((stamp, names)) = list(root, dir) else {

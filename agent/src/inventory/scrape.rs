@@ -1,7 +1,8 @@
 //! The inventory on `/metrics` (with `--metrics-inventory`): its series
-//! ([`super::series`]) written family by family, at most once a second
-//! however many scrapes come (a Prometheus pair, a stray client), and one
-//! render at a time, so a large inventory is never held twice.
+//! ([`super::series`]) written family by family. A snapshot serves every
+//! scrape within a second however many come (a Prometheus pair, a stray
+//! client), and one scrape at a time takes it, so a large inventory is
+//! never copied twice.
 
 use std::{
     sync::{Arc, Mutex, PoisonError},
@@ -9,15 +10,15 @@ use std::{
 };
 
 use super::{series, Inventory};
-use crate::metrics::Exposition;
+use crate::metrics::{FamilyWriter, Scrape};
 
-/// How long a rendered inventory serves later scrapes.
+/// How long a snapshot serves later scrapes.
 const FRESH: Duration = Duration::from_secs(1);
 
-/// The inventory as scraped, with the last render.
+/// The inventory as scraped, with the last snapshot.
 pub struct InventoryScrape {
     inventory: Inventory,
-    last: Mutex<Option<(Instant, Arc<str>)>>,
+    last: Mutex<Option<(Instant, Arc<tokenwatch_proto::v1::Inventory>)>>,
 }
 
 impl InventoryScrape {
@@ -27,43 +28,44 @@ impl InventoryScrape {
     }
 
     /// Writes the inventory's families into `out`.
-    pub fn expose(&self, out: &mut Exposition) {
+    pub fn expose(&self, out: &mut Scrape<'_>) -> std::fmt::Result {
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, text)) = last.as_ref().filter(|(at, _)| at.elapsed() < FRESH) {
-            out.push_str(text);
-            return;
-        }
-        let mut fresh = Exposition::new();
-        write(&self.inventory.snapshot(&[], SystemTime::now()), &mut fresh);
-        let text: Arc<str> = fresh.into_string().into();
-        out.push_str(&text);
-        *last = Some((Instant::now(), text));
+        let snapshot = match last.as_ref().filter(|(at, _)| at.elapsed() < FRESH) {
+            Some((_, snapshot)) => Arc::clone(snapshot),
+            None => {
+                let snapshot = Arc::new(self.inventory.snapshot(&[], SystemTime::now()));
+                *last = Some((Instant::now(), Arc::clone(&snapshot)));
+                snapshot
+            }
+        };
+        write(&snapshot, out)
     }
 }
 
 /// Every family of `inventory`, each declared even when empty, written
-/// straight from it with borrowed labels.
-pub fn write(inventory: &tokenwatch_proto::v1::Inventory, out: &mut Exposition) {
-    let mut bodies: Vec<Exposition> = series::FAMILIES.iter().map(|_| Exposition::default()).collect();
-    series::visit(inventory, |family, _, labels, value| {
-        if let Some(at) = series::FAMILIES.iter().position(|f| f.name == family.name) {
-            bodies[at].sample(family.name, labels, value);
-        }
-    });
-    for (family, body) in series::FAMILIES.into_iter().zip(bodies) {
-        out.family(family.name, family.kind.name(), family.help);
-        out.push_str(body.as_str());
+/// straight from it with borrowed labels: one pass per family.
+pub fn write(inventory: &tokenwatch_proto::v1::Inventory, out: &mut Scrape<'_>) -> std::fmt::Result {
+    for family in series::FAMILIES {
+        let mut writer = FamilyWriter::new(out, family.name, family.kind, family.help)?;
+        let mut written = Ok(());
+        series::visit_family(inventory, family, |_, _, labels, value| {
+            if written.is_ok() {
+                written = writer.sample(&labels, value);
+            }
+        });
+        written?;
     }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::{render, Metrics};
 
-    #[test]
-    fn the_inventory_renders_one_series_set_per_workload() {
-        let book = Inventory::in_memory("node-a", SystemTime::UNIX_EPOCH);
-        book.record(&tokenwatch_proto::v1::Alert {
+    /// Two token reads by a Deployment's pod in `shop`.
+    fn web_read() -> tokenwatch_proto::v1::Alert {
+        tokenwatch_proto::v1::Alert {
             rule: "token-read".to_owned(),
             count: 2,
             time: Some(pbjson_types::Timestamp { seconds: 100, nanos: 5 }),
@@ -74,26 +76,46 @@ mod tests {
                 ..Default::default()
             }),
             ..Default::default()
-        });
-        let mut out = Exposition::new();
-        write(&book.snapshot(&[], SystemTime::UNIX_EPOCH + Duration::from_secs(160)), &mut out);
-        let text = out.into_string();
+        }
+    }
+
+    #[test]
+    fn the_inventory_renders_one_series_set_per_workload() {
+        let book = Inventory::in_memory("node-a", SystemTime::UNIX_EPOCH);
+        book.record(&web_read());
+        let snapshot = book.snapshot(&[], SystemTime::UNIX_EPOCH + Duration::from_secs(160));
+        let metrics = Metrics::default();
+        metrics.register_source(move |out| write(&snapshot, out));
+        let text = render(&metrics).expect("renders");
         let labels = "node=\"node-a\",namespace=\"shop\",workload_kind=\"Deployment\",workload=\"web\",\
                       service_account=\"default\",token_kind=\"unknown\"";
         assert!(text.contains(&format!("tokenwatch_workload_token_reads_total{{{labels}}} 2\n")), "{text}");
         assert!(text.contains(&format!("tokenwatch_workload_token_read_last_timestamp_seconds{{{labels}}} 100\n")));
         assert!(text.contains("tokenwatch_inventory_observed_seconds{node=\"node-a\"} 160\n"), "{text}");
         assert!(text.contains("# TYPE tokenwatch_workload_token_reads_total counter\n"), "{text}");
+        for family in series::FAMILIES {
+            assert_eq!(text.matches(&format!("# TYPE {} ", family.name)).count(), 1, "{}: {text}", family.name);
+        }
     }
 
     #[test]
-    fn scrapes_within_a_second_share_one_render() {
+    fn scrapes_within_a_second_share_one_snapshot() {
         let book = Inventory::in_memory("node-a", SystemTime::UNIX_EPOCH);
-        let scrape = InventoryScrape::new(book);
-        let (mut first, mut second) = (Exposition::new(), Exposition::new());
-        scrape.expose(&mut first);
-        scrape.expose(&mut second);
-        assert_eq!(first.as_str(), second.as_str());
-        assert!(first.as_str().contains("tokenwatch_inventory_observed_seconds{node=\"node-a\"}"));
+        let scrape = Arc::new(InventoryScrape::new(book.clone()));
+        let inventory_part =
+            |text: String| text[text.find("tokenwatch_inventory").expect("inventory families")..].to_owned();
+        let first = inventory_part(scraped(&scrape));
+        book.record(&web_read());
+        let second = inventory_part(scraped(&scrape));
+        assert_eq!(first, second, "the second scrape within a second reads the first one's snapshot");
+        assert!(!second.contains("namespace=\"shop\""), "{second}");
+        assert!(first.contains("tokenwatch_inventory_observed_seconds{node=\"node-a\"}"), "{first}");
+    }
+
+    fn scraped(scrape: &Arc<InventoryScrape>) -> String {
+        let scrape = Arc::clone(scrape);
+        let metrics = Metrics::default();
+        metrics.register_source(move |out| scrape.expose(out));
+        render(&metrics).expect("renders")
     }
 }

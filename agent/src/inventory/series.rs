@@ -18,25 +18,7 @@ use std::collections::HashMap;
 use tokenwatch_proto::v1::{Inventory, TokenMount, TokenMountKind, Usage, WorkloadInventory};
 
 use super::usage::MAX_BINARIES;
-
-/// Whether a family counts up or goes up and down.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MetricKind {
-    /// Only grows (it survives agent restarts: the inventory is kept on disk).
-    Counter,
-    /// A value now.
-    Gauge,
-}
-
-impl MetricKind {
-    /// The Prometheus `# TYPE`.
-    pub fn name(self) -> &'static str {
-        match self {
-            MetricKind::Counter => "counter",
-            MetricKind::Gauge => "gauge",
-        }
-    }
-}
+use crate::metrics::Kind;
 
 /// A metric family: name, kind and help text.
 #[derive(Debug, PartialEq, Eq)]
@@ -44,7 +26,7 @@ pub struct Family {
     /// The metric name.
     pub name: &'static str,
     /// Counter or gauge.
-    pub kind: MetricKind,
+    pub kind: Kind,
     /// What it means (Prometheus `# HELP`, OTLP description).
     pub help: &'static str,
     /// The unit, for OTLP: `s` for timestamps, none for counts (a `1`
@@ -53,90 +35,90 @@ pub struct Family {
     pub unit: &'static str,
 }
 
-const fn family(name: &'static str, kind: MetricKind, unit: &'static str, help: &'static str) -> Family {
+const fn family(name: &'static str, kind: Kind, unit: &'static str, help: &'static str) -> Family {
     Family { name, kind, help, unit }
 }
 
 /// Token reads by the workload's processes (before deduplication).
 pub const TOKEN_READS: Family = family(
     "tokenwatch_workload_token_reads_total",
-    MetricKind::Counter,
+    Kind::Counter,
     "",
     "ServiceAccount token reads by the workload's processes since the agent started keeping it.",
 );
 /// API-server connects by the workload's processes.
 pub const API_CONNECTS: Family = family(
     "tokenwatch_workload_api_server_connects_total",
-    MetricKind::Counter,
+    Kind::Counter,
     "",
     "API-server connects by the workload's processes since the agent started keeping it.",
 );
 /// Distinct pods seen.
 pub const PODS_SEEN: Family =
-    family("tokenwatch_workload_pods_seen", MetricKind::Gauge, "", "Distinct pods of the workload seen on the node.");
+    family("tokenwatch_workload_pods_seen", Kind::Gauge, "", "Distinct pods of the workload seen on the node.");
 /// Pods on the node now.
 pub const PODS_RUNNING: Family =
-    family("tokenwatch_workload_pods_running", MetricKind::Gauge, "", "Pods of the workload on the node now.");
+    family("tokenwatch_workload_pods_running", Kind::Gauge, "", "Pods of the workload on the node now.");
 /// When the agent first saw the workload.
 pub const FIRST_SEEN: Family = family(
     "tokenwatch_workload_first_seen_timestamp_seconds",
-    MetricKind::Gauge,
+    Kind::Gauge,
     "s",
     "When the agent first saw the workload: its observation window starts here.",
 );
 /// When a pod of it was last on the node.
 pub const LAST_SEEN: Family = family(
     "tokenwatch_workload_last_seen_timestamp_seconds",
-    MetricKind::Gauge,
+    Kind::Gauge,
     "s",
     "When a pod of the workload was last seen on the node.",
 );
 /// First token read.
 pub const READ_FIRST: Family = family(
     "tokenwatch_workload_token_read_first_timestamp_seconds",
-    MetricKind::Gauge,
+    Kind::Gauge,
     "s",
     "The workload's first token read seen.",
 );
 /// Last token read.
 pub const READ_LAST: Family = family(
     "tokenwatch_workload_token_read_last_timestamp_seconds",
-    MetricKind::Gauge,
+    Kind::Gauge,
     "s",
     "The workload's last token read seen.",
 );
 /// First API-server connect.
 pub const CONNECT_FIRST: Family = family(
     "tokenwatch_workload_api_server_connect_first_timestamp_seconds",
-    MetricKind::Gauge,
+    Kind::Gauge,
     "s",
     "The workload's first API-server connect seen.",
 );
 /// Last API-server connect.
 pub const CONNECT_LAST: Family = family(
     "tokenwatch_workload_api_server_connect_last_timestamp_seconds",
-    MetricKind::Gauge,
+    Kind::Gauge,
     "s",
     "The workload's last API-server connect seen.",
 );
 /// What the advice needs besides the counts (always 1).
 pub const INFO: Family = family(
     "tokenwatch_workload_info",
-    MetricKind::Gauge,
+    Kind::Gauge,
     "",
     "Always 1: whether a token is mounted, the pod spec's automountServiceAccountToken, the labels selecting its pods.",
 );
 /// One per way the token is mounted (always 1).
 pub const MOUNT_INFO: Family = family(
     "tokenwatch_workload_token_mount_info",
-    MetricKind::Gauge,
+    Kind::Gauge,
     "",
     "Always 1: one way the workload's token is mounted (kind, path, audience, expiry, Secret, containers).",
 );
 /// One per binary that read the token or dialled the API (always 1).
 pub const BINARY_INFO: Family = family(
     "tokenwatch_workload_binary_info",
-    MetricKind::Gauge,
+    Kind::Gauge,
     "",
     "Always 1: a binary that read the workload's token (use=token_read) or dialled the API server \
      (use=api_server_connect); at most 32 per use.",
@@ -144,14 +126,14 @@ pub const BINARY_INFO: Family = family(
 /// Since when the agent keeps its inventory.
 pub const OBSERVED_SINCE: Family = family(
     "tokenwatch_inventory_observed_since_timestamp_seconds",
-    MetricKind::Gauge,
+    Kind::Gauge,
     "s",
     "Since when the agent has kept its token inventory (across restarts).",
 );
 /// How long it has (at the scrape).
 pub const OBSERVED_FOR: Family = family(
     "tokenwatch_inventory_observed_seconds",
-    MetricKind::Gauge,
+    Kind::Gauge,
     "s",
     "How long the agent has kept its token inventory, at this scrape.",
 );
@@ -219,19 +201,37 @@ pub trait Emit: FnMut(&'static Family, Option<&WorkloadInventory>, &[(&'static s
 impl<F: FnMut(&'static Family, Option<&WorkloadInventory>, &[(&'static str, &str)], u64)> Emit for F {}
 
 /// Calls `emit` for every series of one agent's inventory (its `nodes[0]`).
-pub fn visit(inventory: &Inventory, mut emit: impl Emit) {
+pub fn visit(inventory: &Inventory, emit: impl Emit) {
+    visit_some(inventory, None, emit);
+}
+
+/// Calls `emit` for the series of `family` alone, in the order [`visit`]
+/// gives them: a writer that wants a family's samples together (the
+/// Prometheus text format) takes one pass per family and builds no label
+/// of the others.
+pub fn visit_family(inventory: &Inventory, family: &'static Family, emit: impl Emit) {
+    visit_some(inventory, Some(family), emit);
+}
+
+fn visit_some(inventory: &Inventory, only: Option<&'static Family>, mut emit: impl Emit) {
+    // By name: a `const` family's address is not one address.
+    let wanted = |family: &'static Family| only.is_none_or(|wanted| wanted.name == family.name);
     let node = inventory.nodes.first().map_or("", String::as_str);
     if let (Some(since), Some(at)) = (inventory.observed_since, inventory.generated_at) {
-        emit(&OBSERVED_SINCE, None, &[("node", node)], seconds(since));
-        let observed = u64::try_from(at.seconds.saturating_sub(since.seconds)).unwrap_or(0);
-        emit(&OBSERVED_FOR, None, &[("node", node)], observed);
+        if wanted(&OBSERVED_SINCE) {
+            emit(&OBSERVED_SINCE, None, &[("node", node)], seconds(since));
+        }
+        if wanted(&OBSERVED_FOR) {
+            let observed = u64::try_from(at.seconds.saturating_sub(since.seconds)).unwrap_or(0);
+            emit(&OBSERVED_FOR, None, &[("node", node)], observed);
+        }
     }
     for workload in &inventory.workloads {
-        visit_workload(node, workload, &mut emit);
+        visit_workload(node, workload, &wanted, &mut emit);
     }
 }
 
-fn visit_workload(node: &str, w: &WorkloadInventory, emit: &mut impl Emit) {
+fn visit_workload(node: &str, w: &WorkloadInventory, wanted: &impl Fn(&'static Family) -> bool, emit: &mut impl Emit) {
     let (kind, name) = w.workload.as_ref().map_or(("", ""), |o| (o.kind.as_str(), o.name.as_str()));
     let token_kind = token_kind(w);
     let common: [(&'static str, &str); 6] = [
@@ -243,6 +243,9 @@ fn visit_workload(node: &str, w: &WorkloadInventory, emit: &mut impl Emit) {
         ("token_kind", &token_kind),
     ];
     let mut push = |family: &'static Family, extra: &[(&'static str, &str)], value: u64| {
+        if !wanted(family) {
+            return;
+        }
         let mut labels: Vec<(&'static str, &str)> = Vec::with_capacity(common.len() + extra.len());
         labels.extend_from_slice(&common);
         labels.extend_from_slice(extra);

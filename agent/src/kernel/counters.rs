@@ -4,7 +4,7 @@
 use aya::maps::{MapData, MapError, PerCpuArray};
 use tokenwatch_common::{counter_slot, Counter, Hook};
 
-use crate::metrics::Exposition;
+use crate::metrics::{family, Kind, Scrape};
 
 /// The programs' `COUNTERS` map, taken from the loaded object so the
 /// shutdown summary and every metrics scrape read the same map.
@@ -33,12 +33,9 @@ impl CounterMap {
     /// The counters for Prometheus: per hook and stage, and drops per CPU
     /// (non-zero CPUs only). A map that cannot be read leaves the families
     /// declared and empty.
-    pub fn expose(&self, out: &mut Exposition) {
-        const EVENTS: &str = "tokenwatch_kernel_events_total";
-        const DROPPED: &str = "tokenwatch_kernel_dropped_per_cpu_total";
-        out.family(EVENTS, "counter", "Kernel hook calls by stage: seen, matched, sent, dropped, entry_missing.");
+    pub fn expose(&self, out: &mut Scrape<'_>) -> std::fmt::Result {
         let counters = self.read().unwrap_or_default();
-        for reading in &counters.readings {
+        let stages = counters.readings.iter().filter_map(|reading| {
             let is_connect = matches!(reading.hook, Hook::Connect | Hook::CgroupConnect);
             let stage = match reading.counter {
                 Counter::OpensSeen if !is_connect => "seen",
@@ -48,16 +45,28 @@ impl CounterMap {
                 Counter::EventsSent => "sent",
                 Counter::EventsDropped => "dropped",
                 Counter::EntriesMissing => "entry_missing",
-                _ => continue,
+                _ => return None,
             };
-            out.sample(EVENTS, &[("hook", reading.hook.name()), ("stage", stage)], reading.total());
-        }
-        out.family(DROPPED, "counter", "Matched events lost to a full ring buffer, by hook and CPU.");
-        for reading in counters.readings.iter().filter(|r| r.counter == Counter::EventsDropped) {
-            for (cpu, &count) in reading.per_cpu.iter().enumerate().filter(|(_, &c)| c > 0) {
-                out.sample(DROPPED, &[("hook", reading.hook.name()), ("cpu", &cpu.to_string())], count);
-            }
-        }
+            Some(([("hook", reading.hook.name()), ("stage", stage)], reading.total()))
+        });
+        family(
+            out,
+            "tokenwatch_kernel_events_total",
+            Kind::Counter,
+            "Kernel hook calls by stage: seen, matched, sent, dropped, entry_missing.",
+            stages,
+        )?;
+        let drops = counters.readings.iter().filter(|r| r.counter == Counter::EventsDropped).flat_map(|reading| {
+            let per_cpu = reading.per_cpu.iter().enumerate().filter(|(_, &count)| count > 0);
+            per_cpu.map(|(cpu, &count)| ([("hook", reading.hook.name().to_owned()), ("cpu", cpu.to_string())], count))
+        });
+        family(
+            out,
+            "tokenwatch_kernel_dropped_per_cpu_total",
+            Kind::Counter,
+            "Matched events lost to a full ring buffer, by hook and CPU.",
+            drops,
+        )
     }
 }
 

@@ -124,22 +124,20 @@ impl HookStatus {
     /// Each program's state for Prometheus: 1 for its state, 0 for the
     /// others, so `tokenwatch_hooks{state="refused"} == 1` finds every node
     /// running without a hook.
-    pub fn expose(&self, out: &mut crate::metrics::Exposition) {
-        const NAME: &str = "tokenwatch_hooks";
-        out.family(
-            NAME,
-            "gauge",
+    pub fn expose(&self, out: &mut crate::metrics::Scrape<'_>) -> std::fmt::Result {
+        let reports = self.snapshot();
+        let samples = reports.iter().flat_map(|report| {
+            HookState::ALL
+                .into_iter()
+                .map(|state| ([("hook", report.program), ("state", state.name())], u64::from(report.state == state)))
+        });
+        crate::metrics::family(
+            out,
+            "tokenwatch_hooks",
+            crate::metrics::Kind::Gauge,
             "eBPF programs by state on this kernel: attached, loaded, refused, absent, attach_failed.",
-        );
-        for report in self.snapshot() {
-            for state in HookState::ALL {
-                out.sample(
-                    NAME,
-                    &[("hook", report.program), ("state", state.name())],
-                    u64::from(report.state == state),
-                );
-            }
-        }
+            samples,
+        )
     }
 }
 

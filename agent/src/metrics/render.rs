@@ -1,110 +1,136 @@
-//! The agent's own counters in the Prometheus text format, then every
-//! registered source's families.
+//! The agent's own counters registered with prometheus-client, and a
+//! scrape: its text of every metric and every registered source.
 
-use std::sync::{atomic::Ordering, PoisonError};
+use std::sync::PoisonError;
 
-use super::{Exposition, Metrics};
+use prometheus_client::encoding::prometheus_text;
 
-/// Renders every metric. Families with no samples yet are still declared,
-/// so a dashboard sees the name before the first alert.
-pub fn render(metrics: &Metrics) -> String {
-    let mut out = Exposition::new();
-    for source in metrics.sources.lock().unwrap_or_else(PoisonError::into_inner).iter() {
-        source(&mut out);
-    }
-    out.family("tokenwatch_alerts_total", "counter", "Alerts delivered, by rule and severity.");
-    for ((rule, severity), count) in metrics.alerts.lock().unwrap_or_else(PoisonError::into_inner).iter() {
-        out.sample("tokenwatch_alerts_total", &[("rule", rule), ("severity", severity)], *count);
-    }
-    out.family("tokenwatch_grpc_subscribers", "gauge", "gRPC subscribers connected now.");
-    out.sample("tokenwatch_grpc_subscribers", &[], metrics.subscribers.load(Ordering::Relaxed));
-    caches(metrics, &mut out);
-    enforcement(metrics, &mut out);
-    out.family("tokenwatch_ready", "gauge", "1 when the hooks are attached and the gRPC server serves.");
-    out.sample("tokenwatch_ready", &[], u64::from(metrics.ready()));
-    out.into_string()
+use super::Metrics;
+
+/// The `Content-Type` of [`render`]'s text.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+/// Registers `metrics`' own families. The registry appends the `_total` of
+/// counters and the full stop of each help text.
+pub(super) fn register(metrics: &Metrics) {
+    let mut registry = metrics.registry.lock().unwrap_or_else(PoisonError::into_inner);
+    registry.register("tokenwatch_alerts", "Alerts delivered, by rule and severity", metrics.alerts.clone());
+    registry.register("tokenwatch_grpc_subscribers", "gRPC subscribers connected now", metrics.subscribers.clone());
+    registry.register(
+        "tokenwatch_metadata_cache_hits",
+        "Metadata lookups answered from a cache (cri: containers, pods: the pod store)",
+        metrics.cache_hits.clone(),
+    );
+    registry.register(
+        "tokenwatch_metadata_cache_misses",
+        "Metadata lookups the cache could not answer",
+        metrics.cache_misses.clone(),
+    );
+    registry.register(
+        "tokenwatch_spool_write_failures",
+        "Alerts the delivery log refused (disk full?): on stdout only",
+        metrics.spool_write_failures.clone(),
+    );
+    registry.register(
+        "tokenwatch_enforcement_actions",
+        "Events the kernel acted on for a block entry, by action and block id",
+        metrics.enforcement.clone(),
+    );
+    registry.register(
+        "tokenwatch_enforcement_cgroups",
+        "Pod and container cgroups a block entry covers now",
+        metrics.enforced_cgroups.clone(),
+    );
+    registry.register(
+        "tokenwatch_enforcement_fences",
+        "Pods with a connect fence attached now",
+        metrics.enforcement_fences.clone(),
+    );
+    registry.register(
+        "tokenwatch_enforcement_binaries",
+        "Executables (per container) that block entries' binaries resolved to now",
+        metrics.enforcement_binaries.clone(),
+    );
+    registry.register(
+        "tokenwatch_ready",
+        "1 when the hooks are attached and the gRPC server serves",
+        metrics.ready.clone(),
+    );
 }
 
-/// Hits and misses of the metadata caches.
-fn caches(metrics: &Metrics, out: &mut Exposition) {
-    const HITS: &str = "tokenwatch_metadata_cache_hits_total";
-    const MISSES: &str = "tokenwatch_metadata_cache_misses_total";
-    let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
-    out.family(HITS, "counter", "Metadata lookups answered from a cache (cri: containers, pods: the pod store).");
-    out.sample(HITS, &[("cache", "cri")], load(&metrics.cri_cache_hits));
-    out.sample(HITS, &[("cache", "pods")], load(&metrics.pod_store_hits));
-    out.family(MISSES, "counter", "Metadata lookups the cache could not answer.");
-    out.sample(MISSES, &[("cache", "cri")], load(&metrics.cri_cache_misses));
-    out.sample(MISSES, &[("cache", "pods")], load(&metrics.pod_store_misses));
-}
-
-/// What the policy's blocks did and cover.
-fn enforcement(metrics: &Metrics, out: &mut Exposition) {
-    const ACTIONS: &str = "tokenwatch_enforcement_actions_total";
-    out.family(ACTIONS, "counter", "Events the kernel acted on for a block entry, by action and block id.");
-    let actions = metrics.enforcement.lock().unwrap_or_else(PoisonError::into_inner);
-    for ((action, block), count) in actions.iter() {
-        out.sample(ACTIONS, &[("action", action), ("block", block)], *count);
-    }
-    let gauges = [
-        (
-            "tokenwatch_enforcement_cgroups",
-            "Pod and container cgroups a block entry covers now.",
-            &metrics.enforced_cgroups,
-        ),
-        ("tokenwatch_enforcement_fences", "Pods with a connect fence attached now.", &metrics.enforcement_fences),
-        (
-            "tokenwatch_enforcement_binaries",
-            "Executables (per container) that block entries' binaries resolved to now.",
-            &metrics.enforcement_binaries,
-        ),
-    ];
-    for (name, help, value) in gauges {
-        out.family(name, "gauge", help);
-        out.sample(name, &[], value.load(Ordering::Relaxed));
-    }
+/// Renders every metric, or says which source failed to write (a 500 for
+/// that scrape).
+pub fn render(metrics: &Metrics) -> Result<String, std::fmt::Error> {
+    let mut text = String::with_capacity(4096);
+    prometheus_text::encode(&mut text, &metrics.registry.lock().unwrap_or_else(PoisonError::into_inner))?;
+    Ok(text)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::{family, single, Cache, Kind};
 
     #[test]
     fn alerts_and_caches_render_with_labels_and_types() {
         let metrics = Metrics::default();
         metrics.alert_delivered("token-read", "HIGH");
         metrics.alert_delivered("token-read", "HIGH");
-        Metrics::bump(&metrics.cri_cache_misses);
-        metrics.subscribers.store(3, Ordering::Relaxed);
-        let text = render(&metrics);
+        metrics.cache_lookup(Cache::Cri, false);
+        metrics.subscribers.set(3);
+        let text = render(&metrics).expect("renders");
         assert!(text.contains("# TYPE tokenwatch_alerts_total counter\n"), "{text}");
+        assert!(text.contains("# HELP tokenwatch_alerts_total Alerts delivered, by rule and severity.\n"), "{text}");
         assert!(text.contains("tokenwatch_alerts_total{rule=\"token-read\",severity=\"HIGH\"} 2\n"), "{text}");
         assert!(text.contains("tokenwatch_metadata_cache_misses_total{cache=\"cri\"} 1\n"), "{text}");
+        assert!(text.contains("tokenwatch_metadata_cache_hits_total{cache=\"pods\"} 0\n"), "before any: {text}");
         assert!(text.contains("tokenwatch_grpc_subscribers 3\n"), "{text}");
         assert!(text.contains("tokenwatch_ready 0\n"), "{text}");
         assert!(!text.contains("tokenwatch_otlp_export_lag"), "no exporter, no lag: {text}");
-        assert!(text.contains("# TYPE tokenwatch_enforcement_actions_total counter\n"), "declared before any: {text}");
+        // prometheus-client leaves out a labelled family with no row yet.
+        assert!(!text.contains("tokenwatch_enforcement_actions_total"), "{text}");
     }
 
     #[test]
-    fn registered_sources_write_their_families() {
+    fn ready_is_one_once_hooks_and_grpc_are_both_up() {
+        let metrics = Metrics::default();
+        metrics.set_hooks_attached();
+        assert!(render(&metrics).expect("renders").contains("tokenwatch_ready 0\n"));
+        metrics.set_grpc_serving(true);
+        assert!(render(&metrics).expect("renders").contains("tokenwatch_ready 1\n"));
+        metrics.set_grpc_serving(false);
+        assert!(render(&metrics).expect("renders").contains("tokenwatch_ready 0\n"));
+    }
+
+    #[test]
+    fn registered_sources_write_their_families_with_escaped_labels() {
         let metrics = Metrics::default();
         metrics.register_source(|out| {
-            out.family("tokenwatch_x_total", "counter", "X.");
-            out.sample("tokenwatch_x_total", &[("k", "v")], 7);
+            family(out, "tokenwatch_x_total", Kind::Counter, "X.", [([("k", "a\"b\\c\nd")], 7)])?;
+            single(out, "tokenwatch_y", Kind::Gauge, "Y.", 2)
         });
-        let text = render(&metrics);
-        assert!(text.contains("# TYPE tokenwatch_x_total counter\ntokenwatch_x_total{k=\"v\"} 7\n"), "{text}");
+        let text = render(&metrics).expect("renders");
+        let want = "# HELP tokenwatch_x_total X.\n# TYPE tokenwatch_x_total counter\n\
+                    tokenwatch_x_total{k=\"a\\\"b\\\\c\\nd\"} 7\n";
+        assert!(text.contains(want), "{text}");
+        assert!(text.contains("# TYPE tokenwatch_y gauge\ntokenwatch_y 2\n"), "{text}");
+    }
+
+    #[test]
+    fn a_failing_source_fails_the_scrape_not_the_agent() {
+        let metrics = Metrics::default();
+        metrics.register_source(|_| Err(std::fmt::Error));
+        assert!(render(&metrics).is_err());
     }
 
     #[test]
     fn enforcement_renders_actions_and_what_is_covered() {
         let metrics = Metrics::default();
         metrics.enforcement_action("ENFORCEMENT_ACTION_KILLED", "no-reads");
-        metrics.enforced_cgroups.store(3, Ordering::Relaxed);
-        metrics.enforcement_fences.store(2, Ordering::Relaxed);
-        metrics.enforcement_binaries.store(4, Ordering::Relaxed);
-        let text = render(&metrics);
+        metrics.enforced_cgroups.set(3);
+        metrics.enforcement_fences.set(2);
+        metrics.enforcement_binaries.set(4);
+        let text = render(&metrics).expect("renders");
         let want = "tokenwatch_enforcement_actions_total{action=\"ENFORCEMENT_ACTION_KILLED\",block=\"no-reads\"} 1\n";
         assert!(text.contains(want), "{text}");
         assert!(text.contains("tokenwatch_enforcement_cgroups 3\n"), "{text}");

@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::{global, render};
+use super::{global, render, CONTENT_TYPE};
 
 /// Connections served at once; more wait in the kernel's backlog, so a
 /// flood of scrapers cannot take the agent's memory.
@@ -110,7 +110,12 @@ async fn respond(request: Request<Incoming>, probes_only: bool) -> Result<Respon
 fn respond_to(method: &Method, path: &str) -> (StatusCode, &'static str, String) {
     let metrics = global();
     match (method, path) {
-        (&Method::GET, "/metrics") => (StatusCode::OK, "text/plain; version=0.0.4", render(metrics)),
+        (&Method::GET, "/metrics") => match render(metrics) {
+            Ok(text) => (StatusCode::OK, CONTENT_TYPE, text),
+            Err(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "a metrics source failed to write\n".to_owned())
+            }
+        },
         (&Method::GET, "/healthz") => match metrics.liveness() {
             Ok(body) => (StatusCode::OK, "text/plain", body),
             Err(body) => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", body),

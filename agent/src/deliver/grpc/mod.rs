@@ -183,5 +183,5 @@ pub async fn serve(
 /// Tells the probes (`/readyz`) whether the listener is bound and serving;
 /// the health service says SERVING from the same moment.
 fn serving(up: bool) {
-    crate::metrics::global().grpc_serving.store(up, std::sync::atomic::Ordering::Relaxed);
+    crate::metrics::global().set_grpc_serving(up);
 }

@@ -75,14 +75,14 @@ struct Subscribed;
 
 impl Subscribed {
     fn new() -> Self {
-        crate::metrics::global().subscribers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        crate::metrics::global().subscribers.inc();
         Subscribed
     }
 }
 
 impl Drop for Subscribed {
     fn drop(&mut self) {
-        crate::metrics::global().subscribers.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        crate::metrics::global().subscribers.dec();
     }
 }
 

@@ -20,10 +20,8 @@ use opentelemetry_proto::tonic::{
 use tokio_util::sync::CancellationToken;
 
 use super::{channel, convert, OtlpConfig, OtlpError, SHUTDOWN_GRACE};
-use crate::inventory::{
-    series::{self, MetricKind},
-    Inventory,
-};
+use crate::inventory::{series, Inventory};
+use crate::metrics::Kind;
 
 /// How often the inventory is exported.
 pub const METRICS_INTERVAL: Duration = Duration::from_secs(60);
@@ -92,8 +90,8 @@ pub fn requests(inventory: &tokenwatch_proto::v1::Inventory, max_points: usize) 
         // A counter starts with its workload (a workload forgotten and seen
         // again starts from zero with a new start).
         let start = match family.kind {
-            MetricKind::Counter => workload.and_then(|w| w.observed_since).map_or(since, |t| nanos(t.seconds)),
-            MetricKind::Gauge => 0,
+            Kind::Counter => workload.and_then(|w| w.observed_since).map_or(since, |t| nanos(t.seconds)),
+            Kind::Gauge => 0,
         };
         points.push((family, point(labels, value, start, now)));
     });
@@ -118,12 +116,12 @@ fn request(node: &str, points: Vec<(&'static series::Family, NumberDataPoint)>) 
         .into_iter()
         .map(|(family, data_points)| {
             let data = match family.kind {
-                MetricKind::Counter => Data::Sum(Sum {
+                Kind::Counter => Data::Sum(Sum {
                     data_points,
                     aggregation_temporality: AggregationTemporality::Cumulative.into(),
                     is_monotonic: true,
                 }),
-                MetricKind::Gauge => Data::Gauge(Gauge { data_points }),
+                Kind::Gauge => Data::Gauge(Gauge { data_points }),
             };
             Metric {
                 name: family.name.to_owned(),

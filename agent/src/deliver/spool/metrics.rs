@@ -2,46 +2,46 @@
 //! damage met, and how far the OTLP exporter lags behind it.
 
 use super::Spool;
-use crate::metrics::Exposition;
+use crate::metrics::{single, Kind, Scrape};
 
 impl Spool {
-    /// Writes the log's families into `out`: with the appends it refused
-    /// (`write_failures`, counted by the sinks) and, when an OTLP exporter
-    /// runs, the last sequence it saw acknowledged.
-    pub fn expose(&self, out: &mut Exposition, write_failures: u64, otlp_acknowledged: Option<u64>) {
+    /// Writes the log's families into `out`, with, when an OTLP exporter
+    /// runs, how far the last sequence it saw acknowledged (`otlp_acknowledged`)
+    /// lags behind the log.
+    pub fn expose(&self, out: &mut Scrape<'_>, otlp_acknowledged: Option<u64>) -> std::fmt::Result {
         let (last, oldest, stats) = (self.last_sequence(), self.oldest_sequence(), self.stats());
         let held = oldest.map_or(0, |oldest| last.saturating_sub(oldest) + 1);
-        let gauges = [
-            ("tokenwatch_spool_last_sequence", "Sequence of the newest alert in the delivery log.", last),
-            ("tokenwatch_spool_alerts", "Alerts held in the delivery log (its depth).", held),
-            ("tokenwatch_spool_bytes", "Bytes the delivery log holds on disk.", stats.disk_bytes),
-            ("tokenwatch_spool_segments", "Segment files of the delivery log.", stats.segments as u64),
-        ];
-        for (name, help, value) in gauges {
-            out.family(name, "gauge", help);
-            out.sample(name, &[], value);
-        }
-        let counters = [
-            ("tokenwatch_spool_corrupt_reads_total", "Unreadable records met by readers.", stats.corrupt_reads),
-            ("tokenwatch_spool_deleted_segments_total", "Segments deleted by the size bound.", stats.deleted_segments),
+        let families = [
+            ("tokenwatch_spool_last_sequence", Kind::Gauge, "Sequence of the newest alert in the delivery log.", last),
+            ("tokenwatch_spool_alerts", Kind::Gauge, "Alerts held in the delivery log (its depth).", held),
+            ("tokenwatch_spool_bytes", Kind::Gauge, "Bytes the delivery log holds on disk.", stats.disk_bytes),
+            ("tokenwatch_spool_segments", Kind::Gauge, "Segment files of the delivery log.", stats.segments as u64),
             (
-                "tokenwatch_spool_write_failures_total",
-                "Alerts the delivery log refused (disk full?): on stdout only.",
-                write_failures,
+                "tokenwatch_spool_corrupt_reads_total",
+                Kind::Counter,
+                "Unreadable records met by readers.",
+                stats.corrupt_reads,
+            ),
+            (
+                "tokenwatch_spool_deleted_segments_total",
+                Kind::Counter,
+                "Segments deleted by the size bound.",
+                stats.deleted_segments,
             ),
         ];
-        for (name, help, value) in counters {
-            out.family(name, "counter", help);
-            out.sample(name, &[], value);
+        for (name, kind, help, value) in families {
+            single(out, name, kind, help, value)?;
         }
         if let Some(acked) = otlp_acknowledged {
-            out.family(
+            single(
+                out,
                 "tokenwatch_otlp_export_lag",
-                "gauge",
+                Kind::Gauge,
                 "Alerts written but not yet acknowledged by the collector.",
-            );
-            out.sample("tokenwatch_otlp_export_lag", &[], last.saturating_sub(acked));
+                last.saturating_sub(acked),
+            )?;
         }
+        Ok(())
     }
 }
 
@@ -57,14 +57,16 @@ mod tests {
         for _ in 0..3 {
             log.append(&mut alert).expect("append");
         }
-        let mut out = Exposition::new();
-        log.expose(&mut out, 0, Some(1));
-        let text = out.into_string();
+        let metrics = crate::metrics::Metrics::default();
+        let (with_lag, without) = (log.clone(), log.clone());
+        metrics.register_source(move |out| with_lag.expose(out, Some(1)));
+        let text = crate::metrics::render(&metrics).expect("renders");
         assert!(text.contains("tokenwatch_spool_alerts 3\n"), "{text}");
         assert!(text.contains("tokenwatch_spool_last_sequence 3\n"), "{text}");
         assert!(text.contains("tokenwatch_otlp_export_lag 2\n"), "{text}");
-        let mut out = Exposition::new();
-        log.expose(&mut out, 0, None);
-        assert!(!out.as_str().contains("tokenwatch_otlp_export_lag"), "no exporter, no lag");
+        let metrics = crate::metrics::Metrics::default();
+        metrics.register_source(move |out| without.expose(out, None));
+        let text = crate::metrics::render(&metrics).expect("renders");
+        assert!(!text.contains("tokenwatch_otlp_export_lag"), "no exporter, no lag");
     }
 }

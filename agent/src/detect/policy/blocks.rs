@@ -21,8 +21,8 @@ use serde::{
 };
 
 use super::{
-    fields::{globs, names, present, NonEmpty, NonEmptyList, Selector},
-    matcher::Matcher,
+    fields::{globs, names, present, NonEmpty, NonEmptyList, Pattern, Selector},
+    matcher::{Glob, Matcher},
     unique::{ListEntry, UniqueList},
 };
 
@@ -98,7 +98,7 @@ struct RawBlock {
     #[serde(default, deserialize_with = "present")]
     pod_selector: Option<Selector>,
     #[serde(default, deserialize_with = "present")]
-    images: Option<NonEmptyList<NonEmpty>>,
+    images: Option<NonEmptyList<Pattern>>,
     #[serde(default, deserialize_with = "present")]
     exec: Option<bool>,
     #[serde(default, deserialize_with = "present")]
@@ -111,11 +111,11 @@ struct RawBlock {
 /// resolved inside each container from its root, where no working
 /// directory applies. Refused where it is written, so yaml_serde places
 /// the error at the value.
-struct AbsolutePath(String);
+struct AbsolutePath(Glob);
 
-impl AsRef<str> for AbsolutePath {
-    fn as_ref(&self) -> &str {
-        &self.0
+impl From<AbsolutePath> for Glob {
+    fn from(path: AbsolutePath) -> Glob {
+        path.0
     }
 }
 
@@ -134,7 +134,7 @@ impl<'de> Deserialize<'de> for AbsolutePath {
                          inside the container, from `/`"
                     )));
                 }
-                Ok(AbsolutePath(value.to_owned()))
+                Glob::new(value).map(AbsolutePath).map_err(E::custom)
             }
         }
         deserializer.deserialize_str(V)

@@ -143,12 +143,36 @@ pub(super) fn names(field: Option<NonEmptyList<NonEmpty>>) -> Option<Vec<String>
 }
 
 /// A checked list of patterns as the [`Matcher`] holds it.
-pub(super) fn globs<T: AsRef<str>>(field: Option<NonEmptyList<T>>) -> Option<Vec<Glob>> {
-    field.map(|l| l.0.iter().map(|s| Glob::new(s.as_ref())).collect())
+pub(super) fn globs<T: Into<Glob>>(field: Option<NonEmptyList<T>>) -> Option<Vec<Glob>> {
+    field.map(|l| l.0.into_iter().map(Into::into).collect())
 }
 
-impl AsRef<str> for NonEmpty {
-    fn as_ref(&self) -> &str {
-        &self.0
+/// A non-empty glob ([`Glob`]), compiled where it is written so a bad one
+/// is placed at its value.
+pub(super) struct Pattern(Glob);
+
+impl From<Pattern> for Glob {
+    fn from(pattern: Pattern) -> Glob {
+        pattern.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Pattern {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Pattern;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a non-empty pattern")
+            }
+            // In the value's own visitor, so the error points at it.
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<Pattern, E> {
+                if value.trim().is_empty() {
+                    return Err(E::custom("must not be empty"));
+                }
+                Glob::new(value).map(Pattern).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(V)
     }
 }

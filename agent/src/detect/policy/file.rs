@@ -24,7 +24,7 @@ use tokenwatch_proto::v1::Severity;
 
 use super::{
     blocks::{Blocks, EnforcementSettings},
-    fields::{globs, names, present, KeySeed, NonEmpty, NonEmptyList, Selector},
+    fields::{globs, names, present, KeySeed, NonEmpty, NonEmptyList, Pattern, Selector},
     matcher::Matcher,
     unique::{ListEntry, UniqueList},
     RULE_IDS,
@@ -115,9 +115,9 @@ struct RawException {
     #[serde(default, deserialize_with = "present")]
     pod_selector: Option<Selector>,
     #[serde(default, deserialize_with = "present")]
-    images: Option<NonEmptyList<NonEmpty>>,
+    images: Option<NonEmptyList<Pattern>>,
     #[serde(default, deserialize_with = "present")]
-    binaries: Option<NonEmptyList<NonEmpty>>,
+    binaries: Option<NonEmptyList<Pattern>>,
     #[serde(default, deserialize_with = "present")]
     exec: Option<bool>,
 }

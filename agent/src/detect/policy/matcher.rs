@@ -8,54 +8,78 @@
 
 use std::collections::BTreeMap;
 
+use globset::{GlobBuilder, GlobMatcher};
 use tokenwatch_proto::v1::{Alert, KubernetesContext, ProcessOrigin};
 
-/// A shell-like pattern: `*` matches any run of characters except `/`, `?`
-/// exactly one character except `/`, everything else itself. No escapes, no
-/// classes. `*` stops at `/` (as in Go's `path.Match`) so that
-/// `/app/*` cannot be satisfied by a binary an attacker drops into a
-/// writable `/app/tmp/`; the pattern always has to match the whole value.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A shell-like pattern, compiled by globset: `*` matches any run of
+/// characters except `/`, `?` one character except `/`, `[abc]`, `[a-z]`
+/// and `[!a]` one character of (or not of) a class, `{a,b}` either
+/// alternative, and `\` makes the next character itself. `*` stops at `/`
+/// (as in Go's `path.Match`) so that `/app/*` cannot be satisfied by a
+/// binary an attacker drops into a writable `/app/tmp/`; the pattern always
+/// has to match the whole value. `**` is refused rather than given its
+/// globset meaning (any number of directories): a block resolves its
+/// binaries directory by directory inside each container, and a recursive
+/// walk of a container's file system per round is not a cost to hide in a
+/// pattern. For the same reason a class or an alternation may not span `/`.
+#[derive(Clone, Debug)]
 pub struct Glob {
-    pattern: Vec<char>,
+    pattern: String,
+    matcher: GlobMatcher,
 }
 
+impl PartialEq for Glob {
+    fn eq(&self, other: &Self) -> bool {
+        self.pattern == other.pattern
+    }
+}
+
+impl Eq for Glob {}
+
 impl Glob {
-    /// Compiles `pattern`; every string is a valid pattern.
-    pub fn new(pattern: &str) -> Self {
-        Glob { pattern: pattern.chars().collect() }
+    /// Compiles `pattern`, or says what is wrong with it.
+    pub fn new(pattern: &str) -> Result<Self, String> {
+        if pattern.contains("**") {
+            return Err(format!(
+                "`{pattern}`: `**` is not supported (`*` matches within one path segment); list the directories"
+            ));
+        }
+        let matcher = compile(pattern)?;
+        // Each segment must stand alone, as a block's walk takes it.
+        for segment in pattern.split('/') {
+            if compile(segment).is_err() {
+                return Err(format!("`{pattern}`: a `[...]` class or `{{...}}` alternation may not span `/`"));
+            }
+        }
+        Ok(Glob { pattern: pattern.to_owned(), matcher })
+    }
+
+    /// Whether `pattern` (a whole pattern or one segment) has no special
+    /// character, so it names exactly the text written.
+    pub fn is_literal(pattern: &str) -> bool {
+        !pattern.contains(['*', '?', '[', '{', '\\'])
     }
 
     /// The pattern as written, for messages.
     pub fn as_string(&self) -> String {
-        self.pattern.iter().collect()
+        self.pattern.clone()
     }
 
     /// Does the whole of `text` match? An empty `text` never does (see the
     /// module docs).
     pub fn matches(&self, text: &str) -> bool {
-        if text.is_empty() {
-            return false;
-        }
-        let text: Vec<char> = text.chars().collect();
-        // reached[t]: the pattern so far matches the first t characters.
-        // One pass per pattern character: O(pattern x text), no backtracking.
-        let mut reached = vec![false; text.len() + 1];
-        reached[0] = true;
-        for &c in &self.pattern {
-            let mut next = vec![false; text.len() + 1];
-            for t in 0..=text.len() {
-                next[t] = match c {
-                    // Swallow nothing, or one more non-separator.
-                    '*' => reached[t] || (t > 0 && next[t - 1] && text[t - 1] != '/'),
-                    '?' => t > 0 && reached[t - 1] && text[t - 1] != '/',
-                    c => t > 0 && reached[t - 1] && text[t - 1] == c,
-                };
-            }
-            reached = next;
-        }
-        reached[text.len()]
+        !text.is_empty() && self.matcher.is_match(text)
     }
+}
+
+/// globset's glob with `*` and `?` kept inside a segment and `\` escaping.
+fn compile(pattern: &str) -> Result<GlobMatcher, String> {
+    GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+        .map(|glob| glob.compile_matcher())
+        .map_err(|error| format!("`{pattern}` is not a valid pattern: {}", error.kind()))
 }
 
 /// The match fields of one exception, already checked. `None` means the

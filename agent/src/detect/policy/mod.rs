@@ -181,12 +181,14 @@ impl Policy {
     }
 
     /// Suppressions per exception, for Prometheus.
-    pub fn expose(&self, out: &mut crate::metrics::Exposition) {
-        const NAME: &str = "tokenwatch_policy_suppressed_total";
-        out.family(NAME, "counter", "Alerts dropped by a policy exception, by exception id.");
-        for (id, _reason, count) in self.suppression_counts() {
-            out.sample(NAME, &[("exception", &id)], count);
-        }
+    pub fn expose(&self, out: &mut crate::metrics::Scrape<'_>) -> std::fmt::Result {
+        crate::metrics::family(
+            out,
+            "tokenwatch_policy_suppressed_total",
+            crate::metrics::Kind::Counter,
+            "Alerts dropped by a policy exception, by exception id.",
+            self.suppression_counts().into_iter().map(|(id, _reason, count)| ([("exception", id)], count)),
+        )
     }
 
     /// Is `rule` on? For a start-up log of what the policy turns off.

@@ -190,10 +190,37 @@ fn glob_semantics() {
         ("x", "", false),
         ("*", "", false),
         ("ünï*", "ünïcode", true),
+        // globset's classes, alternations and escapes.
+        ("/usr/bin/python3.[0-9]", "/usr/bin/python3.9", true),
+        ("/usr/bin/python3.[0-9]", "/usr/bin/python3.x", false),
+        ("/usr/bin/[!k]*", "/usr/bin/kubectl", false),
+        ("/usr/bin/[!k]*", "/usr/bin/curl", true),
+        ("/usr/bin/{curl,wget}", "/usr/bin/wget", true),
+        ("/usr/bin/{curl,wget}", "/usr/bin/kubectl", false),
+        ("/app/\\*", "/app/*", true),
+        ("/app/\\*", "/app/x", false),
+        ("{a,b}*", "b/c", false),
     ];
     for (pattern, text, want) in cases {
-        assert_eq!(Glob::new(pattern).matches(text), want, "{pattern} on {text:?}");
+        let glob = Glob::new(pattern).unwrap_or_else(|e| panic!("{pattern}: {e}"));
+        assert_eq!(glob.matches(text), want, "{pattern} on {text:?}");
     }
+}
+
+#[test]
+fn globs_that_would_cross_a_directory_are_refused() {
+    for (pattern, why) in [
+        ("/usr/**/kubectl", "`**` is not supported"),
+        ("**", "`**` is not supported"),
+        ("/usr/{bin,local/bin}/kubectl", "may not span `/`"),
+        ("/usr/[a/b]in", "may not span `/`"),
+        ("/usr/bin/[a-", "is not a valid pattern"),
+    ] {
+        let error = Glob::new(pattern).expect_err(pattern);
+        assert!(error.contains(why), "{pattern}: {error}");
+    }
+    assert!(Glob::is_literal("/usr/bin/kubectl"));
+    assert!(!Glob::is_literal("/usr/bin/kube\\ctl"), "an escape is read by the glob, not as written");
 }
 
 #[test]

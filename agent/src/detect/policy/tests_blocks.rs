@@ -20,6 +20,7 @@ fn block_errors_name_file_line_column_and_the_entry() {
     let cases = [
         ("  - id: b\n    reason: r\n    actions: [token-read]\n    binaries: [\"/bin/sh\", bin/kubectl]\n", "policy.yaml:9:27: blocks[1].binaries[1] (block `b`): `bin/kubectl` is not an absolute path to a file"),
         ("  - id: b\n    reason: r\n    actions: [token-read]\n    binaries: [/usr/bin/]\n", "policy.yaml:9:16: blocks[1].binaries[0] (block `b`): `/usr/bin/` is not an absolute path to a file"),
+        ("  - id: b\n    reason: r\n    actions: [token-read]\n    binaries: [\"/usr/{bin,local/bin}/kubectl\"]\n", "policy.yaml:9:16: blocks[1].binaries[0] (block `b`): `/usr/{bin,local/bin}/kubectl`: a `[...]` class or `{...}` alternation may not span `/`"),
         ("  - id: b\n    reason: r\n    actions: [token-read]\n    binaries: []\n", "policy.yaml:9:15: blocks[1].binaries (block `b`): must list at least one entry"),
         ("  - id: b\n    reason: r\n    actions: [token-reed]\n    namespaces: [x]\n", "policy.yaml:8:15: blocks[1].actions[0] (block `b`): unknown variant `token-reed`, expected `token-read` or `apiserver-connect`"),
         ("  - id: b\n    reason: r\n    actions: []\n    namespaces: [x]\n", "policy.yaml:8:14: blocks[1].actions (block `b`): must list at least one entry"),

@@ -59,6 +59,8 @@ fn exception_errors_name_the_exception_and_field() {
         ("  - id: b\n    reason: r\n    exec:\n", "policy.yaml:7:10: exceptions[1].exec (exception `b`): invalid type: unit value, expected a boolean"),
         ("  - id: b\n    reason: r\n    images: [\" \"]\n", "policy.yaml:7:14: exceptions[1].images[0] (exception `b`): must not be empty"),
         ("  - { id: 7, reason: r, binaries: [] }\n", "policy.yaml:5:35: exceptions[1].binaries (exception `7`): must list at least one entry"),
+        ("  - id: b\n    reason: r\n    images: [\"ghcr.io/**\"]\n", "policy.yaml:7:14: exceptions[1].images[0] (exception `b`): `ghcr.io/**`: `**` is not supported"),
+        ("  - id: b\n    reason: r\n    binaries: [\"/bin/[ab\"]\n", "policy.yaml:7:16: exceptions[1].binaries[0] (exception `b`): `/bin/[ab` is not a valid pattern: unclosed character class"),
     ];
     for (second, want) in cases {
         let text = format!("{FIRST}{second}");

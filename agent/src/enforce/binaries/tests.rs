@@ -48,7 +48,7 @@ fn scope(block: u32, globs: &[&str], roots: &[u32]) -> BinaryScope {
         cgroup: 100,
         slot: 1,
         block,
-        globs: globs.iter().map(|g| Glob::new(g)).collect(),
+        globs: globs.iter().map(|g| Glob::new(g).expect("a valid glob")).collect(),
         roots: roots.to_vec(),
     }
 }

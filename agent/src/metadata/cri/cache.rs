@@ -80,10 +80,10 @@ impl CriCache {
     pub async fn lookup(&self, container_id: &str) -> Result<Arc<ContainerMeta>, String> {
         let metrics = crate::metrics::global();
         if let Some(found) = self.cached(container_id) {
-            crate::metrics::Metrics::bump(&metrics.cri_cache_hits);
+            metrics.cache_lookup(crate::metrics::Cache::Cri, true);
             return found;
         }
-        crate::metrics::Metrics::bump(&metrics.cri_cache_misses);
+        metrics.cache_lookup(crate::metrics::Cache::Cri, false);
         let (_, client) = self.inner.client.as_ref().map_err(|reason| format!("cri: {reason}"))?;
         let request = ContainerStatusRequest { container_id: container_id.to_owned(), verbose: true };
         let result = match tokio::time::timeout(CALL_TIMEOUT, client.clone().container_status(request)).await {

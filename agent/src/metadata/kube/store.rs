@@ -1,4 +1,14 @@
 //! The shared pod store the watcher writes and the event pipeline reads.
+//!
+//! Why not `kube::runtime::reflector`'s `Store`: the list, watch and relist
+//! are already kube-runtime's (`watch.rs` runs its `watcher`); what stays
+//! here is what its store cannot do. It removes a pod on the DELETED event,
+//! and a process's last token read often reaches the pipeline after that
+//! event: this store keeps a deleted pod for a grace period, so the alert
+//! still names the pod. It also holds the [`PodInfo`] an alert needs (with
+//! the owner resolved by API lookups outside the lock), not whole `Pod`
+//! objects with their managed fields, and it wakes the enforcer on every
+//! pod that appears.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -64,12 +74,7 @@ impl PodStore {
     pub fn get(&self, uid: &str) -> Option<Arc<PodInfo>> {
         let now = Instant::now();
         let found = self.read().get(uid).filter(|pod| self.visible(pod, now)).cloned();
-        let metrics = crate::metrics::global();
-        crate::metrics::Metrics::bump(if found.is_some() {
-            &metrics.pod_store_hits
-        } else {
-            &metrics.pod_store_misses
-        });
+        crate::metrics::global().cache_lookup(crate::metrics::Cache::Pods, found.is_some());
         found
     }
 
