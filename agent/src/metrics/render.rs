@@ -36,26 +36,23 @@ pub(super) fn register(metrics: &Metrics) {
         "Events the kernel acted on for a block entry, by action and block id",
         metrics.enforcement.clone(),
     );
-    registry.register(
-        "tokenwatch_enforcement_cgroups",
-        "Pod and container cgroups a block entry covers now",
-        metrics.enforced_cgroups.clone(),
-    );
-    registry.register(
-        "tokenwatch_enforcement_fences",
-        "Pods with a connect fence attached now",
-        metrics.enforcement_fences.clone(),
-    );
-    registry.register(
-        "tokenwatch_enforcement_binaries",
-        "Executables (per container) that block entries' binaries resolved to now",
-        metrics.enforcement_binaries.clone(),
-    );
-    registry.register(
-        "tokenwatch_ready",
-        "1 when the hooks are attached and the gRPC server serves",
-        metrics.ready.clone(),
-    );
+    let gauges = [
+        (
+            "tokenwatch_enforcement_cgroups",
+            "Pod and container cgroups a block entry covers now",
+            &metrics.enforced_cgroups,
+        ),
+        ("tokenwatch_enforcement_fences", "Pods with a connect fence attached now", &metrics.enforcement_fences),
+        (
+            "tokenwatch_enforcement_binaries",
+            "Executables (per container) that block entries' binaries resolved to now",
+            &metrics.enforcement_binaries,
+        ),
+        ("tokenwatch_ready", "1 when the hooks are attached and the gRPC server serves", &metrics.ready),
+    ];
+    for (name, help, gauge) in gauges {
+        registry.register(name, help, gauge.clone());
+    }
 }
 
 /// Renders every metric, or says which source failed to write (a 500 for

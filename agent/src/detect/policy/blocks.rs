@@ -13,15 +13,13 @@
 //! the operator is in `deploy/base/policy/README.md`: a hard link or a
 //! symlink to a listed file is the same executable, a copy is not.
 
-use std::fmt;
-
 use serde::{
-    de::{self, value::MapAccessDeserializer, Visitor},
+    de::{self, value::MapAccessDeserializer},
     Deserialize, Deserializer,
 };
 
 use super::{
-    fields::{globs, names, present, NonEmpty, NonEmptyList, Pattern, Selector},
+    fields::{checked_str, globs, names, present, NonEmpty, NonEmptyList, Pattern, Selector},
     matcher::{Glob, Matcher},
     unique::{ListEntry, UniqueList},
 };
@@ -121,23 +119,15 @@ impl From<AbsolutePath> for Glob {
 
 impl<'de> Deserialize<'de> for AbsolutePath {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = AbsolutePath;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an absolute path")
+        checked_str(deserializer, "an absolute path", |value| {
+            if !value.starts_with('/') || value.ends_with('/') {
+                return Err(format!(
+                    "`{value}` is not an absolute path to a file: a block names executables by their path inside \
+                     the container, from `/`"
+                ));
             }
-            fn visit_str<E: de::Error>(self, value: &str) -> Result<AbsolutePath, E> {
-                if !value.starts_with('/') || value.ends_with('/') {
-                    return Err(E::custom(format!(
-                        "`{value}` is not an absolute path to a file: a block names executables by their path \
-                         inside the container, from `/`"
-                    )));
-                }
-                Glob::new(value).map(AbsolutePath).map_err(E::custom)
-            }
-        }
-        deserializer.deserialize_str(V)
+            Glob::new(value).map(AbsolutePath)
+        })
     }
 }
 

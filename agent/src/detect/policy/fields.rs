@@ -23,21 +23,36 @@ pub(super) struct NonEmpty(pub(super) String);
 
 impl<'de> Deserialize<'de> for NonEmpty {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = NonEmpty;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a non-empty string")
-            }
-            fn visit_str<E: de::Error>(self, value: &str) -> Result<NonEmpty, E> {
-                if value.trim().is_empty() {
-                    return Err(E::custom("must not be empty"));
-                }
-                Ok(NonEmpty(value.to_owned()))
-            }
-        }
-        deserializer.deserialize_str(V)
+        checked_str(deserializer, "a non-empty string", |value| non_empty(value).map(|()| NonEmpty(value.to_owned())))
     }
+}
+
+fn non_empty(value: &str) -> Result<(), String> {
+    if value.trim().is_empty() {
+        Err("must not be empty".to_owned())
+    } else {
+        Ok(())
+    }
+}
+
+/// Reads a string and turns it into a `T` with `check`, in the string's own
+/// visitor, so yaml_serde places a refusal at the value itself.
+pub(super) fn checked_str<'de, D: Deserializer<'de>, T>(
+    deserializer: D,
+    expecting: &'static str,
+    check: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, D::Error> {
+    struct V<F>(&'static str, F);
+    impl<T, F: FnOnce(&str) -> Result<T, String>> Visitor<'_> for V<F> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str(self.0)
+        }
+        fn visit_str<E: de::Error>(self, value: &str) -> Result<T, E> {
+            (self.1)(value).map_err(E::custom)
+        }
+    }
+    deserializer.deserialize_str(V(expecting, check))
 }
 
 fn label_name(name: &str) -> Result<(), String> {
@@ -159,20 +174,9 @@ impl From<Pattern> for Glob {
 
 impl<'de> Deserialize<'de> for Pattern {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Pattern;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a non-empty pattern")
-            }
-            // In the value's own visitor, so the error points at it.
-            fn visit_str<E: de::Error>(self, value: &str) -> Result<Pattern, E> {
-                if value.trim().is_empty() {
-                    return Err(E::custom("must not be empty"));
-                }
-                Glob::new(value).map(Pattern).map_err(E::custom)
-            }
-        }
-        deserializer.deserialize_str(V)
+        checked_str(deserializer, "a non-empty pattern", |value| {
+            non_empty(value)?;
+            Glob::new(value).map(Pattern)
+        })
     }
 }

@@ -24,7 +24,7 @@ use tokenwatch_proto::v1::Severity;
 
 use super::{
     blocks::{Blocks, EnforcementSettings},
-    fields::{globs, names, present, KeySeed, NonEmpty, NonEmptyList, Pattern, Selector},
+    fields::{checked_str, globs, names, present, KeySeed, NonEmpty, NonEmptyList, Pattern, Selector},
     matcher::Matcher,
     unique::{ListEntry, UniqueList},
     RULE_IDS,
@@ -136,18 +136,7 @@ struct RuleId(String);
 
 impl<'de> Deserialize<'de> for RuleId {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = RuleId;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a rule id")
-            }
-            fn visit_str<E: de::Error>(self, value: &str) -> Result<RuleId, E> {
-                known_rule(value).map_err(E::custom)?;
-                Ok(RuleId(value.to_owned()))
-            }
-        }
-        deserializer.deserialize_str(V)
+        checked_str(deserializer, "a rule id", |value| known_rule(value).map(|()| RuleId(value.to_owned())))
     }
 }
 
