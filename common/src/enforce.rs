@@ -25,6 +25,14 @@ pub const ENFORCED_CGROUPS_MAP: &str = "ENFORCED_CGROUPS";
 /// before the agent has seen its cgroup.
 pub const ENFORCED_PODS_MAP: &str = "ENFORCED_PODS";
 
+/// Name of the one-entry array whose value is 1 while any entry of
+/// [`ENFORCED_CGROUPS_MAP`] or [`ENFORCED_PODS_MAP`] has a token-read slot
+/// in force, 0 otherwise: a matched open skips the walk up its cgroups
+/// (some thirty kernel reads) on the nodes, most of them, whose policy
+/// blocks no read. The agent sets it before it writes such an entry and
+/// clears it after it removed the last one, so no entry is ever skipped.
+pub const READ_BLOCKS_MAP: &str = "READ_BLOCKS";
+
 /// Length of a pod uid (a UUID in its 8-4-4-4-12 text form).
 pub const POD_UID_LEN: usize = 36;
 /// Name of the map of containers' first processes (host tgid) by their

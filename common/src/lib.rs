@@ -17,7 +17,7 @@ pub use counters::{counter_slot, Counter, Hook, COUNTER_SLOTS};
 pub use enforce::{
     BinaryKey, CgroupEnforcement, EnforceAction, EnforceSlot, Enforcement, BINARIES_ANY, BINARIES_LISTED,
     CONTAINER_INITS_MAP, ENFORCED_BINARIES_MAP, ENFORCED_CGROUPS_MAP, ENFORCED_PODS_MAP, ENFORCE_SLOTS, EXEC_ANY,
-    EXEC_NEVER, EXEC_ONLY, MODE_DRY_RUN, MODE_ENFORCE, MODE_NONE, POD_UID_LEN,
+    EXEC_NEVER, EXEC_ONLY, MODE_DRY_RUN, MODE_ENFORCE, MODE_NONE, POD_UID_LEN, READ_BLOCKS_MAP,
 };
 pub use event::{
     CgroupNames, ConnectEvent, ConnectVia, EventHeader, EventKind, OpenEvent, OpenSyscall, ResolvedPath, TaskRef,

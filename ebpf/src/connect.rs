@@ -14,6 +14,7 @@ use crate::{
     enforce::take_mark,
     identity::fill_header,
     maps::{count, is_agent, kernel_offset, PendingConnect, EVENTS, PENDING_CONNECTS, WATCHED_ENDPOINTS},
+    syscall_args::syscall_return,
 };
 
 /// `struct sockaddr_in6` as userspace passes it.
@@ -103,8 +104,7 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     event.family = pending.family;
     event.port = pending.port;
     event.fd = pending.fd;
-    // SAFETY: `ret` offset from the tracepoint format.
-    event.result = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0);
+    event.result = syscall_return(&ctx);
     event.addr = pending.addr;
     event.via = ConnectVia::Syscall as u32;
     event._pad = 0;

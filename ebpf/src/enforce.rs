@@ -28,7 +28,7 @@ use aya_ebpf::{
         generated::{bpf_get_current_ancestor_cgroup_id, bpf_send_signal},
     },
     macros::{cgroup_sock_addr, map},
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::SockAddrContext,
 };
 use tokenwatch_common::{
@@ -53,6 +53,11 @@ pub static ENFORCED_CGROUPS: HashMap<u64, CgroupEnforcement> = HashMap::with_max
 /// the agent has found its cgroup (which [`ENFORCED_CGROUPS`] needs).
 #[map(name = "ENFORCED_PODS")]
 pub static ENFORCED_PODS: HashMap<[u8; POD_UID_LEN], CgroupEnforcement> = HashMap::with_max_entries(4096, 0);
+
+/// 1 while some entry above has a token-read slot in force (see
+/// `tokenwatch_common::READ_BLOCKS_MAP`); written by the agent.
+#[map(name = "READ_BLOCKS")]
+pub static READ_BLOCKS: Array<u32> = Array::with_max_entries(1, 0);
 
 /// The executables slots with `BINARIES_LISTED` cover, resolved by the agent
 /// in each covered container; the value is the number of the entry naming it.
@@ -168,6 +173,11 @@ pub fn take_mark(port: u16) -> Enforcement {
 #[inline(never)]
 pub fn token_opened(flags: u64, task: u64) -> Enforcement {
     if flags & O_ACCMODE == O_WRONLY {
+        return Enforcement::default();
+    }
+    // No read is blocked anywhere on the node: no walk. An array lookup
+    // the verifier inlines; a failed one (never, index 0) walks.
+    if READ_BLOCKS.get(0).copied().unwrap_or(1) == 0 {
         return Enforcement::default();
     }
     let Some((cgroup, rules)) = covering_task(task) else { return Enforcement::default() };

@@ -29,10 +29,10 @@ pub fn fill_header(header: &mut EventHeader, kind: EventKind, task: u64) {
     // SAFETY: as above.
     header.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     header.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    let (ns_pid, ns_level) = pid_in_namespace(task);
+    let leader = read_ptr(task, kernel_offset!(task_group_leader)).unwrap_or(task);
+    let (ns_pid, ns_level) = leader_pid_in_namespace(leader);
     header.ns_pid = ns_pid;
     header.ns_level = ns_level;
-    let leader = read_ptr(task, kernel_offset!(task_group_leader)).unwrap_or(task);
     header.process_start_ns = read_ptr(leader, kernel_offset!(task_start_boottime)).unwrap_or(0);
     header.exec_id = read_u32(task, kernel_offset!(task_self_exec_id)).unwrap_or(0);
     let file = exe_file(task);
@@ -81,7 +81,13 @@ pub fn file_key(file: u64) -> (u32, u64) {
 /// multi-threaded process is named by its pid, not by one thread's).
 #[inline(always)]
 pub fn pid_in_namespace(task: u64) -> (u32, u32) {
-    let leader = read_ptr(task, kernel_offset!(task_group_leader)).unwrap_or(task);
+    leader_pid_in_namespace(read_ptr(task, kernel_offset!(task_group_leader)).unwrap_or(task))
+}
+
+/// [`pid_in_namespace`] from the group leader already read, so a caller
+/// that needs the leader for more reads it once.
+#[inline(always)]
+fn leader_pid_in_namespace(leader: u64) -> (u32, u32) {
     let pid = read_ptr(leader, kernel_offset!(task_thread_pid)).unwrap_or(0);
     let level = read_u32(pid, kernel_offset!(pid_level)).unwrap_or(0);
     let at = kernel_offset!(pid_numbers) + level.wrapping_mul(kernel_offset!(upid_size)) + kernel_offset!(upid_nr);
@@ -99,14 +105,14 @@ fn ancestors(task: u64, out: &mut [TaskRef]) -> u32 {
         if parent == 0 || parent == current {
             break;
         }
-        let (ns_pid, ns_level) = pid_in_namespace(parent);
+        // The parent pointer names the thread that forked; its comm can be a
+        // thread's name, so read the process's (the group leader's).
+        let leader = read_ptr(parent, kernel_offset!(task_group_leader)).unwrap_or(parent);
+        let (ns_pid, ns_level) = leader_pid_in_namespace(leader);
         slot.tgid = read_u32(parent, kernel_offset!(task_tgid)).unwrap_or(0);
         slot.ns_pid = ns_pid;
         slot.ns_level = ns_level;
         slot._pad = 0;
-        // The parent pointer names the thread that forked; its comm can be a
-        // thread's name, so read the process's (the group leader's).
-        let leader = read_ptr(parent, kernel_offset!(task_group_leader)).unwrap_or(parent);
         // SAFETY: kernel pointer read through the checked helper.
         slot.comm =
             unsafe { bpf_probe_read_kernel((leader + u64::from(kernel_offset!(task_comm))) as *const [u8; 16]) }

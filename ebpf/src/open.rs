@@ -22,13 +22,11 @@ use crate::{
     maps::{
         count, is_agent, kernel_offset, PendingOpen, EVENTS, OPEN_SCRATCH, TOKEN_NAMES, WATCHED_DEVS, WATCHED_FILES,
     },
-    syscall_args::{SyscallArgs, AT_FDCWD},
+    syscall_args::{syscall_return, SyscallArgs, AT_FDCWD},
 };
 
 /// Bits of the minor number in the kernel's device encoding (`s_dev`).
 const MINOR_BITS: u32 = 20;
-/// Offset of `ret` in the `sys_exit_*` tracepoint record.
-const RET: usize = 16;
 
 #[tracepoint]
 pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
@@ -60,9 +58,7 @@ pub fn judge(ctx: &TracePointContext, hook: Hook, syscall: OpenSyscall) {
         return;
     }
     count(hook, Counter::OpensSeen);
-    // SAFETY: `ret` is within the record (the tracepoint's format); a
-    // direct context load, not a helper call.
-    let ret = unsafe { *(ctx.as_ptr().cast::<u8>().add(RET).cast::<i64>()) };
+    let ret = syscall_return(ctx);
     if ret < 0 {
         return;
     }

@@ -19,7 +19,11 @@
 //!
 //! [`KernelOffsets::has_task_pt_regs`]: tokenwatch_common::KernelOffsets
 
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs};
+use aya_ebpf::{
+    helpers::{bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs},
+    programs::TracePointContext,
+    EbpfContext,
+};
 use tokenwatch_common::OpenSyscall;
 
 use crate::{
@@ -31,10 +35,11 @@ use crate::{
 /// record of one cannot be read.
 pub const AT_FDCWD: i32 = -100;
 
-/// Offsets in x86_64's `struct pt_regs` of the first three syscall
-/// arguments (`rdi`, `rsi`, `rdx`). The object is built for x86_64 only
-/// (`agent/build.rs`); another architecture needs its own row here.
-const ARG_OFFSETS: [u64; 3] = [112, 104, 96];
+/// Offset in x86_64's `struct pt_regs` of `rdx`, followed by `rsi` and
+/// `rdi`: the first three syscall arguments in reverse, read in one go.
+/// The object is built for x86_64 only (`agent/build.rs`); another
+/// architecture needs its own layout here.
+const RDX_RSI_RDI: u64 = 96;
 /// x86_64's `THREAD_SIZE` (16 KiB; KASAN builds, which double it, are not
 /// what nodes run) and `sizeof(struct pt_regs)`.
 const THREAD_SIZE: u64 = 16 * 1024;
@@ -64,12 +69,9 @@ impl SyscallArgs {
         if regs == 0 {
             return None;
         }
-        let mut args = [0u64; 3];
-        for (arg, offset) in args.iter_mut().zip(ARG_OFFSETS.iter()) {
-            // SAFETY: a kernel address the helper checks; a bad one is an Err.
-            *arg = unsafe { bpf_probe_read_kernel((regs + offset) as *const u64) }.ok()?;
-        }
-        Some(Self(args))
+        // SAFETY: a kernel address the helper checks; a bad one is an Err.
+        let [rdx, rsi, rdi] = unsafe { bpf_probe_read_kernel((regs + RDX_RSI_RDI) as *const [u64; 3]) }.ok()?;
+        Some(Self([rdi, rsi, rdx]))
     }
 
     /// What an event reports of `syscall`'s arguments.
@@ -87,4 +89,16 @@ impl SyscallArgs {
         };
         PendingOpen { filename, how, flags, dirfd, syscall: syscall as u32 }
     }
+}
+
+/// Offset of `ret` in the `sys_exit_*` tracepoint record.
+const RET: usize = 16;
+
+/// What the syscall returned, from a `sys_exit_*` record: a direct context
+/// load, not a helper call.
+#[inline(always)]
+pub fn syscall_return(ctx: &TracePointContext) -> i64 {
+    // SAFETY: `ret` is within every `sys_exit_*` record (the tracepoint's
+    // format), and the context is that record.
+    unsafe { *(ctx.as_ptr().cast::<u8>().add(RET).cast::<i64>()) }
 }

@@ -24,6 +24,12 @@ const FENCE_RETRY_MAX: Duration = Duration::from_secs(60);
 impl Enforcer {
     /// Makes the kernel hold `plan`, changing only what differs.
     pub(super) fn apply(&mut self, mut plan: Plan) {
+        // The kernel's switch goes on before an entry that blocks reads is
+        // written and off after the last is removed: no entry is skipped.
+        let blocks_reads = plan.blocks_reads();
+        if blocks_reads {
+            self.set_read_blocks(true);
+        }
         // New executables before the cgroup entries that list them, stale
         // ones after, so a slot being renumbered never finds its files gone.
         let binaries = write_changed(&mut plan.binaries, &self.applied.binaries, |key, block| {
@@ -83,6 +89,9 @@ impl Enforcer {
         for key in self.applied.binaries.keys().filter(|k| !plan.binaries.contains_key(k)) {
             let _ = self.maps.binaries.remove(key);
         }
+        if !blocks_reads {
+            self.set_read_blocks(false);
+        }
         self.attach_fences(&plan);
         for (pod, block) in plan.covered.difference(&self.applied.covered) {
             tracing::info!(%pod, %block, "block entry covers pod");
@@ -96,6 +105,23 @@ impl Enforcer {
         metrics.enforcement_fences.set(count(self.fences.len()));
         metrics.enforcement_binaries.set(count(plan.binaries.len()));
         self.applied = plan;
+    }
+
+    /// Sets the kernel's read-block switch (`READ_BLOCKS_MAP`) when it
+    /// differs; a refused write is said and tried again next round (off
+    /// refused leaves opens walking for nothing, on refused would leave
+    /// reads unblocked, so that one is an error).
+    fn set_read_blocks(&mut self, on: bool) {
+        if self.read_blocks == on {
+            return;
+        }
+        match self.maps.read_blocks.set(0, u32::from(on), 0) {
+            Ok(()) => self.read_blocks = on,
+            Err(error) if on => {
+                tracing::error!(%error, "the read-block switch could not be set: token reads are not blocked")
+            }
+            Err(error) => tracing::warn!(%error, "the read-block switch could not be cleared"),
+        }
     }
 
     /// Drops the fences `plan` no longer asks for and attaches the new

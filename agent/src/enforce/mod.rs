@@ -77,6 +77,8 @@ pub struct Enforcer {
     resolver: Arc<Mutex<binaries::Resolver>>,
     /// Whether the last round found the binaries map full (logged once).
     binaries_refused: bool,
+    /// What the kernel's read-block switch holds (0 at load).
+    read_blocks: bool,
 }
 
 impl Enforcer {
@@ -109,6 +111,7 @@ impl Enforcer {
             warned: false,
             resolver: Arc::new(Mutex::new(binaries::Resolver::new(host_proc))),
             binaries_refused: false,
+            read_blocks: false,
         }
     }
 

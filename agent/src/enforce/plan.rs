@@ -98,6 +98,15 @@ impl Plan {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty() && self.fences.is_empty() && self.pods.is_empty()
     }
+
+    /// Whether some entry refuses (or, dry-run, reports) token reads: only
+    /// then does a matched open walk its cgroups for one.
+    pub fn blocks_reads(&self) -> bool {
+        self.entries
+            .values()
+            .chain(self.pods.values())
+            .any(|entry| entry.token_read.iter().any(|slot| slot.mode == MODE_ENFORCE || slot.mode == MODE_DRY_RUN))
+    }
 }
 
 /// The plan for `blocks` (each with whether it refuses) over `targets`.

@@ -10,7 +10,7 @@
 use std::fs::File;
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData},
+    maps::{Array, HashMap as BpfHashMap, MapData},
     programs::{cgroup_sock_addr::CgroupSockAddrLink, CgroupAttachMode},
     Ebpf,
 };
@@ -34,6 +34,8 @@ pub struct EnforceMaps {
     pub binaries: BpfHashMap<MapData, BinaryKey, u32>,
     /// What each covered pod refuses, by the uid its cgroup's name spells.
     pub pods: BpfHashMap<MapData, [u8; POD_UID_LEN], CgroupEnforcement>,
+    /// 1 while some entry blocks token reads (`READ_BLOCKS_MAP`).
+    pub read_blocks: Array<MapData, u32>,
 }
 
 /// The fences on one cgroup; dropping this detaches them.

@@ -8,8 +8,8 @@ use aya::{
 use aya_log::EbpfLogger;
 use tokenwatch_common::{
     EndpointKey, KernelOffsets, AGENT_TGID_GLOBAL, CONTAINER_INITS_MAP, COUNTERS_MAP, ENFORCED_BINARIES_MAP,
-    ENFORCED_CGROUPS_MAP, ENFORCED_PODS_MAP, EVENTS_MAP, OFFSETS_GLOBAL, TOKEN_NAMES_MAP, WATCHED_DEVS_MAP,
-    WATCHED_ENDPOINTS_MAP, WATCHED_FILES_MAP,
+    ENFORCED_CGROUPS_MAP, ENFORCED_PODS_MAP, EVENTS_MAP, OFFSETS_GLOBAL, READ_BLOCKS_MAP, TOKEN_NAMES_MAP,
+    WATCHED_DEVS_MAP, WATCHED_ENDPOINTS_MAP, WATCHED_FILES_MAP,
 };
 
 use super::cgroup_hooks;
@@ -198,6 +198,7 @@ impl Hooks {
                 inits: take(&mut self.ebpf, CONTAINER_INITS_MAP)?,
                 binaries: take(&mut self.ebpf, ENFORCED_BINARIES_MAP)?,
                 pods: take(&mut self.ebpf, ENFORCED_PODS_MAP)?,
+                read_blocks: take(&mut self.ebpf, READ_BLOCKS_MAP)?,
             },
         })
     }

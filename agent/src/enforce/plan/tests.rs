@@ -211,3 +211,20 @@ fn pods_the_api_put_on_the_node_are_covered_by_uid_unless_the_entry_needs_the_co
     assert_eq!(entries["u-shop"].token_read[0], slot(1, MODE_ENFORCE, EXEC_NEVER));
     assert_eq!(entries["u-shop"].token_read[1].mode, MODE_NONE, "the image entry waits for the container");
 }
+
+#[test]
+fn only_a_plan_that_blocks_reads_turns_the_kernels_read_walk_on() {
+    let targets = [pod(10, "shop", "default", "img")];
+    let block = |actions: &str, mode: &str| {
+        format!("{mode}blocks:\n  - id: b\n    reason: r\n    actions: [{actions}]\n    namespaces: [shop]\n")
+    };
+    assert!(!Plan::default().blocks_reads(), "no policy, no walk");
+    assert!(!planned(&block("apiserver-connect", ""), &targets).blocks_reads(), "connects are the fences' job");
+    assert!(planned(&block("token-read", ""), &targets).blocks_reads());
+    assert!(
+        planned(&block("token-read", "enforcement: { mode: dry-run }\n"), &targets).blocks_reads(),
+        "dry run reports"
+    );
+    assert!(!planned(&block("token-read", "enforcement: { mode: off }\n"), &targets).blocks_reads());
+    assert!(!planned(&block("token-read", ""), &[pod(20, "other", "default", "img")]).blocks_reads(), "no pod covered");
+}
