@@ -2,7 +2,10 @@
 //! highest rate of matched events it takes without a ring-buffer drop, and
 //! what it spends doing so (CPU per million events, RSS).
 //!
-//! The load is token-file opens from this process, paced in 1 ms slices.
+//! The latency runs' load is token-file opens from this process, paced in
+//! 1 ms slices; the throughput steps' comes from one process per CPU
+//! (`offered`), so the highest drop-free step is the agent's ceiling, not
+//! what one thread could issue.
 //! Latency is measured from the syscall's kernel timestamp (the alert's
 //! `time`, the agent's boot clock mapped to the wall clock) to the moment
 //! a `tokenwatch alerts --follow` subscriber prints the alert here; the
@@ -23,7 +26,10 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use super::agent::Agent;
+use super::{
+    agent::Agent,
+    offered::{self, paced_opens},
+};
 use crate::{agent_probe, util::say};
 
 /// How long the agent may take to load its programs.
@@ -31,9 +37,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Alert rates of the latency runs, and how long each lasts.
 const LATENCY_RUNS: [(u32, Duration); 2] = [(100, Duration::from_secs(10)), (10_000, Duration::from_secs(3))];
-/// Matched-event rates of the throughput steps; 0 is as fast as one
-/// thread can open the file.
-const RATE_STEPS: [u32; 6] = [25_000, 50_000, 100_000, 200_000, 400_000, 0];
+/// Matched-event rates of the throughput steps; 0 is as fast as the load's
+/// processes can open the file. Finer above 200,000/s, where the agent's
+/// ceiling lies on the machines this runs on.
+const RATE_STEPS: [u32; 9] = [25_000, 50_000, 100_000, 200_000, 250_000, 300_000, 350_000, 400_000, 0];
 /// How long each throughput step lasts.
 const STEP: Duration = Duration::from_secs(3);
 
@@ -78,6 +85,8 @@ pub struct LoadFigures {
     pub steps: Vec<RateStep>,
     /// RSS of the idle agent before the steps, KiB.
     pub idle_rss_kib: u64,
+    /// How many processes offered the steps' load.
+    pub load_processes: usize,
 }
 
 /// A running agent with its metrics address.
@@ -126,16 +135,17 @@ pub fn measure(binary: &Path, work: &Path, token: &Path) -> Result<LoadFigures> 
     let agent = Running::start(binary, &work.join("rate"), token, &[])?;
     agent.settle();
     let idle_rss_kib = agent_probe::rss_kib(agent.pid())?;
+    let load_processes = offered::processes();
     let mut steps = Vec::new();
     for offered in RATE_STEPS {
         say(format!(
             "bench: matched events at {}",
             if offered == 0 { "full speed".to_owned() } else { format!("{offered}/s") }
         ));
-        steps.push(measure_step(&agent, &path, offered)?);
+        steps.push(measure_step(&agent, &path, offered, load_processes)?);
     }
     agent.agent.stop()?;
-    Ok(LoadFigures { latency, steps, idle_rss_kib })
+    Ok(LoadFigures { latency, steps, idle_rss_kib, load_processes })
 }
 
 /// Opens `path` `rate` times a second for `duration` while a subscriber
@@ -192,7 +202,7 @@ fn received(latencies: &Mutex<Vec<f64>>) -> usize {
 }
 
 /// One throughput step: the counters, CPU and RSS around `STEP` of load.
-fn measure_step(agent: &Running, path: &CString, offered: u32) -> Result<RateStep> {
+fn measure_step(agent: &Running, path: &CString, offered: u32, processes: usize) -> Result<RateStep> {
     agent.settle();
     let (sent0, dropped0) = agent_probe::kernel_counters(&agent.metrics).context("reading /metrics")?;
     let cpu0 = agent_probe::cpu_ticks(agent.pid());
@@ -209,9 +219,8 @@ fn measure_step(agent: &Running, path: &CString, offered: u32) -> Result<RateSte
             peak
         })
     };
-    let started = Instant::now();
-    let opens = paced_opens(path, offered, STEP);
-    let achieved = opens as f64 / started.elapsed().as_secs_f64();
+    let load = offered::opens_from(processes, path, offered, STEP)?;
+    let achieved = load.opens as f64 / load.elapsed.as_secs_f64();
     // CPU and counters once the agent has worked off what it was given.
     agent.settle();
     sampling.store(false, std::sync::atomic::Ordering::Relaxed);
@@ -227,31 +236,6 @@ fn measure_step(agent: &Running, path: &CString, offered: u32) -> Result<RateSte
         cpu_s_per_million: if sent == 0 { 0.0 } else { cpu_s / sent as f64 * 1e6 },
         rss_max_kib,
     })
-}
-
-/// Opens and closes `path` at `rate` per second (0: flat out) for
-/// `duration`, in 1 ms slices that catch up when behind; returns how many.
-fn paced_opens(path: &CString, rate: u32, duration: Duration) -> u64 {
-    let started = Instant::now();
-    let mut done: u64 = 0;
-    while started.elapsed() < duration {
-        let due = if rate == 0 { done + 1000 } else { (started.elapsed().as_secs_f64() * f64::from(rate)) as u64 + 1 };
-        // Never past the end: when the load falls behind the offered rate
-        // it runs flat out until the duration is up, then stops.
-        while done < due && (!done.is_multiple_of(256) || started.elapsed() < duration) {
-            // SAFETY: a NUL-terminated path; the fd is closed at once.
-            let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-            if fd >= 0 {
-                // SAFETY: fd was just opened here.
-                unsafe { libc::close(fd) };
-            }
-            done += 1;
-        }
-        if rate != 0 {
-            thread::sleep(Duration::from_micros(1000));
-        }
-    }
-    done
 }
 
 /// The string value of `"name":"..."` in a JSON line.

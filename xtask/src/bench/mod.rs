@@ -15,6 +15,7 @@ mod configs;
 mod load;
 mod memory;
 mod new_volumes;
+mod offered;
 mod ops;
 mod profile;
 mod report;
