@@ -510,6 +510,25 @@ fn api_server_endpoints_learnt_from_the_cluster_follow_its_endpointslices() {
     drop(actor);
 }
 
+/// A read soon after one that woke the agent does not wake it (the
+/// programs' `RING_QUIET_NS`): the agent drains again by itself, so the
+/// second read is not held in the kernel until some later event. 250 us
+/// apart: after the agent has drained the first, inside the quiet time.
+#[test]
+#[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test"]
+fn a_read_that_did_not_wake_the_agent_still_reaches_it() {
+    let _serial = support::serialise();
+    let cgroup = TestCgroup::create("quiet");
+    let mut actor = Actor::spawn(&cgroup.procs_files());
+    let agent = AgentProcess::start(&args(&["--standalone", "--dedup-window-seconds", "1"]));
+    actor.must(&format!("open-twice {SA_DIR}/token 250"));
+    let both = |alerts: &[Alert]| alerts.iter().any(|a| pid_of(a) == actor.pid && a.count == 2);
+    let arrived = agent.wait_for_alerts(ALERT_TIMEOUT, both);
+    let stopped = agent.stop(Signal::SIGTERM);
+    assert!(arrived, "the second read was not delivered:\n{}\nlog:\n{}", describe(&stopped.alerts), stopped.stderr);
+    drop(actor);
+}
+
 #[test]
 #[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test"]
 fn a_thousand_identical_reads_are_one_alert_with_count_1000() {

@@ -58,6 +58,19 @@ pub const AF_INET6: u16 = 10;
 
 /// Name of the ring buffer map the programs send matched events through.
 pub const EVENTS_MAP: &str = "EVENTS";
+
+/// A record submitted within this long of the last record that could wake
+/// the agent does not wake it (`BPF_RB_NO_WAKEUP`): a wakeup is an
+/// interrupt and a scheduler call inside the program's run (most of a
+/// matched connect's cost when the agent has caught up), and a burst needs
+/// one. The agent drains again on its own instead ([`RING_REDRAIN_NS`]).
+pub const RING_QUIET_NS: u64 = 500_000;
+/// After a drain that found records, the agent drains again this long
+/// later, and so on until a drain finds none. Twice [`RING_QUIET_NS`]: a
+/// quiet record comes within that of a record that could wake the agent,
+/// so the agent is still draining when it lands, with half a millisecond
+/// to spare for the record's commit.
+pub const RING_REDRAIN_NS: u64 = 2 * RING_QUIET_NS;
 /// Name of the map of watched token files, keyed by [`FileKey`].
 pub const WATCHED_FILES_MAP: &str = "WATCHED_FILES";
 /// Name of the map of watched devices, keyed by kernel-encoded device.

@@ -13,7 +13,7 @@ use tokenwatch_common::{ConnectEvent, ConnectVia, Counter, EndpointKey, EventKin
 use crate::{
     enforce::take_mark,
     identity::fill_header,
-    maps::{count, is_agent, kernel_offset, PendingConnect, EVENTS, PENDING_CONNECTS, WATCHED_ENDPOINTS},
+    maps::{count, is_agent, kernel_offset, wakeup_flags, PendingConnect, EVENTS, PENDING_CONNECTS, WATCHED_ENDPOINTS},
     syscall_args::syscall_return,
 };
 
@@ -109,7 +109,8 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     event.via = ConnectVia::Syscall as u32;
     event._pad = 0;
     event.enforcement = take_mark(pending.port);
-    entry.submit(0);
+    let flags = wakeup_flags(event.header.boot_time_ns);
+    entry.submit(flags);
     count(Hook::Connect, Counter::EventsSent);
     0
 }

@@ -7,13 +7,40 @@ use aya_ebpf::{
 };
 use tokenwatch_common::{
     counter_slot, Counter, DevWatch, EndpointKey, FileKey, Hook, KernelOffsets, OpenEvent, COUNTER_SLOTS,
-    TOKEN_NAME_LEN,
+    RING_QUIET_NS, TOKEN_NAME_LEN,
 };
 
 /// Matched events for userspace; the agent sets the size at load
 /// (`--ring-buffer-kib`, 8 MiB by default: about 3,600 open events).
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// When the last record that could wake the agent was taken (boot ns).
+#[map(name = "LAST_WAKEUP")]
+static LAST_WAKEUP: Array<u64> = Array::with_max_entries(1, 0);
+
+/// The flags to submit a record taken at `now_ns` (its header's time) with:
+/// `BPF_RB_NO_WAKEUP` within [`tokenwatch_common::RING_QUIET_NS`] of the
+/// last record that could wake the agent, which the agent is still
+/// draining after (`kernel/reader.rs`); otherwise 0, the kernel's default
+/// (wake the agent if it has read everything). A race between CPUs only
+/// lets a record wake the agent once more.
+#[inline(always)]
+pub fn wakeup_flags(now_ns: u64) -> u64 {
+    let Some(last) = LAST_WAKEUP.get_ptr_mut(0) else { return 0 };
+    // SAFETY: the map's one value, valid while the program runs; plain
+    // loads and stores of a u64, as racy between CPUs as said above.
+    unsafe {
+        if now_ns.wrapping_sub(*last) < RING_QUIET_NS {
+            return BPF_RB_NO_WAKEUP;
+        }
+        *last = now_ns;
+    }
+    0
+}
+
+/// `BPF_RB_NO_WAKEUP` of the ring buffer helpers' flags (5.8+).
+const BPF_RB_NO_WAKEUP: u64 = 1;
 
 /// One open event per CPU, built before it is copied into [`EVENTS`]
 /// (`open::send` says why it is not built in a reservation).

@@ -20,7 +20,8 @@ use crate::{
     identity::fill_header,
     kernel::{read_ptr, read_str, read_u32},
     maps::{
-        count, is_agent, kernel_offset, PendingOpen, EVENTS, OPEN_SCRATCH, TOKEN_NAMES, WATCHED_DEVS, WATCHED_FILES,
+        count, is_agent, kernel_offset, wakeup_flags, PendingOpen, EVENTS, OPEN_SCRATCH, TOKEN_NAMES, WATCHED_DEVS,
+        WATCHED_FILES,
     },
     syscall_args::{syscall_return, SyscallArgs, AT_FDCWD},
 };
@@ -137,7 +138,8 @@ pub fn send<C: EbpfContext>(ctx: &C, hook: Hook, pending: &PendingOpen, ret: i64
             event.header.comm = comm;
         }
     }
-    if EVENTS.output::<OpenEvent>(event, 0).is_err() {
+    let flags = wakeup_flags(event.header.boot_time_ns);
+    if EVENTS.output::<OpenEvent>(event, flags).is_err() {
         count(hook, Counter::EventsDropped);
         debug!(ctx, "ring buffer full: token open by tgid {} dropped", (bpf_get_current_pid_tgid() >> 32) as u32);
         return;

@@ -29,7 +29,7 @@ use tokenwatch_common::{ConnectEvent, ConnectVia, Counter, EndpointKey, EventKin
 use crate::{
     enforce::take_mark,
     identity::fill_header,
-    maps::{count, is_agent, kernel_offset, EVENTS, PENDING_CONNECTS, WATCHED_ENDPOINTS},
+    maps::{count, is_agent, kernel_offset, wakeup_flags, EVENTS, PENDING_CONNECTS, WATCHED_ENDPOINTS},
     sock_endpoint::{endpoint4, endpoint6},
 };
 
@@ -92,7 +92,8 @@ fn on_connect(ctx: &SockAddrContext, family: u16, addr: &[u8; 16], key: Endpoint
     // A fence on the pod's cgroup ran before this root program (the kernel
     // runs a cgroup's own programs before its ancestors').
     event.enforcement = take_mark(key.port);
-    entry.submit(0);
+    let flags = wakeup_flags(event.header.boot_time_ns);
+    entry.submit(flags);
     count(Hook::CgroupConnect, Counter::EventsSent);
     verdict()
 }

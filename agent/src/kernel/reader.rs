@@ -4,10 +4,19 @@
 //! lost) rather than in the agent's memory. On shutdown it drains what the
 //! kernel already wrote, so nothing accepted is lost; records it cannot
 //! decode are logged and counted, never fatal.
+//!
+//! A record the programs submit soon after one that could wake the reader
+//! does not wake it ([`RING_QUIET_NS`]), so after every drain that found
+//! records the reader drains again [`RING_REDRAIN_NS`] later, without a
+//! wakeup, until a drain finds none: a burst costs the kernel one wakeup,
+//! and no record waits more than that for the reader.
+
+use std::time::Duration;
 
 use aya::maps::{MapData, RingBuf};
 use aya_log::EbpfLogger;
-use tokio::{io::unix::AsyncFd, sync::mpsc};
+use tokenwatch_common::{RING_QUIET_NS, RING_REDRAIN_NS};
+use tokio::{io::unix::AsyncFd, sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::decode::{decode, DecodeError, KernelEvent};
@@ -42,8 +51,12 @@ pub async fn read_events(
     // the fd outlives the registration.
     let mut fd = unsafe { AsyncFd::register(ring) }.map_err(|e| ReaderError::Poll(e.into_parts().1))?;
     let mut stats = ReaderStats::default();
+    let redrain = Duration::from_nanos(RING_REDRAIN_NS);
+    // When to drain again without a wakeup; none while the last drain
+    // found nothing.
+    let mut redrain_at: Option<Instant> = None;
     loop {
-        tokio::select! {
+        let batch = tokio::select! {
             () = cancel.cancelled() => break,
             guard = fd.readable_mut() => {
                 let mut guard = guard.map_err(ReaderError::Poll)?;
@@ -52,11 +65,14 @@ pub async fn read_events(
                 if !more {
                     guard.clear_ready();
                 }
-                for event in batch {
-                    if events.send(event).await.is_err() {
-                        return Ok(stats);
-                    }
-                }
+                batch
+            }
+            () = sleep_until(redrain_at), if redrain_at.is_some() => drain(fd.get_mut(), &mut stats, MAX_BATCH).0,
+        };
+        redrain_at = (!batch.is_empty()).then(|| Instant::now() + redrain);
+        for event in batch {
+            if events.send(event).await.is_err() {
+                return Ok(stats);
             }
         }
     }
@@ -72,6 +88,16 @@ pub async fn read_events(
         }
     }
 }
+
+/// Sleeps until `at` (never, for `None`: the arm is disabled then).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+const _: () = assert!(RING_REDRAIN_NS >= 2 * RING_QUIET_NS, "a quiet record must land while the reader drains");
 
 /// Where records come from: the ring buffer, or a test's list.
 trait Records {

@@ -124,6 +124,14 @@ fn perform(line: &str) -> Result<String, String> {
             (0..count).try_for_each(|_| read(path).map(drop))?;
             Ok(count.to_string())
         }
+        (Some("open-twice"), Some(path), Some(micros)) => {
+            // Two reads `micros` apart: the second within the kernel's
+            // quiet time after the first (RING_QUIET_NS).
+            let micros: u64 = micros.parse().map_err(|e| format!("{micros}: {e}"))?;
+            read(path)?;
+            std::thread::sleep(std::time::Duration::from_micros(micros));
+            read(path)
+        }
         (Some("spawn-cat"), Some(path), None) => {
             // A child that reads the token and exits at once; the detail is
             // its pid.
