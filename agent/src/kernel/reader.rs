@@ -52,11 +52,14 @@ pub async fn read_events(
     let mut fd = unsafe { AsyncFd::register(ring) }.map_err(|e| ReaderError::Poll(e.into_parts().1))?;
     let mut stats = ReaderStats::default();
     let redrain = Duration::from_nanos(RING_REDRAIN_NS);
-    // When to drain again without a wakeup; none while the last drain
-    // found nothing.
+    // When to drain again without a wakeup: set by every drain that found
+    // records, cleared only by a re-drain that found none. A wakeup's drain
+    // that finds nothing must not clear it: the re-drain before it may have
+    // taken the record that woke the agent, and a quiet record after that
+    // one is the re-drain's to find.
     let mut redrain_at: Option<Instant> = None;
     loop {
-        let batch = tokio::select! {
+        let (batch, redrained) = tokio::select! {
             () = cancel.cancelled() => break,
             guard = fd.readable_mut() => {
                 let mut guard = guard.map_err(ReaderError::Poll)?;
@@ -65,11 +68,11 @@ pub async fn read_events(
                 if !more {
                     guard.clear_ready();
                 }
-                batch
+                (batch, false)
             }
-            () = sleep_until(redrain_at), if redrain_at.is_some() => drain(fd.get_mut(), &mut stats, MAX_BATCH).0,
+            () = sleep_until(redrain_at), if redrain_at.is_some() => (drain(fd.get_mut(), &mut stats, MAX_BATCH).0, true),
         };
-        redrain_at = (!batch.is_empty()).then(|| Instant::now() + redrain);
+        redrain_at = next_redrain(redrain_at, !batch.is_empty(), redrained, Instant::now() + redrain);
         for event in batch {
             if events.send(event).await.is_err() {
                 return Ok(stats);
@@ -86,6 +89,18 @@ pub async fn read_events(
         if !more {
             return Ok(stats);
         }
+    }
+}
+
+/// When to drain again after a drain that found records (`found`) or not,
+/// woken by the kernel or by the re-drain timer (`redrained`): `later`
+/// after any drain that found records; unchanged after a wakeup's drain
+/// that found none; none after a re-drain that found none.
+fn next_redrain(scheduled: Option<Instant>, found: bool, redrained: bool, later: Instant) -> Option<Instant> {
+    match (found, redrained) {
+        (true, _) => Some(later),
+        (false, false) => scheduled,
+        (false, true) => None,
     }
 }
 
@@ -162,6 +177,17 @@ mod tests {
         fn next_decoded(&mut self) -> Option<Result<KernelEvent, DecodeError>> {
             self.pop_front().map(|bytes| decode(&bytes))
         }
+    }
+
+    #[test]
+    fn only_a_redrain_that_finds_nothing_ends_the_redrains() {
+        let (now, later) = (Instant::now(), Instant::now() + Duration::from_millis(1));
+        assert_eq!(next_redrain(None, true, false, later), Some(later), "a wakeup's records start them");
+        assert_eq!(next_redrain(Some(now), true, true, later), Some(later), "a re-drain's records go on");
+        // The case the 5.10 flood found: a re-drain took the record that
+        // woke the agent, and the wakeup's own drain came up empty.
+        assert_eq!(next_redrain(Some(now), false, false, later), Some(now), "an empty wakeup keeps them");
+        assert_eq!(next_redrain(Some(now), false, true, later), None, "an empty re-drain ends them");
     }
 
     #[test]
