@@ -69,7 +69,8 @@ pub const RING_QUIET_NS: u64 = 500_000;
 /// later, and so on until a drain finds none. Twice [`RING_QUIET_NS`]: a
 /// quiet record comes within that of a record that could wake the agent,
 /// so the agent is still draining when it lands, with half a millisecond
-/// to spare for the record's commit.
+/// to spare for the record's commit (a commit later than that, on a vCPU
+/// the hypervisor stalled, waits for the agent's idle poll, 100 ms).
 pub const RING_REDRAIN_NS: u64 = 2 * RING_QUIET_NS;
 /// Name of the map of watched token files, keyed by [`FileKey`].
 pub const WATCHED_FILES_MAP: &str = "WATCHED_FILES";
