@@ -57,10 +57,9 @@ pub async fn read_events(
     // the fd outlives the registration.
     let mut fd = unsafe { AsyncFd::register(ring) }.map_err(|e| ReaderError::Poll(e.into_parts().1))?;
     let mut stats = ReaderStats::default();
-    // When to drain again without a wakeup (`next_redrain`).
-    let mut redrain_at = Instant::now() + IDLE_POLL;
+    let mut schedule = Redrains::new(Instant::now());
     loop {
-        let (batch, redrained) = tokio::select! {
+        let (batch, more, timed) = tokio::select! {
             () = cancel.cancelled() => break,
             guard = fd.readable_mut() => {
                 let mut guard = guard.map_err(ReaderError::Poll)?;
@@ -69,11 +68,14 @@ pub async fn read_events(
                 if !more {
                     guard.clear_ready();
                 }
-                (batch, false)
+                (batch, more, false)
             }
-            () = tokio::time::sleep_until(redrain_at) => (drain(fd.get_mut(), &mut stats, MAX_BATCH).0, true),
+            () = tokio::time::sleep_until(schedule.at) => {
+                let (batch, more) = drain(fd.get_mut(), &mut stats, MAX_BATCH);
+                (batch, more, true)
+            }
         };
-        redrain_at = next_redrain(redrain_at, !batch.is_empty(), redrained, Instant::now());
+        schedule.after_drain(!batch.is_empty(), more, timed, Instant::now());
         for event in batch {
             if events.send(event).await.is_err() {
                 return Ok(stats);
@@ -93,18 +95,48 @@ pub async fn read_events(
     }
 }
 
-/// When to drain again, at `now`, after a drain that found records
-/// (`found`) or not, woken by the kernel or by the timer (`redrained`):
-/// [`RING_REDRAIN_NS`] after any drain that found records; unchanged after
-/// a wakeup's drain that found none (the timed drain before it may have
-/// taken the record that woke the agent, and a quiet record after that one
-/// is the next timed drain's to find); [`IDLE_POLL`] after a timed drain
-/// that found none.
-fn next_redrain(scheduled: Instant, found: bool, redrained: bool, now: Instant) -> Instant {
-    match (found, redrained) {
-        (true, _) => now + Duration::from_nanos(RING_REDRAIN_NS),
-        (false, false) => scheduled,
-        (false, true) => now + IDLE_POLL,
+/// When the reader drains without a wakeup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Redrains {
+    /// The next timed drain.
+    at: Instant,
+    /// When a drain last found records.
+    last_found: Instant,
+}
+
+impl Redrains {
+    /// Idle from `now`.
+    fn new(now: Instant) -> Self {
+        Redrains { at: now + IDLE_POLL, last_found: now }
+    }
+
+    /// After a drain at `now` that `found` records (and stopped at a full
+    /// batch: `more`), woken by the kernel or by the timer (`timed`):
+    /// - a full batch goes on at once: no wakeup comes for the rest (the
+    ///   kernel wakes a reader only once it has caught up);
+    /// - records found: again [`RING_REDRAIN_NS`] later, so a quiet record
+    ///   after them lands while the reader still drains;
+    /// - a wakeup's drain that found none changes nothing (the timed drain
+    ///   before it may have taken the record that woke the agent, and a
+    ///   quiet record after that one is the next timed drain's to find);
+    /// - a timed drain that found none: the re-drain due after the last
+    ///   records found, if still ahead, else the idle poll.
+    fn after_drain(&mut self, found: bool, more: bool, timed: bool, now: Instant) {
+        let redrain = Duration::from_nanos(RING_REDRAIN_NS);
+        if found {
+            self.last_found = now;
+        }
+        self.at = if more {
+            now
+        } else if found {
+            now + redrain
+        } else if !timed {
+            self.at
+        } else if now < self.last_found + redrain {
+            self.last_found + redrain
+        } else {
+            now + IDLE_POLL
+        };
     }
 }
 
@@ -176,15 +208,26 @@ mod tests {
     }
 
     #[test]
-    fn only_a_timed_drain_that_finds_nothing_slows_the_drains_to_the_idle_poll() {
-        let now = Instant::now();
-        let (soon, idle) = (now + Duration::from_nanos(RING_REDRAIN_NS), now + IDLE_POLL);
-        assert_eq!(next_redrain(idle, true, false, now), soon, "a wakeup's records start the re-drains");
-        assert_eq!(next_redrain(soon, true, true, now), soon, "a re-drain's records go on");
+    fn the_reader_drains_on_while_records_may_wait_and_then_idles() {
+        let t0 = Instant::now();
+        let redrain = Duration::from_nanos(RING_REDRAIN_NS);
+        let mut schedule = Redrains::new(t0);
+        assert_eq!(schedule.at, t0 + IDLE_POLL, "idle from the start");
+        schedule.after_drain(true, false, false, t0);
+        assert_eq!(schedule.at, t0 + redrain, "a wakeup's records start the re-drains");
         // The case the 5.10 flood found: a timed drain took the record that
         // woke the agent, and the wakeup's own drain came up empty.
-        assert_eq!(next_redrain(soon, false, false, now), soon, "an empty wakeup keeps them");
-        assert_eq!(next_redrain(soon, false, true, now), idle, "an empty re-drain ends them");
+        schedule.after_drain(false, false, false, t0 + redrain / 4);
+        assert_eq!(schedule.at, t0 + redrain, "an empty wakeup keeps them");
+        // The case the 200,000/s bench step found: a timed drain stopped
+        // at a full batch, and no wakeup comes for the rest.
+        let t1 = t0 + redrain;
+        schedule.after_drain(true, true, true, t1);
+        assert_eq!(schedule.at, t1, "a full batch goes on at once");
+        schedule.after_drain(false, false, true, t1 + redrain / 10);
+        assert_eq!(schedule.at, t1 + redrain, "an empty drain soon after records still re-drains");
+        schedule.after_drain(false, false, true, t1 + redrain);
+        assert_eq!(schedule.at, t1 + redrain + IDLE_POLL, "then it idles");
     }
 
     #[test]
