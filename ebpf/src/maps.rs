@@ -19,12 +19,17 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 #[map(name = "LAST_WAKEUP")]
 static LAST_WAKEUP: Array<u64> = Array::with_max_entries(1, 0);
 
-/// The flags to submit a record taken at `now_ns` (its header's time) with:
-/// `BPF_RB_NO_WAKEUP` within [`tokenwatch_common::RING_QUIET_NS`] of the
-/// last record that could wake the agent, which the agent is still
-/// draining after (`kernel/reader.rs`); otherwise 0, the kernel's default
-/// (wake the agent if it has read everything). A race between CPUs only
-/// lets a record wake the agent once more.
+/// The flags to submit a record taken at `now_ns` (its header's time) with.
+/// Within [`tokenwatch_common::RING_QUIET_NS`] of the last record that
+/// could wake the agent: `BPF_RB_NO_WAKEUP`, since the agent is still
+/// draining on its own after that one (`kernel/reader.rs`). Otherwise the
+/// record may wake it, and this time is noted: by the kernel's default
+/// (only if the agent has read everything), or by force once the ring is
+/// [`RING_WAKE_FILL`] full, because an agent that is behind gets no default
+/// wakeup and a late timer must not let the ring fill (a full ring drops).
+/// At most one record per quiet time can wake the agent, so a flood pays
+/// for one wakeup per half millisecond, not one per record. A race between
+/// CPUs only lets a record wake the agent once more.
 #[inline(always)]
 pub fn wakeup_flags(now_ns: u64) -> u64 {
     let Some(last) = LAST_WAKEUP.get_ptr_mut(0) else { return 0 };
@@ -36,11 +41,22 @@ pub fn wakeup_flags(now_ns: u64) -> u64 {
         }
         *last = now_ns;
     }
-    0
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= EVENTS.query(BPF_RB_RING_SIZE) / RING_WAKE_FILL {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        0
+    }
 }
 
-/// `BPF_RB_NO_WAKEUP` of the ring buffer helpers' flags (5.8+).
+/// The ring buffer helpers' flags and queries (5.8+).
 const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_RING_SIZE: u64 = 1;
+
+/// The share of the ring buffer that, once unread, wakes the agent by
+/// force: an eighth (1 MiB, some 400 open events, of the default 8 MiB).
+const RING_WAKE_FILL: u64 = 8;
 
 /// One open event per CPU, built before it is copied into [`EVENTS`]
 /// (`open::send` says why it is not built in a reservation).
