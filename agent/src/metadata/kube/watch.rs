@@ -209,13 +209,11 @@ impl Applier {
 
 /// Hands the heap the list left free back to the kernel. A list of a
 /// thousand pods is parsed into megabytes of JSON values that are dropped
-/// once each pod is summarised; glibc keeps such freed memory in its arenas
-/// (RSS) until trimmed, and a full relist happens seldom enough that
-/// trimming after it costs nothing that matters.
+/// once each pod is summarised, and a full relist happens seldom enough
+/// that collecting after it costs nothing that matters. The agent's
+/// allocator is mimalloc (`main.rs`), which already returns freed pages
+/// promptly; this also collects what this thread's heap still holds.
 fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free pages of the allocator's heaps.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    // SAFETY: mi_collect only frees pages that hold no live allocation.
+    unsafe { libmimalloc_sys::mi_collect(true) };
 }
