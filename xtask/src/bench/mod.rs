@@ -20,6 +20,7 @@ mod ops;
 mod profile;
 mod report;
 mod token_volume;
+mod verdicts;
 
 use std::{ffi::CString, fs, net::TcpListener, path::Path};
 

@@ -9,7 +9,7 @@ use super::{
     memory::MemoryFigures,
     new_volumes::VolumeWatch,
     ops::Op,
-    Cell, Profile,
+    verdicts, Cell, Profile,
 };
 
 /// Where the time goes and what was done about it: hand-written, kept
@@ -179,25 +179,6 @@ impl Report<'_> {
         verdicts
     }
 
-    /// tokenwatch's programs' run time per matched operation (every
-    /// program that ran, from the statistics pass), against its target.
-    fn matched_targets(&self) -> Vec<(String, bool)> {
-        let Some(ours) = self.profiles.iter().find(|p| p.config == Config::Tokenwatch) else { return Vec::new() };
-        let mut verdicts = Vec::new();
-        for (op, limit_ns) in [(Op::OpenToken, 2_000.0), (Op::ConnectApi, 3_000.0)] {
-            let Some((_, costs)) = ours.ops.iter().find(|(o, _)| *o == op) else { continue };
-            let ns: f64 = costs.iter().map(|c| c.runs_per_op * c.ns_per_run).sum();
-            verdicts.push((
-                format!(
-                    "{}: tokenwatch's programs run {ns:.0} ns per operation (target: under {limit_ns:.0} ns)",
-                    op.name()
-                ),
-                ns < limit_ns,
-            ));
-        }
-        verdicts
-    }
-
     /// Per operation and configuration, what each program cost.
     pub fn profile_table(&self) -> String {
         let mut out = String::from(
@@ -226,15 +207,6 @@ impl Report<'_> {
         out
     }
 
-    fn cell(&self, config: Config, op: Op) -> Option<&Cell> {
-        self.cells.iter().find(|c| c.config == config && c.op == op)
-    }
-
-    /// Added ns per operation over the baseline (medians).
-    fn added(&self, config: Config, op: Op) -> Option<f64> {
-        Some(self.cell(config, op)?.median() - self.cell(Config::Baseline, op)?.median())
-    }
-
     /// The per-operation table: median ns (min..max), added ns, ratio.
     pub fn table(&self) -> String {
         let mut out = String::new();
@@ -244,7 +216,9 @@ impl Report<'_> {
         );
         for op in Op::ALL {
             for config in Config::ALL {
-                let (Some(cell), Some(base)) = (self.cell(config, op), self.cell(Config::Baseline, op)) else {
+                let (Some(cell), Some(base)) =
+                    (verdicts::cell(self.cells, config, op), verdicts::cell(self.cells, Config::Baseline, op))
+                else {
                     continue;
                 };
                 let (min, max) = cell.range();
@@ -265,39 +239,6 @@ impl Report<'_> {
         out
     }
 
-    /// The targets on non-watched operations, each met or not.
-    pub fn targets(&self) -> Vec<(String, bool)> {
-        let mut verdicts = Vec::new();
-        for op in [Op::OpenPlain, Op::ConnectPlain] {
-            let (Some(ours), Some(floor), Some(bpftrace), Some(auditd)) = (
-                self.added(Config::Tokenwatch, op),
-                self.added(Config::Floor, op),
-                self.added(Config::Bpftrace, op),
-                self.added(Config::Auditd, op),
-            ) else {
-                continue;
-            };
-            // Added costs can come out at or below zero when the operation
-            // dwarfs them (a loopback connect): judge against at least 1 ns.
-            verdicts.push((
-                format!(
-                    "{}: tokenwatch adds {ours:.0} ns, the floor {floor:.0} ns (target: at most 1.25 times the floor)",
-                    op.name()
-                ),
-                ours <= 1.25 * floor.max(1.0),
-            ));
-            verdicts.push((
-                format!(
-                    "{}: tokenwatch adds {ours:.0} ns, bpftrace {bpftrace:.0} ns, auditd {auditd:.0} ns (target: below \
-                     both)",
-                    op.name()
-                ),
-                ours < bpftrace.max(1.0) && ours < auditd.max(1.0),
-            ));
-        }
-        verdicts
-    }
-
     /// Every cell as JSON.
     pub fn json(&self) -> String {
         let rows: Vec<String> = self
@@ -312,7 +253,7 @@ impl Report<'_> {
                     c.median(),
                     min,
                     max,
-                    self.added(c.config, c.op).unwrap_or(0.0)
+                    verdicts::added(self.cells, c.config, c.op).unwrap_or(0.0)
                 )
             })
             .collect();
@@ -330,7 +271,11 @@ impl Report<'_> {
         let _ = writeln!(out, "{} repeats.\n", self.repeats);
         out.push_str(&self.table());
         out.push_str("\n## Targets\n\n");
-        for (what, met) in self.targets().into_iter().chain(self.matched_targets()).chain(self.load_targets()) {
+        for (what, met) in verdicts::unwatched(self.cells, self.profiles)
+            .into_iter()
+            .chain(verdicts::matched(self.profiles))
+            .chain(self.load_targets())
+        {
             let _ = writeln!(out, "- {} {what}", if met { "**met**:" } else { "**missed**:" });
         }
         out.push_str(
