@@ -76,6 +76,16 @@ pub const RING_REDRAIN_NS: u64 = 2 * RING_QUIET_NS;
 pub const WATCHED_FILES_MAP: &str = "WATCHED_FILES";
 /// Name of the map of watched devices, keyed by kernel-encoded device.
 pub const WATCHED_DEVS_MAP: &str = "WATCHED_DEVS";
+/// Name of the one-entry array whose value is 1 while some device in
+/// [`WATCHED_DEVS_MAP`] has a major number (a disk), 0 otherwise. Token
+/// volumes are tmpfs, whose devices have none, so on most nodes an open of
+/// a file on a disk is "not watched" without a hash lookup. The agent sets
+/// it before it adds such a device and clears it after it removed the
+/// last one, so no watched file is ever skipped.
+pub const DISK_WATCHES_MAP: &str = "DISK_WATCHES";
+/// Bits of the minor number in the kernel's device encoding (`s_dev`):
+/// a device with nothing above them has no major number.
+pub const MINOR_BITS: u32 = 20;
 /// Name of the set of token file names ([`TOKEN_NAME_LEN`] bytes,
 /// NUL-padded) a file on a token volume not yet watched is matched by.
 pub const TOKEN_NAMES_MAP: &str = "TOKEN_NAMES";

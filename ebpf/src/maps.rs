@@ -77,6 +77,11 @@ pub static WATCHED_DEVS: HashMap<u32, DevWatch> = HashMap::with_max_entries(1638
 #[map(name = "TOKEN_NAMES")]
 pub static TOKEN_NAMES: HashMap<[u8; TOKEN_NAME_LEN], u32> = HashMap::with_max_entries(256, 0);
 
+/// 1 while some device in [`WATCHED_DEVS`] is a disk
+/// (`tokenwatch_common::DISK_WATCHES_MAP` says why), written by the agent.
+#[map(name = "DISK_WATCHES")]
+pub static DISK_WATCHES: Array<u32> = Array::with_max_entries(1, 0);
+
 /// Token files to watch by inode, filled by userspace. The value is unused.
 #[map(name = "WATCHED_FILES")]
 pub static WATCHED_FILES: HashMap<FileKey, u32> = HashMap::with_max_entries(16384, 0);

@@ -7,9 +7,9 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use tokenwatch_common::{
-    EndpointKey, KernelOffsets, AGENT_TGID_GLOBAL, CONTAINER_INITS_MAP, COUNTERS_MAP, ENFORCED_BINARIES_MAP,
-    ENFORCED_CGROUPS_MAP, ENFORCED_PODS_MAP, EVENTS_MAP, OFFSETS_GLOBAL, READ_BLOCKS_MAP, TOKEN_NAMES_MAP,
-    WATCHED_DEVS_MAP, WATCHED_ENDPOINTS_MAP, WATCHED_FILES_MAP,
+    EndpointKey, KernelOffsets, AGENT_TGID_GLOBAL, CONTAINER_INITS_MAP, COUNTERS_MAP, DISK_WATCHES_MAP,
+    ENFORCED_BINARIES_MAP, ENFORCED_CGROUPS_MAP, ENFORCED_PODS_MAP, EVENTS_MAP, OFFSETS_GLOBAL, READ_BLOCKS_MAP,
+    TOKEN_NAMES_MAP, WATCHED_DEVS_MAP, WATCHED_ENDPOINTS_MAP, WATCHED_FILES_MAP,
 };
 
 use super::cgroup_hooks;
@@ -187,6 +187,7 @@ impl Hooks {
             events: take(&mut self.ebpf, EVENTS_MAP)?,
             files: FileMaps {
                 devs: take(&mut self.ebpf, WATCHED_DEVS_MAP)?,
+                disk_switch: take(&mut self.ebpf, DISK_WATCHES_MAP)?,
                 files: take(&mut self.ebpf, WATCHED_FILES_MAP)?,
                 names: take(&mut self.ebpf, TOKEN_NAMES_MAP)?,
             },

@@ -8,11 +8,11 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, MapError},
+    maps::{Array, HashMap as BpfHashMap, MapData, MapError},
     Pod,
 };
 use tokenwatch_common::{
-    DevWatch, EndpointKey, FileKey, AF_INET, AF_INET6, DEV_EXACT_FILES, DEV_TOKEN_VOLUME, TOKEN_NAME_LEN,
+    DevWatch, EndpointKey, FileKey, AF_INET, AF_INET6, DEV_EXACT_FILES, DEV_TOKEN_VOLUME, MINOR_BITS, TOKEN_NAME_LEN,
 };
 
 use super::endpoint::Endpoint;
@@ -74,6 +74,8 @@ fn sync_set<K: Pod + Eq + Hash>(
 pub struct FileMaps {
     /// Devices and how their files are watched.
     pub devs: BpfHashMap<MapData, u32, DevWatch>,
+    /// 1 while some watched device is a disk (`DISK_WATCHES_MAP`).
+    pub disk_switch: Array<MapData, u32>,
     /// Files watched by inode.
     pub files: BpfHashMap<MapData, FileKey, u32>,
     /// The names a token file has, for volumes not watched yet.
@@ -118,6 +120,12 @@ pub fn dev_watches(wanted: &Wanted) -> HashMap<u32, DevWatch> {
     devs
 }
 
+/// Whether a kernel-encoded device has a major number: a disk, not a
+/// tmpfs (whose files the kernel checks by their volume's layout too).
+pub fn is_disk(dev: u32) -> bool {
+    dev >> MINOR_BITS != 0
+}
+
 /// Makes the kernel maps hold exactly `wanted`; returns (added, removed)
 /// counted over both maps. Devices are added after their files and removed
 /// before them, so the kernel never sees a device without its files.
@@ -127,10 +135,20 @@ pub fn sync_files(maps: &mut FileMaps, wanted: &Wanted) -> Result<(usize, usize)
     let want_devs = dev_watches(wanted);
     let have_devs: HashMap<u32, DevWatch> = maps.devs.iter().filter_map(Result::ok).collect();
     let have_files: HashSet<FileKey> = maps.files.keys().filter_map(Result::ok).collect();
+    let switch_error = |source| WatchlistError { map: "DISK_WATCHES", source };
+    let disks_wanted = want_devs.keys().any(|dev| is_disk(*dev));
+    if disks_wanted {
+        // Before the first disk device is added: the kernel looks it up.
+        maps.disk_switch.set(0, 1, 0).map_err(switch_error)?;
+    }
     let (mut added, mut removed) = (0, 0);
     for dev in have_devs.keys().filter(|dev| !want_devs.contains_key(dev)) {
         maps.devs.remove(dev).map_err(devs_error)?;
         removed += 1;
+    }
+    if !disks_wanted {
+        // After the last disk device is gone.
+        maps.disk_switch.set(0, 0, 0).map_err(switch_error)?;
     }
     for key in wanted.files.difference(&have_files) {
         maps.files.insert(*key, 1, 0).map_err(files_error)?;
@@ -180,6 +198,17 @@ mod tests {
         assert_eq!(&devs[&2].name[..6], b"token\0");
         assert_eq!(devs[&3].mode, DEV_TOKEN_VOLUME);
         assert!(!devs.contains_key(&4), "a name too long for the kernel's compare is no volume watch");
+    }
+
+    #[test]
+    fn only_a_device_with_a_major_number_turns_the_kernels_disk_lookups_on() {
+        use std::os::unix::fs::MetadataExt;
+        // A tmpfs (token volumes, /dev/shm) has an anonymous device: major 0.
+        let shm = std::fs::metadata("/dev/shm").expect("stat /dev/shm").dev();
+        assert!(!is_disk((libc::major(shm) << MINOR_BITS) | libc::minor(shm)));
+        assert!(is_disk((8 << MINOR_BITS) | 1), "sda1");
+        assert!(is_disk((259 << MINOR_BITS) | 3), "nvme0n1p3");
+        assert!(!is_disk(0xf_ffff), "every minor, no major");
     }
 
     #[test]
