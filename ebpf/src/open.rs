@@ -156,15 +156,17 @@ pub fn watched(file: u64) -> Option<FileKey> {
     let key = || FileKey { dev, _pad: 0, ino: read_ptr(inode, kernel_offset!(inode_i_ino)).unwrap_or(0) };
     // A disk's file is watched only while some disk device is (most
     // nodes watch none): the common open ends here, without a lookup.
-    let disk = dev >> MINOR_BITS != 0;
-    if disk && DISK_WATCHES.get(0).copied().unwrap_or(1) == 0 {
+    if dev >> MINOR_BITS != 0 && DISK_WATCHES.get(0).copied().unwrap_or(1) == 0 {
         return None;
     }
     // SAFETY: the value is copied out at once.
     let Some(watch) = (unsafe { WATCHED_DEVS.get(dev) }).copied() else {
-        // Only a device without a major number (tmpfs among them) can be a
-        // token volume: files on disks go no further.
-        return (!disk && on_new_token_volume(file, sb)).then(key);
+        // A new token volume is a tmpfs, which the layout check asks first.
+        // The device's major number is not tested again: the verifier
+        // would then tell apart what it learnt of the device above, and
+        // walk the rest of the program once for disks and once for the
+        // rest (6.1: some 90,000 instructions more).
+        return on_new_token_volume(file, sb).then(key);
     };
     let key = key();
     let by_name = watch.mode & DEV_TOKEN_VOLUME != 0 && has_name(file, &watch.name);
