@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    setup,
+    fuzz_build, setup,
     util::{self, say},
 };
 
@@ -84,10 +84,7 @@ pub fn fuzz(args: &FuzzArgs) -> Result<()> {
     let placeholder = ebpf_placeholder(&root)?;
 
     let built = Instant::now();
-    util::run(
-        &mut cargo_fuzz(&placeholder, "build"),
-        "building every fuzz target once (libFuzzer, AddressSanitizer, nightly) so the runs below only fuzz",
-    )?;
+    fuzz_build::build(cargo_fuzz(&placeholder, "build"), &root.join("fuzz/target"))?;
     say(format!("fuzz targets built in {}", util::human(built.elapsed())));
 
     let mut outcomes = Vec::new();
@@ -114,7 +111,11 @@ pub fn fuzz(args: &FuzzArgs) -> Result<()> {
     let failed: Vec<&str> =
         outcomes.iter().filter(|o| o.artifact.is_some() || o.failure.is_some()).map(|o| o.target.as_str()).collect();
     if !failed.is_empty() {
-        bail!("fuzz targets failed: {} (see above; the log of each is in fuzz/target/logs/)", failed.join(", "));
+        bail!(
+            "fuzz targets failed: {} (see above; the log of each is in fuzz/target/logs/): fix each crash and add \
+             its input as a unit test",
+            failed.join(", ")
+        );
     }
     Ok(())
 }

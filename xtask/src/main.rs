@@ -27,6 +27,7 @@ mod bench;
 mod compile;
 mod fixtures;
 mod fuzz;
+mod fuzz_build;
 #[cfg(test)]
 mod modgraph;
 mod run;

@@ -155,6 +155,20 @@ pub fn ensure_cargo_bin_on_path() -> Result<()> {
     Ok(())
 }
 
+/// Bytes free to an unprivileged writer on the filesystem holding `path`
+/// (`statvfs`), or `None` if it cannot be asked.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: an all-zero statvfs is a valid value for the call to fill.
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a struct the call fills.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {
+        return None;
+    }
+    Some(stats.f_bavail.saturating_mul(stats.f_frsize))
+}
+
 /// A duration as people read it: `8.2s`, `3m 07s`.
 pub fn human(duration: Duration) -> String {
     let secs = duration.as_secs_f64();
