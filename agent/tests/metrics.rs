@@ -77,13 +77,15 @@ fn metrics_count_what_happened_and_the_agents_own_token_and_api_calls_never_aler
     // is there only when asked for (--metrics-inventory).
     assert!(!text.contains("tokenwatch_workload_") && !text.contains("tokenwatch_inventory_"), "{text}");
     assert!(text.contains("# TYPE tokenwatch_metadata_cache_misses_total counter"), "{text}");
-    // Every program's state on this kernel: the core is attached, and each
-    // program has exactly one state.
-    for program in ["sys_exit_openat", "sys_enter_connect", "sys_exit_connect"] {
-        let series = |state: &str| format!("tokenwatch_hooks{{hook=\"{program}\",state=\"{state}\"}}");
-        assert_eq!(sample(&text, &series("attached")), Some(1), "{program} is live:\n{text}");
-        assert_eq!(sample(&text, &series("refused")), Some(0), "{text}");
+    // Every program's state on this kernel: the core and the cgroup
+    // connect hooks are attached, the entry tracepoint they stand in for is
+    // verified but idle, and each program has exactly one state.
+    let series = |program: &str, state: &str| format!("tokenwatch_hooks{{hook=\"{program}\",state=\"{state}\"}}");
+    for program in ["sys_exit_openat", "sys_exit_connect", "connect4", "connect6"] {
+        assert_eq!(sample(&text, &series(program, "attached")), Some(1), "{program} is live:\n{text}");
+        assert_eq!(sample(&text, &series(program, "refused")), Some(0), "{text}");
     }
+    assert_eq!(sample(&text, &series("sys_enter_connect", "loaded")), Some(1), "the fallback is idle:\n{text}");
     let hook_states = text.lines().filter(|l| l.starts_with("tokenwatch_hooks{") && l.ends_with(" 1")).count();
     let programs =
         text.lines().filter(|l| l.starts_with("tokenwatch_hooks{") && l.contains("state=\"attached\"")).count();

@@ -76,7 +76,10 @@ pub enum Counter {
     OpensSeen = 0,
     /// Opens whose file was a watched token file.
     OpensMatched = 1,
-    /// `connect` calls seen on entry.
+    /// Connects seen by the matcher: the cgroup hooks (`cgroup_connect`),
+    /// or `connect(2)`'s entry (`connect`) where they are not attached. A
+    /// watched `connect(2)` matched by the cgroup hooks is sent from its
+    /// exit, so `connect` then counts it sent, not seen or matched.
     ConnectsSeen = 2,
     /// Connects whose destination was a watched API-server endpoint.
     ConnectsMatched = 3,

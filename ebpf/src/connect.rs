@@ -1,5 +1,6 @@
-//! `connect`: match the destination against the watched API-server endpoints
-//! on entry, report the attempt with its result on exit.
+//! `connect(2)`: report a watched attempt with its result at the exit. The
+//! match is made before, by the cgroup connect hooks (`sock_addr.rs`), or
+//! where they are not attached by the entry tracepoint here.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user},
@@ -27,12 +28,12 @@ struct SockaddrIn6 {
     addr: [u8; 16],
 }
 
+/// The fallback matcher, attached only where the cgroup connect hooks
+/// (`sock_addr.rs`), which match every connect from the address the kernel
+/// copied, do not cover both families (`loader::Hooks::attach`): it reads
+/// the address from the process's memory.
 #[tracepoint]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if is_agent((pid_tgid >> 32) as u32) {
-        return 0;
-    }
     count(Hook::Connect, Counter::ConnectsSeen);
     // SAFETY: offsets within the tracepoint's record (its format): direct
     // context loads, not helper calls, as this runs on every connect.
@@ -74,13 +75,26 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     if unsafe { WATCHED_ENDPOINTS.get(key) }.is_none() {
         return 0;
     }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if is_agent((pid_tgid >> 32) as u32) {
+        return 0;
+    }
     count(Hook::Connect, Counter::ConnectsMatched);
-    if PENDING_CONNECTS.insert(pid_tgid as u32, pending, 0).is_err() {
+    if !defer_to_exit(pid_tgid as u32, &pending) {
         debug!(&ctx, "pending-connect map update refused for tid {}", pid_tgid as u32);
     }
     0
 }
 
+/// Leaves a watched `connect(2)` of thread `tid` for its exit to report,
+/// with its result; false when the map refused the entry.
+#[inline(always)]
+pub fn defer_to_exit(tid: u32, pending: &PendingConnect) -> bool {
+    PENDING_CONNECTS.insert(tid, pending, 0).is_ok()
+}
+
+/// Reports a watched `connect(2)` with its result. Every connect of the
+/// node passes here: an unwatched one costs one hash lookup that misses.
 #[tracepoint]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();

@@ -51,10 +51,6 @@ pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
 /// used to cost).
 #[inline(always)]
 pub fn judge(ctx: &TracePointContext, hook: Hook, syscall: OpenSyscall) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if is_agent((pid_tgid >> 32) as u32) {
-        return;
-    }
     count(hook, Counter::OpensSeen);
     let ret = syscall_return(ctx);
     if ret < 0 {
@@ -65,6 +61,11 @@ pub fn judge(ctx: &TracePointContext, hook: Hook, syscall: OpenSyscall) {
     }
     let Some(file) = new_fd_to_file(ret as u64) else { return };
     let Some(key) = watched(file) else { return };
+    // The agent's own reads (its ServiceAccount token) are not reported.
+    // Asked only of a match: the helper call would cost every open.
+    if is_agent((bpf_get_current_pid_tgid() >> 32) as u32) {
+        return;
+    }
     // SAFETY: returns the current task_struct pointer, read only via probes.
     let task = unsafe { bpf_get_current_task() };
     let pending = SyscallArgs::current()

@@ -7,11 +7,15 @@
 //! They see the address the kernel copied, not the process's buffer, so a
 //! thread rewriting that buffer under the syscall tracepoint changes nothing.
 //!
-//! No double alerts: a `connect(2)` to a watched endpoint is reported by the
-//! syscall tracepoints, which know its result. When `sys_enter_connect` has
-//! a watched connect in flight for this thread, these programs stay quiet;
-//! otherwise they report it themselves (`ConnectVia::CgroupSockAddr`: no fd,
-//! no result yet).
+//! They are the node's connect matcher: the destination comes from the
+//! context, not from the process's memory, and an unwatched connect ends at
+//! one hash lookup. A watched connect made by `connect(2)` (the syscall
+//! number in the registers the kernel saved on entry says so) is left for
+//! `sys_exit_connect`, which reports it with its fd and result; any other
+//! (io_uring, TCP Fast Open, a 32-bit process's connect) is reported here
+//! (`ConnectVia::CgroupSockAddr`: no fd, no result yet). Where these hooks
+//! are not attached for both families, `sys_enter_connect` matches
+//! `connect(2)` instead, and these stay quiet on what it has matched.
 //!
 //! Always allow: these programs observe. Refusing is the job of the
 //! enforcement fences (`enforce.rs`), attached only to the cgroups of the
@@ -27,10 +31,12 @@ use aya_log_ebpf::debug;
 use tokenwatch_common::{ConnectEvent, ConnectVia, Counter, EndpointKey, EventKind, Hook};
 
 use crate::{
+    connect::defer_to_exit,
     enforce::take_mark,
     identity::fill_header,
-    maps::{count, is_agent, kernel_offset, wakeup_flags, EVENTS, PENDING_CONNECTS, WATCHED_ENDPOINTS},
+    maps::{count, is_agent, kernel_offset, wakeup_flags, PendingConnect, EVENTS, PENDING_CONNECTS, WATCHED_ENDPOINTS},
     sock_endpoint::{endpoint4, endpoint6},
+    syscall_args::SyscallArgs,
 };
 
 /// What a `cgroup/connect*` program returns to let the connect go on.
@@ -48,27 +54,35 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
     on_connect(&ctx, family, &addr, key)
 }
 
-/// Reports a watched destination unless `connect(2)`'s tracepoints already
-/// will; returns the verdict.
+/// Matches the destination; a watched one made by `connect(2)` is left for
+/// that syscall's exit to report with its result, any other reported now.
+/// Returns the verdict.
 #[inline(always)]
 fn on_connect(ctx: &SockAddrContext, family: u16, addr: &[u8; 16], key: EndpointKey) -> i32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if is_agent((pid_tgid >> 32) as u32) {
-        return ALLOW;
-    }
     count(Hook::CgroupConnect, Counter::ConnectsSeen);
     // SAFETY: value not used beyond presence.
     if unsafe { WATCHED_ENDPOINTS.get(key) }.is_none() {
         return ALLOW;
     }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if is_agent((pid_tgid >> 32) as u32) {
+        return ALLOW;
+    }
+    count(Hook::CgroupConnect, Counter::ConnectsMatched);
+    let tid = pid_tgid as u32;
     // SAFETY: copied at once.
-    if let Some(pending) = unsafe { PENDING_CONNECTS.get(pid_tgid as u32) } {
+    if let Some(pending) = unsafe { PENDING_CONNECTS.get(tid) } {
         if pending.port == key.port {
-            // `connect(2)` of this thread, to this endpoint: its exit reports.
+            // The entry tracepoint, attached where these hooks do not cover
+            // both families, has left this connect(2) for its exit already.
             return ALLOW;
         }
     }
-    count(Hook::CgroupConnect, Counter::ConnectsMatched);
+    if let Some(fd) = SyscallArgs::current().and_then(|args| args.connect_fd()) {
+        if defer_to_exit(tid, &PendingConnect { family, port: key.port, fd, addr: *addr }) {
+            return ALLOW;
+        }
+    }
     if kernel_offset!(ready) == 0 {
         return ALLOW;
     }

@@ -35,22 +35,30 @@ use crate::{
 /// record of one cannot be read.
 pub const AT_FDCWD: i32 = -100;
 
-/// Offset in x86_64's `struct pt_regs` of `rdx`, followed by `rsi` and
-/// `rdi`: the first three syscall arguments in reverse, read in one go.
-/// The object is built for x86_64 only (`agent/build.rs`); another
-/// architecture needs its own layout here.
-const RDX_RSI_RDI: u64 = 96;
+/// Offset in x86_64's `struct pt_regs` of `rdx`, followed by `rsi`, `rdi`
+/// and `orig_ax`: the first three syscall arguments in reverse, then the
+/// syscall's number, read in one go. The object is built for x86_64 only
+/// (`agent/build.rs`); another architecture needs its own layout here.
+const RDX_RSI_RDI_ORIG_AX: u64 = 96;
+/// x86_64's `__NR_connect`. A 32-bit process's connect has another number
+/// (its table's), which the syscall tracepoints do not see either.
+const NR_CONNECT: u64 = 42;
 /// x86_64's `THREAD_SIZE` (16 KiB; KASAN builds, which double it, are not
 /// what nodes run) and `sizeof(struct pt_regs)`.
 const THREAD_SIZE: u64 = 16 * 1024;
 const PT_REGS_SIZE: u64 = 21 * 8;
 
-/// The first three arguments of the syscall the current task is in.
-pub struct SyscallArgs([u64; 3]);
+/// The first three arguments of the syscall the current task is in, and
+/// its number.
+pub struct SyscallArgs {
+    args: [u64; 3],
+    nr: u64,
+}
 
 impl SyscallArgs {
     /// Reads them from the current task's saved registers; `None` when a
-    /// read fails.
+    /// read fails. Tracing and cgroup programs alike may call it (both have
+    /// the helpers it uses, 5.15+ and before).
     #[inline(always)]
     pub fn current() -> Option<Self> {
         let regs = if kernel_offset!(has_task_pt_regs) != 0 {
@@ -70,14 +78,22 @@ impl SyscallArgs {
             return None;
         }
         // SAFETY: a kernel address the helper checks; a bad one is an Err.
-        let [rdx, rsi, rdi] = unsafe { bpf_probe_read_kernel((regs + RDX_RSI_RDI) as *const [u64; 3]) }.ok()?;
-        Some(Self([rdi, rsi, rdx]))
+        let [rdx, rsi, rdi, nr] =
+            unsafe { bpf_probe_read_kernel((regs + RDX_RSI_RDI_ORIG_AX) as *const [u64; 4]) }.ok()?;
+        Some(Self { args: [rdi, rsi, rdx], nr })
+    }
+
+    /// The socket fd, if the current syscall is `connect(2)`, whose exit
+    /// then reports the attempt with its result.
+    #[inline(always)]
+    pub fn connect_fd(&self) -> Option<i32> {
+        (self.nr == NR_CONNECT).then_some(self.args[0] as i32)
     }
 
     /// What an event reports of `syscall`'s arguments.
     #[inline(always)]
     pub fn open(&self, syscall: OpenSyscall) -> PendingOpen {
-        let [a0, a1, a2] = self.0;
+        let [a0, a1, a2] = self.args;
         let (dirfd, filename, flags, how) = match syscall {
             OpenSyscall::Open => (AT_FDCWD, a0, a1, 0),
             OpenSyscall::Openat => (a0 as i32, a1, a2, 0),

@@ -17,7 +17,7 @@ use super::counters::CounterMap;
 use super::fence::{self, EnforceMaps, FenceLinks};
 use super::hook_status::{self, HookReport, HookState, HookStatus};
 use super::load_error::LoadError;
-use super::tracepoints::{self, TRACEFS, TRACEPOINTS};
+use super::tracepoints::{self, Spec, TRACEFS, TRACEPOINTS};
 use super::watchlist::FileMaps;
 
 /// The stack depth of every program of the embedded object, by name (see
@@ -214,16 +214,10 @@ impl Hooks {
     /// program that did not load, or does not attach, is skipped with its
     /// state recorded: only the core is required.
     pub fn attach(&mut self) -> Result<&[&'static str], LoadError> {
-        for (spec, tracepoint) in self.found.clone() {
-            let (name, core) = (spec.program, spec.core);
-            if !self.is_loaded(name) {
-                continue;
-            }
-            match self.program(name)?.attach(spec.category, tracepoint) {
-                Ok(_) => self.live(name),
-                Err(source) if core => return Err(LoadError::Program { name, source }),
-                Err(error) => self.attach_failed(name, &error),
-            }
+        let (fallback, found): (Vec<_>, Vec<_>) =
+            self.found.clone().into_iter().partition(|(spec, _)| spec.program == tracepoints::CONNECT_FALLBACK);
+        for (spec, tracepoint) in found {
+            self.attach_tracepoint(spec, tracepoint)?;
         }
         for &(tracepoint, name) in RAW_TRACEPOINTS {
             if !self.is_loaded(name) {
@@ -234,10 +228,41 @@ impl Hooks {
                 Err(error) => self.attach_failed(name, &error),
             }
         }
-        for name in cgroup_hooks::attach(&mut self.ebpf)? {
+        let cgroup = cgroup_hooks::attach(&mut self.ebpf)?;
+        for name in &cgroup {
             self.live(name);
         }
+        // The cgroup hooks match every connect, connect(2)'s too, and leave
+        // connect(2)'s to its exit; the entry tracepoint, which reads each
+        // connect's address from the process's memory, is only for a node
+        // where they do not cover both families.
+        for (spec, tracepoint) in fallback {
+            if cgroup_hooks::PROGRAMS.iter().all(|program| cgroup.contains(program)) {
+                status().set_state(
+                    spec.program,
+                    HookState::Loaded,
+                    Some("not attached: the cgroup connect hooks match every connect".to_owned()),
+                );
+            } else {
+                self.attach_tracepoint(spec, tracepoint)?;
+            }
+        }
         Ok(&self.attached)
+    }
+
+    /// Attaches one loaded tracepoint program; a core one that does not
+    /// attach is fatal.
+    fn attach_tracepoint(&mut self, spec: &'static Spec, tracepoint: &'static str) -> Result<(), LoadError> {
+        let (name, core) = (spec.program, spec.core);
+        if !self.is_loaded(name) {
+            return Ok(());
+        }
+        match self.program(name)?.attach(spec.category, tracepoint) {
+            Ok(_) => self.live(name),
+            Err(source) if core => return Err(LoadError::Program { name, source }),
+            Err(error) => self.attach_failed(name, &error),
+        }
+        Ok(())
     }
 
     /// Whether `name` passed the verifier.

@@ -54,6 +54,11 @@ pub const TRACEPOINTS: &[Spec] = &[
     uring(&["io_uring_submit_req", "io_uring_submit_sqe"], "io_uring_submit_req", URING_SUBMIT),
 ];
 
+/// The program that matches `connect(2)` on entry, by the address in the
+/// process's memory: attached only where the cgroup connect hooks, which
+/// match every connect for less, are not (`loader::Hooks::attach`).
+pub const CONNECT_FALLBACK: &str = "sys_enter_connect";
+
 /// The program that remembers io_uring opens at submission.
 const URING_SUBMIT_PROGRAM: &str = "io_uring_submit_req";
 /// Programs that judge only what [`URING_SUBMIT_PROGRAM`] remembered: where it is

@@ -47,10 +47,15 @@ impl ApiServer {
     /// An agent told both addresses are the API server, once it watches
     /// them.
     pub fn start_agent(&self, extra: &[&str]) -> AgentProcess {
+        self.start_agent_by(extra, AgentProcess::start)
+    }
+
+    /// [`ApiServer::start_agent`], the agent started by `launch`.
+    pub fn start_agent_by(&self, extra: &[&str], launch: fn(&[String]) -> AgentProcess) -> AgentProcess {
         let (v4, v6) = (self.v4.to_string(), self.v6.to_string());
         let mut args = vec!["--api-server", &v4, "--api-server", &v6];
         args.extend(extra);
-        let agent = pod::start_agent(&args);
+        let agent = launch(&pod::agent_args(&args));
         for endpoint in [&v4, &v6] {
             let logged = format!("endpoint={endpoint}");
             let watching = agent.wait_for_log(&["watching API-server endpoint", &logged], super::ALERT_TIMEOUT);
@@ -137,6 +142,32 @@ fn connect_ipv4_mapped_ipv6() {
     let alerts = connect_and_settle(&mut pod, agent, &format!("[::ffff:127.0.0.1]:{}", api.v4.port()));
     let dial = one_connect(&pod, &alerts, pod.actor.pid, ("::ffff:127.0.0.1", api.v4.port(), "ipv6", "connect"));
     assert_eq!((dial.result, dial.outcome.as_str()), (0, "connected"), "{dial:?}");
+}
+
+/// Where the kernel refuses the cgroup connect hooks (here the agent lacks
+/// `CAP_NET_ADMIN`; elsewhere a node has no cgroup2), `connect(2)` is
+/// matched on entry instead: still exactly one alert, with its fd and
+/// result, for either family.
+#[test]
+#[ignore = "needs root: loads eBPF and makes namespaces and cgroups; run by cargo xtask test and vmtest"]
+fn connect_without_the_cgroup_hooks() {
+    let _serial = support::serialise();
+    stage::stop_shared();
+    let api = ApiServer::start();
+    let agent = api.start_agent_by(&[], AgentProcess::start_without_net_admin);
+    assert!(
+        agent.wait_for_log(&["kernel refused this program", "connect4"], super::ALERT_TIMEOUT),
+        "the cgroup hooks are refused without CAP_NET_ADMIN:\n{}",
+        agent.stderr()
+    );
+    for (target, address, family) in [(api.v4, "127.0.0.1", "ipv4"), (api.v6, "::1", "ipv6")] {
+        let mut pod = KubePod::start();
+        pod.watched_by(&agent);
+        let alerts = connect_and_settle(&mut pod, &agent, &target.to_string());
+        let dial = one_connect(&pod, &alerts, pod.actor.pid, (address, target.port(), family, "connect"));
+        assert_eq!((dial.result, dial.outcome.as_str()), (0, "connected"), "{dial:?}");
+    }
+    pod::stop(agent);
 }
 
 #[test]

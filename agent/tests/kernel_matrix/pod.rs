@@ -160,6 +160,12 @@ pub struct Observed {
 /// token files rescanned each second unless `extra` says) and `extra`; `--standalone` unless
 /// `extra` gives a `--kubeconfig`.
 pub fn start_agent(extra: &[&str]) -> AgentProcess {
+    AgentProcess::start(&agent_args(extra))
+}
+
+/// The matrix's agent arguments with `extra`: no merging of repeats, a
+/// rescan every second, standalone unless given a kubeconfig.
+pub fn agent_args(extra: &[&str]) -> Vec<String> {
     let mut args = vec!["--dedup-window-seconds", "0"];
     if !extra.contains(&"--rescan-interval-seconds") {
         args.extend(["--rescan-interval-seconds", "1"]);
@@ -168,7 +174,7 @@ pub fn start_agent(extra: &[&str]) -> AgentProcess {
         args.push("--standalone");
     }
     args.extend(extra);
-    AgentProcess::start(&args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>())
+    args.iter().map(|a| (*a).to_owned()).collect()
 }
 
 /// Stops `agent` with SIGTERM; it must exit 0 having detached its hooks.

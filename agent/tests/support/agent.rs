@@ -68,6 +68,19 @@ impl AgentProcess {
         Self::launch(dir, command, None, args)
     }
 
+    /// Starts `tokenwatch agent` as [`AgentProcess::start`] does, without
+    /// `CAP_NET_ADMIN` or `CAP_SYS_ADMIN` (either lets a networking program
+    /// load; setpriv drops both from the bounding set, so the exec'd agent
+    /// never has them): the kernel refuses its cgroup programs, as on a
+    /// node whose DaemonSet does not grant `NET_ADMIN`.
+    pub fn start_without_net_admin(args: &[String]) -> AgentProcess {
+        let dir = tempfile::tempdir().expect("agent tempdir");
+        let mut command = Command::new("setpriv");
+        let dropped = "-net_admin,-sys_admin";
+        command.args(["--bounding-set", dropped, "--inh-caps", dropped, "--"]).arg(agent_binary());
+        Self::launch(dir, command, None, args)
+    }
+
     /// Starts the agent as the DaemonSet runs it: in a pid namespace of its
     /// own (no `hostPID`), its `/proc` that namespace's, and the host's
     /// `/proc` bound at the `--host-proc` it is given, as the manifest's
