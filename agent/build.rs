@@ -103,7 +103,9 @@ fn build(workspace: &Path, target_dir: &Path, toolchain: &Toolchain) -> anyhow::
         }
     }
     if let Toolchain::Debian = toolchain {
-        command.env("RUSTC", "/usr/bin/rustc").env("RUSTC_BOOTSTRAP", "aya_ebpf");
+        // Unstable features for aya-ebpf and the programs only (`asm!` on
+        // the BPF target: `ebpf/src/main.rs`).
+        command.env("RUSTC", "/usr/bin/rustc").env("RUSTC_BOOTSTRAP", "aya_ebpf,tokenwatch_ebpf");
     }
     command
         .current_dir(workspace)

@@ -14,7 +14,10 @@ use tokenwatch_common::{ConnectEvent, ConnectVia, Counter, EndpointKey, EventKin
 use crate::{
     enforce::take_mark,
     identity::fill_header,
-    maps::{count, is_agent, kernel_offset, wakeup_flags, PendingConnect, EVENTS, PENDING_CONNECTS, WATCHED_ENDPOINTS},
+    maps::{
+        add_connects_in_flight, connects_in_flight, count, is_agent, kernel_offset, wakeup_flags, PendingConnect,
+        EVENTS, PENDING_CONNECTS, WATCHED_ENDPOINTS,
+    },
     syscall_args::syscall_return,
 };
 
@@ -87,21 +90,37 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
 }
 
 /// Leaves a watched `connect(2)` of thread `tid` for its exit to report,
-/// with its result; false when the map refused the entry.
+/// with its result; false when the map refused the entry. A thread's new
+/// entry counts one more in flight; one left by a connect whose exit never
+/// came (the exit was not attached yet) is replaced, already counted.
 #[inline(always)]
 pub fn defer_to_exit(tid: u32, pending: &PendingConnect) -> bool {
-    PENDING_CONNECTS.insert(tid, pending, 0).is_ok()
+    if PENDING_CONNECTS.insert(tid, pending, BPF_NOEXIST).is_ok() {
+        add_connects_in_flight(1);
+        return true;
+    }
+    PENDING_CONNECTS.insert(tid, pending, BPF_EXIST).is_ok()
 }
 
+/// `bpf_map_update_elem`'s flags: only a new key; only an existing one.
+const BPF_NOEXIST: u64 = 1;
+const BPF_EXIST: u64 = 2;
+
 /// Reports a watched `connect(2)` with its result. Every connect of the
-/// node passes here: an unwatched one costs one hash lookup that misses.
+/// node passes here; while no watched one is in flight (nearly always) it
+/// ends at one array load, before any hash lookup.
 #[tracepoint]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    if !connects_in_flight() {
+        return 0;
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     // SAFETY: copied out before removal.
     let Some(pending) = (unsafe { PENDING_CONNECTS.get(tid) }).copied() else { return 0 };
-    let _ = PENDING_CONNECTS.remove(tid);
+    if PENDING_CONNECTS.remove(tid).is_ok() {
+        add_connects_in_flight(u64::MAX);
+    }
     if kernel_offset!(ready) == 0 {
         return 0;
     }

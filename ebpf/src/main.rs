@@ -10,18 +10,23 @@
 //!   files without an open; judged as opens.
 //! * `io_uring_submit_req`/`io_uring_complete` (`uring`): opens submitted to
 //!   an io_uring, judged like the syscalls' on completion.
-//! * `connect4`/`connect6` (`sock_addr`, cgroup programs): connects made
-//!   without `connect(2)` (io_uring, TCP Fast Open).
+//! * `connect4`/`connect6` (`sock_addr`, cgroup programs): the connect
+//!   matcher. Every connect's destination, as the kernel copied it, is
+//!   looked up in `WATCHED_ENDPOINTS`; a hit made by `connect(2)` is left
+//!   for its exit, any other (io_uring, TCP Fast Open) is sent at once.
 //! * `fence_connect4`/`fence_connect6` and `token_opened` (`enforce`): the
 //!   policy's blocks, refused in the kernel (`EPERM`, `SIGKILL`).
-//! * `connect`: the entry reads the destination and looks it up in
-//!   `WATCHED_ENDPOINTS`; only a hit is remembered, and the exit sends it with
-//!   the result.
+//! * `connect`: the exit sends a watched `connect(2)` with its result. The
+//!   entry, attached only where the cgroup programs are not, matches from
+//!   the process's memory.
 //!
 //! On the host (`cargo clippy --workspace`) the crate builds as an ordinary
 //! program that does nothing, so the programs are type-checked and linted by
 //! the same toolchain as the rest of the workspace.
 #![cfg_attr(target_arch = "bpf", no_std)]
+// `asm!` for the one atomic add Rust's BPF target has no `core` API for
+// (`maps::add_connects_in_flight`); agent/build.rs lets this crate use it.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 mod connect;

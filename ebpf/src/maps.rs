@@ -98,6 +98,41 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SL
 #[map(name = "PENDING_CONNECTS")]
 pub static PENDING_CONNECTS: LruHashMap<u32, PendingConnect> = LruHashMap::with_max_entries(4096, 0);
 
+/// How many entries [`PENDING_CONNECTS`] holds, about: added to after an
+/// entry is made, taken from after one is removed. While it is 0, which is
+/// nearly always, `connect(2)`'s exit skips the hash lookup that every
+/// connect of the node would otherwise pay. An entry the LRU evicts leaves
+/// it too high, which costs that lookup again, never a report.
+#[map(name = "CONNECTS_IN_FLIGHT")]
+static CONNECTS_IN_FLIGHT: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Whether some watched connect may be in flight (see [`CONNECTS_IN_FLIGHT`]).
+#[inline(always)]
+pub fn connects_in_flight() -> bool {
+    CONNECTS_IN_FLIGHT.get(0).is_none_or(|count| *count != 0)
+}
+
+/// Adds `delta` (wrapping: `u64::MAX` takes one away) to
+/// [`CONNECTS_IN_FLIGHT`], atomically, as threads on other CPUs add and take
+/// at the same time: the plain atomic add every kernel has (`BPF_XADD`,
+/// `lock +=`), not the fetching form of 5.12. Written out because Rust's
+/// BPF target has no atomic read-modify-write in `core`.
+#[inline(always)]
+pub fn add_connects_in_flight(delta: u64) {
+    let Some(count) = CONNECTS_IN_FLIGHT.get_ptr_mut(0) else { return };
+    #[cfg(target_arch = "bpf")]
+    // SAFETY: the map's one value, valid and 8-byte aligned while the
+    // program runs; the instruction reads and writes only it.
+    unsafe {
+        core::arch::asm!("lock *(u64 *)({0} + 0) += {1}", in(reg) count, in(reg) delta, options(nostack));
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    // SAFETY: as above; the host build only type-checks the programs.
+    unsafe {
+        *count = (*count).wrapping_add(delta);
+    }
+}
+
 /// io_uring opens between submission and completion, by request pointer.
 /// LRU: an open whose completion is skipped (`IOSQE_CQE_SKIP_SUCCESS`)
 /// never removes its entry.
