@@ -70,14 +70,28 @@ impl AgentProcess {
 
     /// Starts `tokenwatch agent` as [`AgentProcess::start`] does, without
     /// `CAP_NET_ADMIN` or `CAP_SYS_ADMIN` (either lets a networking program
-    /// load; setpriv drops both from the bounding set, so the exec'd agent
-    /// never has them): the kernel refuses its cgroup programs, as on a
-    /// node whose DaemonSet does not grant `NET_ADMIN`.
+    /// load): both leave the bounding set of the child before it execs the
+    /// agent, so the agent never has them, and the kernel refuses its cgroup
+    /// programs, as on a node whose DaemonSet does not grant `NET_ADMIN`.
+    /// Done with prctl rather than a tool: the VMs' setpriv is busybox's.
     pub fn start_without_net_admin(args: &[String]) -> AgentProcess {
+        use std::os::unix::process::CommandExt;
+        /// `CAP_NET_ADMIN` and `CAP_SYS_ADMIN` (linux/capability.h).
+        const DROPPED: [libc::c_ulong; 2] = [12, 21];
         let dir = tempfile::tempdir().expect("agent tempdir");
-        let mut command = Command::new("setpriv");
-        let dropped = "-net_admin,-sys_admin";
-        command.args(["--bounding-set", dropped, "--inh-caps", dropped, "--"]).arg(agent_binary());
+        let mut command = Command::new(agent_binary());
+        // SAFETY: prctl is async-signal-safe, and the closure touches no
+        // memory the parent's other threads may hold locked.
+        unsafe {
+            command.pre_exec(|| {
+                for capability in DROPPED {
+                    if libc::prctl(libc::PR_CAPBSET_DROP, capability, 0, 0, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
         Self::launch(dir, command, None, args)
     }
 
