@@ -68,26 +68,41 @@ impl AgentProcess {
         Self::launch(dir, command, None, args)
     }
 
-    /// Starts `tokenwatch agent` as [`AgentProcess::start`] does, without
-    /// `CAP_NET_ADMIN` or `CAP_SYS_ADMIN` (either lets a networking program
-    /// load): both leave the bounding set of the child before it execs the
-    /// agent, so the agent never has them, and the kernel refuses its cgroup
-    /// programs, as on a node whose DaemonSet does not grant `NET_ADMIN`.
-    /// Done with prctl rather than a tool: the VMs' setpriv is busybox's.
-    pub fn start_without_net_admin(args: &[String]) -> AgentProcess {
-        use std::os::unix::process::CommandExt;
-        /// `CAP_NET_ADMIN` and `CAP_SYS_ADMIN` (linux/capability.h).
-        const DROPPED: [libc::c_ulong; 2] = [12, 21];
+    /// Starts `tokenwatch agent` as [`AgentProcess::start`] does, in a mount
+    /// namespace of its own where no cgroup2 hierarchy is mounted, as on a
+    /// node with cgroup v1 only: it cannot attach its cgroup connect hooks.
+    /// (Taking `CAP_NET_ADMIN` away would not do everywhere: Debian's 5.10
+    /// also wants `CAP_SYS_ADMIN` for tracepoints, which would do.)
+    pub fn start_without_cgroup2(args: &[String]) -> AgentProcess {
+        use std::os::unix::{ffi::OsStrExt, process::CommandExt};
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("read /proc/self/mountinfo");
+        // Deepest first, so a mount under another is gone before it.
+        let mut unified: Vec<std::ffi::CString> = mountinfo
+            .lines()
+            .filter_map(|line| {
+                let (before, after) = line.split_once(" - ")?;
+                (after.split(' ').next()? == "cgroup2").then(|| before.split(' ').nth(4).map(str::to_owned))?
+            })
+            .map(|point| std::ffi::CString::new(std::path::Path::new(&point).as_os_str().as_bytes()).expect("path"))
+            .collect();
+        unified.sort_by_key(|point| std::cmp::Reverse(point.as_bytes().len()));
         let dir = tempfile::tempdir().expect("agent tempdir");
         let mut command = Command::new(agent_binary());
-        // SAFETY: prctl is async-signal-safe, and the closure touches no
-        // memory the parent's other threads may hold locked.
+        // SAFETY: unshare, mount and umount2 are plain syscalls, safe
+        // between fork and exec; the closure only reads what it owns.
         unsafe {
-            command.pre_exec(|| {
-                for capability in DROPPED {
-                    if libc::prctl(libc::PR_CAPBSET_DROP, capability, 0, 0, 0) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
+            command.pre_exec(move || {
+                let check = |rc: libc::c_int| if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
+                check(libc::unshare(libc::CLONE_NEWNS))?;
+                check(libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ))?;
+                for point in &unified {
+                    check(libc::umount2(point.as_ptr(), libc::MNT_DETACH))?;
                 }
                 Ok(())
             });
