@@ -86,6 +86,15 @@ pub const DISK_WATCHES_MAP: &str = "DISK_WATCHES";
 /// Bits of the minor number in the kernel's device encoding (`s_dev`):
 /// a device with nothing above them has no major number.
 pub const MINOR_BITS: u32 = 20;
+
+/// Whether a kernel-encoded device has a major number: a disk, not a tmpfs
+/// (whose files the kernel checks by their volume's layout too). The one
+/// test both sides of [`DISK_WATCHES_MAP`] make: the agent to set the
+/// switch, the open exit to skip the lookup while it is off.
+#[inline(always)]
+pub const fn is_disk(dev: u32) -> bool {
+    dev >> MINOR_BITS != 0
+}
 /// Name of the set of token file names ([`TOKEN_NAME_LEN`] bytes,
 /// NUL-padded) a file on a token volume not yet watched is matched by.
 pub const TOKEN_NAMES_MAP: &str = "TOKEN_NAMES";

@@ -12,8 +12,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use tokenwatch_common::{
-    Counter, EventKind, FileKey, Hook, OpenEvent, OpenSyscall, ResolvedPath, DEV_EXACT_FILES, DEV_TOKEN_VOLUME,
-    MINOR_BITS, TMPFS_MAGIC, TOKEN_NAME_LEN,
+    is_disk, Counter, EventKind, FileKey, Hook, OpenEvent, OpenSyscall, ResolvedPath, DEV_EXACT_FILES,
+    DEV_TOKEN_VOLUME, TMPFS_MAGIC, TOKEN_NAME_LEN,
 };
 
 use crate::{
@@ -157,7 +157,7 @@ pub fn watched(file: u64) -> Option<FileKey> {
     let key = || FileKey { dev, _pad: 0, ino: read_ptr(inode, kernel_offset!(inode_i_ino)).unwrap_or(0) };
     // A disk's file is watched only while some disk device is (most
     // nodes watch none): the common open ends here, without a lookup.
-    if dev >> MINOR_BITS != 0 && DISK_WATCHES.get(0).copied().unwrap_or(1) == 0 {
+    if is_disk(dev) && DISK_WATCHES.get(0).copied().unwrap_or(1) == 0 {
         return None;
     }
     // SAFETY: the value is copied out at once.
@@ -237,12 +237,17 @@ fn new_fd_to_file(fd: u64) -> Option<u64> {
     read_ptr(fds + fd * 8, 0).ok().filter(|f| *f != 0)
 }
 
+/// `task->files->fdt` by helper reads, for any task.
+#[inline(always)]
+fn fdtable(task: u64) -> Option<u64> {
+    let files = read_ptr(task, kernel_offset!(task_files)).ok()?;
+    read_ptr(files, kernel_offset!(files_fdt)).ok()
+}
+
 /// `task->files->fdt->fd` by helper reads, for any task.
 #[inline(always)]
 fn fd_array(task: u64) -> Option<u64> {
-    let files = read_ptr(task, kernel_offset!(task_files)).ok()?;
-    let fdt = read_ptr(files, kernel_offset!(files_fdt)).ok()?;
-    read_ptr(fdt, kernel_offset!(fdtable_fd)).ok().filter(|fds| *fds != 0)
+    read_ptr(fdtable(task)?, kernel_offset!(fdtable_fd)).ok().filter(|fds| *fds != 0)
 }
 
 /// `current->files->fdt->fd` by BTF-typed loads, on kernels that give the
@@ -276,8 +281,7 @@ fn current_fd_array() -> Option<u64> {
 /// `task->files->fdt->fd[fd]`, for any fd.
 #[inline(always)]
 pub fn fd_to_file(task: u64, fd: u64) -> Option<u64> {
-    let files = read_ptr(task, kernel_offset!(task_files)).ok()?;
-    let fdt = read_ptr(files, kernel_offset!(files_fdt)).ok()?;
+    let fdt = fdtable(task)?;
     let max_fds = read_u32(fdt, kernel_offset!(fdtable_max_fds)).ok()?;
     if fd >= u64::from(max_fds) {
         return None;

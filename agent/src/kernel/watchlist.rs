@@ -12,7 +12,7 @@ use aya::{
     Pod,
 };
 use tokenwatch_common::{
-    DevWatch, EndpointKey, FileKey, AF_INET, AF_INET6, DEV_EXACT_FILES, DEV_TOKEN_VOLUME, MINOR_BITS, TOKEN_NAME_LEN,
+    is_disk, DevWatch, EndpointKey, FileKey, AF_INET, AF_INET6, DEV_EXACT_FILES, DEV_TOKEN_VOLUME, TOKEN_NAME_LEN,
 };
 
 use super::endpoint::Endpoint;
@@ -120,12 +120,6 @@ pub fn dev_watches(wanted: &Wanted) -> HashMap<u32, DevWatch> {
     devs
 }
 
-/// Whether a kernel-encoded device has a major number: a disk, not a
-/// tmpfs (whose files the kernel checks by their volume's layout too).
-pub fn is_disk(dev: u32) -> bool {
-    dev >> MINOR_BITS != 0
-}
-
 /// Makes the kernel maps hold exactly `wanted`; returns (added, removed)
 /// counted over both maps. Devices are added after their files and removed
 /// before them, so the kernel never sees a device without its files.
@@ -203,6 +197,7 @@ mod tests {
     #[test]
     fn only_a_device_with_a_major_number_turns_the_kernels_disk_lookups_on() {
         use std::os::unix::fs::MetadataExt;
+        use tokenwatch_common::MINOR_BITS;
         // A tmpfs (token volumes, /dev/shm) has an anonymous device: major 0.
         let shm = std::fs::metadata("/dev/shm").expect("stat /dev/shm").dev();
         assert!(!is_disk((libc::major(shm) << MINOR_BITS) | libc::minor(shm)));
