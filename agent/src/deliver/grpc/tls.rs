@@ -4,8 +4,9 @@
 //! certificate until restarted. Each new connection gets the configuration
 //! in force when it arrives; it is rebuilt when the files change (looked at
 //! every [`CHECK_INTERVAL`]) or on SIGHUP, and a rebuild that fails (a
-//! half-written file) keeps the one in force and says why. Connections
-//! already open keep the configuration they were made with.
+//! half-written file) keeps the one in force and says why, once for each
+//! change of the files or SIGHUP, not at every look. Connections already
+//! open keep the configuration they were made with.
 //!
 //! Handshakes run each in a task of its own, at most [`MAX_HANDSHAKES`] at
 //! once and each within [`HANDSHAKE_TIMEOUT`], so a client that connects
@@ -77,11 +78,29 @@ pub fn load(files: &TlsFiles) -> Result<ServerConfig, GrpcError> {
     Ok(config)
 }
 
+/// What a look at the files did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reload {
+    /// The files are as they were when last tried: nothing done.
+    Unchanged,
+    /// A new configuration is in force.
+    Renewed,
+    /// The files changed (or SIGHUP asked) but cannot be used; the
+    /// configuration in force stays, and the same files are not tried
+    /// again until they change or SIGHUP asks.
+    Refused,
+}
+
+/// One file's identity for change detection: (inode, mtime s, mtime ns,
+/// size); `None` while it cannot be read.
+type Stamp = Option<(u64, i64, i64, u64)>;
+
 /// The configuration in force, and how to renew it.
 pub struct Reloading {
     files: TlsFiles,
     current: RwLock<Arc<ServerConfig>>,
-    stamp: RwLock<Vec<Option<(u64, i64, u64)>>>,
+    /// The files as last tried, whether that rebuild worked or not.
+    stamp: RwLock<Vec<Stamp>>,
 }
 
 impl Reloading {
@@ -96,33 +115,38 @@ impl Reloading {
         TlsAcceptor::from(Arc::clone(&self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner)))
     }
 
-    /// Rebuilds the configuration if `forced` or a file changed; a failed
-    /// rebuild keeps the configuration in force.
-    pub fn reload(&self, forced: bool) {
+    /// Rebuilds the configuration if `forced` or a file changed since it
+    /// was last tried; a failed rebuild keeps the configuration in force
+    /// and is said once, not again at every look while the files stay.
+    pub fn reload(&self, forced: bool) -> Reload {
         let now = stamps(&self.files);
-        if !forced && *self.stamp.read().unwrap_or_else(std::sync::PoisonError::into_inner) == now {
-            return;
+        let mut stamp = self.stamp.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !forced && *stamp == now {
+            return Reload::Unchanged;
         }
+        *stamp = now;
         match load(&self.files) {
             Ok(config) => {
                 *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(config);
-                *self.stamp.write().unwrap_or_else(std::sync::PoisonError::into_inner) = now;
                 tracing::info!(cert = %self.files.cert.display(), "gRPC TLS certificate and keys reloaded");
+                Reload::Renewed
             }
             Err(error) => {
                 tracing::error!(%error, "gRPC TLS files changed but cannot be used; serving with the ones in force");
+                Reload::Refused
             }
         }
     }
 }
 
-/// (inode, mtime, size) of each file: kubelet swaps a Secret's files by
-/// renaming, so a new certificate is a new inode.
-fn stamps(files: &TlsFiles) -> Vec<Option<(u64, i64, u64)>> {
+/// Each file's [`Stamp`]: kubelet swaps a Secret's files by renaming, so a
+/// new certificate is a new inode; a file rewritten in place changes its
+/// mtime.
+fn stamps(files: &TlsFiles) -> Vec<Stamp> {
     [Some(&files.cert), Some(&files.key), files.client_ca.as_ref()]
         .into_iter()
         .flatten()
-        .map(|path| fs::metadata(path).ok().map(|m| (m.ino(), m.mtime(), m.size())))
+        .map(|path| fs::metadata(path).ok().map(|m| (m.ino(), m.mtime(), m.mtime_nsec(), m.size())))
         .collect()
 }
 
@@ -190,4 +214,41 @@ pub fn accept(
         }
     });
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use rcgen::{generate_simple_self_signed, CertifiedKey};
+
+    use super::*;
+
+    /// Writes `text` to `path` as kubelet swaps a Secret's file: a new
+    /// file renamed over the old.
+    fn swap(path: &Path, text: &str) {
+        let fresh = path.with_extension("new");
+        fs::write(&fresh, text).expect("write");
+        fs::rename(&fresh, path).expect("rename");
+    }
+
+    #[test]
+    fn unusable_files_are_refused_once_for_each_change_and_a_good_set_renews() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let CertifiedKey { cert, signing_key } =
+            generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+        let files = TlsFiles { cert: dir.path().join("tls.crt"), key: dir.path().join("tls.key"), client_ca: None };
+        swap(&files.cert, &cert.pem());
+        swap(&files.key, &signing_key.serialize_pem());
+        let tls = Reloading::new(files.clone()).expect("a good set loads");
+        assert_eq!(tls.reload(false), Reload::Unchanged);
+
+        swap(&files.key, "-----BEGIN PRIVATE KEY-----\nhalf-writ");
+        assert_eq!(tls.reload(false), Reload::Refused, "a changed, unusable key is refused");
+        assert_eq!(tls.reload(false), Reload::Unchanged, "and not tried (nor logged) again at the next look");
+        assert_eq!(tls.reload(true), Reload::Refused, "SIGHUP tries again");
+
+        swap(&files.key, &signing_key.serialize_pem());
+        assert_eq!(tls.reload(false), Reload::Renewed, "the mended key is taken at the next look");
+    }
 }
