@@ -12,22 +12,23 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+use super::empty_cgroup::EmptyCgroupConnect;
 use crate::agent_probe;
 
-/// The floor's probes: an empty program on every hook tokenwatch attaches
-/// (`agent/src/kernel/loader.rs`), as bpftrace names them. Opens are hooked
-/// at their exit only; io_uring's completion carries two programs. Not
-/// here, as Debian's bpftrace cannot attach them: the cgroup
-/// connect4/connect6 programs (they run on connects only, not on opens or
-/// getpid) and the `sched_switch` raw tracepoint (it runs on context
-/// switches, which the operations' loops do not make).
-const FLOOR_PROBES: [&str; 11] = [
+/// The floor's tracepoints: an empty program on every tracepoint tokenwatch
+/// attaches on this machine (`agent/src/kernel/loader.rs`), as bpftrace
+/// names them. Opens are hooked at their exit only; io_uring's completion
+/// carries two programs. Connects are matched by the cgroup hooks, which
+/// bpftrace cannot attach ([`EmptyCgroupConnect`] does), and left by their
+/// exit: `sys_enter_connect` is attached only where the cgroup hooks are
+/// not, so it is not here. Nor is the `sched_switch` raw tracepoint: it
+/// runs on context switches, which the operations' loops do not make.
+const FLOOR_PROBES: [&str; 10] = [
     "tracepoint:syscalls:sys_exit_openat",
     "tracepoint:syscalls:sys_exit_openat2",
     "tracepoint:syscalls:sys_exit_open",
     "tracepoint:syscalls:sys_exit_open_by_handle_at",
     "tracepoint:syscalls:sys_exit_pidfd_getfd",
-    "tracepoint:syscalls:sys_enter_connect",
     "tracepoint:syscalls:sys_exit_connect",
     "tracepoint:syscalls:sys_exit_io_uring_enter",
     "tracepoint:io_uring:io_uring_submit_req",
@@ -40,7 +41,8 @@ const FLOOR_PROBES: [&str; 11] = [
 pub enum Config {
     /// No hooks at all.
     Baseline,
-    /// bpftrace with an empty action on each of tokenwatch's tracepoints:
+    /// An empty program on each of tokenwatch's hooks (bpftrace on the
+    /// tracepoints, [`EmptyCgroupConnect`] on the cgroup connect hooks):
     /// what merely hooking costs.
     Floor,
     /// The release agent with enrichment, detection and one gRPC subscriber.
@@ -84,6 +86,7 @@ pub struct Setup {
 pub struct Running {
     children: Vec<Child>,
     auditd_rules: bool,
+    cgroup_hooks: Option<EmptyCgroupConnect>,
 }
 
 impl Running {
@@ -97,6 +100,7 @@ impl Running {
 
     /// Stops what was started, in reverse order, and waits for it.
     pub fn stop(mut self) -> Result<()> {
+        self.cgroup_hooks = None;
         if self.auditd_rules {
             quiet(Command::new("auditctl").arg("-D"))?;
             quiet(Command::new("auditctl").args(["-e", "0"]))?;
@@ -112,12 +116,13 @@ impl Running {
 
 /// Starts `config` and waits until it is live.
 pub fn start(config: Config, setup: &Setup) -> Result<Running> {
-    let mut running = Running { children: Vec::new(), auditd_rules: false };
+    let mut running = Running { children: Vec::new(), auditd_rules: false, cgroup_hooks: None };
     match config {
         Config::Baseline => {}
         Config::Floor => {
             let script: Vec<String> = FLOOR_PROBES.iter().map(|probe| format!("{probe} {{ }}")).collect();
             running.children.push(bpftrace(&script.join("\n"), setup)?);
+            running.cgroup_hooks = Some(EmptyCgroupConnect::attach()?);
         }
         Config::Bpftrace => {
             let token = setup.token.display();

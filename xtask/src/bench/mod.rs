@@ -12,6 +12,7 @@
 
 mod agent;
 mod configs;
+mod empty_cgroup;
 mod load;
 mod memory;
 mod new_volumes;
