@@ -59,7 +59,7 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// The bpf-linker release line that links aya-ebpf 0.2 objects.
 const BPF_LINKER_LINE: &str = "0.13";
 /// tracefs, as mounted by modern kernels and under debugfs by older setups.
-const TRACEFS_EVENTS: [&str; 2] = ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"];
+pub const TRACEFS_EVENTS: [&str; 2] = ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"];
 /// Where setup mounts tracefs when it is nowhere.
 const TRACEFS_MOUNT: &str = "/sys/kernel/tracing";
 

@@ -12,28 +12,28 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use super::empty_cgroup::EmptyCgroupConnect;
+use super::empty_programs::EmptyPrograms;
 use crate::agent_probe;
 
-/// The floor's tracepoints: an empty program on every tracepoint tokenwatch
-/// attaches on this machine (`agent/src/kernel/loader.rs`), as bpftrace
-/// names them. Opens are hooked at their exit only; io_uring's completion
-/// carries two programs. Connects are matched by the cgroup hooks, which
-/// bpftrace cannot attach ([`EmptyCgroupConnect`] does), and left by their
+/// The floor's tracepoints (tracefs's `category/name`): an empty program
+/// on every tracepoint tokenwatch attaches on this machine
+/// (`agent/src/kernel/loader.rs`). Opens are hooked at their exit only;
+/// io_uring's completion carries two programs. Connects are matched by the
+/// cgroup hooks, which [`EmptyPrograms`] also covers, and left by their
 /// exit: `sys_enter_connect` is attached only where the cgroup hooks are
 /// not, so it is not here. Nor is the `sched_switch` raw tracepoint: it
 /// runs on context switches, which the operations' loops do not make.
-const FLOOR_PROBES: [&str; 10] = [
-    "tracepoint:syscalls:sys_exit_openat",
-    "tracepoint:syscalls:sys_exit_openat2",
-    "tracepoint:syscalls:sys_exit_open",
-    "tracepoint:syscalls:sys_exit_open_by_handle_at",
-    "tracepoint:syscalls:sys_exit_pidfd_getfd",
-    "tracepoint:syscalls:sys_exit_connect",
-    "tracepoint:syscalls:sys_exit_io_uring_enter",
-    "tracepoint:io_uring:io_uring_submit_req",
-    "tracepoint:io_uring:io_uring_complete",
-    "tracepoint:io_uring:io_uring_complete",
+const FLOOR_TRACEPOINTS: [&str; 10] = [
+    "syscalls/sys_exit_openat",
+    "syscalls/sys_exit_openat2",
+    "syscalls/sys_exit_open",
+    "syscalls/sys_exit_open_by_handle_at",
+    "syscalls/sys_exit_pidfd_getfd",
+    "syscalls/sys_exit_connect",
+    "syscalls/sys_exit_io_uring_enter",
+    "io_uring/io_uring_submit_req",
+    "io_uring/io_uring_complete",
+    "io_uring/io_uring_complete",
 ];
 
 /// One configuration.
@@ -41,9 +41,8 @@ const FLOOR_PROBES: [&str; 10] = [
 pub enum Config {
     /// No hooks at all.
     Baseline,
-    /// An empty program on each of tokenwatch's hooks (bpftrace on the
-    /// tracepoints, [`EmptyCgroupConnect`] on the cgroup connect hooks):
-    /// what merely hooking costs.
+    /// An empty program on each of tokenwatch's hooks, attached as the
+    /// agent attaches its own ([`EmptyPrograms`]): what merely hooking costs.
     Floor,
     /// The release agent with enrichment, detection and one gRPC subscriber.
     Tokenwatch,
@@ -86,7 +85,7 @@ pub struct Setup {
 pub struct Running {
     children: Vec<Child>,
     auditd_rules: bool,
-    cgroup_hooks: Option<EmptyCgroupConnect>,
+    floor: Option<EmptyPrograms>,
 }
 
 impl Running {
@@ -100,7 +99,7 @@ impl Running {
 
     /// Stops what was started, in reverse order, and waits for it.
     pub fn stop(mut self) -> Result<()> {
-        self.cgroup_hooks = None;
+        self.floor = None;
         if self.auditd_rules {
             quiet(Command::new("auditctl").arg("-D"))?;
             quiet(Command::new("auditctl").args(["-e", "0"]))?;
@@ -116,14 +115,10 @@ impl Running {
 
 /// Starts `config` and waits until it is live.
 pub fn start(config: Config, setup: &Setup) -> Result<Running> {
-    let mut running = Running { children: Vec::new(), auditd_rules: false, cgroup_hooks: None };
+    let mut running = Running { children: Vec::new(), auditd_rules: false, floor: None };
     match config {
         Config::Baseline => {}
-        Config::Floor => {
-            let script: Vec<String> = FLOOR_PROBES.iter().map(|probe| format!("{probe} {{ }}")).collect();
-            running.children.push(bpftrace(&script.join("\n"), setup)?);
-            running.cgroup_hooks = Some(EmptyCgroupConnect::attach()?);
-        }
+        Config::Floor => running.floor = Some(EmptyPrograms::attach(&FLOOR_TRACEPOINTS)?),
         Config::Bpftrace => {
             let token = setup.token.display();
             let port = setup.api_port;

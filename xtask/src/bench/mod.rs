@@ -12,7 +12,7 @@
 
 mod agent;
 mod configs;
-mod empty_cgroup;
+mod empty_programs;
 mod load;
 mod memory;
 mod new_volumes;
