@@ -75,16 +75,53 @@ impl NodeNameCheck {
     /// The Nodes the API knows, or why the agent cannot list them.
     async fn known_nodes(&self) -> String {
         let nodes: Api<Node> = Api::all(self.client.clone());
-        match nodes.list(&ListParams::default().limit(MAX_NODES_NAMED)).await {
-            Ok(list) => {
-                let names: Vec<String> = list.items.into_iter().filter_map(|n| n.metadata.name).collect();
-                if names.is_empty() {
-                    "none".to_owned()
-                } else {
-                    names.join(", ")
-                }
+        describe_nodes(nodes.list(&ListParams::default().limit(MAX_NODES_NAMED)).await.map(|list| list.items))
+    }
+}
+
+/// The warning's `known_nodes`: their names, or why there are none. The
+/// shipped ClusterRole does not grant listing Nodes (the agent needs them
+/// for nothing else), so a refusal is expected there and says so rather
+/// than showing the API's 403.
+fn describe_nodes(listed: Result<Vec<Node>, kube::Error>) -> String {
+    match listed {
+        Ok(nodes) => {
+            let names: Vec<String> = nodes.into_iter().filter_map(|n| n.metadata.name).collect();
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
             }
-            Err(error) => format!("cannot list Nodes: {error}"),
         }
+        Err(kube::Error::Api(status)) if status.is_forbidden() => {
+            "not listed: the agent's ClusterRole does not grant listing Nodes; `kubectl get nodes` names them"
+                .to_owned()
+        }
+        Err(error) => format!("cannot list Nodes: {error}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use kube::core::Status;
+
+    use super::*;
+
+    fn node(name: &str) -> Node {
+        Node { metadata: ObjectMeta { name: Some(name.to_owned()), ..ObjectMeta::default() }, ..Node::default() }
+    }
+
+    #[test]
+    fn names_the_nodes_or_says_why_there_are_none() {
+        assert_eq!(describe_nodes(Ok(vec![node("a"), node("b")])), "a, b");
+        assert_eq!(describe_nodes(Ok(Vec::new())), "none");
+        let forbidden = Status::failure("nodes is forbidden: User cannot list resource", "Forbidden").with_code(403);
+        let said = describe_nodes(Err(kube::Error::Api(forbidden.boxed())));
+        assert!(said.starts_with("not listed: the agent's ClusterRole does not grant listing Nodes"), "{said}");
+        assert!(!said.contains("403"), "the expected refusal is said plainly: {said}");
+        let failed = Status::failure("etcdserver: request timed out", "Timeout").with_code(504);
+        let said = describe_nodes(Err(kube::Error::Api(failed.boxed())));
+        assert!(said.starts_with("cannot list Nodes: ") && said.contains("etcdserver: request timed out"), "{said}");
     }
 }
