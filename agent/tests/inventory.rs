@@ -12,59 +12,29 @@ mod support;
 
 use std::{os::unix::fs::PermissionsExt, path::Path, process::Command, time::Duration};
 
-use k8s_openapi::api::{apps::v1::ReplicaSet, core::v1::Pod as ApiPod};
 use nix::sys::signal::Signal;
 use serde_json::json;
 use support::{
     agent::AgentProcess,
-    cri::{Containerd, Pod, PodSpec, IMAGE, SA_MOUNT},
+    cri::{
+        api_view::{api_pod, automount_volume, replicaset_of, NODE},
+        Containerd, Pod, PodSpec, SA_MOUNT,
+    },
     fake_apiserver::FakeApiServer,
     validate::{assert_kyverno_policy, documents, find},
 };
 use tokenwatch_proto::v1::{Inventory, TokenMountKind, WorkloadInventory};
 
-const NODE: &str = "node-under-test";
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The API's view of a CRI pod of Deployment `deployment`: the default
-/// automount volume, or with `legacy`, a legacy Secret token at the same place.
-fn api_pod(pod: &Pod<'_>, deployment: &str, replicaset: &str, legacy: bool) -> ApiPod {
-    let spec = pod.spec();
-    let volume = if legacy {
-        json!({"name": "legacy-token", "secret": {"secretName": format!("{}-token-abcde", spec.service_account)}})
+/// The token volume of a pod of the inventory: the default automount
+/// volume, or with `legacy`, a legacy Secret token at the same place.
+fn token_volume(service_account: &str, legacy: bool) -> serde_json::Value {
+    if legacy {
+        json!({"name": "legacy-token", "secret": {"secretName": format!("{service_account}-token-abcde")}})
     } else {
-        json!({"name": "kube-api-access-abcde", "projected": {"sources": [
-            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}}]}})
-    };
-    let value = json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {
-            "namespace": spec.namespace, "name": spec.name, "uid": spec.uid,
-            "labels": {"app": deployment, "pod-template-hash": replicaset.rsplit('-').next()},
-            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": replicaset,
-                                 "uid": "rs-uid", "controller": true}],
-        },
-        "spec": {
-            "nodeName": NODE, "serviceAccountName": spec.service_account,
-            "containers": [{"name": spec.container_name, "image": IMAGE, "volumeMounts": [
-                {"name": volume["name"], "mountPath": SA_MOUNT, "readOnly": true}]}],
-            "volumes": [volume],
-        },
-        "status": {"containerStatuses": [{"name": spec.container_name, "containerID":
-            format!("containerd://{}", pod.container_id()), "image": IMAGE, "imageID": "", "ready": true,
-            "restartCount": 0}]},
-    });
-    serde_json::from_value(value).expect("a Pod")
-}
-
-fn replicaset_of(name: &str, deployment: &str) -> ReplicaSet {
-    serde_json::from_value(json!({
-        "apiVersion": "apps/v1", "kind": "ReplicaSet",
-        "metadata": {"namespace": "shop", "name": name, "ownerReferences": [
-            {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment, "uid": "d-uid", "controller": true}]},
-        "spec": {"selector": {}},
-    }))
-    .expect("a ReplicaSet")
+        automount_volume()
+    }
 }
 
 fn spec(name: &str, service_account: &str) -> PodSpec {
@@ -76,8 +46,8 @@ fn start_pod<'c>(containerd: &'c Containerd, api: &FakeApiServer, spec: &PodSpec
     let pod = containerd.run_pod(spec);
     let replicaset = spec.name.rsplit_once('-').expect("a pod-template-hash suffix").0.to_owned();
     let deployment = replicaset.rsplit_once('-').expect("a Deployment name").0.to_owned();
-    api.add_replicaset(replicaset_of(&replicaset, &deployment));
-    api.add_pod(api_pod(&pod, &deployment, &replicaset, legacy));
+    api.add_replicaset(replicaset_of("shop", &replicaset, &deployment));
+    api.add_pod(api_pod(&pod, token_volume(&spec.service_account, legacy), Some((&deployment, &replicaset))));
     pod
 }
 

@@ -8,62 +8,19 @@ mod support;
 
 use std::{fs, time::Duration};
 
-use k8s_openapi::api::{apps::v1::ReplicaSet, core::v1::Pod as ApiPod};
 use nix::sys::signal::Signal;
 use serde_json::json;
 use support::{
     agent::AgentProcess,
-    cri::{Containerd, Pod, PodSpec, IMAGE, SA_MOUNT},
+    cri::{
+        api_view::{api_pod, automount_volume, replicaset_of, NODE},
+        Containerd, Pod, PodSpec, IMAGE, SA_MOUNT,
+    },
     fake_apiserver::FakeApiServer,
 };
 use tokenwatch_proto::v1::{alert::Evidence, Alert, ProcessOrigin, Severity, Workload};
 
 const ALERT_TIMEOUT: Duration = Duration::from_secs(20);
-
-const NODE: &str = "node-under-test";
-
-/// The API's view of a CRI pod: a Deployment's pod on this node.
-fn api_pod(pod: &Pod<'_>, deployment: &str, replicaset: &str) -> ApiPod {
-    let spec = pod.spec();
-    let mut value = json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {
-            "namespace": spec.namespace, "name": spec.name, "uid": spec.uid,
-            "labels": {"app": deployment, "pod-template-hash": replicaset.rsplit('-').next()},
-            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": replicaset,
-                                 "uid": "rs-uid", "controller": true}],
-        },
-        "spec": {
-            "nodeName": NODE, "serviceAccountName": spec.service_account,
-            "containers": [{"name": spec.container_name, "image": IMAGE, "volumeMounts": [
-                {"name": "kube-api-access-abcde", "mountPath": SA_MOUNT, "readOnly": true}]}],
-            "volumes": [{"name": "kube-api-access-abcde", "projected": {"sources": [
-                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}}]}}],
-        },
-        "status": {"containerStatuses": [{"name": spec.container_name, "containerID":
-            format!("containerd://{}", pod.container_id()), "image": IMAGE, "imageID": "", "ready": true,
-            "restartCount": 0}]},
-    });
-    if let Some((mount_path, file)) = &spec.projected {
-        value["spec"]["containers"][0]["volumeMounts"]
-            .as_array_mut()
-            .expect("mounts")
-            .push(json!({"name": "vault-token", "mountPath": mount_path, "readOnly": true}));
-        value["spec"]["volumes"].as_array_mut().expect("volumes").push(json!({"name": "vault-token", "projected":
-            {"sources": [{"serviceAccountToken": {"audience": "vault", "expirationSeconds": 600, "path": file}}]}}));
-    }
-    serde_json::from_value(value).expect("a Pod")
-}
-
-fn replicaset_of(namespace: &str, name: &str, deployment: &str) -> ReplicaSet {
-    serde_json::from_value(json!({
-        "apiVersion": "apps/v1", "kind": "ReplicaSet",
-        "metadata": {"namespace": namespace, "name": name, "ownerReferences": [
-            {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment, "uid": "d-uid", "controller": true}]},
-        "spec": {"selector": {}},
-    }))
-    .expect("a ReplicaSet")
-}
 
 /// The agent on this node of the test's cluster: the harness's runtime, the
 /// in-test API server (through `kubeconfig`), rescans every second.
@@ -129,11 +86,11 @@ fn token_reads_in_real_pods_carry_pod_container_image_serviceaccount_workload_an
     };
     let checkout = containerd.run_pod(&checkout_spec);
     api.add_replicaset(replicaset_of("shop", "checkout-7f9c8d6b5", "checkout"));
-    api.add_pod(api_pod(&checkout, "checkout", "checkout-7f9c8d6b5"));
+    api.add_pod(api_pod(&checkout, automount_volume(), Some(("checkout", "checkout-7f9c8d6b5"))));
     let doomed_spec = PodSpec { namespace: "shop".into(), ..PodSpec::new("batch-5d8f7c9b4-q1w2e") };
     let doomed = containerd.run_pod(&doomed_spec);
     api.add_replicaset(replicaset_of("shop", "batch-5d8f7c9b4", "batch"));
-    api.add_pod(api_pod(&doomed, "batch", "batch-5d8f7c9b4"));
+    api.add_pod(api_pod(&doomed, automount_volume(), Some(("batch", "batch-5d8f7c9b4"))));
 
     let config = support::kubeconfig(containerd.dir(), api.url());
     let agent = start_agent(&containerd, &config, &[]);
@@ -242,7 +199,7 @@ fn a_projected_token_at_its_own_mount_path_is_watched_through_rotations() {
     // The pod's author also declares "tokens" at the node's own files: a
     // pod spec must not point the agent at anything outside that pod's
     // token volumes.
-    let mut declared = api_pod(&pod, "vault-agent", "vault-agent-6b8d9f7c5");
+    let mut declared = api_pod(&pod, automount_volume(), Some(("vault-agent", "vault-agent-6b8d9f7c5")));
     let hostile = json!({"volumes": [
         {"name": "steer-etc", "projected": {"sources": [{"serviceAccountToken": {"path": "hostname"}}]}},
         {"name": "steer-os", "projected": {"sources": [{"serviceAccountToken": {"path": "os-release"}}]}}],
@@ -330,7 +287,7 @@ fn a_policy_exception_silences_exactly_what_it_names() {
     for (pod, deployment) in [(&checkout, "checkout"), (&cart, "cart")] {
         let replicaset = pod.spec().name.rsplit_once('-').expect("a pod-template-hash suffix").0.to_owned();
         api.add_replicaset(replicaset_of("shop", &replicaset, deployment));
-        api.add_pod(api_pod(pod, deployment, &replicaset));
+        api.add_pod(api_pod(pod, automount_volume(), Some((deployment, &replicaset))));
     }
     let policy = containerd.dir().join("policy.yaml");
     fs::write(
@@ -381,7 +338,7 @@ fn a_node_name_that_matches_no_pod_says_so_naming_the_nodes_the_api_knows() {
     let containerd = Containerd::start();
     let pod = containerd.run_pod(&PodSpec { namespace: "shop".into(), ..PodSpec::new("web-7f9c8d6b5-n4m3e") });
     api.add_replicaset(replicaset_of("shop", "web-7f9c8d6b5", "web"));
-    api.add_pod(api_pod(&pod, "web", "web-7f9c8d6b5"));
+    api.add_pod(api_pod(&pod, automount_volume(), Some(("web", "web-7f9c8d6b5"))));
     api.add_node(NODE);
     api.add_node("node-b");
     let config = support::kubeconfig(containerd.dir(), api.url());

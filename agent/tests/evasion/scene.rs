@@ -4,19 +4,17 @@
 
 use std::net::{SocketAddr, TcpListener};
 
-use k8s_openapi::api::core::v1::Pod as ApiPod;
-use serde_json::json;
 use tokenwatch_proto::v1::{alert::Evidence, Alert};
 
 use super::{actions::HELPER, support, ALERT_TIMEOUT};
 use support::{
     agent::AgentProcess,
-    cri::{Containerd, Pod, PodSpec, IMAGE, SA_MOUNT},
+    cri::{
+        api_view::{api_pod, automount_volume, NODE},
+        Containerd, Pod, PodSpec, IMAGE,
+    },
     fake_apiserver::FakeApiServer,
 };
-
-/// The node the agent is told it runs on.
-pub const NODE: &str = "node-under-test";
 
 /// Everything a test needs; dropping it removes pods, containerd, servers.
 pub struct Scene {
@@ -60,7 +58,7 @@ impl Scene {
         let mut spec = spec.clone();
         spec.extra_mounts.extend(helper_mounts());
         let pod = self.containerd.run_pod(&spec);
-        self.api.add_pod(api_pod(&pod));
+        self.api.add_pod(api_pod(&pod, automount_volume(), None));
         pod
     }
 
@@ -147,26 +145,6 @@ pub fn helper_mounts() -> Vec<(String, String)> {
         mounts.push((host.display().to_string(), container.to_owned()));
     }
     mounts
-}
-
-/// The API's view of a CRI pod on this node.
-pub fn api_pod(pod: &Pod<'_>) -> ApiPod {
-    let spec = pod.spec();
-    serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"namespace": spec.namespace, "name": spec.name, "uid": spec.uid},
-        "spec": {
-            "nodeName": NODE, "serviceAccountName": spec.service_account,
-            "containers": [{"name": spec.container_name, "image": IMAGE, "volumeMounts": [
-                {"name": "kube-api-access-abcde", "mountPath": SA_MOUNT, "readOnly": true}]}],
-            "volumes": [{"name": "kube-api-access-abcde", "projected": {"sources": [
-                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}}]}}],
-        },
-        "status": {"containerStatuses": [{"name": spec.container_name, "containerID":
-            format!("containerd://{}", pod.container_id()), "image": IMAGE, "imageID": "", "ready": true,
-            "restartCount": 0}]},
-    }))
-    .expect("a Pod")
 }
 
 /// Every alert, one JSON line each, for failure messages.

@@ -19,6 +19,7 @@
 //! pod.trigger(); // the entrypoint reads the token
 //! ```
 
+pub mod api_view;
 pub mod cleanup;
 mod config;
 pub mod custom;
