@@ -4,9 +4,10 @@
 //! certificate until restarted. Each new connection gets the configuration
 //! in force when it arrives; it is rebuilt when the files change (looked at
 //! every [`CHECK_INTERVAL`]) or on SIGHUP, and a rebuild that fails (a
-//! half-written file) keeps the one in force and says why, once for each
-//! change of the files or SIGHUP, not at every look. Connections already
-//! open keep the configuration they were made with.
+//! half-written file) keeps the one in force and says why: tried again at
+//! every look, said again only when the files or the error change, or on
+//! SIGHUP. Connections already open keep the configuration they were made
+//! with.
 //!
 //! Handshakes run each in a task of its own, at most [`MAX_HANDSHAKES`] at
 //! once and each within [`HANDSHAKE_TIMEOUT`], so a client that connects
@@ -16,7 +17,7 @@ use std::{
     fs,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 
@@ -81,14 +82,17 @@ pub fn load(files: &TlsFiles) -> Result<ServerConfig, GrpcError> {
 /// What a look at the files did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Reload {
-    /// The files are as they were when last tried: nothing done.
+    /// The files are those of the configuration in force: nothing done.
     Unchanged,
     /// A new configuration is in force.
     Renewed,
     /// The files changed (or SIGHUP asked) but cannot be used; the
-    /// configuration in force stays, and the same files are not tried
-    /// again until they change or SIGHUP asks.
+    /// configuration in force stays, and the error was logged.
     Refused,
+    /// Tried again with the same files and the same error as the last
+    /// refusal (a half-written file, a read that failed): the
+    /// configuration in force stays, and nothing more is logged.
+    StillRefused,
 }
 
 /// One file's identity for change detection: (inode, mtime s, mtime ns,
@@ -99,40 +103,60 @@ type Stamp = Option<(u64, i64, i64, u64)>;
 pub struct Reloading {
     files: TlsFiles,
     current: RwLock<Arc<ServerConfig>>,
-    /// The files as last tried, whether that rebuild worked or not.
-    stamp: RwLock<Vec<Stamp>>,
+    /// The files of the configuration in force, and of the last refusal
+    /// with its error: a refused set is tried again at every look (the
+    /// cause may pass without the files changing, a read that ran out of
+    /// descriptors say), but logged again only when it changes.
+    stamps: Mutex<Stamps>,
+}
+
+/// What [`Reloading::stamps`] holds.
+struct Stamps {
+    in_force: Vec<Stamp>,
+    refused: Option<(Vec<Stamp>, String)>,
 }
 
 impl Reloading {
     /// Loads `files` (an error here stops the server: there is nothing to serve with).
     pub fn new(files: TlsFiles) -> Result<Arc<Self>, GrpcError> {
+        // Taken before the files are read, so a change while they are is
+        // seen at the next look.
+        let in_force = stamps(&files);
         let config = load(&files)?;
-        let stamp = stamps(&files);
-        Ok(Arc::new(Reloading { files, current: RwLock::new(Arc::new(config)), stamp: RwLock::new(stamp) }))
+        Ok(Arc::new(Reloading {
+            files,
+            current: RwLock::new(Arc::new(config)),
+            stamps: Mutex::new(Stamps { in_force, refused: None }),
+        }))
     }
 
     fn acceptor(&self) -> TlsAcceptor {
         TlsAcceptor::from(Arc::clone(&self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner)))
     }
 
-    /// Rebuilds the configuration if `forced` or a file changed since it
-    /// was last tried; a failed rebuild keeps the configuration in force
-    /// and is said once, not again at every look while the files stay.
+    /// Rebuilds the configuration if `forced` or a file differs from those
+    /// in force; a failed rebuild keeps the configuration in force, and is
+    /// logged when it is new (other files, another error) or `forced`.
     pub fn reload(&self, forced: bool) -> Reload {
         let now = stamps(&self.files);
-        let mut stamp = self.stamp.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !forced && *stamp == now {
+        let mut stamps = self.stamps.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !forced && stamps.in_force == now {
             return Reload::Unchanged;
         }
-        *stamp = now;
         match load(&self.files) {
             Ok(config) => {
                 *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(config);
+                *stamps = Stamps { in_force: now, refused: None };
                 tracing::info!(cert = %self.files.cert.display(), "gRPC TLS certificate and keys reloaded");
                 Reload::Renewed
             }
             Err(error) => {
+                let refusal = (now, error.to_string());
+                if !forced && stamps.refused.as_ref() == Some(&refusal) {
+                    return Reload::StillRefused;
+                }
                 tracing::error!(%error, "gRPC TLS files changed but cannot be used; serving with the ones in force");
+                stamps.refused = Some(refusal);
                 Reload::Refused
             }
         }
@@ -233,7 +257,7 @@ mod tests {
     }
 
     #[test]
-    fn unusable_files_are_refused_once_for_each_change_and_a_good_set_renews() {
+    fn unusable_files_are_retried_at_every_look_but_said_once_for_each_cause_and_a_good_set_renews() {
         let dir = tempfile::tempdir().expect("tempdir");
         let CertifiedKey { cert, signing_key } =
             generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
@@ -244,9 +268,11 @@ mod tests {
         assert_eq!(tls.reload(false), Reload::Unchanged);
 
         swap(&files.key, "-----BEGIN PRIVATE KEY-----\nhalf-writ");
-        assert_eq!(tls.reload(false), Reload::Refused, "a changed, unusable key is refused");
-        assert_eq!(tls.reload(false), Reload::Unchanged, "and not tried (nor logged) again at the next look");
-        assert_eq!(tls.reload(true), Reload::Refused, "SIGHUP tries again");
+        assert_eq!(tls.reload(false), Reload::Refused, "a changed, unusable key is refused, and said");
+        assert_eq!(tls.reload(false), Reload::StillRefused, "tried again at the next look, not said again");
+        assert_eq!(tls.reload(true), Reload::Refused, "SIGHUP says it again");
+        fs::remove_file(&files.key).expect("remove the key");
+        assert_eq!(tls.reload(false), Reload::Refused, "another cause is said");
 
         swap(&files.key, &signing_key.serialize_pem());
         assert_eq!(tls.reload(false), Reload::Renewed, "the mended key is taken at the next look");
