@@ -81,8 +81,8 @@ impl NodeNameCheck {
 
 /// The warning's `known_nodes`: their names, or why there are none. The
 /// shipped ClusterRole does not grant listing Nodes (the agent needs them
-/// for nothing else), so a refusal is expected there and says so rather
-/// than showing the API's 403.
+/// for nothing else), so a refusal is expected and is said plainly rather
+/// than as the API's 403.
 fn describe_nodes(listed: Result<Vec<Node>, kube::Error>) -> String {
     match listed {
         Ok(nodes) => {
@@ -94,7 +94,8 @@ fn describe_nodes(listed: Result<Vec<Node>, kube::Error>) -> String {
             }
         }
         Err(kube::Error::Api(status)) if status.is_forbidden() => {
-            "not listed: the agent's ClusterRole does not grant listing Nodes; `kubectl get nodes` names them"
+            "not listed: the agent may not list Nodes (the shipped ClusterRole does not grant it); `kubectl get \
+             nodes` names them"
                 .to_owned()
         }
         Err(error) => format!("cannot list Nodes: {error}"),
@@ -118,7 +119,7 @@ mod tests {
         assert_eq!(describe_nodes(Ok(Vec::new())), "none");
         let forbidden = Status::failure("nodes is forbidden: User cannot list resource", "Forbidden").with_code(403);
         let said = describe_nodes(Err(kube::Error::Api(forbidden.boxed())));
-        assert!(said.starts_with("not listed: the agent's ClusterRole does not grant listing Nodes"), "{said}");
+        assert!(said.starts_with("not listed: the agent may not list Nodes"), "{said}");
         assert!(!said.contains("403"), "the expected refusal is said plainly: {said}");
         let failed = Status::failure("etcdserver: request timed out", "Timeout").with_code(504);
         let said = describe_nodes(Err(kube::Error::Api(failed.boxed())));
