@@ -16,8 +16,9 @@ use super::empty_programs::EmptyPrograms;
 use crate::agent_probe;
 
 /// The floor's tracepoints (tracefs's `category/name`): an empty program
-/// on every tracepoint tokenwatch attaches on this machine
-/// (`agent/src/kernel/loader.rs`). Opens are hooked at their exit only;
+/// on every tracepoint tokenwatch attaches on an x86-64 kernel with
+/// io_uring (`agent/src/kernel/tracepoints.rs`); one the running kernel
+/// lacks is skipped, as the agent skips it. Opens are hooked at their exit only;
 /// io_uring's completion carries two programs. Connects are matched by the
 /// cgroup hooks, which [`EmptyPrograms`] also covers, and left by their
 /// exit: `sys_enter_connect` is attached only where the cgroup hooks are

@@ -282,8 +282,9 @@ impl Report<'_> {
             "\n## Where the kernel time goes\n\nA separate pass with the kernel's BPF run-time statistics on \
              (`kernel.bpf_stats_enabled`, which adds a clock read to every run, so these ns are a little high): \
              every program of the configuration that ran at least once per 100 operations, its runs per \
-             operation and ns per run. The dispatch into a tracepoint program is not part of a program's run \
-             time: that is what the floor row of the table above adds.\n\n",
+             operation and ns per run. The dispatch into a hook (a tracepoint's record, a cgroup program's socket \
+             lock and walk of the programs) is not part of a program's run time: the floor row of the table \
+             above adds it, with the empty programs' own run.\n\n",
         );
         out.push_str(&self.profile_table());
         out.push_str(
