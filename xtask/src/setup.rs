@@ -59,7 +59,7 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// The bpf-linker release line that links aya-ebpf 0.2 objects.
 const BPF_LINKER_LINE: &str = "0.13";
 /// tracefs, as mounted by modern kernels and under debugfs by older setups.
-pub const TRACEFS_EVENTS: [&str; 2] = ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"];
+const TRACEFS_EVENTS: [&str; 2] = ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"];
 /// Where setup mounts tracefs when it is nowhere.
 const TRACEFS_MOUNT: &str = "/sys/kernel/tracing";
 
@@ -285,11 +285,16 @@ fn bpf_linker(route: Route, report: &mut Report) -> Result<()> {
     }
 }
 
+/// tracefs's `events` directory, where it is mounted (and visible: root).
+pub fn tracefs_events() -> Option<&'static Path> {
+    TRACEFS_EVENTS.iter().map(Path::new).find(|events| events.exists())
+}
+
 /// Where tracefs is mounted: its `events` directory, or failing that (a user
 /// other than root cannot look inside the mode 700 tracefs) a `tracefs` line
 /// in /proc/self/mounts.
 fn tracefs_mount() -> Option<String> {
-    if let Some(events) = TRACEFS_EVENTS.iter().map(Path::new).find(|events| events.exists()) {
+    if let Some(events) = tracefs_events() {
         return Some(events.parent().unwrap_or(events).display().to_string());
     }
     let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;

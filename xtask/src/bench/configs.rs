@@ -17,13 +17,14 @@ use crate::agent_probe;
 
 /// The floor's tracepoints (tracefs's `category/name`): an empty program
 /// on every tracepoint tokenwatch attaches on an x86-64 kernel with
-/// io_uring (`agent/src/kernel/tracepoints.rs`); one the running kernel
-/// lacks is skipped, as the agent skips it. Opens are hooked at their exit only;
-/// io_uring's completion carries two programs. Connects are matched by the
-/// cgroup hooks, which [`EmptyPrograms`] also covers, and left by their
-/// exit: `sys_enter_connect` is attached only where the cgroup hooks are
-/// not, so it is not here. Nor is the `sched_switch` raw tracepoint: it
-/// runs on context switches, which the operations' loops do not make.
+/// io_uring (`agent/src/kernel/tracepoints.rs`, a list xtask cannot import
+/// from the agent); one the running kernel lacks is skipped, as the agent
+/// skips it. Opens are hooked at their exit only; io_uring's completion
+/// carries two programs. Connects are matched by the cgroup hooks, which
+/// [`EmptyPrograms`] also covers, and left by their exit:
+/// `sys_enter_connect` is attached only where the cgroup hooks are not, so
+/// it is not here. Nor is the `sched_switch` raw tracepoint: it runs on
+/// context switches, which the operations' loops do not make.
 const FLOOR_TRACEPOINTS: [&str; 10] = [
     "syscalls/sys_exit_openat",
     "syscalls/sys_exit_openat2",

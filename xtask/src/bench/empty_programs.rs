@@ -36,7 +36,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::setup::TRACEFS_EVENTS;
+use crate::setup::tracefs_events;
 
 const _: () = assert!(cfg!(target_endian = "little"), "the instructions below are laid out little-endian");
 
@@ -71,18 +71,15 @@ impl EmptyPrograms {
     /// io_uring's completion) and to the cgroup connect hooks.
     pub fn attach(tracepoints: &[&str]) -> Result<Self> {
         let mut fds = Vec::new();
-        let events = TRACEFS_EVENTS
-            .iter()
-            .map(Path::new)
-            .find(|events| events.exists())
-            .context("tracefs is not mounted (cargo xtask setup mounts it)")?;
+        let events = tracefs_events().context("tracefs is not mounted (cargo xtask setup mounts it)")?;
         for tracepoint in tracepoints {
             let (_, name) = tracepoint.split_once('/').context("a tracepoint is `category/name`")?;
-            if !events.join(tracepoint).exists() {
+            let event_dir = events.join(tracepoint);
+            if !event_dir.exists() {
                 continue;
             }
             let program = load(name, BPF_PROG_TYPE_TRACEPOINT, 0, &returning(0))?;
-            let event = open_tracepoint(&events.join(tracepoint))?;
+            let event = open_tracepoint(&event_dir)?;
             // SAFETY: an ioctl on a perf event fd we own, with a program fd
             // we own as its argument.
             if unsafe { libc::ioctl(event.as_raw_fd(), PERF_EVENT_IOC_SET_BPF, program.as_raw_fd()) } != 0 {
@@ -207,7 +204,7 @@ mod tests {
     /// `PERF_EVENT_IOC_QUERY_BPF`: how many programs the tracepoint runs.
     fn on_tracepoint(tracepoint: &str) -> Result<u32> {
         const PERF_EVENT_IOC_QUERY_BPF: libc::c_ulong = 0xc008_240a;
-        let events = TRACEFS_EVENTS.iter().map(Path::new).find(|e| e.exists()).context("tracefs")?;
+        let events = tracefs_events().context("tracefs is not mounted")?;
         let event = open_tracepoint(&events.join(tracepoint))?;
         // `struct perf_event_query_bpf`: ids_len 0, so only prog_cnt comes back.
         let mut query = [0u32; 2];
