@@ -139,24 +139,24 @@ impl Reloading {
     /// logged when it is new (other files, another error) or `forced`.
     pub fn reload(&self, forced: bool) -> Reload {
         let now = stamps(&self.files);
-        let mut stamps = self.stamps.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !forced && stamps.in_force == now {
+        let mut state = self.stamps.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !forced && state.in_force == now {
             return Reload::Unchanged;
         }
         match load(&self.files) {
             Ok(config) => {
                 *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(config);
-                *stamps = Stamps { in_force: now, refused: None };
+                *state = Stamps { in_force: now, refused: None };
                 tracing::info!(cert = %self.files.cert.display(), "gRPC TLS certificate and keys reloaded");
                 Reload::Renewed
             }
             Err(error) => {
                 let refusal = (now, error.to_string());
-                if !forced && stamps.refused.as_ref() == Some(&refusal) {
+                if !forced && state.refused.as_ref() == Some(&refusal) {
                     return Reload::StillRefused;
                 }
                 tracing::error!(%error, "gRPC TLS files changed but cannot be used; serving with the ones in force");
-                stamps.refused = Some(refusal);
+                state.refused = Some(refusal);
                 Reload::Refused
             }
         }
