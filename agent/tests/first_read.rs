@@ -11,45 +11,18 @@ mod support;
 
 use std::{net::TcpListener, time::Duration};
 
-use k8s_openapi::api::core::v1::Pod as ApiPod;
 use nix::sys::signal::Signal;
-use serde_json::json;
 use support::{
     agent::{AgentProcess, StoppedAgent},
-    cri::{Containerd, Pod, PodSpec, IMAGE, SA_MOUNT},
+    cri::{
+        api_view::{automount_volume, scheduled_pod, NODE},
+        Containerd, Pod, PodSpec, SA_MOUNT,
+    },
     fake_apiserver::FakeApiServer,
 };
 use tokenwatch_proto::v1::{alert::Evidence, Alert, EnforcementAction};
 
 const ALERT_TIMEOUT: Duration = Duration::from_secs(20);
-
-const NODE: &str = "node-under-test";
-
-/// A bare pod as the API holds it once scheduled to this node, before
-/// kubelet has started anything (no status yet), with its custom
-/// projection if `spec` has one.
-fn scheduled_pod(spec: &PodSpec) -> ApiPod {
-    let mut pod = json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"namespace": spec.namespace, "name": spec.name, "uid": spec.uid},
-        "spec": {
-            "nodeName": NODE, "serviceAccountName": spec.service_account,
-            "containers": [{"name": spec.container_name, "image": IMAGE, "volumeMounts": [
-                {"name": "kube-api-access-abcde", "mountPath": SA_MOUNT, "readOnly": true}]}],
-            "volumes": [{"name": "kube-api-access-abcde", "projected": {"sources": [
-                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}}]}}],
-        },
-    });
-    if let Some((mount_path, file)) = &spec.projected {
-        pod["spec"]["containers"][0]["volumeMounts"]
-            .as_array_mut()
-            .expect("mounts")
-            .push(json!({"name": "vault-token", "mountPath": mount_path, "readOnly": true}));
-        pod["spec"]["volumes"].as_array_mut().expect("volumes").push(json!({"name": "vault-token", "projected":
-            {"sources": [{"serviceAccountToken": {"audience": "vault", "expirationSeconds": 600, "path": file}}]}}));
-    }
-    serde_json::from_value(pod).expect("a Pod")
-}
 
 /// A loopback listener standing in for the API server: it closes each
 /// connection at once, so the pod's `nc` ends.
@@ -137,7 +110,7 @@ impl Cluster {
     /// Puts `spec` on the node in the API, as the scheduler does, then
     /// starts it, as kubelet does.
     fn schedule_and_run(&self, spec: &PodSpec) -> Pod<'_> {
-        self.server.add_pod(scheduled_pod(spec));
+        self.server.add_pod(scheduled_pod(spec, automount_volume(), None));
         self.containerd.run_pod(spec)
     }
 }
@@ -219,7 +192,7 @@ fn a_custom_projected_token_read_at_start_is_caught() {
     };
     // As on a node: the agent has the pod (and has looked for it) before
     // kubelet mounts its volumes, so only the mount itself can tell it.
-    cluster.server.add_pod(scheduled_pod(&spec));
+    cluster.server.add_pod(scheduled_pod(&spec, automount_volume(), None));
     let known = agent.wait_for_log(&["pod in the store", "name=vault-agent-x"], ALERT_TIMEOUT);
     assert!(known, "the agent never had the pod:\n{}", agent.stderr());
     let pod = cluster.containerd.run_pod(&spec);
@@ -263,7 +236,7 @@ fn fifty_pods_reading_their_tokens_at_start_in_a_burst_are_each_caught() {
     let (api, agent) = (&cluster.api, cluster.agent(&[]));
     let specs: Vec<PodSpec> = (0..BURST).map(|i| one_shot(&format!("burst-{i:02}"), "shop", api)).collect();
     for spec in &specs {
-        cluster.server.add_pod(scheduled_pod(spec));
+        cluster.server.add_pod(scheduled_pod(spec, automount_volume(), None));
     }
     // Started from threads of their own at the pace, as kubelet starts
     // the pods of a scaled-up Deployment.

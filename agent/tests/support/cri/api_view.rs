@@ -7,7 +7,7 @@
 use k8s_openapi::api::{apps::v1::ReplicaSet, core::v1::Pod as ApiPod};
 use serde_json::{json, Value};
 
-use super::{Pod, IMAGE, SA_MOUNT};
+use super::{Pod, PodSpec, IMAGE, SA_MOUNT};
 
 /// The node the agent is told it runs on.
 pub const NODE: &str = "node-under-test";
@@ -19,13 +19,29 @@ pub fn automount_volume() -> Value {
         {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}}]}})
 }
 
-/// The API's view of `pod` on [`NODE`], with `volume` mounted at
-/// [`SA_MOUNT`], and, when the spec has one, its custom projected token
-/// (audience `vault`) at its own mount path. With `owner` (Deployment,
-/// ReplicaSet) it is that Deployment's pod, labelled as its ReplicaSet
-/// labels it.
+/// The API's view of `pod` on [`NODE`] once kubelet runs it: as
+/// [`scheduled_pod`], with its container's status (the runtime id the
+/// agent ties the pod to).
 pub fn api_pod(pod: &Pod<'_>, volume: Value, owner: Option<(&str, &str)>) -> ApiPod {
     let spec = pod.spec();
+    let mut value = scheduled(spec, volume, owner);
+    value["status"] = json!({"containerStatuses": [{"name": spec.container_name, "containerID":
+        format!("containerd://{}", pod.container_id()), "image": IMAGE, "imageID": "", "ready": true,
+        "restartCount": 0}]});
+    serde_json::from_value(value).expect("a Pod")
+}
+
+/// A pod as the API holds it once scheduled to [`NODE`], before kubelet
+/// has started anything (no status yet).
+pub fn scheduled_pod(spec: &PodSpec, volume: Value, owner: Option<(&str, &str)>) -> ApiPod {
+    serde_json::from_value(scheduled(spec, volume, owner)).expect("a Pod")
+}
+
+/// The pod of `spec` on [`NODE`], with `volume` mounted at [`SA_MOUNT`],
+/// and, when the spec has one, its custom projected token (audience
+/// `vault`) at its own mount path. With `owner` (Deployment, ReplicaSet)
+/// it is that Deployment's pod, labelled as its ReplicaSet labels it.
+fn scheduled(spec: &PodSpec, volume: Value, owner: Option<(&str, &str)>) -> Value {
     let mut value = json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"namespace": spec.namespace, "name": spec.name, "uid": spec.uid},
@@ -35,9 +51,6 @@ pub fn api_pod(pod: &Pod<'_>, volume: Value, owner: Option<(&str, &str)>) -> Api
                 {"name": volume["name"], "mountPath": SA_MOUNT, "readOnly": true}]}],
             "volumes": [volume],
         },
-        "status": {"containerStatuses": [{"name": spec.container_name, "containerID":
-            format!("containerd://{}", pod.container_id()), "image": IMAGE, "imageID": "", "ready": true,
-            "restartCount": 0}]},
     });
     if let Some((deployment, replicaset)) = owner {
         value["metadata"]["labels"] = json!({"app": deployment, "pod-template-hash": replicaset.rsplit('-').next()});
@@ -52,7 +65,7 @@ pub fn api_pod(pod: &Pod<'_>, volume: Value, owner: Option<(&str, &str)>) -> Api
         value["spec"]["volumes"].as_array_mut().expect("volumes").push(json!({"name": "vault-token", "projected":
             {"sources": [{"serviceAccountToken": {"audience": "vault", "expirationSeconds": 600, "path": file}}]}}));
     }
-    serde_json::from_value(value).expect("a Pod")
+    value
 }
 
 /// ReplicaSet `namespace/name`, owned by Deployment `deployment`.
